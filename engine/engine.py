@@ -1,0 +1,267 @@
+"""`gs.Engine`: the in-process differentiation engine.
+
+Every method turns (graph, method, argnums) into a Program by graph transformations, compiles
+it once into a Plan (cached by the graph's digest), and runs the plan on the arguments."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import dtypes
+from .graph import Graph, Spec
+from .limits import DEFAULT_LIMITS, Limits
+from .plan import Plan, Stats
+from .transforms import Program, batch, jvp, select_outputs, vjp
+
+
+def _as_tuple(argnums):
+    return (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+
+def _single_or_tuple(items, single):
+    return items[0] if single else tuple(items)
+
+
+class Engine:
+    def __init__(self, max_tape_bytes: int | None = None, *, limits: Limits = DEFAULT_LIMITS,
+                 plan_cache_size: int = 512):
+        self.max_tape_bytes = max_tape_bytes
+        self.limits = limits
+        self._plans: OrderedDict = OrderedDict()
+        self._plan_cache_size = plan_cache_size
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    @property
+    def last_stats(self) -> Stats:
+        """Memory figures of this thread's most recent call."""
+        return getattr(self._local, "stats", Stats())
+
+    def _plan(self, graph: Graph, key, build) -> Plan:
+        full_key = (graph.digest,) + key
+        with self._lock:
+            plan = self._plans.get(full_key)
+            if plan is not None:
+                self._plans.move_to_end(full_key)
+                return plan
+        plan = Plan(build())
+        with self._lock:
+            self._plans[full_key] = plan
+            while len(self._plans) > self._plan_cache_size:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _run(self, plan: Plan, args, *, tape=True, should_stop=None):
+        out = plan.run(args, should_stop)
+        stats = plan.stats
+        self._local.stats = stats if tape else Stats(0, 0, stats.peak_bytes, 0)
+        return [np.asarray(o) for o in out]
+
+    @staticmethod
+    def _check_graph(graph):
+        if not isinstance(graph, Graph):
+            raise TypeError(f"expected a gs.Graph, got {type(graph).__name__}")
+
+    def _arguments(self, graph: Graph, args, what="arguments"):
+        self._check_graph(graph)
+        if len(args) != len(graph.inputs):
+            names = ", ".join(p.name for p in graph.inputs)
+            raise TypeError(f"the graph takes {len(graph.inputs)} {what} ({names}), got {len(args)}")
+        return [coerce(a, p.spec, f"{what[:-1]} {p.name!r}") for a, p in zip(args, graph.inputs)]
+
+    def _argnums(self, graph: Graph, argnums):
+        nums = _as_tuple(argnums)
+        for i in nums:
+            if not isinstance(i, (int, np.integer)) or not -len(graph.inputs) <= i < len(graph.inputs):
+                raise ValueError(f"argnums {argnums!r} out of range for {len(graph.inputs)} inputs")
+        nums = tuple(int(i) % len(graph.inputs) for i in nums)
+        for i in nums:
+            spec = graph.inputs[i].spec
+            if not dtypes.is_differentiable(spec.dtype):
+                raise TypeError(f"input {graph.inputs[i].name!r} has dtype {spec.dtype} and is not "
+                                "differentiable (only float and complex inputs are)")
+        return nums
+
+    @staticmethod
+    def _scalar_output(graph: Graph, method):
+        if len(graph.outputs) != 1 or graph.outputs[0].spec.shape != () or \
+                graph.outputs[0].spec.dtype not in ("float64", "float32"):
+            got = ", ".join(str(p.spec) for p in graph.outputs)
+            raise TypeError(f"{method} needs a graph with one real scalar output; this one gives {got}")
+
+    @staticmethod
+    def _differentiable(graph: Graph):
+        return tuple(i for i, p in enumerate(graph.inputs) if dtypes.is_differentiable(p.spec.dtype))
+
+    # ---- the API -----------------------------------------------------------------------
+
+    def evaluate(self, graph: Graph, *args, should_stop=None):
+        args = self._arguments(graph, args)
+        plan = self._plan(graph, ("evaluate",), lambda: Program(graph))
+        out = self._run(plan, args, tape=False, should_stop=should_stop)
+        return _single_or_tuple(out, len(out) == 1)
+
+    def value_and_grad(self, graph: Graph, *args, argnums=0, should_stop=None):
+        self._check_graph(graph)
+        self._scalar_output(graph, "value_and_grad")
+        nums = self._argnums(graph, argnums)
+        args = self._arguments(graph, args)
+        plan = self._plan(graph, ("grad", nums), lambda: vjp(Program(graph), nums, seed_ones=True))
+        value, *grads = self._run(plan, args, should_stop=should_stop)
+        return value, _single_or_tuple(grads, isinstance(argnums, int))
+
+    def grad(self, graph: Graph, *args, argnums=0, should_stop=None):
+        return self.value_and_grad(graph, *args, argnums=argnums, should_stop=should_stop)[1]
+
+    def vjp(self, graph: Graph, primals, cotangents, should_stop=None):
+        self._check_graph(graph)
+        primals = self._arguments(graph, tuple(primals), "primals")
+        cotangents = (cotangents,) if len(graph.outputs) == 1 and not isinstance(cotangents, tuple) \
+            else tuple(cotangents)
+        if len(cotangents) != len(graph.outputs):
+            raise TypeError(f"the graph has {len(graph.outputs)} outputs, got {len(cotangents)} cotangents")
+        cts = [coerce(c, p.spec, f"cotangent of output {k}")
+               for k, (c, p) in enumerate(zip(cotangents, graph.outputs))
+               if dtypes.is_differentiable(p.spec.dtype)]
+        wrt = self._differentiable(graph)
+        plan = self._plan(graph, ("vjp",), lambda: vjp(Program(graph), wrt))
+        out = self._run(plan, primals + cts, should_stop=should_stop)
+        n = len(graph.outputs)
+        grads = dict(zip(wrt, out[n:]))
+        input_cts = tuple(grads[i] if i in grads else np.zeros(p.spec.shape, p.spec.dtype)
+                          for i, p in enumerate(graph.inputs))
+        return _single_or_tuple(out[:n], n == 1), input_cts
+
+    def jvp(self, graph: Graph, primals, tangents, should_stop=None):
+        self._check_graph(graph)
+        primals = self._arguments(graph, tuple(primals), "primals")
+        tangents = self._arguments(graph, tuple(tangents), "tangents")
+        wrt = self._differentiable(graph)
+        plan = self._plan(graph, ("jvp",), lambda: jvp(Program(graph), wrt))
+        out = self._run(plan, primals + [tangents[i] for i in wrt], tape=False,
+                        should_stop=should_stop)
+        n = len(graph.outputs)
+        return _single_or_tuple(out[:n], n == 1), _single_or_tuple(out[n:], n == 1)
+
+    def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", should_stop=None):
+        self._check_graph(graph)
+        nums = self._argnums(graph, argnums)
+        args = self._arguments(graph, args)
+        mode = self._mode(mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs])
+        blocks = self._jacobian_blocks(graph, lambda: Program(graph), [p.spec for p in graph.outputs],
+                                       ("jacobian",), args, nums, mode, should_stop)
+        return self._nest(blocks, len(graph.outputs) == 1, isinstance(argnums, int))
+
+    def hvp(self, graph: Graph, primals, tangents, should_stop=None):
+        self._check_graph(graph)
+        self._scalar_output(graph, "hvp")
+        primals = self._arguments(graph, tuple(primals), "primals")
+        tangents = self._arguments(graph, tuple(tangents), "tangents")
+        wrt = self._differentiable(graph)
+        n_wrt = len(wrt)
+
+        def build():
+            gradient = select_outputs(vjp(Program(graph), wrt, seed_ones=True), range(1, 1 + n_wrt))
+            forward = jvp(gradient, wrt)
+            return select_outputs(forward, range(n_wrt, 2 * n_wrt))
+
+        plan = self._plan(graph, ("hvp",), build)
+        out = dict(zip(wrt, self._run(plan, primals + [tangents[i] for i in wrt],
+                                      should_stop=should_stop)))
+        return tuple(out[i] if i in out else np.zeros(p.spec.shape, p.spec.dtype)
+                     for i, p in enumerate(graph.inputs))
+
+    def hessian(self, graph: Graph, *args, argnums=0, should_stop=None):
+        self._check_graph(graph)
+        self._scalar_output(graph, "hessian")
+        nums = self._argnums(graph, argnums)
+        args = self._arguments(graph, args)
+
+        def gradient():
+            return select_outputs(vjp(Program(graph), nums, seed_ones=True), range(1, 1 + len(nums)))
+
+        blocks = self._jacobian_blocks(graph, gradient, [graph.inputs[i].spec for i in nums],
+                                       ("hessian", nums), args, nums, "fwd", should_stop)
+        return self._nest(blocks, isinstance(argnums, int), isinstance(argnums, int))
+
+    def check_grad(self, graph: Graph, *args, method="central"):
+        from .numerical import check_grad
+        return check_grad(self, graph, args, method)
+
+    # ---- Jacobians: a batch of tangents (forward) or cotangents (reverse) in one pass --------
+
+    @staticmethod
+    def _mode(mode, in_specs, out_specs):
+        if mode not in ("auto", "fwd", "rev"):
+            raise ValueError(f"mode must be 'fwd', 'rev' or 'auto', got {mode!r}")
+        if mode == "auto":
+            n_in = sum(s.size for s in in_specs)
+            n_out = sum(s.size for s in out_specs)
+            return "fwd" if n_in < n_out else "rev"
+        return mode
+
+    def _jacobian_blocks(self, graph, make_program, outs, key, args, nums, mode, should_stop):
+        """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape.
+        `outs` are the program's output specs."""
+        n_in = len(graph.inputs)
+        blocks = [[None] * len(nums) for _ in outs]
+        stats = []
+        if mode == "fwd":
+            for j, i in enumerate(nums):
+                spec = graph.inputs[i].spec
+                size = spec.size
+
+                def build(i=i, size=size):
+                    tangent_program = select_outputs(jvp(make_program(), (i,)),
+                                                     range(len(outs), 2 * len(outs)))
+                    return batch(tangent_program, [False] * n_in + [True], size)
+
+                plan = self._plan(graph, key + ("fwd", i), build)
+                basis = np.eye(size, dtype=spec.dtype).reshape((size,) + spec.shape)
+                for k, column in enumerate(self._run(plan, args + [basis], should_stop=should_stop)):
+                    blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
+                stats.append(self.last_stats)
+        else:
+            for k, out_spec in enumerate(outs):
+                size = out_spec.size
+
+                def build(k=k, size=size):
+                    row_program = select_outputs(vjp(select_outputs(make_program(), (k,)), nums),
+                                                 range(1, 1 + len(nums)))
+                    return batch(row_program, [False] * n_in + [True], size)
+
+                plan = self._plan(graph, key + ("rev", k, nums), build)
+                basis = np.eye(size, dtype=out_spec.dtype).reshape((size,) + out_spec.shape)
+                for j, rows in enumerate(self._run(plan, args + [basis], should_stop=should_stop)):
+                    spec = graph.inputs[nums[j]].spec
+                    blocks[k][j] = rows.reshape(out_spec.shape + spec.shape)
+                stats.append(self.last_stats)
+        self._local.stats = Stats(*[max(s[f] for s in stats) for f in range(len(Stats._fields))])
+        return blocks
+
+    @staticmethod
+    def _nest(blocks, single_output, single_arg):
+        rows = [row[0] if single_arg else tuple(row) for row in blocks]
+        return rows[0] if single_output else tuple(rows)
+
+
+def coerce(value, spec: Spec, what: str) -> np.ndarray:
+    """An argument as an array of `spec`: a ValueError for a wrong shape, a TypeError for a
+    dtype that does not convert safely (float to int, complex to float)."""
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - any object; report what it was
+        raise TypeError(f"{what}: cannot convert {type(value).__name__} to an array ({exc})") from None
+    if array.dtype.name not in dtypes.SUPPORTED and array.dtype.kind not in "biufc":
+        raise TypeError(f"{what}: unsupported dtype {array.dtype}")
+    if array.shape != spec.shape:
+        raise ValueError(f"{what} expects shape {spec.shape}, got {array.shape}")
+    if array.dtype.name != spec.dtype:
+        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+            raise TypeError(f"{what} expects {spec.dtype}, got {array.dtype.name}")
+        array = array.astype(spec.dtype)
+    return array

@@ -1,0 +1,147 @@
+"""The graph IR: typed inputs, constants, nodes in topological order (SSA), outputs.
+
+A Graph is immutable and always valid: the constructor runs the checker, so a Graph object
+that exists has passed it. Encoding to and from the protobuf wire message lives in wire.py.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from . import dtypes
+from .limits import DEFAULT_LIMITS, Limits
+
+
+@dataclass(frozen=True)
+class Spec:
+    """An abstract array: shape and dtype."""
+    shape: tuple
+    dtype: str = "float64"
+
+    def __init__(self, shape=(), dtype="float64"):
+        if isinstance(shape, (int, np.integer)):
+            shape = (shape,)
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtypes.canonical(dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=object)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    def __repr__(self):
+        return f"{self.dtype}{list(self.shape)}"
+
+
+class Port(NamedTuple):
+    """A graph input or output: its value name and spec."""
+    name: str
+    spec: Spec
+
+
+@dataclass(frozen=True)
+class Node:
+    """One equation: `outputs = op(inputs; attrs)`. Attribute values are ints, floats, strs,
+    bools, tuples of ints or floats, or Graphs (subgraphs)."""
+    op: str
+    inputs: tuple
+    outputs: tuple
+    attrs: Mapping[str, Any]
+
+    def describe(self, index: int) -> str:
+        return f"node {index} '{self.op}' -> {', '.join(self.outputs) or '()'}"
+
+
+def readonly(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, copy=not isinstance(array, np.ndarray) or array.flags.writeable)
+    array.setflags(write=False)
+    return array
+
+
+class Graph:
+    """An immutable, validated computation graph."""
+
+    def __init__(self, inputs: Sequence[Port], constants: Mapping[str, np.ndarray],
+                 nodes: Sequence[Node], outputs: Sequence[str], *,
+                 declared_outputs: Sequence[Spec] | None = None, limits: Limits = DEFAULT_LIMITS,
+                 outer: Mapping[str, Spec] | None = None):
+        from .validate import check_graph
+        self.inputs = tuple(Port(n, s) for n, s in inputs)
+        self.constants = {name: readonly(value) for name, value in constants.items()}
+        self.nodes = tuple(nodes)
+        output_names = tuple(outputs)
+        self.avals = check_graph(self.inputs, self.constants, self.nodes, output_names,
+                                 declared_outputs, limits, outer or {})
+        self.outputs = tuple(Port(n, self.avals[n]) for n in output_names)
+        self._digest = None
+
+    @property
+    def input_names(self):
+        return tuple(p.name for p in self.inputs)
+
+    @property
+    def output_names(self):
+        return tuple(p.name for p in self.outputs)
+
+    def to_bytes(self) -> bytes:
+        from .wire import graph_to_proto
+        return graph_to_proto(self).SerializeToString(deterministic=True)
+
+    @staticmethod
+    def from_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> "Graph":
+        from .wire import graph_from_bytes
+        return graph_from_bytes(data, limits)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical encoding: same program and constants, same digest."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.to_bytes()).hexdigest()
+        return self._digest
+
+    def __eq__(self, other):
+        return isinstance(other, Graph) and other.digest == self.digest
+
+    def __hash__(self):
+        return hash(self.digest)
+
+    def __repr__(self):
+        sig = ", ".join(f"{p.name}: {p.spec}" for p in self.inputs)
+        return f"<gs.Graph ({sig}) -> {len(self.outputs)} output(s), {len(self.nodes)} nodes>"
+
+    def __str__(self):
+        return "\n".join(_listing(self, indent=""))
+
+
+def _format_attr(value) -> str:
+    if isinstance(value, Graph):
+        return "{\n" + "\n".join(_listing(value, indent="    ")) + "\n  }"
+    return repr(value)
+
+
+def _listing(graph: Graph, indent: str):
+    sig = ", ".join(f"{p.name}: {p.spec}" for p in graph.inputs)
+    yield f"{indent}graph({sig}) {{"
+    for name, value in graph.constants.items():
+        shown = np.array2string(value, threshold=6, separator=", ") if value.size <= 6 else "..."
+        yield f"{indent}  {name}: {Spec(value.shape, value.dtype)} = {shown}"
+    for node in graph.nodes:
+        attrs = ", ".join(f"{k}={_format_attr(v)}" for k, v in sorted(node.attrs.items()))
+        args = ", ".join(node.inputs)
+        outs = ", ".join(f"{o}: {graph.avals[o]}" for o in node.outputs)
+        yield f"{indent}  {outs} = {node.op}({args}{'; ' + attrs if attrs else ''})"
+    yield f"{indent}  return {', '.join(graph.output_names)}"
+    yield f"{indent}}}"

@@ -1,0 +1,117 @@
+"""`einsum` with explicit subscripts ("ij,jk->ik"): matmul, dot, outer and tensordot are all
+einsums. Letters name axes; equal letters have equal sizes (no broadcasting: the front end
+broadcasts explicitly, so that broadcasting has its own derivative).
+
+Two-operand contractions run as one (batched) matmul, so they use BLAS."""
+import string
+
+import numpy as np
+
+from .. import dtypes
+from .. import numpy as gnp
+from ..graph import Spec
+from ..primitive import Linear, ShapeError, primitive
+from ..tracing import bind
+
+LETTERS = set(string.ascii_letters)
+
+
+def parse(subscripts):
+    if subscripts.count("->") != 1:
+        raise ShapeError(f"einsum subscripts {subscripts!r} need exactly one '->'")
+    lhs, out = subscripts.split("->")
+    return lhs.split(","), out
+
+
+def _einsum_shape(*specs, subscripts):
+    ins, out = parse(subscripts)
+    if len(ins) != len(specs):
+        raise ShapeError(f"subscripts name {len(ins)} operands, node has {len(specs)}")
+    sizes = {}
+    for sub, spec in zip(ins, specs):
+        if not set(sub) <= LETTERS or len(sub) != spec.ndim:
+            raise ShapeError(f"subscript {sub!r} does not fit an operand of shape {spec.shape}")
+        for letter, size in zip(sub, spec.shape):
+            if sizes.setdefault(letter, size) != size:
+                raise ShapeError(f"axis {letter!r} has sizes {sizes[letter]} and {size}")
+    if len(set(out)) != len(out) or not set(out) <= set(sizes):
+        raise ShapeError(f"output subscript {out!r} must name distinct input axes")
+    return Spec(tuple(sizes[c] for c in out), dtypes.promote(*[s.dtype for s in specs]))
+
+
+def _pairwise(a, b, sa, sb, out):
+    """One contraction of two operands as a batched matmul (batch, free_a, contracted) x
+    (batch, contracted, free_b): the mapping XLA's dot_general makes."""
+    a = a.sum(axis=tuple(i for i, c in enumerate(sa) if c not in sb and c not in out)) \
+        if set(sa) - set(sb) - set(out) else a
+    sa = "".join(c for c in sa if c in sb or c in out)
+    b = b.sum(axis=tuple(i for i, c in enumerate(sb) if c not in sa and c not in out)) \
+        if set(sb) - set(sa) - set(out) else b
+    sb = "".join(c for c in sb if c in sa or c in out)
+    batch = [c for c in out if c in sa and c in sb]
+    free_a = [c for c in sa if c in out and c not in sb]
+    free_b = [c for c in sb if c in out and c not in sa]
+    contracted = [c for c in sa if c in sb and c not in out]
+    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+    n = lambda letters: int(np.prod([size[c] for c in letters], dtype=np.int64))
+    a = a.transpose([sa.index(c) for c in batch + free_a + contracted])
+    b = b.transpose([sb.index(c) for c in batch + contracted + free_b])
+    product = np.matmul(a.reshape(n(batch), n(free_a), n(contracted)),
+                        b.reshape(n(batch), n(contracted), n(free_b)))
+    got = batch + free_a + free_b
+    product = product.reshape([size[c] for c in got])
+    return product.transpose([got.index(c) for c in out])
+
+
+def _einsum_impl(*arrays, subscripts):
+    ins, out = parse(subscripts)
+    if len(arrays) == 2 and all(len(set(s)) == len(s) for s in ins):
+        return _pairwise(arrays[0], arrays[1], ins[0], ins[1], out)
+    return np.einsum(subscripts, *arrays, optimize=len(arrays) > 2)
+
+
+def einsum(subscripts, *operands):
+    return bind("einsum", *operands, subscripts=subscripts)
+
+
+def _einsum_jvp(primals, tangents, ans, subscripts):
+    total = None
+    for k, t in enumerate(tangents):
+        if t is not None:
+            term = einsum(subscripts, *primals[:k], t, *primals[k + 1:])
+            total = term if total is None else total + term
+    return total
+
+
+def _einsum_transpose(ct, *operands, subscripts):
+    ins, out = parse(subscripts)
+    cts = []
+    for k, (sub, x) in enumerate(zip(ins, operands)):
+        if not isinstance(x, Linear):
+            cts.append(None)
+            continue
+        if len(set(sub)) != len(sub):
+            raise ShapeError(f"einsum operand {sub!r} has a repeated axis (a diagonal); its "
+                             "derivative in reverse mode is not supported")
+        others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != k]
+        reachable = set(out).union(*[set(s) for s, _ in others])
+        kept = "".join(c for c in sub if c in reachable)
+        lhs = ",".join([out] + [s for s, _ in others])
+        part = einsum(f"{lhs}->{kept}", ct, *[o for _, o in others])
+        if kept != sub:  # axes summed only inside this operand: broadcast back
+            part = gnp.reshape(part, tuple(x.shape[i] if c in kept else 1 for i, c in enumerate(sub)))
+            part = gnp.broadcast_to(part, x.shape)
+        cts.append(gnp.astype(part, x.dtype) if part.dtype != np.dtype(x.dtype) else part)
+    return tuple(cts)
+
+
+def _einsum_batch(args, batched, subscripts):
+    ins, out = parse(subscripts)
+    fresh = next(c for c in string.ascii_letters if c not in subscripts)
+    ins = [fresh + s if b else s for s, b in zip(ins, batched)]
+    return einsum(f"{','.join(ins)}->{fresh}{out}", *args)
+
+
+primitive("einsum", impl=_einsum_impl, shape=_einsum_shape, arity=(1, None),
+          attrs={"subscripts": "str"}, jvp=_einsum_jvp, transpose=_einsum_transpose,
+          batch=_einsum_batch)

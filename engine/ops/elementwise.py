@@ -1,0 +1,209 @@
+"""Elementwise ops. A derivative rule is one line: `t` is the tangent of `x`, `ans` the output.
+
+NaN-safety: where a derivative factor can be infinite (sqrt, log, arcsin, division, power at
+0) the rule multiplies with `mul_or_zero` / `div_or_zero`, which give exactly 0 where the
+incoming tangent or cotangent is 0. So `where(x > 0, sqrt(x), 0)` at x = 0 sends a zero
+cotangent into sqrt's rule and gets 0, not 0 * inf = nan.
+
+Complex step: the non-holomorphic ops get the standard extensions (abs(z) = z * sign(Re z);
+sign, comparisons, maximum and minimum look at the real part).
+"""
+import operator
+
+import numpy as np
+
+from .. import numpy as gnp
+from ..primitive import primitive
+from ..tracing import bind
+from .common import batch_elementwise, broadcast_tangent, elementwise_shape, unbroadcast
+
+
+def _real(x):
+    return x.real if np.iscomplexobj(x) else x
+
+
+def unary(name, fn, rule=None, *, inexact=True, linear=False):
+    """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative."""
+    def jvp(primals, tangents, ans):
+        t = tangents[0]
+        return None if t is None or rule is None else rule(t, primals[0], ans)
+
+    transpose = (lambda ct, x: (rule(ct, None, None),)) if linear else None
+    primitive(name, impl=fn, shape=elementwise_shape(fn, inexact=inexact), jvp=jvp,
+              transpose=transpose, batch=batch_elementwise(name), elementwise=True)
+
+
+unary("negative", operator.neg, lambda t, x, ans: -t, inexact=False, linear=True)
+unary("exp", np.exp, lambda t, x, ans: t * ans)
+unary("expm1", np.expm1, lambda t, x, ans: t * (ans + 1))
+unary("log", np.log, lambda t, x, ans: gnp.div_or_zero(t, x))
+unary("log1p", np.log1p, lambda t, x, ans: gnp.div_or_zero(t, x + 1))
+unary("sqrt", np.sqrt, lambda t, x, ans: gnp.div_or_zero(t, ans * 2))
+unary("square", np.square, lambda t, x, ans: t * (x * 2), inexact=False)
+unary("sin", np.sin, lambda t, x, ans: t * gnp.cos(x))
+unary("cos", np.cos, lambda t, x, ans: t * -gnp.sin(x))
+unary("tan", np.tan, lambda t, x, ans: t * (ans * ans + 1))
+unary("arcsin", np.arcsin, lambda t, x, ans: gnp.div_or_zero(t, gnp.sqrt(1 - x * x)))
+unary("arccos", np.arccos, lambda t, x, ans: gnp.div_or_zero(-t, gnp.sqrt(1 - x * x)))
+unary("arctan", np.arctan, lambda t, x, ans: t / (x * x + 1))
+unary("sinh", np.sinh, lambda t, x, ans: t * gnp.cosh(x))
+unary("cosh", np.cosh, lambda t, x, ans: t * gnp.sinh(x))
+unary("tanh", np.tanh, lambda t, x, ans: t * (1 - ans * ans))
+unary("abs", lambda x: x * np.sign(x.real) if np.iscomplexobj(x) else np.abs(x),
+      lambda t, x, ans: t * gnp.sign(x), inexact=False)
+unary("sign", lambda x: np.sign(_real(x)), inexact=False)
+unary("floor", lambda x: np.floor(_real(x)), inexact=False)
+unary("ceil", lambda x: np.ceil(_real(x)), inexact=False)
+unary("round", lambda x: np.round(_real(x)), inexact=False)
+unary("isfinite", np.isfinite, inexact=False)
+unary("logical_not", np.logical_not, inexact=False)
+
+
+def _sum_tangents(*terms):
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def binary(name, fn, rule=None, *, inexact=False, transpose=None):
+    """`rule(tx, ty, x, y, ans)` gives the output tangent; tx or ty may be None (zero)."""
+    def jvp(primals, tangents, ans):
+        tx, ty = tangents
+        if rule is None or (tx is None and ty is None):
+            return None
+        out = rule(tx, ty, *primals, ans)
+        return None if out is None else broadcast_tangent(out, ans.spec)
+
+    primitive(name, impl=fn, shape=elementwise_shape(fn, inexact=inexact), arity=2, jvp=jvp,
+              transpose=transpose, batch=batch_elementwise(name), elementwise=True)
+
+
+def _either(tx, ty, on_x, on_y):
+    return _sum_tangents(None if tx is None else on_x(tx), None if ty is None else on_y(ty))
+
+
+def _transpose_linear_each(on_x, on_y):
+    """Transpose of an op linear in each operand separately (add, subtract, mul by a primal)."""
+    def transpose(ct, x, y):
+        from ..primitive import Linear
+        return (unbroadcast(on_x(ct, y), x.spec) if isinstance(x, Linear) else None,
+                unbroadcast(on_y(ct, x), y.spec) if isinstance(y, Linear) else None)
+    return transpose
+
+
+def _tie_weight(x, y):
+    """1 where x wins, 0.5 at ties, 0 where y wins: a tie splits the derivative evenly."""
+    return gnp.sign(x - y) * 0.5 + 0.5
+
+
+def _finite_or_zero(ans):
+    return gnp.where(gnp.isfinite(ans), ans, 0)
+
+
+def _compare(fn):
+    return lambda x, y: fn(_real(x), _real(y))
+
+
+def _select_real(take_x):
+    def impl(x, y):
+        if np.iscomplexobj(x) or np.iscomplexobj(y):
+            return np.where(take_x(x.real, y.real), x, y)
+        return (np.maximum if take_x is np.greater_equal else np.minimum)(x, y)
+    return impl
+
+
+def _mul_or_zero(t, d):
+    out = np.multiply(t, d)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out = np.where(bad & (np.asarray(t) == 0), 0, out)
+    return out
+
+
+def _div_or_zero(t, d):
+    out = np.divide(t, d)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out = np.where(bad & (np.asarray(t) == 0), 0, out)
+    return out
+
+
+binary("add", operator.add, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
+       transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct))
+binary("subtract", operator.sub, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: -t),
+       transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct))
+binary("multiply", operator.mul, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t * y, lambda t: x * t),
+       transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct))
+binary("divide", operator.truediv, lambda tx, ty, x, y, ans: gnp.div_or_zero(
+           _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y))
+binary("power", np.power, lambda tx, ty, x, y, ans: _either(
+           tx, ty, lambda t: gnp.mul_or_zero(t, y * x ** (y - 1)),
+           lambda t: gnp.mul_or_zero(t, gnp.log(x) * ans)), inexact=True)
+binary("maximum", _select_real(np.greater_equal), lambda tx, ty, x, y, ans: _either(
+           tx, ty, lambda t: t * _tie_weight(x, y), lambda t: t * _tie_weight(y, x)))
+binary("minimum", _select_real(np.less_equal), lambda tx, ty, x, y, ans: _either(
+           tx, ty, lambda t: t * _tie_weight(y, x), lambda t: t * _tie_weight(x, y)))
+binary("logaddexp", np.logaddexp, lambda tx, ty, x, y, ans: _either(
+           tx, ty, lambda t: t * gnp.exp(x - _finite_or_zero(ans)),
+           lambda t: t * gnp.exp(y - _finite_or_zero(ans))), inexact=True)
+# Linear in the first operand: t * d and t / d, but exactly 0 wherever t is 0.
+binary("mul_or_zero", _mul_or_zero, lambda tt, td, t, d, ans: _either(
+           tt, td, lambda u: gnp.mul_or_zero(u, d), lambda u: t * u), inexact=True,
+       transpose=lambda ct, t, d: (unbroadcast(gnp.mul_or_zero(ct, d), t.spec), None))
+binary("div_or_zero", _div_or_zero, lambda tt, td, t, d, ans: _either(
+           tt, td, lambda u: gnp.div_or_zero(u, d), lambda u: -gnp.div_or_zero(t * u, d * d)),
+       inexact=True,
+       transpose=lambda ct, t, d: (unbroadcast(gnp.div_or_zero(ct, d), t.spec), None))
+
+for _name, _fn in [("less", np.less), ("less_equal", np.less_equal), ("greater", np.greater),
+                   ("greater_equal", np.greater_equal), ("equal", np.equal),
+                   ("not_equal", np.not_equal)]:
+    binary(_name, _compare(_fn))
+for _name, _fn in [("logical_and", np.logical_and), ("logical_or", np.logical_or),
+                   ("logical_xor", np.logical_xor)]:
+    binary(_name, _fn)
+
+
+def _select_jvp(primals, tangents, ans):
+    cond, _, _ = primals
+    _, tx, ty = tangents
+    if tx is None and ty is None:
+        return None
+    zero = np.zeros((), ans.dtype)
+    return gnp.where(cond, zero if tx is None else tx, zero if ty is None else ty)
+
+
+def _select_transpose(ct, cond, x, y):
+    from ..primitive import Linear
+    zero = np.zeros((), ct.dtype)
+    return (None,
+            unbroadcast(gnp.where(cond, ct, zero), x.spec) if isinstance(x, Linear) else None,
+            unbroadcast(gnp.where(cond, zero, ct), y.spec) if isinstance(y, Linear) else None)
+
+
+primitive("select", impl=np.where, shape=elementwise_shape(np.where), arity=3,
+          jvp=_select_jvp, transpose=_select_transpose, batch=batch_elementwise("select"),
+          elementwise=True)
+
+
+def _convert_shape(x, dtype):
+    from ..graph import Spec
+    return Spec(x.shape, dtype)
+
+
+def _convert_jvp(primals, tangents, ans, dtype):
+    from .. import dtypes
+    t = tangents[0]
+    if t is None or not dtypes.is_differentiable(dtype):
+        return None
+    return gnp.astype(t, dtype)
+
+
+primitive("convert", impl=lambda x, dtype: x.astype(dtype), shape=_convert_shape,
+          attrs={"dtype": "str"}, jvp=_convert_jvp,
+          transpose=lambda ct, x, dtype: (gnp.astype(ct, x.dtype),),
+          batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype), elementwise=True)

@@ -1,0 +1,153 @@
+"""Indexing: `getitem` (slices, integers, newaxis, integer arrays) and its transpose
+`scatter_add` (repeated indices accumulate).
+
+The index is the `index` attribute, four ints per entry:
+  (0, start, stop, step) a slice (stop < 0 means "to the beginning", for negative steps),
+  (1, i, 0, 0) an integer, (2, 0, 0, 0) a new axis, (3, k, 0, 0) the k-th index-array input.
+The front end normalizes: no Ellipsis, every axis of x consumed, integers non-negative, and
+when arrays are present integers travel as 0-d arrays (NumPy treats them alike then).
+"""
+import numpy as np
+
+from .. import numpy as gnp
+from ..graph import Spec
+from ..primitive import ShapeError, primitive
+from ..tracing import bind
+
+SLICE, INT, NEWAXIS, ARRAY = 0, 1, 2, 3
+
+
+def entries(index):
+    return [tuple(index[i:i + 4]) for i in range(0, len(index), 4)]
+
+
+def index_tuple(index, arrays):
+    out = []
+    for code, a, b, c in entries(index):
+        if code == SLICE:
+            out.append(slice(a, None if b < 0 else b, c))
+        elif code == INT:
+            out.append(a)
+        elif code == NEWAXIS:
+            out.append(None)
+        else:
+            out.append(arrays[a])
+    return tuple(out)
+
+
+def _check_index(x, index, arrays):
+    if len(index) % 4:
+        raise ShapeError("index attribute must hold four ints per entry")
+    consumed = 0
+    array_count = 0
+    for code, a, b, c in entries(index):
+        if code == SLICE:
+            n = x.shape[consumed] if consumed < x.ndim else None
+            if n is None or c == 0 or not (0 <= a <= n and -1 <= b <= n):
+                raise ShapeError(f"bad slice ({a}, {b}, {c}) for axis {consumed}")
+            consumed += 1
+        elif code == INT:
+            if consumed >= x.ndim or not 0 <= a < x.shape[consumed]:
+                raise ShapeError(f"integer index {a} is out of range for axis {consumed}")
+            consumed += 1
+        elif code == ARRAY:
+            if a != array_count:
+                raise ShapeError("index arrays must be referenced in order")
+            array_count += 1
+            consumed += 1
+        elif code != NEWAXIS:
+            raise ShapeError(f"unknown index entry kind {code}")
+    if consumed != x.ndim:
+        raise ShapeError(f"index consumes {consumed} axes of a {x.ndim}-d array")
+    if array_count != len(arrays):
+        raise ShapeError(f"index names {array_count} arrays, node has {len(arrays)}")
+    for spec in arrays:
+        if spec.dtype not in ("int32", "int64"):
+            raise ShapeError(f"index arrays must be integers, got {spec.dtype}")
+
+
+def _indexed_shape(shape, index, arrays):
+    """NumPy's own result shape, computed on a zero-byte stand-in (nothing is allocated)."""
+    stand_in = np.zeros(shape, dtype=np.dtype([]))
+    fake = [np.zeros(a.shape, np.intp) for a in arrays]
+    return stand_in[index_tuple(index, fake)].shape
+
+
+def _getitem_shape(x, *arrays, index):
+    _check_index(x, index, arrays)
+    return Spec(_indexed_shape(x.shape, index, arrays), x.dtype)
+
+
+def _getitem_impl(x, *arrays, index):
+    return x[index_tuple(index, arrays)]
+
+
+def _scatter_add_shape(updates, *arrays, shape, index):
+    target = Spec(shape, updates.dtype)
+    _check_index(target, index, arrays)
+    want = _indexed_shape(shape, index, arrays)
+    if want != updates.shape:
+        raise ShapeError(f"updates have shape {updates.shape}, the index selects {want}")
+    return target
+
+
+def _scatter_add_impl(updates, *arrays, shape, index):
+    out = np.zeros(shape, updates.dtype)
+    key = index_tuple(index, arrays)
+    if arrays:
+        np.add.at(out, key, updates)
+    else:
+        out[key] = updates
+    return out
+
+
+def _batch_axis(index):
+    """Where NumPy puts a leading full slice's axis: in front, unless the index arrays are
+    separated (then the broadcast index dimensions come first)."""
+    codes = [e[0] for e in entries(index)]
+    positions = [i for i, c in enumerate(codes) if c == ARRAY]
+    return bool(positions) and positions[-1] - positions[0] + 1 != len(positions)
+
+
+def _batched_index(index, size):
+    return (SLICE, 0, size, 1) + tuple(index)
+
+
+def _getitem_batch(args, batched, index):
+    x, *arrays = args
+    out = gnp_getitem(x, arrays, _batched_index(index, x.shape[0]))
+    if _batch_axis(index):
+        at = len(np.broadcast_shapes(*[a.shape for a in arrays]))
+        out = gnp.moveaxis(out, at, 0)
+    return out
+
+
+def _scatter_add_batch(args, batched, shape, index):
+    updates, *arrays = args
+    if _batch_axis(index):
+        at = len(np.broadcast_shapes(*[a.shape for a in arrays]))
+        updates = gnp.moveaxis(updates, 0, at)
+    size = args[0].shape[0]
+    return bind("scatter_add", updates, *arrays, shape=(size,) + tuple(shape),
+                index=_batched_index(index, size))
+
+
+def gnp_getitem(x, arrays, index):
+    return bind("getitem", x, *arrays, index=tuple(index))
+
+
+primitive("getitem", impl=_getitem_impl, shape=_getitem_shape, arity=(1, None),
+          attrs={"index": "ints"},
+          jvp=lambda primals, tangents, ans, index: None if tangents[0] is None
+          else gnp_getitem(tangents[0], primals[1:], index),
+          transpose=lambda ct, x, *arrays, index: (
+              bind("scatter_add", ct, *arrays, shape=x.shape, index=index),) + (None,) * len(arrays),
+          batch=_getitem_batch)
+
+primitive("scatter_add", impl=_scatter_add_impl, shape=_scatter_add_shape, arity=(1, None),
+          attrs={"shape": "ints", "index": "ints"},
+          jvp=lambda primals, tangents, ans, shape, index: None if tangents[0] is None
+          else bind("scatter_add", tangents[0], *primals[1:], shape=shape, index=index),
+          transpose=lambda ct, updates, *arrays, shape, index: (
+              gnp_getitem(ct, arrays, index),) + (None,) * len(arrays),
+          batch=_scatter_add_batch)

@@ -1,0 +1,150 @@
+"""Reductions along `axes` (sorted, non-negative; `keepdims`), cumsum, argmax/argmin,
+and logsumexp (a primitive so that its gradient is finite even when every input is -inf)."""
+import numpy as np
+
+from .. import dtypes
+from .. import numpy as gnp
+from ..graph import Spec
+from ..primitive import ShapeError, primitive
+from .common import batch_shift_axes, normalize_axes
+
+
+def _real(x):
+    return x.real if np.iscomplexobj(x) else x
+
+
+def _reduced_shape(x, axes, keepdims, *, nonempty=False):
+    if normalize_axes(axes, x.ndim) != tuple(axes):
+        raise ShapeError(f"axes {axes} must be sorted, distinct and non-negative")
+    if nonempty and any(x.shape[a] == 0 for a in axes):
+        raise ShapeError("reduction over a zero-size axis has no identity")
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes)
+
+
+def keepdims_shape(shape, axes):
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+def _with_kept_dims(value, x, axes, keepdims):
+    """A reduction's output reshaped to broadcast against its input."""
+    return value if keepdims else gnp.reshape(value, keepdims_shape(x.shape, axes))
+
+
+def _sum_dtype(dtype):
+    return dtypes.canonical(np.sum(np.ones((1,), dtype)).dtype)
+
+
+REDUCE_ATTRS = {"axes": "ints", "keepdims": "bool"}
+
+
+def reduction(name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None):
+    primitive(name, impl=impl, attrs=REDUCE_ATTRS, jvp=jvp, transpose=transpose,
+              shape=lambda x, axes, keepdims: Spec(
+                  _reduced_shape(x, axes, keepdims, nonempty=nonempty), out_dtype(x.dtype)),
+              batch=batch_shift_axes(name))
+
+
+def _sum_jvp(primals, tangents, ans, axes, keepdims):
+    t = tangents[0]
+    return None if t is None else gnp.sum(t, axis=axes, keepdims=keepdims)
+
+
+def _sum_transpose(ct, x, axes, keepdims):
+    return (gnp.broadcast_to(_with_kept_dims(ct, x, axes, keepdims), x.shape),)
+
+
+def _extremum_jvp(primals, tangents, ans, axes, keepdims):
+    """The derivative goes to the extremal elements, split evenly between ties."""
+    (x,), (t,) = primals, tangents
+    if t is None:
+        return None
+    hit = gnp.astype(gnp.equal(x, _with_kept_dims(ans, x, axes, keepdims)), x.dtype)
+    weight = hit / gnp.sum(hit, axis=axes, keepdims=True)
+    return gnp.sum(t * weight, axis=axes, keepdims=keepdims)
+
+
+def _extremum_impl(pick):
+    def impl(x, axes, keepdims):
+        if not np.iscomplexobj(x):
+            return pick(x, axis=axes, keepdims=keepdims)
+        # complex step: the element whose real part is extremal
+        moved = np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
+        flat = moved.reshape(moved.shape[:x.ndim - len(axes)] + (-1,))
+        arg = (np.argmax if pick is np.max else np.argmin)(flat.real, axis=-1)
+        out = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+        return out.reshape(keepdims_shape(x.shape, axes)) if keepdims else out
+    return impl
+
+
+def _prod_jvp(primals, tangents, ans, axes, keepdims):
+    (x,), (t,) = primals, tangents
+    if t is None:
+        return None
+    return gnp.sum(t * (_with_kept_dims(ans, x, axes, keepdims) / x), axis=axes, keepdims=keepdims)
+
+
+def _logsumexp_impl(x, axes, keepdims):
+    if x.size == 0:
+        return np.log(np.sum(np.exp(x), axis=axes, keepdims=keepdims))
+    top = np.max(_real(x), axis=axes, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0)  # all -inf: shift by 0, result -inf, no nan
+    out = np.log(np.sum(np.exp(x - top), axis=axes, keepdims=True)) + top
+    return out if keepdims else np.squeeze(out, axis=axes)
+
+
+def _logsumexp_jvp(primals, tangents, ans, axes, keepdims):
+    """d logsumexp = sum(t * softmax(x)); with the output shifted to 0 where it is -inf the
+    softmax of an all -inf row is 0, not nan."""
+    (x,), (t,) = primals, tangents
+    if t is None:
+        return None
+    safe = _with_kept_dims(gnp.where(gnp.isfinite(ans), ans, 0), x, axes, keepdims)
+    return gnp.sum(t * gnp.exp(x - safe), axis=axes, keepdims=keepdims)
+
+
+reduction("reduce_sum", lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
+          _sum_jvp, out_dtype=_sum_dtype, transpose=_sum_transpose)
+reduction("reduce_max", _extremum_impl(np.max), _extremum_jvp, nonempty=True)
+reduction("reduce_min", _extremum_impl(np.min), _extremum_jvp, nonempty=True)
+reduction("reduce_prod", lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims),
+          _prod_jvp, out_dtype=_sum_dtype)
+reduction("logsumexp", _logsumexp_impl, _logsumexp_jvp, out_dtype=lambda d: d)
+
+
+def _arg_shape(x, axes, keepdims):
+    if len(axes) > 1:
+        raise ShapeError("argmax/argmin take one axis or none (axes=())")
+    if x.size == 0:
+        raise ShapeError("argmax/argmin of an empty array")
+    if not axes:
+        return Spec((1,) * x.ndim if keepdims else (), "int64")
+    return Spec(_reduced_shape(x, axes, keepdims), "int64")
+
+
+def _arg_impl(pick):
+    def impl(x, axes, keepdims):
+        return pick(_real(x), axis=axes[0] if axes else None, keepdims=keepdims).astype(np.int64)
+    return impl
+
+
+for _name, _pick in [("argmax", np.argmax), ("argmin", np.argmin)]:
+    primitive(_name, impl=_arg_impl(_pick), shape=_arg_shape, attrs=REDUCE_ATTRS,
+              jvp=lambda primals, tangents, ans, axes, keepdims: None,
+              batch=batch_shift_axes(_name))
+
+
+def _cumsum_shape(x, axis):
+    if not 0 <= axis < x.ndim:
+        raise ShapeError(f"axis {axis} is out of range")
+    return Spec(x.shape, _sum_dtype(x.dtype))
+
+
+primitive("cumsum", impl=lambda x, axis: np.cumsum(x, axis=axis), shape=_cumsum_shape,
+          attrs={"axis": "int"},
+          jvp=lambda primals, tangents, ans, axis: None if tangents[0] is None
+          else gnp.cumsum(tangents[0], axis=axis),
+          transpose=lambda ct, x, axis: (
+              gnp.flip(gnp.cumsum(gnp.flip(ct, axis), axis=axis), axis),),
+          batch=batch_shift_axes("cumsum"))

@@ -1,0 +1,206 @@
+"""Tracing: running a Python function on Tracers records a Graph.
+
+`bind(op, *args, **attrs)` is the one door to every primitive: with a Tracer among the args
+it records a node in the innermost open Builder, otherwise it computes with NumPy at once.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+
+import numpy as np
+
+from . import dtypes
+from .errors import GraphError, TracerBoolError
+from .graph import Graph, Node, Port, Spec
+from .primitive import PRIMITIVES
+
+_state = threading.local()
+
+CONTROL_FLOW_HINT = ("Python control flow on a traced value is not recorded in the graph; "
+                     "use gs.cond, gs.while_loop, gs.fori_loop or gs.scan, or gnp.where")
+
+
+def _stack() -> list:
+    if not hasattr(_state, "builders"):
+        _state.builders = []
+    return _state.builders
+
+
+class Builder:
+    """Collects inputs, constants and nodes; `build(outputs)` makes the Graph."""
+
+    def __init__(self, parent: "Builder | None" = None):
+        self.parent = parent
+        self.inputs: list[Port] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.nodes: list[Node] = []
+        self._small_constants: dict = {}
+        self._big_constants: dict = {}
+        self._count = 0
+
+    def __enter__(self):
+        _stack().append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _stack().pop()
+
+    def _fresh(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count - 1}"
+
+    def input(self, name: str, spec: Spec) -> "Tracer":
+        self.inputs.append(Port(name, spec))
+        return Tracer(self, name, spec)
+
+    def constant(self, value) -> "Tracer":
+        if isinstance(value, Tracer):
+            return value
+        array = np.asarray(value)
+        if array.dtype.name not in dtypes.SUPPORTED:
+            array = array.astype(dtypes.promote(array.dtype.name, "bool")) if array.dtype.kind in "iuf" \
+                else array
+        spec = Spec(array.shape, array.dtype)
+        if array.size <= 16:
+            key = (spec, array.tobytes())
+            cache = self._small_constants
+        else:
+            key = id(value)
+            cache = self._big_constants
+        if key not in cache:
+            name = self._fresh("%c")
+            self.constants[name] = array
+            cache[key] = (Tracer(self, name, spec), value)
+        return cache[key][0]
+
+    def add(self, prim, args, attrs) -> "Tracer | tuple":
+        names = []
+        specs = []
+        for arg in args:
+            tracer = arg if isinstance(arg, Tracer) and arg.builder is self else self.capture(arg)
+            names.append(tracer.name)
+            specs.append(tracer.spec)
+        try:
+            out = prim.shape(*specs, **attrs)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise GraphError(str(exc), f"node {len(self.nodes)} '{prim.name}'") from None
+        outs = out if isinstance(out, tuple) else (out,)
+        tracers = tuple(Tracer(self, self._fresh("%"), spec) for spec in outs)
+        self.nodes.append(Node(prim.name, tuple(names), tuple(t.name for t in tracers), attrs))
+        return tracers if isinstance(out, tuple) else tracers[0]
+
+    def capture(self, value) -> "Tracer":
+        """A value from outside this builder: a constant, or a Tracer of an enclosing builder
+        (read by name, as subgraphs read outer values)."""
+        if not isinstance(value, Tracer):
+            return self.constant(value)
+        if value.builder is self:
+            return value
+        builder = self.parent
+        while builder is not None and builder is not value.builder:
+            builder = builder.parent
+        if builder is None:
+            raise GraphError("a traced value escaped the function that traced it "
+                             "(it belongs to another trace)", "tracing")
+        return Tracer(self, value.name, value.spec)
+
+    def build(self, outputs) -> Graph:
+        single = not isinstance(outputs, (tuple, list))
+        outs = [self.capture(o) for o in ([outputs] if single else outputs)]
+        return Graph(self.inputs, self.constants, self.nodes, [o.name for o in outs])
+
+
+def current_builder() -> Builder | None:
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
+def bind(op: str, *args, **attrs):
+    prim = PRIMITIVES[op]
+    if any(isinstance(a, Tracer) for a in args):
+        builder = current_builder() or next(a.builder for a in args if isinstance(a, Tracer))
+        return builder.add(prim, args, attrs)
+    return prim.impl(*[np.asarray(a) for a in args], **attrs)
+
+
+def spec_of(value) -> Spec:
+    if isinstance(value, Spec):
+        return value
+    if isinstance(value, Tracer):
+        return value.spec
+    if isinstance(value, bool):
+        return Spec((), "bool")
+    if isinstance(value, int):
+        return Spec((), "int64")
+    if isinstance(value, float):
+        return Spec((), "float64")
+    if isinstance(value, complex):
+        return Spec((), "complex128")
+    if isinstance(value, (np.ndarray, np.generic)):
+        return Spec(value.shape, value.dtype)
+    raise TypeError(f"cannot trace with an argument of type {type(value).__name__}; "
+                    "give a number, a NumPy array or a gs.Spec")
+
+
+def parameter_names(fn, count: int) -> list[str]:
+    names = []
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            names.extend(f"{p.name}_{i}" for i in range(count - len(names)))
+    names = names[:count]
+    names += [f"x{i}" for i in range(len(names), count)]
+    return names
+
+
+def trace(fn, *example_args) -> Graph:
+    """Record `fn` applied to inputs shaped like `example_args` as a Graph."""
+    specs = [spec_of(a) for a in example_args]
+    with Builder(current_builder()) as builder:
+        inputs = [builder.input(name, spec)
+                  for name, spec in zip(parameter_names(fn, len(specs)), specs)]
+        return builder.build(fn(*inputs))
+
+
+class Tracer:
+    """A value inside a function being traced. Supports NumPy's operators and methods."""
+    __slots__ = ("builder", "name", "spec")
+    __array_priority__ = 1000
+
+    def __init__(self, builder, name, spec):
+        self.builder = builder
+        self.name = name
+        self.spec = spec
+
+    shape = property(lambda self: self.spec.shape)
+    dtype = property(lambda self: np.dtype(self.spec.dtype))
+    ndim = property(lambda self: len(self.spec.shape))
+    size = property(lambda self: self.spec.size)
+
+    def __repr__(self):
+        return f"Tracer({self.name}: {self.spec})"
+
+    def __bool__(self):
+        raise TracerBoolError(f"bool() of traced value {self.name}. {CONTROL_FLOW_HINT}")
+
+    def _concrete(self, *_):
+        raise TracerBoolError(f"a traced value {self.name} has no concrete value while tracing. "
+                              f"{CONTROL_FLOW_HINT}")
+
+    __float__ = __int__ = __index__ = __complex__ = __array__ = _concrete
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d traced array")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    __hash__ = object.__hash__

@@ -1,0 +1,199 @@
+"""Graph-to-graph transformations. Each re-traces a graph through a Builder, calling every
+node's rule; the result is again an ordinary Graph, so transformations compose (a Hessian is
+a Jacobian of a gradient; an HVP is a JVP of a gradient).
+
+- `jvp`: forward mode, a tangent beside each value (dual numbers).
+- `vjp`: reverse mode = JVP, then transposition of the part linear in the tangents. The
+  non-linear part runs first (the forward pass); the values it computes that the transposed
+  part reads are the tape. Returned with `boundary`, the index of the first backward node.
+- `batch`: a leading batch axis on some inputs (a batch of tangents or cotangents in one pass).
+- `prune`: drops nodes no output needs.
+
+A Program is a graph with its forward/backward boundary (None when there is no tape).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import dtypes
+from . import numpy as gnp
+from .graph import Graph, Spec
+from .primitive import PRIMITIVES, Linear
+from .tracing import Builder, bind
+
+
+class Program(NamedTuple):
+    graph: Graph
+    boundary: int | None = None  # first node of the backward pass
+
+
+def _replay_node(node, args):
+    out = bind(node.op, *args, **node.attrs)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _start(graph: Graph, builder: Builder, specs=None):
+    env = {}
+    for port, spec in zip(graph.inputs, specs or [p.spec for p in graph.inputs]):
+        env[port.name] = builder.input(port.name, spec)
+    for name, value in graph.constants.items():
+        env[name] = builder.constant(value)
+    return env
+
+
+def _zeros(spec):
+    return gnp.zeros(spec.shape, spec.dtype)
+
+
+def jvp(program: Program, wrt) -> Program:
+    """Inputs: the primals, then one tangent per input in `wrt` (indices of differentiable
+    inputs). Outputs: the primal outputs, then their tangents."""
+    graph, boundary = program
+    with Builder() as builder:
+        env = _start(graph, builder)
+        tangents = {}
+        for i in wrt:
+            port = graph.inputs[i]
+            tangents[port.name] = builder.input(f"tangent:{port.name}", port.spec)
+        new_boundary = None
+        for k, node in enumerate(graph.nodes):
+            if k == boundary:
+                new_boundary = len(builder.nodes)
+            args = [env[n] for n in node.inputs]
+            outs = _replay_node(node, args)
+            env.update(zip(node.outputs, outs))
+            ins = [tangents.get(n) for n in node.inputs]
+            if any(t is not None for t in ins):
+                out_t = PRIMITIVES[node.op].jvp(args, ins, outs if len(outs) > 1 else outs[0],
+                                                **node.attrs)
+                out_t = out_t if isinstance(out_t, tuple) else (out_t,)
+                tangents.update((n, t) for n, t in zip(node.outputs, out_t) if t is not None)
+        primal_out = [env[p.name] for p in graph.outputs]
+        tangent_out = [tangents[p.name] if p.name in tangents else _zeros(p.spec)
+                       for p in graph.outputs]
+        if new_boundary is None and boundary is not None:
+            new_boundary = len(builder.nodes)
+        return Program(builder.build(primal_out + tangent_out), new_boundary)
+
+
+def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
+    """Inputs: the primals, then one cotangent per output (none with `seed_ones`, for the
+    gradient of a scalar). Outputs: the primal outputs, then one cotangent per input in `wrt`.
+    """
+    graph = program.graph
+    linearized = jvp(Program(graph), wrt).graph
+    n_out = len(graph.outputs)
+    linear = {p.name for p in linearized.inputs[len(graph.inputs):]}
+    for node in linearized.nodes:
+        if any(n in linear for n in node.inputs):
+            linear.update(node.outputs)
+
+    with Builder() as builder:
+        env = {}
+        for port in graph.inputs:
+            env[port.name] = builder.input(port.name, port.spec)
+        for name, value in linearized.constants.items():
+            env[name] = builder.constant(value)
+        linear_nodes = []
+        for node in linearized.nodes:
+            if any(n in linear for n in node.outputs):
+                linear_nodes.append(node)
+            else:
+                env.update(zip(node.outputs, _replay_node(node, [env[n] for n in node.inputs])))
+        boundary = len(builder.nodes)
+
+        cotangents: dict = {}
+
+        def accumulate(name, ct):
+            cotangents[name] = ct if name not in cotangents else cotangents[name] + ct
+
+        for port, tangent_port in zip(graph.outputs, linearized.outputs[n_out:]):
+            if not dtypes.is_differentiable(port.spec.dtype):
+                continue
+            seed = gnp.ones(port.spec.shape, port.spec.dtype) if seed_ones else \
+                builder.input(f"cotangent:{port.name}", port.spec)
+            if tangent_port.name in linear:
+                accumulate(tangent_port.name, seed)
+
+        for node in reversed(linear_nodes):
+            ct = cotangents.pop(node.outputs[0], None)
+            if ct is None:
+                continue
+            args = [Linear(linearized.avals[n]) if n in linear else env[n] for n in node.inputs]
+            for name, ct_in in zip(node.inputs, PRIMITIVES[node.op].transpose(ct, *args, **node.attrs)):
+                if ct_in is not None and name in linear:
+                    accumulate(name, ct_in)
+
+        primal_out = [env[p.name] for p in linearized.outputs[:n_out]]
+        grads = [cotangents.get(f"tangent:{graph.inputs[i].name}") for i in wrt]
+        grads = [g if g is not None else _zeros(graph.inputs[i].spec) for g, i in zip(grads, wrt)]
+        return prune(Program(builder.build(primal_out + grads), boundary))
+
+
+def batch(program: Program, batched_inputs, size: int) -> Program:
+    """The same computation over a leading axis of `size` on the inputs flagged in
+    `batched_inputs`; every output gets that leading axis."""
+    graph, boundary = program
+    specs = [Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
+             for p, b in zip(graph.inputs, batched_inputs)]
+    with Builder() as builder:
+        env = _start(graph, builder, specs)
+        batched = {p.name for p, b in zip(graph.inputs, batched_inputs) if b}
+        new_boundary = None
+        for k, node in enumerate(graph.nodes):
+            if k == boundary:
+                new_boundary = len(builder.nodes)
+            args = [env[n] for n in node.inputs]
+            flags = [n in batched for n in node.inputs]
+            if any(flags):
+                out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
+                outs = out if isinstance(out, tuple) else (out,)
+                batched.update(node.outputs)
+            else:
+                outs = _replay_node(node, args)
+            env.update(zip(node.outputs, outs))
+        outs = []
+        for port in graph.outputs:
+            value = env[port.name]
+            outs.append(value if port.name in batched else
+                        gnp.broadcast_to(value, (size,) + port.spec.shape))
+        return Program(builder.build(outs), new_boundary)
+
+
+def select_outputs(program: Program, indices) -> Program:
+    graph = program.graph
+    pruned = Graph(graph.inputs, graph.constants, graph.nodes,
+                   [graph.outputs[i].name for i in indices])
+    return prune(Program(pruned, program.boundary))
+
+
+def prune(program: Program) -> Program:
+    """Remove nodes whose outputs nothing needs, and constants nothing reads."""
+    graph, boundary = program
+    needed = set(graph.output_names)
+    keep = []
+    for k in range(len(graph.nodes) - 1, -1, -1):
+        node = graph.nodes[k]
+        if any(o in needed for o in node.outputs):
+            keep.append(k)
+            needed.update(node.inputs)
+    keep.reverse()
+    if len(keep) == len(graph.nodes) and all(c in needed for c in graph.constants):
+        return program
+    nodes = [graph.nodes[k] for k in keep]
+    constants = {n: v for n, v in graph.constants.items() if n in needed}
+    new_boundary = None if boundary is None else sum(1 for k in keep if k < boundary)
+    return Program(Graph(graph.inputs, constants, nodes, graph.output_names), new_boundary)
+
+
+def retype(program: Program, specs) -> Program:
+    """The same graph traced again for inputs of other specs (complex inputs for the complex
+    step): every shape and dtype rule runs anew."""
+    graph, boundary = program
+    with Builder() as builder:
+        env = _start(graph, builder, specs)
+        for node in graph.nodes:
+            env.update(zip(node.outputs, _replay_node(node, [env[n] for n in node.inputs])))
+        return Program(builder.build([env[p.name] for p in graph.outputs]), None)
