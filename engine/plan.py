@@ -68,6 +68,23 @@ def rematerialize(nodes, boundary, outputs):
     return forward + backward, len(forward)
 
 
+# Ops whose NumPy implementation always returns a new, writable array that it owns: their
+# outputs may be donated (overwritten in place by a later op, at the value's last use).
+FRESH = {"scatter_add", "add_at", "concatenate", "cumsum", "select", "full", "logsumexp",
+         "mul_or_zero", "div_or_zero"}
+
+
+def _owns_fresh_buffer(node) -> bool:
+    prim = PRIMITIVES[node.op]
+    return prim.ufunc is not None or node.op in FRESH or (node.op == "einsum" and len(node.inputs) > 1)
+
+
+def _into(ufunc, position):
+    def step(*args):
+        return ufunc(*args, out=args[position])
+    return step
+
+
 class Plan:
     def __init__(self, program: Program):
         graph = program.graph
@@ -100,53 +117,84 @@ class Plan:
         for k, node in enumerate(nodes):  # values nothing reads: dropped at once
             frees[k].extend(o for o in node.outputs if o not in last_use and o not in keep)
 
+        donations = self._walk(nodes, boundary, frees, keep)
         self.steps = []
         for k, node in enumerate(nodes):
-            impl = PRIMITIVES[node.op].impl
-            fn = functools.partial(impl, **node.attrs) if node.attrs else impl
+            prim = PRIMITIVES[node.op]
+            if k in donations:
+                fn = _into(prim.ufunc, donations[k]) if prim.ufunc is not None else prim.inplace
+            else:
+                fn = prim.impl
+            fn = functools.partial(fn, **node.attrs) if node.attrs else fn
             self.steps.append((fn, tuple(slot[n] for n in node.inputs), slot[node.outputs[0]],
                                tuple(slot[n] for n in frees[k])))
-        self.stats = self._memory(nodes, boundary, frees)
 
-    def _memory(self, nodes, boundary, frees) -> Stats:
+    def _walk(self, nodes, boundary, frees, keep):
+        """One pass over the schedule with the storage each value lives on: decides which
+        steps write into an input that dies there (returns {step: input position}), and
+        computes `self.stats`."""
         graph = self.graph
         external = set(graph.input_names) | set(graph.constants)
         storage, size = {}, {}  # value -> the value that owns its memory (None: not ours)
-        for node in nodes:
-            base = node.inputs[0] if PRIMITIVES[node.op].view else None
-            for name in node.outputs:
-                if base is None:
-                    storage[name] = name
-                    size[name] = graph.avals[name].nbytes
-                else:
-                    storage[name] = None if base in external else storage[base]
-        residual = set()
+        refs: dict = {}
+        donations = {}
+        residual_names = set()
         if boundary is not None:
             forward = {o for node in nodes[:boundary] for o in node.outputs}
-            residual = {storage[n] for node in nodes[boundary:] for n in node.inputs
-                        if n in forward and storage[n] is not None}
-        refs: dict = {}
+            residual_names = {n for node in nodes[boundary:] for n in node.inputs if n in forward}
+        residual = set()  # tape storages alive
+        entries = 0
         live = sum(graph.avals[n].nbytes for n in graph.input_names)
         peak, tape, tape_peak = live, 0, 0
+        fresh = set()
         for k, node in enumerate(nodes):
-            for name in node.outputs:
-                base = storage[name]
-                if base is None:
-                    continue
-                if refs.get(base, 0) == 0:
-                    live += size[base]
-                    tape += size[base] if base in residual else 0
-                refs[base] = refs.get(base, 0) + 1
+            prim = PRIMITIVES[node.op]
+            out = node.outputs[0]
+            spec = graph.avals[out]
+            dying = set(frees[k])
+            if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
+                positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
+                for i in positions:
+                    name = node.inputs[i]
+                    if (name in fresh and name in dying and refs.get(name) == 1
+                            and graph.avals[name] == spec):
+                        donations[k] = i
+                        break
+            base = node.inputs[0] if prim.view else None
+            if k in donations:
+                storage[out] = storage[node.inputs[donations[k]]]
+                if storage[out] in residual:  # the tape entry ends here; its buffer lives on
+                    residual.discard(storage[out])
+                    tape -= size[storage[out]]
+            elif base is None:
+                storage[out] = out
+                size[out] = spec.nbytes
+                if _owns_fresh_buffer(node):
+                    fresh.add(out)
+            else:
+                storage[out] = None if base in external else storage[base]
+            owner = storage[out]
+            if owner is not None:
+                if refs.get(owner, 0) == 0:
+                    live += size[owner]
+                refs[owner] = refs.get(owner, 0) + 1
+                if out in residual_names and owner not in residual:
+                    residual.add(owner)
+                    entries += 1
+                    tape += size[owner]
             peak, tape_peak = max(peak, live), max(tape_peak, tape)
             for name in frees[k]:
-                base = storage.get(name)
-                if base is None:
+                owner = storage.get(name)
+                if owner is None:
                     continue
-                refs[base] -= 1
-                if refs[base] == 0:
-                    live -= size[base]
-                    tape -= size[base] if base in residual else 0
-        return Stats(tape_peak, len(residual), peak, 0)
+                refs[owner] -= 1
+                if refs[owner] == 0:
+                    live -= size[owner]
+                    if owner in residual:
+                        residual.discard(owner)
+                        tape -= size[owner]
+        self.stats = Stats(tape_peak, entries, peak, 0)
+        return donations
 
     def run(self, args, should_stop=None):
         env = self.template.copy()

@@ -45,7 +45,7 @@ class Linear(NamedTuple):
 class Primitive:
     def __init__(self, name: str, *, impl: Callable, shape: Callable, arity=1, attrs=None,
                  jvp=None, transpose=None, batch=None, view: bool = False,
-                 elementwise: bool = False):
+                 elementwise: bool = False, ufunc=None, inplace=None):
         self.name = name
         self.impl = impl
         self.shape = shape
@@ -56,6 +56,10 @@ class Primitive:
         self.batch = batch
         self.view = view  # output aliases its first input's memory (reshape, transpose, ...)
         self.elementwise = elementwise  # cheap to recompute: the planner may move it later
+        # Buffer reuse: a NumPy ufunc computing impl (the planner may pass out= an input that
+        # dies at this step), or `inplace(*args, **attrs)` that may overwrite args[0].
+        self.ufunc = ufunc
+        self.inplace = inplace
 
     def __repr__(self):
         return f"<primitive {self.name}>"

@@ -14,6 +14,7 @@ from . import dtypes
 from .errors import GraphError, TracerBoolError
 from .graph import Graph, Node, Port, Spec
 from .primitive import PRIMITIVES
+from .simplify import propagate, simplify, splat_of_constant, unbroadcast_operands
 
 _state = threading.local()
 
@@ -37,6 +38,10 @@ class Builder:
         self.nodes: list[Node] = []
         self._small_constants: dict = {}
         self._big_constants: dict = {}
+        self.specs: dict[str, Spec] = {}       # every value's spec, by name
+        self.producer: dict[str, Node] = {}    # the node that defines each value
+        self.splats: dict[str, float] = {}     # values known to be one number everywhere
+        self._computed: dict = {}              # (op, inputs, attrs) -> outputs, to share work
         self._count = 0
 
     def __enter__(self):
@@ -52,7 +57,18 @@ class Builder:
 
     def input(self, name: str, spec: Spec) -> "Tracer":
         self.inputs.append(Port(name, spec))
+        self.specs[name] = spec
         return Tracer(self, name, spec)
+
+    def tracer(self, name: str) -> "Tracer":
+        return Tracer(self, name, self.specs[name])
+
+    def splat(self, spec: Spec, value: float) -> "Tracer":
+        """An array of `spec` filled with `value`: one scalar, broadcast (a view)."""
+        scalar = self.add(PRIMITIVES["full"], (), {"shape": (), "dtype": spec.dtype, "value": float(value)})
+        if spec.shape == ():
+            return scalar
+        return self.add(PRIMITIVES["broadcast_to"], (scalar,), {"shape": spec.shape})
 
     def constant(self, value) -> "Tracer":
         if isinstance(value, Tracer):
@@ -71,6 +87,10 @@ class Builder:
         if key not in cache:
             name = self._fresh("%c")
             self.constants[name] = array
+            self.specs[name] = spec
+            splat = splat_of_constant(array)
+            if splat is not None:
+                self.splats[name] = splat
             cache[key] = (Tracer(self, name, spec), value)
         return cache[key][0]
 
@@ -85,10 +105,27 @@ class Builder:
             out = prim.shape(*specs, **attrs)
         except (ValueError, TypeError, IndexError) as exc:
             raise GraphError(str(exc), f"node {len(self.nodes)} '{prim.name}'") from None
+        inputs = [Tracer(self, n, s) for n, s in zip(names, specs)]
+        if not isinstance(out, tuple):
+            simpler = simplify(self, prim.name, inputs, attrs, out)
+            if simpler is not None:
+                return simpler
+            inputs = unbroadcast_operands(self, prim, inputs, out)
+            names = [t.name for t in inputs]
+        key = (prim.name, tuple(names), tuple(sorted(attrs.items())))
+        if key in self._computed:  # the same op on the same values: reuse it
+            return self._computed[key]
         outs = out if isinstance(out, tuple) else (out,)
         tracers = tuple(Tracer(self, self._fresh("%"), spec) for spec in outs)
-        self.nodes.append(Node(prim.name, tuple(names), tuple(t.name for t in tracers), attrs))
-        return tracers if isinstance(out, tuple) else tracers[0]
+        node = Node(prim.name, tuple(names), tuple(t.name for t in tracers), attrs)
+        self.nodes.append(node)
+        for t in tracers:
+            self.specs[t.name] = t.spec
+            self.producer[t.name] = node
+        propagate(self, prim.name, inputs, attrs, tracers[0])
+        result = tracers if isinstance(out, tuple) else tracers[0]
+        self._computed[key] = result
+        return result
 
     def capture(self, value) -> "Tracer":
         """A value from outside this builder: a constant, or a Tracer of an enclosing builder
@@ -103,6 +140,7 @@ class Builder:
         if builder is None:
             raise GraphError("a traced value escaped the function that traced it "
                              "(it belongs to another trace)", "tracing")
+        self.specs.setdefault(value.name, value.spec)
         return Tracer(self, value.name, value.spec)
 
     def build(self, outputs) -> Graph:
@@ -121,7 +159,10 @@ def bind(op: str, *args, **attrs):
     if any(isinstance(a, Tracer) for a in args):
         builder = current_builder() or next(a.builder for a in args if isinstance(a, Tracer))
         return builder.add(prim, args, attrs)
-    return prim.impl(*[np.asarray(a) for a in args], **attrs)
+    if not args and current_builder() is not None:  # `full` inside a trace: a node, not data
+        return current_builder().add(prim, args, attrs)
+    with np.errstate(all="ignore"):
+        return prim.impl(*[np.asarray(a) for a in args], **attrs)
 
 
 def spec_of(value) -> Spec:

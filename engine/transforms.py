@@ -107,7 +107,18 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
         cotangents: dict = {}
 
         def accumulate(name, ct):
-            cotangents[name] = ct if name not in cotangents else cotangents[name] + ct
+            if name not in cotangents:
+                cotangents[name] = ct
+                return
+            total = cotangents[name]
+            for dense, sparse in ((total, ct), (ct, total)):
+                node = builder.producer.get(sparse.name)
+                if node is not None and node.op == "scatter_add" and dense.spec == sparse.spec:
+                    # add the slice into the running total: no zeroed array per slice
+                    parts = [builder.tracer(n) for n in node.inputs]
+                    cotangents[name] = bind("add_at", dense, *parts, index=node.attrs["index"])
+                    return
+            cotangents[name] = total + ct
 
         for port, tangent_port in zip(graph.outputs, linearized.outputs[n_out:]):
             if not dtypes.is_differentiable(port.spec.dtype):

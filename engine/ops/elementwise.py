@@ -22,7 +22,7 @@ def _real(x):
     return x.real if np.iscomplexobj(x) else x
 
 
-def unary(name, fn, rule=None, *, inexact=True, linear=False):
+def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None):
     """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative."""
     def jvp(primals, tangents, ans):
         t = tangents[0]
@@ -30,10 +30,12 @@ def unary(name, fn, rule=None, *, inexact=True, linear=False):
 
     transpose = (lambda ct, x: (rule(ct, None, None),)) if linear else None
     primitive(name, impl=fn, shape=elementwise_shape(fn, inexact=inexact), jvp=jvp,
-              transpose=transpose, batch=batch_elementwise(name), elementwise=True)
+              transpose=transpose, batch=batch_elementwise(name), elementwise=True,
+              ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None))
 
 
-unary("negative", operator.neg, lambda t, x, ans: -t, inexact=False, linear=True)
+unary("negative", operator.neg, lambda t, x, ans: -t, inexact=False, linear=True,
+      ufunc=np.negative)
 unary("exp", np.exp, lambda t, x, ans: t * ans)
 unary("expm1", np.expm1, lambda t, x, ans: t * (ans + 1))
 unary("log", np.log, lambda t, x, ans: gnp.div_or_zero(t, x))
@@ -69,7 +71,7 @@ def _sum_tangents(*terms):
     return total
 
 
-def binary(name, fn, rule=None, *, inexact=False, transpose=None):
+def binary(name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None):
     """`rule(tx, ty, x, y, ans)` gives the output tangent; tx or ty may be None (zero)."""
     def jvp(primals, tangents, ans):
         tx, ty = tangents
@@ -79,7 +81,8 @@ def binary(name, fn, rule=None, *, inexact=False, transpose=None):
         return None if out is None else broadcast_tangent(out, ans.spec)
 
     primitive(name, impl=fn, shape=elementwise_shape(fn, inexact=inexact), arity=2, jvp=jvp,
-              transpose=transpose, batch=batch_elementwise(name), elementwise=True)
+              transpose=transpose, batch=batch_elementwise(name), elementwise=True,
+              ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None))
 
 
 def _either(tx, ty, on_x, on_y):
@@ -133,13 +136,13 @@ def _div_or_zero(t, d):
 
 
 binary("add", operator.add, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
-       transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct))
+       ufunc=np.add, transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct))
 binary("subtract", operator.sub, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: -t),
-       transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct))
+       ufunc=np.subtract, transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct))
 binary("multiply", operator.mul, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t * y, lambda t: x * t),
-       transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct))
+       ufunc=np.multiply, transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct))
 binary("divide", operator.truediv, lambda tx, ty, x, y, ans: gnp.div_or_zero(
-           _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y))
+           _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y), ufunc=np.true_divide)
 binary("power", np.power, lambda tx, ty, x, y, ans: _either(
            tx, ty, lambda t: gnp.mul_or_zero(t, y * x ** (y - 1)),
            lambda t: gnp.mul_or_zero(t, gnp.log(x) * ans)), inexact=True)

@@ -137,7 +137,7 @@ def gnp_getitem(x, arrays, index):
 
 
 primitive("getitem", impl=_getitem_impl, shape=_getitem_shape, arity=(1, None),
-          attrs={"index": "ints"},
+          attrs={"index": "ints"}, view=True,  # basic indexing is a view; treated so always
           jvp=lambda primals, tangents, ans, index: None if tangents[0] is None
           else gnp_getitem(tangents[0], primals[1:], index),
           transpose=lambda ct, x, *arrays, index: (
@@ -151,3 +151,56 @@ primitive("scatter_add", impl=_scatter_add_impl, shape=_scatter_add_shape, arity
           transpose=lambda ct, updates, *arrays, shape, index: (
               gnp_getitem(ct, arrays, index),) + (None,) * len(arrays),
           batch=_scatter_add_batch)
+
+
+# base + scatter_add(updates): reverse mode accumulates the cotangents of several slices of
+# one array with this, into one buffer, instead of a zeroed array per slice and an add.
+def _add_at_shape(base, updates, *arrays, index):
+    _check_index(base, index, arrays)
+    want = _indexed_shape(base.shape, index, arrays)
+    if want != updates.shape:
+        raise ShapeError(f"updates have shape {updates.shape}, the index selects {want}")
+    return base
+
+
+def _add_at_inplace(base, updates, *arrays, index):
+    key = index_tuple(index, arrays)
+    if arrays:
+        np.add.at(base, key, updates)
+    else:
+        base[key] += updates
+    return base
+
+
+def _add_at_jvp(primals, tangents, ans, index):
+    base, updates, *arrays = primals
+    t_base, t_updates = tangents[:2]
+    if t_updates is None:
+        return t_base
+    if t_base is None:
+        return bind("scatter_add", t_updates, *arrays, shape=base.shape, index=index)
+    return bind("add_at", t_base, t_updates, *arrays, index=index)
+
+
+def _add_at_transpose(ct, base, updates, *arrays, index):
+    from ..primitive import Linear
+    return ((ct if isinstance(base, Linear) else None,
+             gnp_getitem(ct, arrays, index) if isinstance(updates, Linear) else None)
+            + (None,) * len(arrays))
+
+
+def _add_at_batch(args, batched, index):
+    base, updates, *arrays = args
+    size = base.shape[0] if batched[0] else updates.shape[0]
+    if not batched[0]:
+        base = gnp.broadcast_to(base, (size,) + base.shape)
+    if not batched[1]:
+        updates = gnp.broadcast_to(updates, (size,) + updates.shape)
+    if _batch_axis(index):
+        updates = gnp.moveaxis(updates, 0, len(np.broadcast_shapes(*[a.shape for a in arrays])))
+    return bind("add_at", base, updates, *arrays, index=_batched_index(index, size))
+
+
+primitive("add_at", impl=lambda base, *rest, index: _add_at_inplace(base.copy(), *rest, index=index),
+          inplace=_add_at_inplace, shape=_add_at_shape, arity=(2, None), attrs={"index": "ints"},
+          jvp=_add_at_jvp, transpose=_add_at_transpose, batch=_add_at_batch)
