@@ -142,7 +142,9 @@ binary("subtract", operator.sub, lambda tx, ty, x, y, ans: _either(tx, ty, lambd
 binary("multiply", operator.mul, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t * y, lambda t: x * t),
        ufunc=np.multiply, transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct))
 binary("divide", operator.truediv, lambda tx, ty, x, y, ans: gnp.div_or_zero(
-           _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y), ufunc=np.true_divide)
+           _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y), ufunc=np.true_divide,
+       # linear in the numerator: a rule such as arctan's t / (1 + x*x) is transposed through it
+       transpose=lambda ct, x, y: (unbroadcast(ct / y, x.spec), None))
 binary("power", np.power, lambda tx, ty, x, y, ans: _either(
            tx, ty, lambda t: gnp.mul_or_zero(t, y * x ** (y - 1)),
            lambda t: gnp.mul_or_zero(t, gnp.log(x) * ans)), inexact=True)
