@@ -33,6 +33,7 @@ class Engine:
         self._plan_cache_size = plan_cache_size
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._argnums_cache: dict = {}
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -74,6 +75,13 @@ class Engine:
         return [coerce(a, p.spec, f"{what[:-1]} {p.name!r}") for a, p in zip(args, graph.inputs)]
 
     def _argnums(self, graph: Graph, argnums):
+        key = (graph.digest, argnums)
+        cached = self._argnums_cache.get(key)
+        if cached is None:
+            cached = self._argnums_cache[key] = self._check_argnums(graph, argnums)
+        return cached
+
+    def _check_argnums(self, graph: Graph, argnums):
         nums = _as_tuple(argnums)
         for i in nums:
             if not isinstance(i, (int, np.integer)) or not -len(graph.inputs) <= i < len(graph.inputs):
@@ -249,19 +257,23 @@ class Engine:
         return rows[0] if single_output else tuple(rows)
 
 
+_NUMPY_DTYPES = {name: np.dtype(name) for name in dtypes.SUPPORTED}
+
+
 def coerce(value, spec: Spec, what: str) -> np.ndarray:
     """An argument as an array of `spec`: a ValueError for a wrong shape, a TypeError for a
     dtype that does not convert safely (float to int, complex to float)."""
     try:
-        array = np.asarray(value)
+        array = value if type(value) is np.ndarray else np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - any object; report what it was
         raise TypeError(f"{what}: cannot convert {type(value).__name__} to an array ({exc})") from None
-    if array.dtype.name not in dtypes.SUPPORTED and array.dtype.kind not in "biufc":
-        raise TypeError(f"{what}: unsupported dtype {array.dtype}")
     if array.shape != spec.shape:
         raise ValueError(f"{what} expects shape {spec.shape}, got {array.shape}")
-    if array.dtype.name != spec.dtype:
-        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+    want = _NUMPY_DTYPES[spec.dtype]
+    if array.dtype != want:
+        if array.dtype.kind not in "biufc":
+            raise TypeError(f"{what}: unsupported dtype {array.dtype}")
+        if not np.can_cast(array.dtype, want, casting="same_kind"):
             raise TypeError(f"{what} expects {spec.dtype}, got {array.dtype.name}")
-        array = array.astype(spec.dtype)
+        array = array.astype(want)
     return array

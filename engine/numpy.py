@@ -83,7 +83,15 @@ def _binary(name, *, inexact=False):
     return fn
 
 
-add, subtract, multiply = _binary("add"), _binary("subtract"), _binary("multiply")
+add, subtract = _binary("add"), _binary("subtract")
+_multiply = _binary("multiply")
+
+
+def multiply(x, y):
+    if x is y and isinstance(x, Tracer):  # x * x: one op with a one-op derivative
+        return square(x)
+    return _multiply(x, y)
+
 divide = true_divide = _binary("divide", inexact=True)
 maximum, minimum = _binary("maximum"), _binary("minimum")
 logaddexp = _binary("logaddexp", inexact=True)

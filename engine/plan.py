@@ -92,15 +92,19 @@ class Plan:
         if boundary is not None:
             nodes, boundary = rematerialize(nodes, boundary, graph.output_names)
         self.graph = graph
+        # Small arrays made from nothing (`full`) are computed once, here, like constants.
+        self.precomputed = {n.outputs[0]: PRIMITIVES[n.op].impl(**n.attrs) for n in nodes
+                            if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096}
+        nodes = [n for n in nodes if n.outputs[0] not in self.precomputed]
         self.nodes = nodes
         slot = {}
-        for name in list(graph.input_names) + list(graph.constants):
+        for name in list(graph.input_names) + list(graph.constants) + list(self.precomputed):
             slot.setdefault(name, len(slot))
         for node in nodes:
             for name in node.outputs:
                 slot[name] = len(slot)
         self.template = [None] * len(slot)
-        for name, value in graph.constants.items():
+        for name, value in list(graph.constants.items()) + list(self.precomputed.items()):
             self.template[slot[name]] = value
         self.input_slots = [slot[n] for n in graph.input_names]
         self.output_slots = [slot[n] for n in graph.output_names]
@@ -109,7 +113,8 @@ class Plan:
         for k, node in enumerate(nodes):
             for name in node.inputs:
                 last_use[name] = k
-        keep = set(graph.output_names) | set(graph.input_names) | set(graph.constants)
+        keep = set(graph.output_names) | set(graph.input_names) | set(graph.constants) | \
+            set(self.precomputed)
         frees = [[] for _ in nodes]
         for name, k in last_use.items():
             if name not in keep:
@@ -134,7 +139,7 @@ class Plan:
         steps write into an input that dies there (returns {step: input position}), and
         computes `self.stats`."""
         graph = self.graph
-        external = set(graph.input_names) | set(graph.constants)
+        external = set(graph.input_names) | set(graph.constants) | set(self.precomputed)
         storage, size = {}, {}  # value -> the value that owns its memory (None: not ours)
         refs: dict = {}
         donations = {}
