@@ -10,6 +10,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import dtypes
+from .errors import LimitError
 from .graph import Graph, Spec
 from .limits import DEFAULT_LIMITS, Limits
 from .plan import Plan, Stats
@@ -57,8 +58,12 @@ class Engine:
         return plan
 
     def _run(self, plan: Plan, args, *, tape=True, should_stop=None):
-        out = plan.run(args, should_stop)
         stats = plan.stats
+        if tape and self.max_tape_bytes is not None and stats.tape_bytes > self.max_tape_bytes:
+            # Known before anything runs: the schedule fixes what the reverse pass holds.
+            raise LimitError(f"the reverse pass would hold {stats.tape_bytes} bytes of tape, "
+                             f"over the budget of {self.max_tape_bytes} (max_tape_bytes)", "tape")
+        out = plan.run(args, should_stop)
         self._local.stats = stats if tape else Stats(0, 0, stats.peak_bytes, 0)
         return [np.asarray(o) for o in out]
 

@@ -14,9 +14,9 @@ class GraphError(ValueError):
         self.reason = message
 
 
-class LimitError(RuntimeError):
-    """A request that would pass one of the configured limits (nodes, elements, tape bytes,
-    loop iterations). On the wire it is RESOURCE_EXHAUSTED."""
+class LimitError(GraphError):
+    """A graph or call that would pass one of the configured limits (nodes, elements, tape
+    bytes). A GraphError, since that graph cannot run here; on the wire RESOURCE_EXHAUSTED."""
 
 
 class TracerBoolError(TypeError):
