@@ -90,17 +90,28 @@ def _einsum_transpose(ct, *operands, subscripts):
         if not isinstance(x, Linear):
             cts.append(None)
             continue
-        if len(set(sub)) != len(sub):
-            raise ShapeError(f"einsum operand {sub!r} has a repeated axis (a diagonal); its "
-                             "derivative in reverse mode is not supported")
+        size = dict(zip(sub, x.shape))
         others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != k]
         reachable = set(out).union(*[set(s) for s, _ in others])
-        kept = "".join(c for c in sub if c in reachable)
+        unique = "".join(dict.fromkeys(sub))
+        kept = "".join(c for c in unique if c in reachable)
         lhs = ",".join([out] + [s for s, _ in others])
         part = einsum(f"{lhs}->{kept}", ct, *[o for _, o in others])
-        if kept != sub:  # axes summed only inside this operand: broadcast back
-            part = gnp.reshape(part, tuple(x.shape[i] if c in kept else 1 for i, c in enumerate(sub)))
-            part = gnp.broadcast_to(part, x.shape)
+        if kept != unique:  # axes summed only inside this operand: broadcast back
+            part = gnp.reshape(part, tuple(size[c] if c in kept else 1 for c in unique))
+            part = gnp.broadcast_to(part, tuple(size[c] for c in unique))
+        if unique != sub:  # a repeated axis (a diagonal): embed with identity matrices
+            spare = iter(c for c in string.ascii_letters if c not in subscripts)
+            renamed, eyes, seen = "", [], set()
+            for c in sub:
+                if c in seen:
+                    fresh = next(spare)
+                    eyes.append((c + fresh, np.eye(size[c], dtype=ct.dtype)))
+                    c = fresh
+                seen.add(c)
+                renamed += c
+            part = einsum(f"{unique},{','.join(s for s, _ in eyes)}->{renamed}", part,
+                          *[e for _, e in eyes])
         cts.append(gnp.astype(part, x.dtype) if part.dtype != np.dtype(x.dtype) else part)
     return tuple(cts)
 
