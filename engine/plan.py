@@ -95,7 +95,7 @@ class Plan:
         # Small arrays made from nothing (`full`) are computed once, here, like constants.
         self.precomputed = {n.outputs[0]: PRIMITIVES[n.op].impl(**n.attrs) for n in nodes
                             if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096}
-        nodes = [n for n in nodes if n.outputs[0] not in self.precomputed]
+        nodes = [n for n in nodes if n.op != "full" or n.outputs[0] not in self.precomputed]
         self.nodes = nodes
         slot = {}
         for name in list(graph.input_names) + list(graph.constants) + list(self.precomputed):
@@ -131,8 +131,9 @@ class Plan:
             else:
                 fn = prim.impl
             fn = functools.partial(fn, **node.attrs) if node.attrs else fn
-            self.steps.append((fn, tuple(slot[n] for n in node.inputs), slot[node.outputs[0]],
-                               tuple(slot[n] for n in frees[k])))
+            outs = tuple(slot[n] for n in node.outputs)
+            self.steps.append((fn, tuple(slot[n] for n in node.inputs),
+                               outs[0] if len(outs) == 1 else outs, tuple(slot[n] for n in frees[k])))
 
     def _walk(self, nodes, boundary, frees, keep):
         """One pass over the schedule with the storage each value lives on: decides which
@@ -154,8 +155,7 @@ class Plan:
         fresh = set()
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
-            out = node.outputs[0]
-            spec = graph.avals[out]
+            spec = graph.avals[node.outputs[0]]
             dying = set(frees[k])
             if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
@@ -166,27 +166,28 @@ class Plan:
                         donations[k] = i
                         break
             base = node.inputs[0] if prim.view else None
-            if k in donations:
-                storage[out] = storage[node.inputs[donations[k]]]
-                if storage[out] in residual:  # the tape entry ends here; its buffer lives on
-                    residual.discard(storage[out])
-                    tape -= size[storage[out]]
-            elif base is None:
-                storage[out] = out
-                size[out] = spec.nbytes
-                if _owns_fresh_buffer(node):
-                    fresh.add(out)
-            else:
-                storage[out] = None if base in external else storage[base]
-            owner = storage[out]
-            if owner is not None:
-                if refs.get(owner, 0) == 0:
-                    live += size[owner]
-                refs[owner] = refs.get(owner, 0) + 1
-                if out in residual_names and owner not in residual:
-                    residual.add(owner)
-                    entries += 1
-                    tape += size[owner]
+            for out in node.outputs:
+                if k in donations:
+                    storage[out] = storage[node.inputs[donations[k]]]
+                    if storage[out] in residual:  # the tape entry ends here; its buffer lives on
+                        residual.discard(storage[out])
+                        tape -= size[storage[out]]
+                elif base is None:
+                    storage[out] = out
+                    size[out] = graph.avals[out].nbytes
+                    if _owns_fresh_buffer(node):
+                        fresh.add(out)
+                else:
+                    storage[out] = None if base in external else storage[base]
+                owner = storage[out]
+                if owner is not None:
+                    if refs.get(owner, 0) == 0:
+                        live += size[owner]
+                    refs[owner] = refs.get(owner, 0) + 1
+                    if out in residual_names and owner not in residual:
+                        residual.add(owner)
+                        entries += 1
+                        tape += size[owner]
             peak, tape_peak = max(peak, live), max(tape_peak, tape)
             for name in frees[k]:
                 owner = storage.get(name)
@@ -208,13 +209,21 @@ class Plan:
         with np.errstate(all="ignore"):
             if should_stop is None:
                 for fn, ins, out, frees in self.steps:
-                    env[out] = fn(*[env[i] for i in ins])
+                    if type(out) is int:
+                        env[out] = fn(*[env[i] for i in ins])
+                    else:
+                        for o, value in zip(out, fn(*[env[i] for i in ins])):
+                            env[o] = value
                     for f in frees:
                         env[f] = None
             else:
                 for fn, ins, out, frees in self.steps:
                     should_stop()
-                    env[out] = fn(*[env[i] for i in ins])
+                    if type(out) is int:
+                        env[out] = fn(*[env[i] for i in ins])
+                    else:
+                        for o, value in zip(out, fn(*[env[i] for i in ins])):
+                            env[o] = value
                     for f in frees:
                         env[f] = None
         return [env[s] for s in self.output_slots]

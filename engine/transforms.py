@@ -129,9 +129,14 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
                 accumulate(tangent_port.name, seed)
 
         for node in reversed(linear_nodes):
-            ct = cotangents.pop(node.outputs[0], None)
-            if ct is None:
+            cts = [cotangents.pop(n, None) for n in node.outputs]
+            if all(ct is None for ct in cts):
                 continue
+            if len(cts) == 1:
+                ct = cts[0]
+            else:  # several outputs: the rule gets one cotangent each, zeros made explicit
+                ct = tuple(_zeros(linearized.avals[n]) if c is None else c
+                           for n, c in zip(node.outputs, cts))
             args = [Linear(linearized.avals[n]) if n in linear else env[n] for n in node.inputs]
             for name, ct_in in zip(node.inputs, PRIMITIVES[node.op].transpose(ct, *args, **node.attrs)):
                 if ct_in is not None and name in linear:
