@@ -1,0 +1,432 @@
+"""`gs.Client`: the Engine's API over gRPC.
+
+    with gs.Client("localhost:50051", timeout=30) as cli:
+        value, grads = cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
+
+Arguments are checked and converted here exactly as the engine does (same exception classes
+and messages); the server checks them again. Errors come back as the engine's exception
+classes (GraphError, LimitError, ValueError, TypeError); an exceeded deadline raises
+DeadlineExceeded (a TimeoutError)."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import OrderedDict
+
+import grpc
+import numpy as np
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from gradserve.engine import GraphError, LimitError, dtypes
+from gradserve.engine.engine import coerce
+from gradserve.engine.graph import Graph
+from gradserve.engine.numerical import GradCheck
+from gradserve.engine.plan import Stats
+from gradserve.v1 import service_pb2 as pb
+
+from .codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, array_digest, canonical_array, from_tensor,
+                    from_value, to_tensor, writable_array)
+
+SERVICE = "gradserve.v1.Gradients"
+# Tensors at least this big may travel as their digest once the server has them.
+DIGEST_MIN_BYTES = 64 * 1024
+_FINGERPRINT_SAMPLES = 32
+
+
+class DeadlineExceeded(TimeoutError):
+    """The call's deadline (the Client's `timeout`) passed before the server answered; the
+    server stops computing when it sees this."""
+
+
+class ServiceError(RuntimeError):
+    """Any other failure of the service (unavailable after retries, cancelled, internal)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class ServiceUnavailable(ServiceError, ConnectionError):
+    """The server could not be reached, after the retries."""
+
+
+class RemoteStats(Stats):
+    """gs.Stats of the server's computation (compares equal to the Engine's Stats), plus
+    `compute_seconds`: the time the server spent in the engine."""
+    compute_seconds: float = 0.0
+
+
+class _LruSet:
+    def __init__(self, size: int):
+        self._items: OrderedDict = OrderedDict()
+        self._size = size
+
+    def __contains__(self, key):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return True
+        return False
+
+    def add(self, key):
+        self._items[key] = None
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def discard(self, key):
+        self._items.pop(key, None)
+
+
+_EXCEPTIONS = {"GraphError": GraphError, "LimitError": LimitError, "ValueError": ValueError,
+               "TypeError": TypeError, "MemoryError": LimitError}
+
+_DEFAULT_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Per-call balancing over every address of a name (dns:///name:port, headless services).
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
+
+
+class _Tensors:
+    """How one call sends its arrays: small ones inline; a large one inline the first time,
+    inline with `remember` the second time it is seen, by digest once the server has it."""
+
+    def __init__(self, client, arrays):
+        self.client = client
+        self.arrays = arrays
+        self.digests = [None] * len(arrays)
+        for i, a in enumerate(arrays):
+            if a is not None and a.nbytes >= client.digest_min_bytes:
+                self.digests[i] = client._digest_if_seen(a)
+
+    def refs(self, force_inline=frozenset()):
+        client = self.client
+        out = []
+        for a, d in zip(self.arrays, self.digests):
+            if a is None:
+                out.append(pb.TensorRef())
+            elif d is None:
+                out.append(pb.TensorRef(tensor=to_tensor(a)))
+            elif d not in force_inline and client._known_tensor(d):
+                out.append(pb.TensorRef(digest=d))
+            else:
+                out.append(pb.TensorRef(tensor=to_tensor(a), remember=True))
+        return out
+
+    def succeeded(self):
+        for d in self.digests:
+            if d is not None:
+                self.client._remember_tensor(d)
+
+
+class Client:
+    """Same methods and return values as gs.Engine, computed by a gradserve server.
+
+    `target_or_channel`: "host:port" (any gRPC target, e.g. "dns:///name:port") or a ready
+    grpc.Channel (your interceptors, credentials, options). `timeout`: seconds per call
+    (including retries), None for no deadline; every method also takes `timeout=`.
+    `retries`: attempts on UNAVAILABLE, with exponential backoff."""
+
+    def __init__(self, target_or_channel, timeout: float | None = None, *, retries: int = 5,
+                 backoff: float = 0.05, max_backoff: float = 2.0, options=None,
+                 digest_min_bytes: int = DIGEST_MIN_BYTES):
+        if isinstance(target_or_channel, grpc.Channel):
+            self._channel = target_or_channel
+            self._owns_channel = False
+            self.target = getattr(target_or_channel, "target", None) or repr(target_or_channel)
+        elif isinstance(target_or_channel, str):
+            self._channel = grpc.insecure_channel(target_or_channel,
+                                                  options=list(options or _DEFAULT_OPTIONS))
+            self._owns_channel = True
+            self.target = target_or_channel
+        else:
+            raise TypeError("gs.Client takes a target string ('host:port') or a grpc.Channel, "
+                            f"got {type(target_or_channel).__name__}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        self.timeout = timeout
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.digest_min_bytes = int(digest_min_bytes)
+        self._stubs = {name: self._channel.unary_unary(f"/{SERVICE}/{name}")
+                       for name in ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp",
+                                    "Hessian", "CheckGrad")}
+        self._lock = threading.Lock()
+        self._known_graphs = _LruSet(4096)      # graph digests the server has
+        self._known_tensors = _LruSet(4096)     # tensor digests the server has
+        self._fingerprints = _LruSet(4096)      # large arrays seen once (cheap fingerprints)
+        self._local = threading.local()
+        self._closed = False
+
+    # ---- the API --------------------------------------------------------------------------
+
+    @property
+    def last_stats(self) -> RemoteStats:
+        """Stats of this thread's most recent call (from the server's reply)."""
+        return getattr(self._local, "stats", RemoteStats())
+
+    def evaluate(self, graph: Graph, *args, timeout=None):
+        args = _arguments(graph, args)
+        reply = self._call("Evaluate", pb.EvaluateResponse, graph, [args], timeout,
+                           lambda g, refs: pb.EvaluateRequest(graph=g, args=refs[0]))
+        return from_value(reply.outputs)
+
+    def value_and_grad(self, graph: Graph, *args, argnums=0, timeout=None):
+        _check_graph(graph)
+        nums = _encode_argnums(argnums, graph)
+        args = _arguments(graph, args)
+        reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [args], timeout,
+                           lambda g, refs: pb.ValueAndGradRequest(graph=g, args=refs[0],
+                                                                  argnums=nums))
+        return writable_array(from_tensor(reply.value)), from_value(reply.grad)
+
+    def grad(self, graph: Graph, *args, argnums=0, timeout=None):
+        return self.value_and_grad(graph, *args, argnums=argnums, timeout=timeout)[1]
+
+    def vjp(self, graph: Graph, primals, cotangents, timeout=None):
+        _check_graph(graph)
+        primals = _arguments(graph, tuple(primals), "primals")
+        cotangents = (cotangents,) if len(graph.outputs) == 1 and not isinstance(cotangents, tuple) \
+            else tuple(cotangents)
+        if len(cotangents) != len(graph.outputs):
+            raise TypeError(f"the graph has {len(graph.outputs)} outputs, got {len(cotangents)} cotangents")
+        cts = [coerce(c, p.spec, f"cotangent of output {k}")
+               if dtypes.is_differentiable(p.spec.dtype) else None
+               for k, (c, p) in enumerate(zip(cotangents, graph.outputs))]
+        reply = self._call("Vjp", pb.VjpResponse, graph, [primals, cts], timeout,
+                           lambda g, refs: pb.VjpRequest(graph=g, primals=refs[0],
+                                                         cotangents=refs[1]))
+        return from_value(reply.outputs), tuple(writable_array(from_tensor(t))
+                                                for t in reply.input_cotangents)
+
+    def jvp(self, graph: Graph, primals, tangents, timeout=None):
+        _check_graph(graph)
+        primals = _arguments(graph, tuple(primals), "primals")
+        tangents = _arguments(graph, tuple(tangents), "tangents")
+        reply = self._call("Jvp", pb.JvpResponse, graph, [primals, tangents], timeout,
+                           lambda g, refs: pb.JvpRequest(graph=g, primals=refs[0],
+                                                         tangents=refs[1]))
+        return from_value(reply.outputs), from_value(reply.output_tangents)
+
+    def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", timeout=None):
+        _check_graph(graph)
+        nums = _encode_argnums(argnums, graph)
+        args = _arguments(graph, args)
+        if not isinstance(mode, str):
+            raise ValueError(f"mode must be 'fwd', 'rev' or 'auto', got {mode!r}")
+        reply = self._call("Jacobian", pb.JacobianResponse, graph, [args], timeout,
+                           lambda g, refs: pb.JacobianRequest(graph=g, args=refs[0],
+                                                              argnums=nums, mode=mode))
+        return from_value(reply.jacobian)
+
+    def hvp(self, graph: Graph, primals, tangents, timeout=None):
+        _check_graph(graph)
+        primals = _arguments(graph, tuple(primals), "primals")
+        tangents = _arguments(graph, tuple(tangents), "tangents")
+        reply = self._call("Hvp", pb.HvpResponse, graph, [primals, tangents], timeout,
+                           lambda g, refs: pb.HvpRequest(graph=g, primals=refs[0],
+                                                         tangents=refs[1]))
+        return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
+
+    def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
+        _check_graph(graph)
+        nums = _encode_argnums(argnums, graph)
+        args = _arguments(graph, args)
+        reply = self._call("Hessian", pb.HessianResponse, graph, [args], timeout,
+                           lambda g, refs: pb.HessianRequest(graph=g, args=refs[0],
+                                                             argnums=nums))
+        return from_value(reply.hessian)
+
+    def check_grad(self, graph: Graph, *args, method="central", timeout=None):
+        args = _arguments(graph, args)
+        if not isinstance(method, str):
+            raise ValueError(f"method must be one of ['central', 'complex', 'forward'], got {method!r}")
+        reply = self._call("CheckGrad", pb.CheckGradResponse, graph, [args], timeout,
+                           lambda g, refs: pb.CheckGradRequest(graph=g, args=refs[0],
+                                                               method=method))
+        return GradCheck(reply.method, reply.max_abs_error, reply.max_rel_error, reply.ok,
+                         tuple(writable_array(from_tensor(t)) for t in reply.analytic),
+                         tuple(writable_array(from_tensor(t)) for t in reply.numeric))
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def close(self):
+        """Close the channel (when the Client created it)."""
+        if not self._closed:
+            self._closed = True
+            if self._owns_channel:
+                self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"gs.Client({self.target!r}, timeout={self.timeout!r})"
+
+    # ---- the protocol -----------------------------------------------------------------------
+
+    def _digest_if_seen(self, array):
+        """The digest of a large array seen before (by a cheap fingerprint of sampled
+        elements); None, without hashing, for one seen for the first time. An array that
+        changes every call (weights in an optimisation loop) is never hashed."""
+        flat = array.reshape(-1)
+        step = max(1, flat.size // _FINGERPRINT_SAMPLES)
+        fingerprint = (array.dtype.str, array.shape, flat[::step][:_FINGERPRINT_SAMPLES].tobytes())
+        with self._lock:
+            seen = fingerprint in self._fingerprints
+            if not seen:
+                self._fingerprints.add(fingerprint)
+        return array_digest(array) if seen else None
+
+    def _known_tensor(self, digest):
+        with self._lock:
+            return digest in self._known_tensors
+
+    def _remember_tensor(self, digest):
+        with self._lock:
+            self._known_tensors.add(digest)
+
+    def _call(self, method, reply_cls, graph, groups, timeout, build):
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        digest = graph.digest
+        with self._lock:
+            send_body = digest not in self._known_graphs
+        tensors = [_Tensors(self, list(group)) for group in groups]
+        force_inline: set = set()
+        for attempt in (0, 1):
+            graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
+            request = build(graph_ref, [t.refs(force_inline) for t in tensors])
+            try:
+                data = self._unary(method, request.SerializeToString(), deadline, timeout)
+            except grpc.RpcError as err:
+                missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
+                if missing and attempt == 0:
+                    # The server does not have (or no longer has) these: send the bodies, once.
+                    with self._lock:
+                        for kind, name in missing:
+                            if kind == GRAPH_RESOURCE:
+                                self._known_graphs.discard(name)
+                                send_body = True
+                            else:
+                                self._known_tensors.discard(name)
+                                force_inline.add(name)
+                    continue
+                raise _exception(err, method, timeout) from None
+            break
+        with self._lock:
+            self._known_graphs.add(digest)
+        for t in tensors:
+            t.succeeded()
+        try:
+            reply = reply_cls.FromString(data)
+        except Exception as exc:  # noqa: BLE001
+            raise ServiceError(f"{method}: the server's reply does not decode ({exc})") from None
+        s = reply.stats
+        stats = RemoteStats(s.tape_bytes, s.tape_entries, s.peak_bytes, s.recomputed_ops)
+        stats.compute_seconds = s.compute_seconds
+        self._local.stats = stats
+        return reply
+
+    def _unary(self, method, data, deadline, timeout):
+        stub = self._stubs[method]
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"gradserve {method}: the deadline of {timeout} s passed "
+                                       f"while retrying an unavailable server ({self.target})")
+            try:
+                return stub(data, timeout=remaining)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+            pause = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+
+# ---- argument handling, as the engine does it ---------------------------------------------
+
+def _check_graph(graph):
+    if not isinstance(graph, Graph):
+        raise TypeError(f"expected a gs.Graph, got {type(graph).__name__}")
+
+
+def _arguments(graph, args, what="arguments"):
+    _check_graph(graph)
+    if len(args) != len(graph.inputs):
+        names = ", ".join(p.name for p in graph.inputs)
+        raise TypeError(f"the graph takes {len(graph.inputs)} {what} ({names}), got {len(args)}")
+    return [canonical_array(coerce(a, p.spec, f"{what[:-1]} {p.name!r}"))
+            for a, p in zip(args, graph.inputs)]
+
+
+def _encode_argnums(argnums, graph) -> pb.Argnums:
+    if isinstance(argnums, (int, np.integer)):
+        return pb.Argnums(indices=[int(argnums)], is_tuple=False)
+    try:
+        items = tuple(argnums)
+    except TypeError:
+        raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}") from None
+    for i in items:
+        if not isinstance(i, (int, np.integer)):
+            raise ValueError(f"argnums {argnums!r} out of range for {len(graph.inputs)} inputs")
+    return pb.Argnums(indices=[int(i) for i in items], is_tuple=True)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+def _details(err):
+    try:
+        status = rpc_status.from_call(err)
+    except Exception:  # noqa: BLE001 - malformed or mismatched trailers
+        return []
+    return [] if status is None else list(status.details)
+
+
+def _missing(err):
+    missing = []
+    for detail in _details(err):
+        if detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            info = error_details_pb2.ResourceInfo()
+            detail.Unpack(info)
+            if info.resource_type in (GRAPH_RESOURCE, TENSOR_RESOURCE):
+                missing.append((info.resource_type, info.resource_name))
+    return missing
+
+
+def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
+    code = err.code()
+    message = err.details() or code.name
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"gradserve {method}: deadline exceeded (timeout {timeout} s); "
+                                f"the server stopped the computation ({message})")
+    reason, where = "", ""
+    for detail in _details(err):
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, where = info.reason, info.metadata.get("where", "")
+    cls = _EXCEPTIONS.get(reason)
+    if cls is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # gRPC's own receive limit: the request is over the server's --max-message-bytes.
+        return LimitError(message, "request")
+    if cls is None:
+        kind = ServiceUnavailable if code == grpc.StatusCode.UNAVAILABLE else ServiceError
+        return kind(f"gradserve {method}: {code.name}: {message}", code)
+    if issubclass(cls, GraphError):
+        prefix = f"{where}: "
+        return cls(message[len(prefix):] if message.startswith(prefix) else message, where or "graph")
+    return cls(message)

@@ -1,0 +1,80 @@
+"""Encoding shared by the client and the server: tensors, tensor digests, result trees.
+
+A tensor's digest is the hex sha256 of ``dtype|shape|`` followed by its raw little-endian
+C-order bytes (see proto/gradserve/v1/service.proto); both sides compute it the same way,
+the client from the array (no copy), the server from the received message."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from gradserve.engine import dtypes
+from gradserve.engine.limits import Limits
+from gradserve.engine.wire import tensor_from_proto
+from gradserve.v1 import graph_pb2, service_pb2
+
+GRAPH_RESOURCE = "gradserve.v1.Graph"
+TENSOR_RESOURCE = "gradserve.v1.Tensor"
+ERROR_DOMAIN = "gradserve.dev"
+
+# Results decode without element limits: the server already produced them.
+UNLIMITED = Limits(max_nodes=1 << 62, max_elements=1 << 62)
+
+
+def _header(dtype: str, shape) -> bytes:
+    return f"{dtype}|{','.join(str(int(d)) for d in shape)}|".encode()
+
+
+def canonical_array(array) -> np.ndarray:
+    """`array` as a C-contiguous little-endian array of a supported dtype."""
+    array = np.asarray(array)
+    dtype = dtypes.canonical(array.dtype)
+    want = np.dtype(dtype).newbyteorder("<")
+    if array.dtype != want or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=want)
+    return array
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Digest of a canonical array (see canonical_array)."""
+    h = hashlib.sha256(_header(array.dtype.name, array.shape))
+    if array.size:
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
+
+
+def proto_digest(msg: graph_pb2.Tensor) -> str:
+    h = hashlib.sha256(_header(msg.dtype, msg.shape))
+    h.update(msg.data)
+    return h.hexdigest()
+
+
+def to_tensor(array) -> graph_pb2.Tensor:
+    array = canonical_array(array)
+    return graph_pb2.Tensor(dtype=array.dtype.name, shape=array.shape, data=array.tobytes())
+
+
+def from_tensor(msg: graph_pb2.Tensor, limits: Limits = UNLIMITED, where: str = "tensor"):
+    return tensor_from_proto(msg, limits, where)
+
+
+def to_value(result) -> service_pb2.Value:
+    if isinstance(result, tuple):
+        return service_pb2.Value(tuple=service_pb2.Values(items=[to_value(r) for r in result]))
+    return service_pb2.Value(tensor=to_tensor(result))
+
+
+def from_value(msg: service_pb2.Value, writable: bool = True):
+    kind = msg.WhichOneof("kind")
+    if kind == "tuple":
+        return tuple(from_value(item, writable) for item in msg.tuple.items)
+    if kind == "tensor":
+        return writable_array(from_tensor(msg.tensor)) if writable else from_tensor(msg.tensor)
+    raise ValueError("the reply carries an empty Value")
+
+
+def writable_array(array: np.ndarray) -> np.ndarray:
+    """Arrays decoded from a message are views of immutable bytes; results the user owns
+    should be ordinary writable arrays, as the engine's are."""
+    return array if array.flags.writeable else array.copy()

@@ -1,0 +1,146 @@
+"""Starting and stopping the gRPC server: `serve(Config(...))` or `gradserve serve`."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, fields
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from gradserve.engine import Engine, Limits
+from gradserve.engine.limits import DEFAULT_LIMITS
+
+from .servicer import SERVICE_NAME, Servicer
+
+log = logging.getLogger("gradserve.server")
+
+MiB = 1 << 20
+
+
+def default_workers() -> int:
+    return max(4, 2 * (os.cpu_count() or 2))
+
+
+@dataclass
+class Config:
+    """Server settings; each is the flag --NAME (dashes) and the env var GRADSERVE_NAME."""
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 9464
+    workers: int = 0                    # 0: max(4, 2 x CPUs)
+    max_tape_bytes: int | None = None   # None: unbounded
+    max_nodes: int = DEFAULT_LIMITS.max_nodes
+    max_elements: int = DEFAULT_LIMITS.max_elements
+    max_message_bytes: int = 256 * MiB
+    cache_bytes: int = 1024 * MiB
+    grace_seconds: float = 10.0
+
+    def replace(self, **changes) -> "Config":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)
+
+
+class Running:
+    """A started server: its ports, and stop()."""
+
+    def __init__(self, config, server, health_servicer, metrics_http, port, metrics_port):
+        self.config = config
+        self.server = server
+        self.health = health_servicer
+        self._metrics_http = metrics_http
+        self.port = port
+        self.metrics_port = metrics_port
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None = None):
+        """Stop accepting calls (health NOT_SERVING), let in-flight calls finish within the
+        grace period (then cancel them), stop the metrics server."""
+        grace = self.config.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        log.info("shutting down: draining in-flight calls (grace %.1fs)", grace)
+        self.server.stop(grace).wait()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self._stopped.set()
+        log.info("stopped")
+
+    def wait(self, timeout=None) -> bool:
+        return self._stopped.wait(timeout)
+
+
+def start(config: Config) -> Running:
+    workers = config.workers or default_workers()
+    engine = Engine(max_tape_bytes=config.max_tape_bytes,
+                    limits=Limits(max_nodes=config.max_nodes, max_elements=config.max_elements))
+    servicer = Servicer(engine, config.cache_bytes, workers)
+    # More threads than compute slots: health checks and reflection answer while every compute
+    # slot is busy (the servicer's semaphore bounds concurrent computations to `workers`).
+    executor = futures.ThreadPoolExecutor(max_workers=workers + 4, thread_name_prefix="gradserve")
+    server = grpc.server(executor, options=[
+        ("grpc.max_receive_message_length", int(config.max_message_bytes)),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ])
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}" if ":" not in config.host \
+        else f"[{config.host.strip('[]')}]:{config.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    if not port:
+        raise OSError(f"cannot listen on {address}")
+    metrics_http = None
+    metrics_port = 0
+    if config.metrics_port >= 0:
+        metrics_host = "0.0.0.0" if config.host in ("[::]", "::") else config.host.strip("[]")
+        metrics_http, _ = start_http_server(config.metrics_port, addr=metrics_host)
+        metrics_port = metrics_http.server_address[1]
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(config, server, health_servicer, metrics_http, port, metrics_port)
+
+
+def serve(config: Config | None = None, *, block: bool = True, **overrides):
+    """Start the server. With block=True (the CLI) wait until SIGTERM/SIGINT, drain, return 0;
+    with block=False return the Running server at once."""
+    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    running = start(config)
+    metrics = (f", metrics http://{config.host}:{running.metrics_port}/metrics"
+               if running.metrics_port else "")
+    log.info("gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
+             "max tape %s)", config.host, running.port, metrics,
+             config.workers or default_workers(), config.max_message_bytes, config.cache_bytes,
+             config.max_tape_bytes)
+    if not block:
+        return running
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    running.stop()
+    sys.stdout.flush()
+    return 0

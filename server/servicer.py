@@ -1,0 +1,298 @@
+"""The Gradients service: decode a request, resolve digests, run the engine, encode the reply.
+
+Handlers are registered with no (de)serializers, so they receive the raw request bytes and
+decode them themselves: whatever the bytes, the reply is a status code from the documented set
+(INVALID_ARGUMENT, RESOURCE_EXHAUSTED, NOT_FOUND, DEADLINE_EXCEEDED, CANCELLED), never an
+exception escaping into grpc (which would answer UNKNOWN or INTERNAL)."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import re
+import threading
+import time
+
+import grpc
+
+from gradserve.client.codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, proto_digest, to_tensor,
+                                    to_value)
+from gradserve.engine import Engine, Graph
+from gradserve.engine.wire import tensor_from_proto
+from gradserve.v1 import service_pb2 as pb
+
+from . import metrics as m
+from .cache import ByteLRU
+from .errors import Failure, Stopped, failure_from_exception, to_status
+
+SERVICE_NAME = "gradserve.v1.Gradients"
+log = logging.getLogger("gradserve.server")
+_DIGEST = re.compile(r"[0-9a-f]{64}\Z")
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class _Call:
+    """One request in flight: its stop check, timing and the engine's stats."""
+
+    def __init__(self, servicer, method, context):
+        self.servicer = servicer
+        self.method = method
+        self.cancelled = False
+        self.deadline = None
+        self.compute_seconds = 0.0
+        self.stats = None
+        try:
+            remaining = context.time_remaining()
+        except Exception:  # noqa: BLE001 - no deadline
+            remaining = None
+        if remaining is not None and remaining < 1e8:
+            self.deadline = time.monotonic() + remaining
+        if not context.add_callback(self._terminated):
+            self.cancelled = True
+
+    def _terminated(self):
+        # Called when the RPC ends: after our reply normally, earlier when the client cancels
+        # or the deadline passes (or the server stops after its grace period).
+        self.cancelled = True
+
+    def __call__(self):
+        """The engine's should_stop: called between ops."""
+        if self.cancelled:
+            raise Stopped("the call was cancelled")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise Stopped("the deadline passed")
+
+    # -- resolving digests --------------------------------------------------------------------
+
+    def resolve(self, graph_ref, *fields):
+        """The graph and, for each (name, repeated TensorRef) field, its arrays (None for an
+        empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
+        missing = []
+        graph = self.servicer.graph(graph_ref, missing)
+        arrays = [[self.servicer.tensor(ref, f"{name}[{i}]", missing) for i, ref in enumerate(refs)]
+                  for name, refs in fields]
+        if missing:
+            raise Failure(grpc.StatusCode.NOT_FOUND,
+                          f"unknown digest(s): {', '.join(d[:12] + '...' for _, d in missing)}; "
+                          "send the body", "NotFound", missing=missing)
+        return graph, arrays
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, fn, graph, *args, key=(), **kwargs):
+        servicer = self.servicer
+        slots = servicer.slots
+        while not slots.acquire(timeout=0.05):   # queued: still honour deadline/cancellation
+            self()
+        predicted_key = (self.method, graph.digest) + key
+        predicted = servicer.predicted_tape.get(predicted_key, 0)
+        m.TAPE_IN_USE.inc(predicted)
+        start = time.perf_counter()
+        try:
+            if servicer.stop_kw.get(fn.__name__, True):
+                kwargs["should_stop"] = self
+            else:
+                self()
+            result = fn(graph, *args, **kwargs)
+            self.stats = servicer.engine.last_stats
+        finally:
+            self.compute_seconds = time.perf_counter() - start
+            m.TAPE_IN_USE.dec(predicted)
+            slots.release()
+        if len(servicer.predicted_tape) > 10000:
+            servicer.predicted_tape.clear()
+        servicer.predicted_tape[predicted_key] = self.stats.tape_bytes
+        return result
+
+    def call_stats(self) -> pb.CallStats:
+        s = self.stats
+        return pb.CallStats(tape_bytes=s.tape_bytes, tape_entries=s.tape_entries,
+                            peak_bytes=s.peak_bytes, recomputed_ops=s.recomputed_ops,
+                            compute_seconds=self.compute_seconds)
+
+
+def _argnums(req):
+    if not req.HasField("argnums"):
+        return 0
+    indices = tuple(req.argnums.indices)
+    if req.argnums.is_tuple:
+        return indices
+    if len(indices) != 1:
+        raise Failure(_INVALID, f"argnums is an int but carries {len(indices)} indices",
+                      "ValueError", "argnums")
+    return indices[0]
+
+
+class Servicer:
+    def __init__(self, engine: Engine, cache_bytes: int, workers: int):
+        self.engine = engine
+        self.limits = engine.limits
+        self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
+        self.slots = threading.BoundedSemaphore(workers)
+        self.predicted_tape: dict = {}
+        self.stop_kw = {name: "should_stop" in inspect.signature(getattr(Engine, name)).parameters
+                        for name in ("evaluate", "value_and_grad", "vjp", "jvp", "jacobian", "hvp",
+                                     "hessian", "check_grad")}
+        m.initialise()
+
+    # -- the cache ----------------------------------------------------------------------------
+
+    def _lookup(self, kind, digest, resource, missing):
+        if not _DIGEST.match(digest):
+            raise Failure(_INVALID, f"{digest[:80]!r} is not a lowercase hex sha256 digest",
+                          "GraphError" if kind == "g" else "ValueError",
+                          "graph.digest" if kind == "g" else "tensor digest")
+        value = self.cache.get(kind + digest)
+        if value is None:
+            m.CACHE_MISSES.inc()
+            missing.append((resource, digest))
+        else:
+            m.CACHE_HITS.inc()
+        return value
+
+    def graph(self, ref, missing):
+        kind = ref.WhichOneof("ref")
+        if kind == "digest":
+            return self._lookup("g", ref.digest, GRAPH_RESOURCE, missing)
+        if kind != "body":
+            raise Failure(_INVALID, "graph: the request names no graph (neither body nor digest)",
+                          "GraphError", "graph")
+        body = ref.body
+        key = "g" + hashlib.sha256(body).hexdigest()
+        graph = self.cache.get(key)
+        if graph is None:
+            graph = Graph.from_bytes(body, self.limits)
+            size = len(body) + sum(c.nbytes for c in graph.constants.values())
+            self.cache.put(key, graph, size)
+        return graph
+
+    def tensor(self, ref, where, missing):
+        kind = ref.WhichOneof("ref")
+        if kind == "digest":
+            return self._lookup("t", ref.digest, TENSOR_RESOURCE, missing)
+        if kind != "tensor":
+            return None
+        array = tensor_from_proto(ref.tensor, self.limits, where)
+        if ref.remember:
+            self.cache.put("t" + proto_digest(ref.tensor), array, array.nbytes)
+        return array
+
+    # -- the methods --------------------------------------------------------------------------
+
+    def evaluate(self, req, call):
+        graph, (args,) = call.resolve(req.graph, ("args", req.args))
+        out = call.run(self.engine.evaluate, graph, *args)
+        return pb.EvaluateResponse(outputs=to_value(out), stats=call.call_stats())
+
+    def value_and_grad(self, req, call):
+        graph, (args,) = call.resolve(req.graph, ("args", req.args))
+        argnums = _argnums(req)
+        value, grad = call.run(self.engine.value_and_grad, graph, *args, argnums=argnums,
+                               key=(argnums,))
+        return pb.ValueAndGradResponse(value=to_tensor(value), grad=to_value(grad),
+                                       stats=call.call_stats())
+
+    def vjp(self, req, call):
+        graph, (primals, cts) = call.resolve(req.graph, ("primals", req.primals),
+                                             ("cotangents", req.cotangents))
+        out, input_cts = call.run(self.engine.vjp, graph, tuple(primals), tuple(cts))
+        return pb.VjpResponse(outputs=to_value(out), input_cotangents=[to_tensor(c) for c in input_cts],
+                              stats=call.call_stats())
+
+    def jvp(self, req, call):
+        graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
+                                                  ("tangents", req.tangents))
+        out, out_tangents = call.run(self.engine.jvp, graph, tuple(primals), tuple(tangents))
+        return pb.JvpResponse(outputs=to_value(out), output_tangents=to_value(out_tangents),
+                              stats=call.call_stats())
+
+    def jacobian(self, req, call):
+        graph, (args,) = call.resolve(req.graph, ("args", req.args))
+        argnums = _argnums(req)
+        mode = req.mode if req.HasField("mode") else "auto"
+        jac = call.run(self.engine.jacobian, graph, *args, argnums=argnums, mode=mode,
+                       key=(argnums, mode))
+        return pb.JacobianResponse(jacobian=to_value(jac), stats=call.call_stats())
+
+    def hvp(self, req, call):
+        graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
+                                                  ("tangents", req.tangents))
+        out = call.run(self.engine.hvp, graph, tuple(primals), tuple(tangents))
+        return pb.HvpResponse(tangents=[to_tensor(t) for t in out], stats=call.call_stats())
+
+    def hessian(self, req, call):
+        graph, (args,) = call.resolve(req.graph, ("args", req.args))
+        argnums = _argnums(req)
+        hess = call.run(self.engine.hessian, graph, *args, argnums=argnums, key=(argnums,))
+        return pb.HessianResponse(hessian=to_value(hess), stats=call.call_stats())
+
+    def check_grad(self, req, call):
+        graph, (args,) = call.resolve(req.graph, ("args", req.args))
+        method = req.method if req.HasField("method") else "central"
+        report = call.run(self.engine.check_grad, graph, *args, method=method, key=(method,))
+        return pb.CheckGradResponse(
+            method=report.method, max_abs_error=report.max_abs_error,
+            max_rel_error=report.max_rel_error, ok=bool(report.ok),
+            analytic=[to_tensor(a) for a in report.analytic],
+            numeric=[to_tensor(n) for n in report.numeric], stats=call.call_stats())
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _handle(self, method, request_cls, compute, request_bytes, context):
+        start = time.perf_counter()
+        m.INFLIGHT.inc()
+        code = "OK"
+        try:
+            try:
+                request = request_cls.FromString(request_bytes)
+            except Exception as exc:  # noqa: BLE001 - DecodeError, RecursionError, ...
+                raise Failure(_INVALID, f"the request is not a valid gradserve.v1."
+                              f"{request_cls.__name__} message ({exc})", "ValueError",
+                              "request") from None
+            call = _Call(self, method, context)
+            reply = compute(request, call)
+            call.stats = call.stats or self.engine.last_stats
+            m.TAPE_BYTES.labels(method).observe(call.stats.tape_bytes)
+            m.TAPE_ENTRIES.labels(method).observe(call.stats.tape_entries)
+            return reply.SerializeToString()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+            if isinstance(exc, Stopped):
+                deadline = "deadline" in str(exc)
+                failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED if deadline
+                                  else grpc.StatusCode.CANCELLED,
+                                  f"{method}: {exc}; the computation was stopped",
+                                  "DeadlineExceeded" if deadline else "Cancelled")
+            else:
+                failure = failure_from_exception(exc)
+            code = failure.code.name
+            level = logging.INFO if code == "NOT_FOUND" else logging.WARNING
+            if code == "INTERNAL":
+                log.exception("%s INTERNAL peer=%s: unexpected server error", method,
+                              context.peer())
+            log.log(level, "%s %s peer=%s %.1fms: %s", method, code, context.peer(),
+                    (time.perf_counter() - start) * 1e3, failure.message[:500])
+            context.abort_with_status(to_status(failure))
+        finally:
+            m.INFLIGHT.dec()
+            m.DURATION.labels(method).observe(time.perf_counter() - start)
+            m.REQUESTS.labels(method, code).inc()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        table = {
+            "Evaluate": (pb.EvaluateRequest, self.evaluate),
+            "ValueAndGrad": (pb.ValueAndGradRequest, self.value_and_grad),
+            "Vjp": (pb.VjpRequest, self.vjp),
+            "Jvp": (pb.JvpRequest, self.jvp),
+            "Jacobian": (pb.JacobianRequest, self.jacobian),
+            "Hvp": (pb.HvpRequest, self.hvp),
+            "Hessian": (pb.HessianRequest, self.hessian),
+            "CheckGrad": (pb.CheckGradRequest, self.check_grad),
+        }
+
+        def make(method, request_cls, compute):
+            def handle(request_bytes, context):
+                return self._handle(method, request_cls, compute, request_bytes, context)
+            return grpc.unary_unary_rpc_method_handler(handle)
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME, {name: make(name, cls, fn) for name, (cls, fn) in table.items()})
