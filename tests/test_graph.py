@@ -1,0 +1,588 @@
+"""The graph: tracing, the wire format (exact round trip, stable digest), and validation of
+every graph that comes in as bytes: each failure is a GraphError naming the node or field,
+and nothing but GraphError ever comes out of Graph.from_bytes."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gradserve as gs
+import gradserve.numpy as gnp
+from gradserve.v1 import graph_pb2 as pb
+
+ENG = gs.Engine()
+W = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]])
+
+
+def model(x, bias, idx):
+    h = gnp.tanh(W @ x + bias)                        # constant W, einsum, add, tanh
+    picked = h[idx]                                   # integer-array index input
+    z = gnp.concatenate([picked, h[::-1]], axis=0)    # slice with a negative step
+    return gnp.sum(gs.nn.softmax(z) * gnp.arange(z.shape[0])), gnp.max(h, keepdims=True)
+
+
+MODEL_ARGS = (np.array([0.5, -1.0, 2.0]), np.array([0.1, -0.2]), np.array([1, 0, 1]))
+
+
+def model_graph():
+    return gs.trace(model, *MODEL_ARGS)
+
+
+def message(graph) -> pb.Graph:
+    return pb.Graph.FromString(graph.to_bytes())
+
+
+def decode(msg: pb.Graph) -> gs.Graph:
+    return gs.Graph.from_bytes(msg.SerializeToString())
+
+
+def expect_graph_error(msg, *where_parts):
+    """from_bytes fails with a GraphError whose `where` and message name the culprit."""
+    with pytest.raises(gs.GraphError) as info:
+        decode(msg)
+    err = info.value
+    assert isinstance(err, ValueError)
+    for part in where_parts:
+        assert part in err.where, f"{part!r} not in where={err.where!r} ({err})"
+        assert part in str(err)
+    return err
+
+
+# ---- tracing -----------------------------------------------------------------------------------
+
+def test_inputs_are_named_after_parameters():
+    def f(alpha, beta, *rest):
+        return alpha * beta + rest[0] + rest[1]
+
+    graph = gs.trace(f, 1.0, 2.0, 3.0, 4.0)
+    names = [p.name for p in graph.inputs]
+    assert names[:2] == ["alpha", "beta"]
+    assert len(set(names)) == 4
+    assert all(name for name in names[2:])
+    assert [p.spec for p in graph.inputs] == [gs.Spec((), "float64")] * 4
+    lam = gs.trace(lambda weights, data: weights @ data, np.ones((2, 3)), np.ones(3))
+    assert [p.name for p in lam.inputs] == ["weights", "data"]
+    assert lam.inputs[0].spec == gs.Spec((2, 3)) and lam.outputs[0].spec == gs.Spec((2,))
+
+
+def test_spec_and_example_dtypes():
+    graph = gs.trace(lambda a, b, c, d, e: a, gs.Spec((2, 3), "float32"), 1, True,
+                     np.zeros(2, np.int32), 1.5)
+    assert [p.spec for p in graph.inputs] == [gs.Spec((2, 3), "float32"), gs.Spec((), "int64"),
+                                              gs.Spec((), "bool"), gs.Spec((2,), "int32"),
+                                              gs.Spec((), "float64")]
+    with pytest.raises(TypeError):
+        gs.trace(lambda a: a, "text")
+    with pytest.raises(TypeError):
+        gs.Spec((2,), "float16")
+
+
+def test_closures_become_constants():
+    table = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    graph = gs.trace(lambda x: gnp.sum(table @ x), np.ones(2))
+    assert [p.name for p in graph.inputs] == ["x"]
+    constants = [np.frombuffer(c.value.data, dtype=c.value.dtype).reshape(tuple(c.value.shape))
+                 for c in message(graph).constants]
+    assert any(c.shape == table.shape and np.array_equal(c, table) for c in constants)
+    x = np.array([0.5, -1.0])
+    assert float(ENG.evaluate(graph, x)) == pytest.approx(np.sum(table @ x))
+    # the constant is captured at trace time: later mutation of the array does not change it
+    table[0, 0] = 100.0
+    assert float(ENG.evaluate(graph, x)) == pytest.approx(np.sum(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]) @ x))
+
+
+def test_python_numbers_in_closures_become_constants():
+    scale = 2.5
+    graph = gs.trace(lambda x: x * scale + 1, 1.0)
+    assert len(graph.inputs) == 1
+    assert float(ENG.evaluate(graph, 2.0)) == 6.0
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: x if x > 0 else -x,
+    lambda x: bool(x),
+    lambda x: float(x),
+    lambda x: int(x),
+    lambda x: [x for _ in range(int(x))],
+    lambda x: x * (1 if x == 0 else 2),
+    lambda x: np.asarray(x),
+], ids=["if", "bool", "float", "int", "range", "ternary_eq", "asarray"])
+def test_python_control_flow_on_traced_values_is_an_error(fn):
+    with pytest.raises(TypeError) as info:
+        gs.trace(fn, 1.0)
+    assert isinstance(info.value, gs.TracerBoolError)
+    text = str(info.value)
+    assert "gs.cond" in text and "gs.while_loop" in text
+
+
+def test_while_on_traced_value_is_an_error():
+    def f(x):
+        while x < 10:
+            x = x * 2
+        return x
+
+    with pytest.raises(gs.TracerBoolError, match="gs.while_loop"):
+        gs.trace(f, 1.0)
+
+
+def test_shape_errors_at_trace_time_are_graph_errors():
+    with pytest.raises(gs.GraphError):
+        gs.trace(lambda a, b: a + b, np.ones(3), np.ones(4))
+    with pytest.raises((gs.GraphError, ValueError)):
+        gs.trace(lambda a, b: a @ b, np.ones((2, 3)), np.ones((2, 3)))
+
+
+# ---- wire round trip and digest ----------------------------------------------------------------
+
+def test_round_trip_exact():
+    graph = model_graph()
+    data = graph.to_bytes()
+    assert isinstance(data, bytes)
+    again = gs.Graph.from_bytes(data)
+    assert again.to_bytes() == data
+    assert again.digest == graph.digest
+    assert str(again) == str(graph)
+    assert [p.name for p in again.inputs] == [p.name for p in graph.inputs]
+    assert [p.spec for p in again.inputs] == [p.spec for p in graph.inputs]
+    assert [p.spec for p in again.outputs] == [p.spec for p in graph.outputs]
+    for a, b in zip(ENG.evaluate(graph, *MODEL_ARGS), ENG.evaluate(again, *MODEL_ARGS)):
+        np.testing.assert_array_equal(a, b)
+    ga = ENG.vjp(graph, MODEL_ARGS, (1.0, np.ones(1)))[1]
+    gb = ENG.vjp(again, MODEL_ARGS, (1.0, np.ones(1)))[1]
+    for a, b in zip(ga, gb):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "complex128", "int32", "int64", "bool"])
+def test_round_trip_constants_of_every_dtype(dtype):
+    rng = np.random.default_rng(0)
+    value = (rng.normal(size=(2, 3)) * 10).astype(dtype) if dtype != "complex128" else \
+        rng.normal(size=(2, 3)) + 1j * rng.normal(size=(2, 3))
+    value = value.astype(dtype)
+    graph = gs.trace(lambda x: (x, value, x), np.zeros((2, 3), dtype))
+    again = gs.Graph.from_bytes(graph.to_bytes())
+    assert again.digest == graph.digest
+    out = ENG.evaluate(again, np.zeros((2, 3), dtype))
+    assert out[1].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out[1], value)
+
+
+def test_round_trip_special_float_values():
+    special = np.array([np.inf, -np.inf, -0.0, 5e-324, np.finfo(float).max])
+    graph = gs.trace(lambda x: (x, special), np.zeros(5))
+    again = gs.Graph.from_bytes(graph.to_bytes())
+    out = ENG.evaluate(again, np.zeros(5))[1]
+    np.testing.assert_array_equal(out, special)
+    assert np.signbit(out[2])
+    nan_graph = gs.trace(lambda x: x * np.array([np.nan, 1.0]), np.ones(2))
+    assert gs.Graph.from_bytes(nan_graph.to_bytes()).digest == nan_graph.digest
+
+
+def test_wire_is_little_endian_raw_bytes():
+    value = np.array([1.0, 2.0, 3.0])
+    graph = gs.trace(lambda x: x * value, np.ones(3))
+    (const,) = [c for c in message(graph).constants if tuple(c.value.shape) == (3,)]
+    assert const.value.dtype == "float64"
+    assert const.value.data == value.astype("<f8").tobytes()
+
+
+def test_digest_stable_and_content_addressed():
+    a, b = model_graph(), model_graph()
+    assert a.digest == b.digest and a.to_bytes() == b.to_bytes()
+    assert isinstance(a.digest, str) and int(a.digest, 16) >= 0
+    assert a == b and hash(a) == hash(b)
+    # a different constant, a different op or a different input shape: a different digest
+    c1 = gs.trace(lambda x: x * np.array([1.0, 2.0]), np.ones(2))
+    c2 = gs.trace(lambda x: x * np.array([1.0, 2.5]), np.ones(2))
+    c3 = gs.trace(lambda x: x + np.array([1.0, 2.0]), np.ones(2))
+    c4 = gs.trace(lambda x: x * np.array([1.0, 2.0]), np.ones((3, 2)))
+    assert len({c1.digest, c2.digest, c3.digest, c4.digest}) == 4
+
+
+def test_digest_same_in_another_process():
+    import subprocess
+    import sys
+    code = ("import numpy as np, gradserve as gs, gradserve.numpy as gnp\n"
+            "print(gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y + np.arange(3.0)), np.ones(3), 1.0).digest)")
+    here = gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y + np.arange(3.0)), np.ones(3), 1.0).digest
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert there.stdout.strip() == here
+
+
+def test_str_lists_the_program():
+    graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
+    text = str(graph)
+    for word in ("x1", "x2", "log", "multiply", "sin", "float64"):
+        assert word in text
+    assert repr(graph)
+
+
+# ---- validation: every failure is a GraphError naming the node or field --------------------------
+
+def seed_message():
+    return message(gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0))
+
+
+def test_valid_message_decodes():
+    assert decode(seed_message()).digest == gs.trace(
+        lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0).digest
+
+
+def test_unknown_op():
+    msg = seed_message()
+    msg.nodes[1].op = "frobnicate"
+    err = expect_graph_error(msg, "node 1")
+    assert "frobnicate" in str(err)
+
+
+def test_wrong_arity():
+    msg = seed_message()
+    msg.nodes[1].inputs.append("x1")  # multiply with three inputs
+    expect_graph_error(msg, "node 1")
+    msg = seed_message()
+    del msg.nodes[0].inputs[:]  # log with none
+    expect_graph_error(msg, "node 0")
+
+
+def test_redefined_value_breaks_ssa():
+    msg = seed_message()
+    msg.nodes[2].outputs[0] = msg.nodes[0].outputs[0]
+    err = expect_graph_error(msg, "node 2")
+    assert msg.nodes[0].outputs[0] in str(err)
+    msg = seed_message()
+    msg.nodes[0].outputs[0] = "x1"  # redefines an input
+    expect_graph_error(msg, "node 0")
+
+
+def test_duplicate_inputs_and_constants():
+    msg = seed_message()
+    msg.inputs[1].name = "x1"
+    expect_graph_error(msg, "inputs[1]")
+    graph = gs.trace(lambda x: x * np.array([1.0, 2.0]) + np.array([3.0, 4.0]), np.ones(2))
+    msg = message(graph)
+    msg.constants[1].name = msg.constants[0].name
+    expect_graph_error(msg, "constants")
+
+
+def test_use_before_definition():
+    msg = seed_message()
+    nodes = list(msg.nodes)
+    del msg.nodes[:]
+    msg.nodes.extend([nodes[2], nodes[0], nodes[1], nodes[3], nodes[4]])  # add before its inputs
+    err = expect_graph_error(msg, "node 0")
+    assert "topological" in str(err)
+
+
+def test_undefined_input():
+    msg = seed_message()
+    msg.nodes[3].inputs[0] = "nowhere"
+    err = expect_graph_error(msg, "node 3")
+    assert "nowhere" in str(err)
+
+
+def test_undefined_output():
+    msg = seed_message()
+    msg.outputs[0].name = "missing"
+    expect_graph_error(msg, "outputs[0]")
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype", "rank"])
+def test_declared_output_inconsistent_with_inference(change):
+    msg = seed_message()
+    if change == "shape":
+        msg.outputs[0].shape.append(3)
+    elif change == "dtype":
+        msg.outputs[0].dtype = "float32"
+    else:
+        msg.outputs[0].shape.extend([1, 1])
+    expect_graph_error(msg, "outputs[0]")
+
+
+def test_shape_inference_failure_names_the_node():
+    graph = gs.trace(lambda a, b: a + b, np.ones(3), np.ones(3))
+    msg = message(graph)
+    msg.inputs[1].shape[0] = 4
+    expect_graph_error(msg, "node 0")
+
+
+def test_bad_input_declarations():
+    msg = seed_message()
+    msg.inputs[0].dtype = "float16"
+    expect_graph_error(msg, "inputs[0]")
+    msg = seed_message()
+    msg.inputs[0].shape.append(-2)
+    expect_graph_error(msg, "inputs[0]")
+    msg = seed_message()
+    msg.inputs[0].name = ""
+    with pytest.raises(gs.GraphError):
+        decode(msg)
+
+
+def constant_message(shape=(3,), dtype="float64"):
+    value = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+    return message(gs.trace(lambda x: x * value, np.ones(shape, dtype)))
+
+
+@pytest.mark.parametrize("delta", [-1, 1, -8, 8])
+def test_tensor_byte_length_must_match_shape(delta):
+    msg = constant_message()
+    tensor = msg.constants[0].value
+    tensor.data = tensor.data[:delta] if delta < 0 else tensor.data + b"\0" * delta
+    err = expect_graph_error(msg, "constants[0]")
+    assert "data" in err.where or "bytes" in str(err)
+
+
+def test_tensor_shape_disagreeing_with_use():
+    msg = constant_message()
+    tensor = msg.constants[0].value
+    tensor.shape[:] = [1, 3]
+    tensor.data = tensor.data  # same byte count, other shape: consistent tensor, inference decides
+    decoded_or_error = None
+    try:
+        decoded_or_error = decode(msg)
+    except gs.GraphError as err:
+        decoded_or_error = err
+    # x * c with c of shape (1, 3) broadcasts to (1, 3): the declared output (3,) disagrees
+    assert isinstance(decoded_or_error, gs.GraphError)
+
+
+def test_huge_shape_with_tiny_data_is_rejected_without_allocating():
+    msg = constant_message()
+    tensor = msg.constants[0].value
+    tensor.shape[:] = [10**6, 10**6]  # 10**12 elements
+    tensor.data = b"\0" * 8
+    tracemalloc.start()
+    try:
+        with pytest.raises(gs.GraphError) as info:
+            decode(msg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # nothing near 8 TB (or even 8 MB of it) was allocated
+    assert "constants[0]" in info.value.where
+    assert isinstance(info.value, gs.LimitError) or "limit" in str(info.value).lower() \
+        or "bytes" in str(info.value)
+
+
+def test_limit_error_is_a_graph_error():
+    assert issubclass(gs.LimitError, gs.GraphError)
+
+
+def test_huge_declared_input_is_a_limit_error():
+    msg = seed_message()
+    msg.inputs[0].shape.extend([10**6, 10**6])
+    with pytest.raises(gs.GraphError):
+        decode(msg)
+
+
+def test_node_count_limit():
+    data = gs.trace(lambda x: gnp.sin(gnp.sin(gnp.sin(gnp.sin(x)))), 1.0).to_bytes()
+    assert gs.Graph.from_bytes(data)  # within default limits
+    with pytest.raises(gs.LimitError):
+        gs.Graph.from_bytes(data, gs.Limits(max_nodes=2))
+
+
+def test_bad_dtype_in_tensor():
+    msg = constant_message()
+    msg.constants[0].value.dtype = "float128"
+    expect_graph_error(msg, "constants[0]")
+
+
+def reduce_message():
+    return message(gs.trace(lambda x: gnp.sum(x, axis=1, keepdims=True), np.ones((2, 3))))
+
+
+@pytest.mark.parametrize("attr, mutate", [
+    ("axes", lambda a: a.ClearField("ints") or setattr(a, "f", 1.0)),     # ints given as a float
+    ("axes", lambda a: a.ClearField("ints") or setattr(a, "s", "1")),     # ints given as a string
+    ("keepdims", lambda a: setattr(a, "i", 1)),                           # bool given as an int
+    ("keepdims", lambda a: a.ClearField("b")),                            # no value at all
+    ("axes", lambda a: a.ints.values.append(7)),                          # right type, bad value
+], ids=["axes_float", "axes_str", "keepdims_int", "keepdims_missing_value", "axes_out_of_range"])
+def test_bad_attribute(attr, mutate):
+    msg = reduce_message()
+    (a,) = [a for a in msg.nodes[0].attributes if a.name == attr]
+    mutate(a)
+    err = expect_graph_error(msg, "node 0")
+    assert attr in str(err) or "ax" in str(err)
+
+
+def test_missing_and_unexpected_attributes():
+    msg = reduce_message()
+    del msg.nodes[0].attributes[0]
+    expect_graph_error(msg, "node 0")
+    msg = reduce_message()
+    msg.nodes[0].attributes.add(name="colour", s="blue")
+    err = expect_graph_error(msg, "node 0")
+    assert "colour" in str(err)
+    msg = reduce_message()
+    msg.nodes[0].attributes.add(name="keepdims", b=False)
+    expect_graph_error(msg, "node 0")
+
+
+def test_bad_index_attribute():
+    msg = message(gs.trace(lambda x: x[1:3], np.ones(4)))
+    (a,) = msg.nodes[0].attributes
+    a.ints.values[1] = 99  # slice start beyond the axis
+    expect_graph_error(msg, "node 0")
+    a.ints.values[:] = [0, 1]  # not four ints per entry
+    expect_graph_error(msg, "node 0")
+
+
+def test_wrong_output_count():
+    msg = seed_message()
+    msg.nodes[0].outputs.append("extra")
+    expect_graph_error(msg, "node 0")
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x0a\xff", b"\x0a\x05abc", b"garbage that is not protobuf",
+                                  bytes(range(256))])
+def test_undecodable_bytes(data):
+    with pytest.raises(gs.GraphError) as info:
+        gs.Graph.from_bytes(data)
+    assert info.value.where
+
+
+def test_deeply_nested_message_is_a_graph_error():
+    # an attribute holding a graph holding an attribute ... 10000 levels deep
+    inner = b""
+    for _ in range(2000):
+        attr = b"\x42" + _varint(len(inner)) + inner            # Attribute.graph (field 8)
+        node = b"\x22" + _varint(len(attr)) + attr              # Node.attributes (field 4)
+        inner = b"\x1a" + _varint(len(node)) + node             # Graph.nodes (field 3)
+    with pytest.raises(gs.GraphError):
+        gs.Graph.from_bytes(inner)
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_empty_bytes_is_an_empty_graph_or_graph_error():
+    try:
+        graph = gs.Graph.from_bytes(b"")
+    except gs.GraphError:
+        return
+    assert len(graph.inputs) == 0 and len(graph.outputs) == 0
+
+
+# ---- random corruption: only GraphError may come out ---------------------------------------------
+
+CORPUS = None
+
+
+def corpus():
+    global CORPUS
+    if CORPUS is None:
+        CORPUS = [
+            model_graph().to_bytes(),
+            gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0).to_bytes(),
+            gs.trace(lambda x: (gnp.cumsum(x, axis=0)[:, None] * np.ones((1, 2), np.float32),
+                                gnp.argmax(x), x.T @ x), np.ones((3, 2), np.float32)).to_bytes(),
+        ]
+    return CORPUS
+
+
+@st.composite
+def corruptions(draw):
+    data = bytearray(corpus()[draw(st.integers(0, 2))])
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete" and data:
+            del data[at:at + draw(st.integers(1, 8))]
+        elif kind == "truncate":
+            del data[at:]
+    return bytes(data)
+
+
+def _random_inputs(graph, rng):
+    args = []
+    for port in graph.inputs:
+        spec = port.spec
+        if spec.dtype in ("int32", "int64"):
+            args.append(np.zeros(spec.shape, spec.dtype))  # valid as an index everywhere
+        elif spec.dtype == "bool":
+            args.append(rng.random(spec.shape) > 0.5)
+        else:
+            args.append(rng.normal(size=spec.shape).astype(spec.dtype))
+    return args
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=corruptions())
+def test_random_corruption_only_graph_error(data):
+    try:
+        graph = gs.Graph.from_bytes(data)
+    except gs.GraphError:
+        return
+    # it decoded: it is a valid graph, whose encoding round-trips
+    again = gs.Graph.from_bytes(graph.to_bytes())
+    assert again.digest == graph.digest
+    # and what it computes has the shapes and dtypes it declares
+    if sum(p.spec.size for p in graph.inputs) <= 10**5:
+        outs = ENG.evaluate(graph, *_random_inputs(graph, np.random.default_rng(0)))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for out, port in zip(outs, graph.outputs):
+            assert out.shape == port.spec.shape and out.dtype == np.dtype(port.spec.dtype)
+
+
+OPS_TO_TRY = ["add", "multiply", "sin", "log", "reduce_sum", "reshape", "transpose", "einsum",
+              "getitem", "concatenate", "select", "broadcast_to", "convert", "nonexistent", ""]
+
+
+@st.composite
+def field_mutations(draw):
+    """Structured edits of a valid message: other ops, other value names, other attribute
+    values, other declared types."""
+    msg = pb.Graph.FromString(corpus()[draw(st.integers(0, 2))])
+    names = [i.name for i in msg.inputs] + [c.name for c in msg.constants] + \
+        [o for n in msg.nodes for o in n.outputs] + ["", "zzz"]
+    for _ in range(draw(st.integers(1, 3))):
+        node = msg.nodes[draw(st.integers(0, len(msg.nodes) - 1))]
+        kind = draw(st.sampled_from(["op", "input", "output", "attr_int", "attr_ints", "attr_str",
+                                     "out_shape", "out_dtype", "in_shape", "const_shape"]))
+        if kind == "op":
+            node.op = draw(st.sampled_from(OPS_TO_TRY))
+        elif kind == "input" and node.inputs:
+            node.inputs[draw(st.integers(0, len(node.inputs) - 1))] = draw(st.sampled_from(names))
+        elif kind == "output":
+            node.outputs[0] = draw(st.sampled_from(names))
+        elif kind == "attr_int" and node.attributes:
+            attr = node.attributes[draw(st.integers(0, len(node.attributes) - 1))]
+            attr.i = draw(st.integers(-3, 2**40))
+        elif kind == "attr_ints" and node.attributes:
+            attr = node.attributes[draw(st.integers(0, len(node.attributes) - 1))]
+            attr.ints.values[:] = draw(st.lists(st.integers(-3, 12), max_size=9))
+        elif kind == "attr_str" and node.attributes:
+            attr = node.attributes[draw(st.integers(0, len(node.attributes) - 1))]
+            attr.s = draw(st.sampled_from(["ij->", "i,i->i", "->", "ab,bc->ac", "float64", "int8", "", "a->aa"]))
+        elif kind == "out_shape":
+            msg.outputs[0].shape[:] = draw(st.lists(st.integers(-1, 4), max_size=3))
+        elif kind == "out_dtype":
+            msg.outputs[0].dtype = draw(st.sampled_from(["float64", "float32", "int64", "bool", "x"]))
+        elif kind == "in_shape":
+            msg.inputs[0].shape[:] = draw(st.lists(st.integers(0, 4), max_size=3))
+        elif kind == "const_shape" and msg.constants:
+            msg.constants[0].value.shape[:] = draw(st.lists(st.integers(-1, 6), max_size=3))
+    return msg.SerializeToString()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=field_mutations())
+def test_field_mutations_only_graph_error(data):
+    test_random_corruption_only_graph_error.hypothesis.inner_test(data)
