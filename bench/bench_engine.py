@@ -573,16 +573,19 @@ class Bench:
             if self.check("autograd jacobian (fwd, make_jvp)", fwd_jac(x), want, rtol=1e-9,
                           atol=1e-12):
                 ag_fwd = self.time("autograd jacobian (fwd)", lambda: fwd_jac(x))
+        calls = {}
         for mode, t_ag in (("fwd", ag_fwd), ("rev", ag_rev)):
             gs_call = lambda mode=mode: eng.jacobian(graph, x, mode=mode)  # noqa: E731
             ok = self.check(f"gradserve jacobian ({mode})", gs_call(), want, rtol=1e-9, atol=1e-12)
             ok = ok and self.check_stable(f"gradserve jacobian ({mode})", gs_call, [x])
             t_gs = self.time(f"gradserve jacobian ({mode})", gs_call) if ok else None
-            self.profile_call(f"W5-{mode}", gs_call, 50)
+            calls[mode] = gs_call
             self.rows.append(Row("W5", f"Jacobian ({mode})", ms(t_gs), ms(t_hand), ms(t_ag), "ms",
                                  "<= 1 ms", None if t_gs is None else t_gs <= 1e-3,
                                  ratio=None if t_gs is None else t_gs / t_hand))
         self.plan_summary("W5", keys)
+        for mode, gs_call in calls.items():
+            self.profile_call(f"W5-{mode}", gs_call, 50)
 
 
 def ms(t):
@@ -630,47 +633,74 @@ def tape_listing(graph, argnums):
 
 
 def per_op_times(eng, fn, label):
-    """Time spent per op kind when the most recently used plan runs step by step: replays
-    Plan.steps with a timer around each step. Relies on Plan internals (steps, template,
-    input_slots); returns None if they changed."""
+    """Time spent per op kind: every step function of the plans `fn` runs is wrapped, for a
+    few calls, in a timer (relies on Plan.steps being tuples whose first item is the step's
+    function, in the order of Plan.nodes; returns a message if that changed)."""
     try:
-        captured = {}
-        cls = type(next(reversed(eng._plans.values())))  # run once through a spy on Plan.run
-        original = cls.run
-
-        def spy(self, args, should_stop=None):
-            captured.setdefault("calls", []).append((self, list(args)))
-            return original(self, args, should_stop)
-        cls.run = spy
-        try:
-            fn()
-        finally:
-            cls.run = original
+        plans = list(eng._plans.values())
         totals = collections.defaultdict(float)
         counts = collections.Counter()
+        saved = {id(plan): plan.steps for plan in plans}
+
+        def timed(step_fn, op):
+            def run(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return step_fn(*args, **kwargs)
+                finally:
+                    totals[op] += time.perf_counter() - t0
+                    counts[op] += 1
+            return run
+
         n_runs = 10
-        overhead = 0.0
-        for plan, args in captured["calls"]:
-            ops = [node.op for node in plan.nodes]
+        fn()
+        try:
+            for plan in plans:
+                if len(plan.steps) != len(plan.nodes):
+                    raise RuntimeError("steps and nodes do not line up")
+                plan.steps = [(timed(step[0], node.op),) + tuple(step[1:])
+                              for step, node in zip(plan.steps, plan.nodes)]
             for _ in range(n_runs):
-                env = plan.template.copy()
-                for s, a in zip(plan.input_slots, args):
-                    env[s] = a
-                with np.errstate(all="ignore"):
-                    for op, (step_fn, ins, out, frees) in zip(ops, plan.steps):
-                        t0 = time.perf_counter()
-                        env[out] = step_fn(*[env[i] for i in ins])
-                        for f in frees:
-                            env[f] = None
-                        totals[op] += time.perf_counter() - t0
-                        counts[op] += 1
-        # the bare cost of a timer pair, to show what part of a tiny step is measurement
-        t0 = time.perf_counter()
+                fn()
+            # The executor's own cost: every step replaced by one returning the value it
+            # returned before (recorded on one call), so only the loop and the call remain.
+            recorded = {}
+
+            def recording(step_fn, key):
+                def run(*args, **kwargs):
+                    recorded[key] = value = step_fn(*args, **kwargs)
+                    return value
+                return run
+            for plan in plans:
+                plan.steps = [(recording(step[0], (id(plan), k)),) + tuple(step[1:])
+                              for k, step in enumerate(saved[id(plan)])]
+            fn()
+            for plan in plans:
+                plan.steps = [((lambda *a, _v=recorded.get((id(plan), k)), **kw: _v),) +
+                              tuple(step[1:]) for k, step in enumerate(saved[id(plan)])]
+            fn()
+            times = []
+            for _ in range(max(n_runs, 30)):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            bare = statistics.median(times)
+        finally:
+            for plan in plans:
+                plan.steps = saved[id(plan)]
+        times = []
+        for _ in range(max(n_runs, 30)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        wall = statistics.median(times)
+        overhead = 0.0
         for _ in range(10000):
             a = time.perf_counter()
             overhead += time.perf_counter() - a
         overhead /= 10000
-        return {op: (totals[op] / n_runs, counts[op] // n_runs) for op in totals}, overhead
+        return ({op: (totals[op] / n_runs, counts[op] // n_runs) for op in totals}, overhead, wall,
+                bare)
     except Exception as exc:  # noqa: BLE001 - diagnostics only
         return f"per-op timing unavailable ({type(exc).__name__}: {exc})"
 
@@ -727,10 +757,14 @@ def print_profiles(profiles):
                 print("    " + line)
         per_op = info.get("per_op")
         if isinstance(per_op, tuple):
-            table, overhead = per_op
+            table, overhead, wall, bare = per_op
             total = sum(t for t, _ in table.values())
-            print(f"  time per op kind, stepping the plan(s) by hand (total {total * 1e3:.3f} ms; "
-                  f"timer pair costs {overhead * 1e9:.0f} ns per step):")
+            steps = sum(c for _, c in table.values())
+            print(f"  one call: {wall * 1e3:.3f} ms (median of 30); the same call with every step "
+                  f"replaced by a function returning its recorded result: {bare * 1e3:.3f} ms = "
+                  f"{bare / max(steps, 1) * 1e9:.0f} ns per step of executor loop and call overhead")
+            print(f"  time inside the steps, by op kind (a timer around each step, which adds "
+                  f"~{overhead * 1e9:.0f} ns; total {total * 1e3:.3f} ms):")
             for op, (t, c) in sorted(table.items(), key=lambda kv: -kv[1][0]):
                 print(f"    {op:<14s} {c:6d} steps  {t * 1e3:9.3f} ms  {t / c * 1e6:9.2f} µs/step")
         elif per_op:
