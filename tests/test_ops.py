@@ -80,9 +80,10 @@ def apply_in(jac, out_shape, u):
     return np.tensordot(jac, u, axes=n_in) if n_in else jac * u
 
 
-def check_op(fn, np_fn, args, *, seed=0, rtol=1e-6, atol=1e-7):
+def check_op(fn, np_fn, args, *, seed=0, rtol=1e-6, atol=1e-7, jacobians=True):
     """Trace `fn` on float64 `args`; the value must match `np_fn`; JVP and VJP must match the
-    finite-difference Jacobian of `np_fn`; the dot-product identity must hold."""
+    finite-difference Jacobian of `np_fn`; the dot-product identity must hold; the engine's
+    forward- and reverse-mode Jacobians must match it too."""
     args = [np.asarray(a, dtype=np.float64) for a in args]
     graph = gs.trace(fn, *args)
     want = np.asarray(np_fn(*args))
@@ -113,6 +114,15 @@ def check_op(fn, np_fn, args, *, seed=0, rtol=1e-6, atol=1e-7):
     lhs = float(np.sum(cotangent * out_tangent))
     rhs = float(sum(np.sum(c * u) for c, u in zip(in_cts, tangents)))
     assert lhs == pytest.approx(rhs, rel=1e-9, abs=1e-9)
+
+    # whole Jacobians, both modes: every op's batch rule (a batch of tangents or cotangents)
+    if jacobians:
+        argnums = tuple(range(len(args)))
+        for mode in ("fwd", "rev"):
+            blocks = ENG.jacobian(graph, *args, argnums=argnums, mode=mode)
+            for block, jac in zip(blocks, jacs):
+                assert block.shape == jac.shape
+                np.testing.assert_allclose(block, jac, rtol=rtol, atol=atol)
 
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
