@@ -95,7 +95,10 @@ class Plan:
         # Small arrays made from nothing (`full`) are computed once, here, like constants.
         self.precomputed = {n.outputs[0]: PRIMITIVES[n.op].impl(**n.attrs) for n in nodes
                             if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096}
-        nodes = [n for n in nodes if n.op != "full" or n.outputs[0] not in self.precomputed]
+        kept = [k for k, n in enumerate(nodes) if n.op != "full" or n.outputs[0] not in self.precomputed]
+        if boundary is not None:
+            boundary = sum(1 for k in kept if k < boundary)
+        nodes = [nodes[k] for k in kept]
         self.nodes = nodes
         slot = {}
         for name in list(graph.input_names) + list(graph.constants) + list(self.precomputed):
@@ -133,7 +136,8 @@ class Plan:
             fn = functools.partial(fn, **node.attrs) if node.attrs else fn
             outs = tuple(slot[n] for n in node.outputs)
             self.steps.append((fn, tuple(slot[n] for n in node.inputs),
-                               outs[0] if len(outs) == 1 else outs, tuple(slot[n] for n in frees[k])))
+                               outs if prim.multiple_results else outs[0],
+                               tuple(slot[n] for n in frees[k])))
 
     def _walk(self, nodes, boundary, frees, keep):
         """One pass over the schedule with the storage each value lives on: decides which

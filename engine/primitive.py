@@ -45,7 +45,8 @@ class Linear(NamedTuple):
 class Primitive:
     def __init__(self, name: str, *, impl: Callable, shape: Callable, arity=1, attrs=None,
                  jvp=None, transpose=None, batch=None, view: bool = False,
-                 elementwise: bool = False, ufunc=None, inplace=None):
+                 elementwise: bool = False, ufunc=None, inplace=None,
+                 multiple_results: bool = False, jvp_full=None, retype=None):
         self.name = name
         self.impl = impl
         self.shape = shape
@@ -60,6 +61,14 @@ class Primitive:
         # dies at this step), or `inplace(*args, **attrs)` that may overwrite args[0].
         self.ufunc = ufunc
         self.inplace = inplace
+        # Ops with a tuple of outputs (control flow); their shape rules return tuples.
+        self.multiple_results = multiple_results
+        # `jvp_full(primals, tangents, **attrs) -> (outputs, tangents)`: for ops whose JVP also
+        # changes how the primal is computed (a loop that keeps its carries for reverse mode).
+        self.jvp_full = jvp_full
+        # `retype(args, **attrs) -> outputs`: ops with subgraphs re-trace their bodies for
+        # arguments of other dtypes (the complex step).
+        self.retype = retype
 
     def __repr__(self):
         return f"<primitive {self.name}>"

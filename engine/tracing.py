@@ -42,6 +42,7 @@ class Builder:
         self.producer: dict[str, Node] = {}    # the node that defines each value
         self.splats: dict[str, float] = {}     # values known to be one number everywhere
         self._computed: dict = {}              # (op, inputs, attrs) -> outputs, to share work
+        self.captured: dict = {}               # enclosing builders' values read here
         self._count = 0
 
     def __enter__(self):
@@ -128,8 +129,9 @@ class Builder:
         return result
 
     def capture(self, value) -> "Tracer":
-        """A value from outside this builder: a constant, or a Tracer of an enclosing builder
-        (read by name, as subgraphs read outer values)."""
+        """A value from outside this builder: a constant, or a Tracer of an enclosing builder.
+        A subgraph reads an enclosing value through an extra input of its own (closure
+        conversion); the control-flow node passes the value in."""
         if not isinstance(value, Tracer):
             return self.constant(value)
         if value.builder is self:
@@ -140,8 +142,10 @@ class Builder:
         if builder is None:
             raise GraphError("a traced value escaped the function that traced it "
                              "(it belongs to another trace)", "tracing")
-        self.specs.setdefault(value.name, value.spec)
-        return Tracer(self, value.name, value.spec)
+        key = (id(value.builder), value.name)
+        if key not in self.captured:
+            self.captured[key] = (value, self.input(f"captured:{len(self.captured)}", value.spec))
+        return self.captured[key][1]
 
     def build(self, outputs) -> Graph:
         single = not isinstance(outputs, (tuple, list))
@@ -203,7 +207,7 @@ def parameter_names(fn, count: int) -> list[str]:
 def trace(fn, *example_args) -> Graph:
     """Record `fn` applied to inputs shaped like `example_args` as a Graph."""
     specs = [spec_of(a) for a in example_args]
-    with Builder(current_builder()) as builder:
+    with Builder() as builder:
         inputs = [builder.input(name, spec)
                   for name, spec in zip(parameter_names(fn, len(specs)), specs)]
         return builder.build(fn(*inputs))

@@ -34,6 +34,17 @@ def _replay_node(node, args):
     return out if isinstance(out, tuple) else (out,)
 
 
+def inline(graph: Graph, args) -> tuple:
+    """Replay `graph`'s nodes into the current builder on `args`; its outputs. An arg of None
+    marks an input the caller knows is unused."""
+    env = {p.name: a for p, a in zip(graph.inputs, args) if a is not None}
+    for name, value in graph.constants.items():
+        env[name] = value
+    for node in graph.nodes:
+        env.update(zip(node.outputs, _replay_node(node, [env[n] for n in node.inputs])))
+    return tuple(env[p.name] for p in graph.outputs)
+
+
 def _start(graph: Graph, builder: Builder, specs=None):
     env = {}
     for port, spec in zip(graph.inputs, specs or [p.spec for p in graph.inputs]):
@@ -61,13 +72,20 @@ def jvp(program: Program, wrt) -> Program:
         for k, node in enumerate(graph.nodes):
             if k == boundary:
                 new_boundary = len(builder.nodes)
+            prim = PRIMITIVES[node.op]
             args = [env[n] for n in node.inputs]
-            outs = _replay_node(node, args)
-            env.update(zip(node.outputs, outs))
             ins = [tangents.get(n) for n in node.inputs]
-            if any(t is not None for t in ins):
-                out_t = PRIMITIVES[node.op].jvp(args, ins, outs if len(outs) > 1 else outs[0],
-                                                **node.attrs)
+            differentiated = any(t is not None for t in ins)
+            if differentiated and prim.jvp_full is not None:
+                outs, out_t = prim.jvp_full(args, ins, **node.attrs)
+            else:
+                outs = _replay_node(node, args)
+                out_t = None
+                if differentiated:
+                    out_t = prim.jvp(args, ins, outs if prim.multiple_results else outs[0],
+                                     **node.attrs)
+            env.update(zip(node.outputs, outs))
+            if out_t is not None:
                 out_t = out_t if isinstance(out_t, tuple) else (out_t,)
                 tangents.update((n, t) for n, t in zip(node.outputs, out_t) if t is not None)
         primal_out = [env[p.name] for p in graph.outputs]
@@ -120,11 +138,11 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
                     return
             cotangents[name] = total + ct
 
-        for port, tangent_port in zip(graph.outputs, linearized.outputs[n_out:]):
+        for k, (port, tangent_port) in enumerate(zip(graph.outputs, linearized.outputs[n_out:])):
             if not dtypes.is_differentiable(port.spec.dtype):
                 continue
             seed = gnp.ones(port.spec.shape, port.spec.dtype) if seed_ones else \
-                builder.input(f"cotangent:{port.name}", port.spec)
+                builder.input(f"cotangent:{k}", port.spec)
             if tangent_port.name in linear:
                 accumulate(tangent_port.name, seed)
 
@@ -132,7 +150,7 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
             cts = [cotangents.pop(n, None) for n in node.outputs]
             if all(ct is None for ct in cts):
                 continue
-            if len(cts) == 1:
+            if not PRIMITIVES[node.op].multiple_results:
                 ct = cts[0]
             else:  # several outputs: the rule gets one cotangent each, zeros made explicit
                 ct = tuple(_zeros(linearized.avals[n]) if c is None else c
@@ -211,5 +229,11 @@ def retype(program: Program, specs) -> Program:
     with Builder() as builder:
         env = _start(graph, builder, specs)
         for node in graph.nodes:
-            env.update(zip(node.outputs, _replay_node(node, [env[n] for n in node.inputs])))
+            args = [env[n] for n in node.inputs]
+            prim = PRIMITIVES[node.op]
+            if prim.retype is not None:  # ops with subgraphs retype their bodies
+                outs = prim.retype(args, **node.attrs)
+            else:
+                outs = _replay_node(node, args)
+            env.update(zip(node.outputs, outs))
         return Program(builder.build([env[p.name] for p in graph.outputs]), None)

@@ -88,7 +88,10 @@ def _attr_from_proto(attr, limits, outer, where):
     if kind == "floats":
         return tuple(attr.floats.values)
     if kind == "graph":
-        return graph_from_proto(attr.graph, limits, outer)
+        try:
+            return graph_from_proto(attr.graph, limits, outer)
+        except GraphError as exc:  # name the node that holds the subgraph, then the place in it
+            raise GraphError(exc.reason, f"{where} attribute {attr.name!r} > {exc.where}") from None
     return getattr(attr, kind)
 
 

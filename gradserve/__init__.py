@@ -8,9 +8,11 @@
 from gradserve.engine import (Engine, Graph, GraphError, LimitError, Limits, Port, Spec, Stats,
                               TracerBoolError, trace)
 from gradserve.engine import nn  # noqa: F401
+from gradserve.engine.control import checkpoint, cond, fori_loop, scan, while_loop
+from gradserve.optimize import minimize  # noqa: F401  (gs.minimize; imports SciPy when called)
 
 __all__ = ["Engine", "Graph", "GraphError", "LimitError", "Limits", "Port", "Spec", "Stats",
-           "TracerBoolError", "trace", "nn"]
+           "TracerBoolError", "trace", "nn", "cond", "while_loop", "fori_loop", "scan", "checkpoint"]
 
 
 def __getattr__(name):
