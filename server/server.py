@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, fields
 
@@ -51,8 +52,9 @@ class Config:
 class Running:
     """A started server: its ports, and stop()."""
 
-    def __init__(self, config, server, health_servicer, metrics_http, port, metrics_port):
+    def __init__(self, config, server, servicer, health_servicer, metrics_http, port, metrics_port):
         self.config = config
+        self.servicer = servicer
         self.server = server
         self.health = health_servicer
         self._metrics_http = metrics_http
@@ -66,7 +68,14 @@ class Running:
         grace = self.config.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
         log.info("shutting down: draining in-flight calls (grace %.1fs)", grace)
-        self.server.stop(grace).wait()
+        done = self.server.stop(grace)     # new calls are refused from now on
+        # Wait for the Gradients calls in flight, then end the rest at once: open health
+        # Watch streams (load balancers, probes) would otherwise hold the whole grace period.
+        deadline = time.monotonic() + grace
+        while self.servicer.inflight and time.monotonic() < deadline and not done.is_set():
+            time.sleep(0.02)
+        self.server.stop(None).wait()
+        done.wait()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -114,7 +123,7 @@ def start(config: Config) -> Running:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(config, server, health_servicer, metrics_http, port, metrics_port)
+    return Running(config, server, servicer, health_servicer, metrics_http, port, metrics_port)
 
 
 def serve(config: Config | None = None, *, block: bool = True, **overrides):

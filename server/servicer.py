@@ -130,6 +130,8 @@ class Servicer:
         self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
         self.slots = threading.BoundedSemaphore(workers)
         self.predicted_tape: dict = {}
+        self.inflight = 0                     # Gradients calls being handled (for draining)
+        self._inflight_lock = threading.Lock()
         self.stop_kw = {name: "should_stop" in inspect.signature(getattr(Engine, name)).parameters
                         for name in ("evaluate", "value_and_grad", "vjp", "jvp", "jacobian", "hvp",
                                      "hessian", "check_grad")}
@@ -241,6 +243,8 @@ class Servicer:
     def _handle(self, method, request_cls, compute, request_bytes, context):
         start = time.perf_counter()
         m.INFLIGHT.inc()
+        with self._inflight_lock:
+            self.inflight += 1
         code = "OK"
         try:
             try:
@@ -273,6 +277,8 @@ class Servicer:
                     (time.perf_counter() - start) * 1e3, failure.message[:500])
             context.abort_with_status(to_status(failure))
         finally:
+            with self._inflight_lock:
+                self.inflight -= 1
             m.INFLIGHT.dec()
             m.DURATION.labels(method).observe(time.perf_counter() - start)
             m.REQUESTS.labels(method, code).inc()
