@@ -407,6 +407,24 @@ def test_check_grad_method_accuracy_ordering(backend):
     assert errors["complex"] < 1e-13
 
 
+@pytest.mark.parametrize("method", ["forward", "central", "complex"])
+def test_check_grad_ok_with_large_higher_derivatives(backend, method):
+    # sin(x e^x) at x = 2: the first derivative is -13.3, the third about 2e4, and the central
+    # difference's truncation error follows the third
+    graph = gs.trace(lambda x: gnp.sin(gnp.exp(x) * x), 1.0)
+    report = backend.check_grad(graph, 2.0, method=method)
+    assert report.ok
+    assert report.max_rel_error < 1e-5
+
+
+def test_check_grad_complex_step_through_logaddexp_and_softplus(backend):
+    graph = gs.trace(lambda x, y: gnp.sum(gnp.logaddexp(x, y) + gs.nn.softplus(x * y)),
+                     np.ones(3), np.ones(3))
+    x, y = np.array([0.5, -3.0, 2.0]), np.array([1.0, 0.2, -7.0])
+    report = backend.check_grad(graph, x, y, method="complex")
+    assert report.ok and report.max_rel_error < 1e-12
+
+
 def test_check_grad_bad_method(backend):
     graph = gs.trace(lambda x: x * x, 1.0)
     with pytest.raises(ValueError):

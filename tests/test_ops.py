@@ -819,3 +819,36 @@ def test_integer_arithmetic_promotes_to_float_for_inexact_ops():
     graph = gs.trace(lambda n: n * 2 + 1, n)
     assert graph.outputs[0].spec.dtype == "int64"
     np.testing.assert_array_equal(ENG.evaluate(graph, n), [3, 9, 19])
+
+
+# ---- the complex step through every op (complex-step extensions of non-holomorphic ops) -------
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_complex_step_unary(name):
+    fn, _, kind = UNARY[name]
+    x = sample(np.random.default_rng(11), (4,), kind)
+    graph = gs.trace(lambda x: gnp.sum(fn(x) * np.array([1.0, 2.0, -0.5, 0.25])), x)
+    report = ENG.check_grad(graph, x, method="complex")
+    assert report.ok, report
+    assert report.max_rel_error < 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_complex_step_binary(name):
+    fn, _, kx, ky = BINARY[name]
+    rng = np.random.default_rng(12)
+    x, y = sample(rng, (3,), kx), sample(rng, (2, 3), ky)
+    graph = gs.trace(lambda x, y: gnp.sum(fn(x, y) * np.array([1.0, -2.0, 0.5])), x, y)
+    report = ENG.check_grad(graph, x, y, method="complex")
+    assert report.ok, report
+    assert report.max_rel_error < 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+def test_complex_step_reductions(name):
+    fn, _, kind = REDUCTIONS[name]
+    x = sample(np.random.default_rng(13), (3, 4), kind)
+    graph = gs.trace(lambda x: gnp.sum(fn(x, axis=1) * np.array([1.0, 2.0, -0.5])), x)
+    report = ENG.check_grad(graph, x, method="complex")
+    assert report.ok, report
+    assert report.max_rel_error < 1e-12
