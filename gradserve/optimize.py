@@ -1,0 +1,400 @@
+"""`gs.minimize`: optimisation loops whose derivatives come from an Engine or a Client.
+
+    import gradserve as gs
+    graph = gs.trace(loss, gs.Spec((d,)), X, y)          # the first input is optimised
+    with gs.Client("localhost:50051") as cli:
+        res = gs.minimize(graph, np.zeros(d), X, y, backend=cli)   # L-BFGS-B
+    res.x, res.fun, res.history["loss"]
+
+SciPy's gradient methods get the value and the gradient from ONE backend call per evaluation
+(`value_and_grad`, passed to SciPy with `jac=True`); Newton-CG, trust-ncg, trust-krylov and
+trust-constr get `hessp` from the backend's `hvp`, dogleg and trust-exact get `hess` from its
+`hessian`; Nelder-Mead, Powell, COBYLA and COBYQA get the value alone (`evaluate`). Besides
+SciPy's methods there are two first-order loops, "sgd" (heavy-ball momentum, optionally
+Nesterov) and "adam".
+
+The inputs held fixed (`args`) are the same array objects on every call, so a Client sends a
+large one once and names it by its digest afterwards (see gs.Client)."""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+
+from gradserve.engine import dtypes
+from gradserve.engine.engine import coerce
+from gradserve.engine.graph import Graph
+
+__all__ = ["minimize", "FIRST_ORDER_METHODS"]
+
+
+def _so():
+    # scipy.optimize takes about a second to import: only when minimize runs.
+    import scipy.optimize
+    return scipy.optimize
+
+FIRST_ORDER_METHODS = ("adam", "sgd")
+_HESSP_METHODS = frozenset({"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"})
+_HESS_METHODS = frozenset({"dogleg", "trust-exact"})
+_GRADIENT_FREE = frozenset({"nelder-mead", "powell", "cobyla", "cobyqa"})
+_HISTORY_FIELDS = ("step", "loss", "grad_norm", "time", "nfev")
+
+
+def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=None,
+             progress=None, **kwargs):
+    """Minimise the scalar output of `graph` over its first input, starting at `x0`, with the
+    other inputs held at `args`.
+
+    graph    a gs.Graph with one real scalar output; its first input is the variable.
+    x0       the starting point: any array with as many elements as the first input (it is
+             flattened for SciPy and reshaped for the graph; `result.x` has the input's shape).
+    args     the other inputs, in order; converted once and passed unchanged to every call.
+    method   any method of scipy.optimize.minimize (name or callable), or "adam" / "sgd".
+    backend  a gs.Engine or gs.Client (anything with the Engine's methods); default a new Engine.
+    options  SciPy's options dict; for "adam" and "sgd": maxiter (1000), learning_rate (0.001
+             for adam, 0.01 for sgd; a number or a function of the step), gtol (1e-5; stop when
+             the largest gradient component, projected onto the bounds, is at most gtol),
+             momentum (0.9) and nesterov (False) for sgd, beta1 (0.9), beta2 (0.999) and eps
+             (1e-8) for adam.
+    progress a tqdm progress bar (step, loss, gradient norm, steps/s) on stderr while it runs,
+             shown when stderr is a terminal unless progress is False.
+    kwargs   passed to scipy.optimize.minimize: bounds, constraints, tol, callback, hess,
+             hessp. "adam" and "sgd" take bounds (they project onto them), tol (the default
+             gtol) and callback. A callback receives x in the input's shape (or, declared as
+             `callback(intermediate_result)`, an OptimizeResult); raising StopIteration stops.
+
+    Returns SciPy's OptimizeResult (x, fun, jac, nit, nfev, success, status, message, ...)
+    with `history`, a dict of arrays with one entry per step (step 0 is the first point
+    evaluated): "step", "loss", "grad_norm" (Euclidean), "time" (wall seconds since the start)
+    and "nfev" (value evaluations so far); and `backend_calls`, the number of backend calls by
+    method name."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"gs.minimize: expected a gs.Graph, got {type(graph).__name__}")
+    _check_scalar_output(graph)
+    if not graph.inputs:
+        raise TypeError("gs.minimize: the graph has no inputs to optimise")
+    variable = graph.inputs[0]
+    if variable.spec.dtype not in ("float64", "float32"):
+        raise TypeError(f"gs.minimize optimises the first input {variable.name!r}, which must be "
+                        f"real floating point, got {variable.spec.dtype}")
+    if len(args) != len(graph.inputs) - 1:
+        names = ", ".join(p.name for p in graph.inputs[1:]) or "none"
+        raise TypeError(f"gs.minimize: the graph's inputs after {variable.name!r} are held fixed "
+                        f"and need {len(graph.inputs) - 1} arguments ({names}), got {len(args)}")
+    x0 = np.array(x0, dtype=np.float64)
+    if x0.size != variable.spec.size:
+        raise ValueError(f"x0 for input {variable.name!r} needs {variable.spec.size} elements "
+                         f"(shape {variable.spec.shape}), got shape {x0.shape}")
+    # Convert the fixed inputs once: the same arrays travel on every call, so a Client can
+    # name a large one by its digest instead of converting and resending it each step.
+    fixed = tuple(coerce(a, p.spec, f"argument {p.name!r}") for a, p in zip(args, graph.inputs[1:]))
+    if backend is None:
+        from gradserve.engine import Engine
+        backend = Engine()
+    options = dict(options or {})
+    name = method.lower() if isinstance(method, str) else None
+    objective = _Objective(backend, graph, fixed)
+    maxiter = options.get("maxiter")
+    bar = _progress_bar(progress, maxiter, name or getattr(method, "__name__", "minimize"))
+    try:
+        if name in FIRST_ORDER_METHODS:
+            res = _first_order(name, objective, x0.reshape(-1), options, bar, **kwargs)
+        else:
+            res = _scipy(method, name, objective, x0.reshape(-1), options, bar, **kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _finish(res, objective)
+
+
+# ---- evaluations -------------------------------------------------------------------------
+
+class _Objective:
+    """The backend calls, the record of evaluations (for the per-step history) and the steps."""
+
+    def __init__(self, backend, graph, fixed):
+        self.backend = backend
+        self.graph = graph
+        self.fixed = fixed
+        spec = graph.inputs[0].spec
+        self.shape, self.dtype = spec.shape, np.dtype(spec.dtype)
+        self._zero_tangents = None
+        self.calls: dict[str, int] = {}
+        self.nfev = 0
+        self._seen: OrderedDict = OrderedDict()   # x bytes -> (loss, gradient or None)
+        self.start = time.perf_counter()
+        self.history = {k: [] for k in _HISTORY_FIELDS}
+        self.bar = None
+
+    def _x(self, xflat):
+        return np.asarray(xflat).reshape(self.shape).astype(self.dtype, copy=True)
+
+    def _count(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _remember(self, xflat, f, g):
+        self.nfev += 1
+        key = np.asarray(xflat, dtype=np.float64).tobytes()
+        self._seen[key] = (f, g)
+        self._seen.move_to_end(key)
+        while len(self._seen) > 16:
+            self._seen.popitem(last=False)
+        if not self.history["step"]:
+            self.record(f, g)                       # step 0: the first point evaluated
+
+    def value_and_grad(self, xflat):
+        self._count("value_and_grad")
+        value, grad = self.backend.value_and_grad(self.graph, self._x(xflat), *self.fixed,
+                                                  argnums=0)
+        f = float(value)
+        g = np.asarray(grad, dtype=np.float64).reshape(-1)
+        self._remember(xflat, f, g)
+        return f, g
+
+    def value(self, xflat):
+        self._count("evaluate")
+        f = float(self.backend.evaluate(self.graph, self._x(xflat), *self.fixed))
+        self._remember(xflat, f, None)
+        return f
+
+    def hessp(self, xflat, p):
+        self._count("hvp")
+        if self._zero_tangents is None:
+            # One zero array per fixed input, reused: a Client sends each large one once.
+            self._zero_tangents = tuple(_readonly(np.zeros(q.spec.shape, q.spec.dtype))
+                                        for q in self.graph.inputs[1:])
+        out = self.backend.hvp(self.graph, (self._x(xflat),) + self.fixed,
+                               (self._x(p),) + self._zero_tangents)
+        return np.asarray(out[0], dtype=np.float64).reshape(-1)
+
+    def hess(self, xflat):
+        self._count("hessian")
+        h = self.backend.hessian(self.graph, self._x(xflat), *self.fixed, argnums=0)
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return np.asarray(h, dtype=np.float64).reshape(n, n)
+
+    def lookup(self, xflat):
+        """(loss, gradient) at x: from the record when x was evaluated, else a new call."""
+        key = np.asarray(xflat, dtype=np.float64).tobytes()
+        hit = self._seen.get(key)
+        if hit is not None and (hit[1] is not None or self.calls.get("value_and_grad", 0) == 0):
+            return hit
+        if self.calls.get("value_and_grad", 0) == 0:     # a gradient-free method
+            return self.value(xflat), None
+        return self.value_and_grad(xflat)
+
+    def record(self, f, g):
+        h = self.history
+        with np.errstate(over="ignore", invalid="ignore"):
+            gnorm = float(np.linalg.norm(g)) if g is not None else math.nan
+        h["step"].append(len(h["step"]))
+        h["loss"].append(f)
+        h["grad_norm"].append(gnorm)
+        h["time"].append(time.perf_counter() - self.start)
+        h["nfev"].append(self.nfev)
+        if self.bar is not None and len(h["step"]) > 1:
+            self.bar.set_postfix(loss=f"{f:.6g}", grad_norm=f"{gnorm:.3g}", refresh=False)
+            self.bar.update(1)
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+def _check_scalar_output(graph):
+    outs = graph.outputs
+    if len(outs) != 1 or outs[0].spec.shape != () or outs[0].spec.dtype not in ("float64", "float32"):
+        got = ", ".join(str(p.spec) for p in outs) or "no outputs"
+        raise TypeError(f"gs.minimize needs a graph with one real scalar output; this one gives {got}")
+
+
+# ---- progress --------------------------------------------------------------------------
+
+def _progress_bar(progress, maxiter, desc):
+    if progress is False:
+        return None
+    try:
+        interactive = sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=maxiter if isinstance(maxiter, (int, np.integer)) else None, desc=desc,
+                unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+# ---- user callbacks ----------------------------------------------------------------------
+
+def _wants_result(callback) -> bool:
+    try:
+        return set(inspect.signature(callback).parameters) == {"intermediate_result"}
+    except (TypeError, ValueError):
+        return False
+
+
+def _call_user(callback, wants_result, x, f, g, extra=None, nit=None):
+    if callback is None:
+        return
+    if wants_result:
+        r = _so().OptimizeResult(extra or {})
+        r.x, r.fun = x, f
+        if g is not None:
+            r.jac = g
+        if nit is not None:
+            r.nit = nit
+        callback(intermediate_result=r)
+    elif extra is not None and "constr_violation" in extra:    # trust-constr's (x, state)
+        callback(x, extra)
+    else:
+        callback(x)
+
+
+# ---- SciPy ------------------------------------------------------------------------------
+
+def _scipy(method, name, obj: _Objective, x0, options, bar, **kwargs):
+    if "jac" in kwargs:
+        raise TypeError("gs.minimize computes the gradient with the backend; do not pass jac")
+    user_callback = kwargs.pop("callback", None)
+    wants_result = user_callback is not None and _wants_result(user_callback)
+    obj.bar = bar
+
+    def step(intermediate_result):
+        # SciPy calls this once per iteration, with an OptimizeResult (or a bare x for TNC
+        # and COBYLA): record the step, update the bar, hand over to the user's callback.
+        r = intermediate_result
+        x = np.array(getattr(r, "x", r), dtype=np.float64).reshape(-1)
+        f, g = obj.lookup(x)
+        obj.record(f, g)
+        if user_callback is not None:
+            extra = dict(r) if isinstance(r, _so().OptimizeResult) else None
+            if extra is not None:
+                extra.pop("x", None)
+            _call_user(user_callback, wants_result, x.reshape(obj.shape), f,
+                       None if g is None else g.reshape(obj.shape), extra)
+
+    if name in _GRADIENT_FREE:
+        fun, jac = obj.value, None
+    else:
+        fun, jac = obj.value_and_grad, True
+    if name in _HESSP_METHODS and "hess" not in kwargs and "hessp" not in kwargs:
+        kwargs["hessp"] = obj.hessp
+    if name in _HESS_METHODS and "hess" not in kwargs and "hessp" not in kwargs:
+        kwargs["hess"] = obj.hess
+    return _so().minimize(fun, x0, method=method, jac=jac, callback=step,
+                                   options=options or None, **kwargs)
+
+
+# ---- first-order loops -------------------------------------------------------------------
+
+def _first_order(name, obj: _Objective, x, options, bar, *, bounds=None, tol=None,
+                 callback=None, **kwargs):
+    if kwargs:
+        raise TypeError(f"method {name!r} does not take {', '.join(sorted(kwargs))} "
+                        "(it takes options, bounds, tol and callback)")
+    opts = dict(options)
+    maxiter = int(opts.pop("maxiter", 1000))
+    lr = opts.pop("learning_rate", 1e-3 if name == "adam" else 1e-2)
+    gtol = float(opts.pop("gtol", 1e-5 if tol is None else tol))
+    if name == "sgd":
+        momentum = float(opts.pop("momentum", 0.9))
+        nesterov = bool(opts.pop("nesterov", False))
+    else:
+        beta1 = float(opts.pop("beta1", 0.9))
+        beta2 = float(opts.pop("beta2", 0.999))
+        eps = float(opts.pop("eps", 1e-8))
+    opts.pop("disp", None)
+    if opts:
+        warnings.warn(f"Unknown solver options: {', '.join(sorted(opts))}", _so().OptimizeWarning,
+                      stacklevel=3)
+    if maxiter < 0:
+        raise ValueError(f"maxiter must be >= 0, got {maxiter}")
+    learning_rate = lr if callable(lr) else (lambda k, lr=float(lr): lr)
+    lower, upper = _bounds(bounds, x.size)
+    if lower is not None:
+        x = np.clip(x, lower, upper)
+    wants_result = callback is not None and _wants_result(callback)
+    obj.bar = bar
+    velocity = np.zeros_like(x)
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    status, message = 1, "Maximum number of iterations has been exceeded."
+    nit = 0
+    f, g = math.nan, np.full_like(x, math.nan)
+    for k in range(maxiter + 1):
+        f, g = obj.value_and_grad(x)
+        if k:
+            obj.record(f, g)
+        if not (math.isfinite(f) and np.all(np.isfinite(g))):
+            status, message = 3, "NaN or infinite loss or gradient encountered."
+            break
+        if k:
+            try:
+                _call_user(callback, wants_result, x.reshape(obj.shape).copy(), f,
+                           g.reshape(obj.shape).copy(), nit=nit)
+            except StopIteration:
+                status, message = 99, "`callback` raised `StopIteration`."
+                break
+        pg = g if lower is None else x - np.clip(x - g, lower, upper)
+        if np.max(np.abs(pg), initial=0.0) <= gtol:
+            status, message = 0, "Optimization terminated successfully (gradient norm <= gtol)."
+            break
+        if k == maxiter:
+            break
+        rate = float(learning_rate(k))
+        with np.errstate(over="ignore", invalid="ignore"):   # divergence: status 3 next step
+            if name == "sgd":
+                velocity = momentum * velocity - rate * g
+                x = x + (momentum * velocity - rate * g if nesterov else velocity)
+            else:
+                t = k + 1
+                m = beta1 * m + (1 - beta1) * g
+                v = beta2 * v + (1 - beta2) * (g * g)
+                m_hat = m / (1 - beta1 ** t)
+                v_hat = v / (1 - beta2 ** t)
+                x = x - rate * m_hat / (np.sqrt(v_hat) + eps)
+            if lower is not None:
+                x = np.clip(x, lower, upper)
+        nit += 1
+    return _so().OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=obj.nfev, njev=obj.nfev,
+                          status=status, success=status == 0, message=message)
+
+
+def _bounds(bounds, n):
+    if bounds is None:
+        return None, None
+    if isinstance(bounds, _so().Bounds):
+        lb, ub = bounds.lb, bounds.ub
+    else:
+        pairs = list(bounds)
+        if len(pairs) != n:
+            raise ValueError(f"bounds has {len(pairs)} pairs for {n} variables")
+        lb = [-np.inf if p[0] is None else p[0] for p in pairs]
+        ub = [np.inf if p[1] is None else p[1] for p in pairs]
+    lb = np.broadcast_to(np.asarray(lb, dtype=np.float64), (n,))
+    ub = np.broadcast_to(np.asarray(ub, dtype=np.float64), (n,))
+    return lb, ub
+
+
+# ---- the result --------------------------------------------------------------------------
+
+def _finish(res, obj: _Objective) -> OptimizeResult:
+    shape = obj.shape
+    x = np.asarray(res.x, dtype=np.float64)
+    if x.size == int(np.prod(shape, dtype=np.int64)):
+        res.x = x.reshape(shape)
+    jac = res.get("jac")
+    if isinstance(jac, np.ndarray) and jac.size == res.x.size:
+        res.jac = jac.reshape(shape)
+    if "fun" in res:
+        res.fun = float(np.asarray(res.fun))
+    res.history = {k: np.asarray(v, dtype=np.int64 if k in ("step", "nfev") else np.float64)
+                   for k, v in obj.history.items()}
+    res.backend_calls = dict(obj.calls)
+    return res
