@@ -88,6 +88,19 @@ class Timing:
         self.median, self.reps, self.best = median, reps, best
 
 
+class Measured(float):
+    """A median time (seconds) that also carries the best repetition."""
+
+    def __new__(cls, median, best):
+        self = super().__new__(cls, median)
+        self.best = best
+        return self
+
+
+def best_of(t, scale=1.0):
+    return None if t is None else getattr(t, "best", float(t)) * scale
+
+
 def peak_extra_bytes(fn) -> int:
     """Peak bytes traced by tracemalloc during one call of `fn`, above the bytes traced just
     before it (what the call allocates at its worst, results included)."""
@@ -354,8 +367,9 @@ class Row:
     """One line of the summary: a measured quantity and its target."""
 
     def __init__(self, workload, metric, gs_value, hand_value, ag_value, unit, target_text, met,
-                 ratio=None):
+                 ratio=None, gs_best=None, best_ratio=None):
         self.workload, self.metric = workload, metric
+        self.gs_best, self.best_ratio = gs_best, best_ratio
         self.gs_value, self.hand_value, self.ag_value = gs_value, hand_value, ag_value
         self.unit, self.target_text, self.met, self.ratio = unit, target_text, met, ratio
 
@@ -393,16 +407,20 @@ class Bench:
         factor = {"ms": 1e3, "us": 1e6}[unit]
         print(f"  time  {label:<34s} {t.median * factor / scale:10.3f} {unit}"
               f"  (median of {t.reps}, best {t.best * factor / scale:.3f})")
-        return t.median / scale
+        return Measured(t.median / scale, t.best / scale)
 
     def plan_summary(self, label, before_keys):
         """The plans the engine compiled for this workload: steps and the ops they run."""
-        new = [(k, p) for k, p in self.eng._plans.items() if k not in before_keys]
-        out = []
-        for key, plan in new:
-            ops = collections.Counter(node.op for node in plan.nodes)
-            stats = plan.stats
-            out.append((key[1:], len(plan.steps), ops, stats))
+        if not self.profile:
+            return
+        try:
+            new = [(k, p) for k, p in self.eng._plans.items() if k not in before_keys]
+            out = []
+            for key, plan in new:
+                ops = collections.Counter(node.op for node in plan.nodes)
+                out.append((key[1:], len(plan.steps), ops, plan.stats))
+        except Exception:  # noqa: BLE001 - diagnostics only; engine internals may change
+            out = []
         self.profiles.setdefault(label, {})["plans"] = out
 
     def profile_call(self, label, fn, reps):
@@ -421,9 +439,12 @@ class Bench:
 
     # -- workloads -------------------------------------------------------------------------
 
+    def plan_keys(self):
+        return set(getattr(self.eng, "_plans", {}))
+
     def w1(self):
         print(f"W1: chain of {W1_OPS} scalar ops, value and gradient")
-        keys = set(self.eng._plans)
+        keys = self.plan_keys()
         graph = gs.trace(w1_gs_fn, W1_X0)
         eng = self.eng
         want = w1_hand_value_and_grad(W1_X0)
@@ -445,13 +466,14 @@ class Bench:
         self.profile_call("W1", gs_call, 20)
         us = lambda t: None if t is None else t * 1e6  # noqa: E731
         self.rows.append(Row("W1", "value+grad, µs per op", us(t_gs), us(t_hand), us(t_ag), "µs",
-                             "<= 3 µs/op", None if t_gs is None else t_gs * 1e6 <= 3.0))
+                             "<= 3 µs/op", None if t_gs is None else t_gs * 1e6 <= 3.0,
+                             gs_best=best_of(t_gs, 1e6)))
         self.rows.append(Row("W1", "evaluate, µs per op", us(t_gs_val), None, None, "µs", "", None))
 
     def w2(self):
         n = 10 ** 6
         print(f"W2: Rosenbrock value+grad, n = {n}")
-        keys = set(self.eng._plans)
+        keys = self.plan_keys()
         x = np.random.default_rng(2).uniform(-1.5, 2.0, n)
         graph = gs.trace(rosenbrock_gs, gs.Spec((n,), "float64"))
         eng = self.eng
@@ -481,7 +503,7 @@ class Bench:
 
     def w3(self):
         print("W3: MLP 784-512-512-10, tanh, batch 256, softmax cross-entropy; grad wrt 6 params")
-        keys = set(self.eng._plans)
+        keys = self.plan_keys()
         params, X, Y = w3_data()
         args = (*params, X, Y)
         graph = gs.trace(w3_gs_fn, *args)
@@ -531,7 +553,7 @@ class Bench:
     def w4(self):
         n = 10 ** 5
         print(f"W4: Rosenbrock Hessian-vector product, n = {n}")
-        keys = set(self.eng._plans)
+        keys = self.plan_keys()
         rng = np.random.default_rng(4)
         x, v = rng.uniform(-1.5, 2.0, n), rng.standard_normal(n)
         graph = gs.trace(rosenbrock_gs, gs.Spec((n,), "float64"))
@@ -553,7 +575,7 @@ class Bench:
 
     def w5(self):
         print(f"W5: Jacobian of tanh(A@x)*x, {W5_N} -> {W5_N}")
-        keys = set(self.eng._plans)
+        keys = self.plan_keys()
         A, x = w5_data()
         graph = gs.trace(lambda x: gnp.tanh(A @ x) * x, x)
         eng = self.eng
@@ -582,7 +604,9 @@ class Bench:
             calls[mode] = gs_call
             self.rows.append(Row("W5", f"Jacobian ({mode})", ms(t_gs), ms(t_hand), ms(t_ag), "ms",
                                  "<= 1 ms", None if t_gs is None else t_gs <= 1e-3,
-                                 ratio=None if t_gs is None else t_gs / t_hand))
+                                 ratio=None if t_gs is None else t_gs / t_hand,
+                                 gs_best=best_of(t_gs, 1e3),
+                                 best_ratio=None if t_gs is None else t_gs.best / t_hand.best))
         self.plan_summary("W5", keys)
         for mode, gs_call in calls.items():
             self.profile_call(f"W5-{mode}", gs_call, 50)
@@ -603,7 +627,8 @@ def fmt_mib(b):
 def ratio_row(workload, metric, t_gs, t_hand, t_ag, target):
     ratio = None if t_gs is None else t_gs / t_hand
     return Row(workload, metric, ms(t_gs), ms(t_hand), ms(t_ag), "ms", f"<= {target}x hand",
-               None if ratio is None else ratio <= target, ratio=ratio)
+               None if ratio is None else ratio <= target, ratio=ratio, gs_best=best_of(t_gs, 1e3),
+               best_ratio=None if t_gs is None else t_gs.best / t_hand.best)
 
 
 def tape_listing(graph, argnums):
@@ -721,9 +746,10 @@ def fmt(v, unit):
 
 def print_summary(rows):
     print()
-    print("Summary (medians; ratio = gradserve / hand-written)")
+    print("Summary (medians; ratio = gradserve / hand-written; targets judged on medians, bests "
+          "shown as a check against machine noise)")
     header = ("workload", "metric", "gradserve", "hand-written", "autograd", "ratio", "target",
-              "status")
+              "status", "gradserve best", "ratio of bests")
     table = [header]
     for r in rows:
         unit = "" if r.unit == "x" else f" {r.unit}"
@@ -734,7 +760,9 @@ def print_summary(rows):
                       fmt(r.hand_value, r.unit) + ("" if r.hand_value is None else unit),
                       fmt(r.ag_value, r.unit) + ("" if r.ag_value is None else unit),
                       "—" if r.ratio is None else f"{r.ratio:.2f}x",
-                      r.target_text or "", status))
+                      r.target_text or "", status,
+                      "" if r.gs_best is None else fmt(r.gs_best, r.unit) + unit,
+                      "" if r.best_ratio is None else f"{r.best_ratio:.2f}x"))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for k, row in enumerate(table):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
@@ -785,35 +813,81 @@ def load_average():
         return "n/a"
 
 
+ROWS_MARK = "@@bench-rows@@ "
+
+
+def run_isolated(wanted, opts):
+    """Each workload in a fresh interpreter: glibc's malloc adapts its mmap and trim thresholds
+    to the sizes a process has freed, so a workload's time depends on what ran before it in the
+    same process (W4 and W5 ran 2-5x faster after W2). A fresh process per workload makes the
+    figures independent of order."""
+    import json
+    import subprocess
+    rows = []
+    for w in wanted:
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", w, "--child"]
+        cmd += ["--quick"] if opts.quick else []
+        cmd += ["--profile"] if opts.profile else []
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith(ROWS_MARK):
+                rows.extend(Row(**d) for d in json.loads(line[len(ROWS_MARK):]))
+            else:
+                print(line)
+        if proc.returncode:
+            print(f"  {w}: the benchmark process failed with exit status {proc.returncode}")
+        sys.stdout.flush()
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timing budget")
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
     parser.add_argument("--profile", action="store_true",
                         help="also print plan sizes, time per op kind and cProfile of gradserve")
+    parser.add_argument("--same-process", action="store_true",
+                        help="run all workloads in this process (default: one fresh process each)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     wanted = [w.strip().upper() for w in opts.only.split(",") if w.strip()] or \
         ["W1", "W2", "W3", "W4", "W5"]
     unknown = set(wanted) - {"W1", "W2", "W3", "W4", "W5"}
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-    timer = Timer(budget=0.3, min_reps=7, max_reps=2000, warmup=2) if opts.quick else \
-        Timer(budget=1.5, min_reps=21, max_reps=20000, warmup=5)
-    print(f"python {platform.python_version()}, numpy {np.__version__}, "
-          f"autograd {getattr(autograd, '__version__', 'installed') if autograd else 'not installed'}, "
-          f"{platform.machine()}, {'quick' if opts.quick else 'full'} run, "
-          f"load average {load_average()}, OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS')}, OPENBLAS_CORETYPE="
-          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
-    bench = Bench(timer, opts.profile)
-    for w in wanted:
-        getattr(bench, w.lower())()
+    if not opts.child:
+        print(f"python {platform.python_version()}, numpy {np.__version__}, "
+              f"autograd {getattr(autograd, '__version__', 'installed') if autograd else 'not installed'}, "
+              f"{platform.machine()}, {'quick' if opts.quick else 'full'} run, "
+              f"{'one process' if opts.same_process else 'a fresh process per workload'}, "
+              f"load average {load_average()}, OPENBLAS_NUM_THREADS="
+              f"{os.environ.get('OPENBLAS_NUM_THREADS')}, OPENBLAS_CORETYPE="
+              f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
         print()
-    print_summary(bench.rows)
+        sys.stdout.flush()
+    if not opts.child and not opts.same_process:
+        rows = run_isolated(wanted, opts)
+        profiles = {}
+    else:
+        timer = Timer(budget=0.3, min_reps=7, max_reps=2000, warmup=2) if opts.quick else \
+            Timer(budget=1.5, min_reps=21, max_reps=20000, warmup=5)
+        bench = Bench(timer, opts.profile)
+        for w in wanted:
+            getattr(bench, w.lower())()
+            print()
+        rows, profiles = bench.rows, bench.profiles
+    if opts.child:
+        if opts.profile:
+            print_profiles(profiles)
+            print()
+        import json
+        print(ROWS_MARK + json.dumps([vars(r) for r in rows]))
+        return 0
+    print_summary(rows)
     print(f"load average at the end: {load_average()} (other processes on the machine widen the "
           "spread between median and best; compare ratios from the same run)")
-    if opts.profile:
-        print_profiles(bench.profiles)
+    if opts.profile and opts.same_process:
+        print_profiles(profiles)
     return 0
 
 
