@@ -852,3 +852,68 @@ def test_complex_step_reductions(name):
     report = ENG.check_grad(graph, x, method="complex")
     assert report.ok, report
     assert report.max_rel_error < 1e-12
+
+
+# ---- second order: Hessians (forward over reverse) against differences of gradients -----------
+# The gradients are checked against NumPy above; their differences check the Hessian, which
+# runs every op's JVP rule on the reverse pass's ops (transposes, scatter_add, div_or_zero...).
+
+def gradient_differences(graph, args, i, j, h=1e-5):
+    """d grad_i / d args[j], shape args[i].shape + args[j].shape."""
+    x = args[j]
+    cols = np.zeros(args[i].shape + x.shape)
+    for k in np.ndindex(*x.shape):
+        step = h * max(1.0, abs(x[k]))
+        plus, minus = list(args), list(args)
+        plus[j], minus[j] = x.copy(), x.copy()
+        plus[j][k] += step
+        minus[j][k] -= step
+        cols[(Ellipsis,) + k] = (ENG.grad(graph, *plus, argnums=i) - ENG.grad(graph, *minus, argnums=i)) \
+            / (2 * step)
+    return cols
+
+
+def check_hessian(fn, args, seed=0):
+    args = [np.asarray(a, dtype=np.float64) for a in args]
+    graph = gs.trace(fn, *args)
+    n = len(args)
+    hess = ENG.hessian(graph, *args, argnums=tuple(range(n)))
+    for i in range(n):
+        for j in range(n):
+            assert hess[i][j].shape == args[i].shape + args[j].shape
+            np.testing.assert_allclose(hess[i][j], gradient_differences(graph, args, i, j),
+                                       rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(seed)
+    v = [rng.normal(size=a.shape) for a in args]
+    hv = ENG.hvp(graph, args, v)
+    for i in range(n):
+        want = sum(np.tensordot(hess[i][j], v[j], axes=v[j].ndim) for j in range(n))
+        np.testing.assert_allclose(hv[i], want, rtol=1e-9, atol=1e-10)
+
+
+W3 = np.array([1.0, 2.0, -0.5])
+SECOND_ORDER = (
+    [(f"unary_{n}", (lambda fn: lambda x: gnp.sum(fn(x) * W3))(f), [(3,)], [k])
+     for n, (f, _, k) in sorted(UNARY.items())]
+    + [(f"binary_{n}", (lambda fn: lambda x, y: gnp.sum(fn(x, y) * W3))(f), [(3,), (2, 3)], [kx, ky])
+       for n, (f, _, kx, ky) in sorted(BINARY.items())]
+    + [(f"reduce_{n}", (lambda fn: lambda x: gnp.sum(fn(x, axis=1) * W3))(f), [(3, 4)], [k])
+       for n, (f, _, k) in sorted(REDUCTIONS.items())]
+    + [(f"contract_{c[0]}", (lambda fn: lambda a, b: gnp.sum(gnp.sin(fn(a, b))))(c[1]), [c[3], c[4]],
+        ["any", "any"]) for c in CONTRACTIONS]
+    + [(f"shape_{c[0]}", (lambda fn: lambda x: gnp.sum(gnp.sin(fn(x)) * 1.5))(c[1]), [c[3]], ["any"])
+       for c in SHAPE_OPS if c[0] != "astype_roundtrip"]
+    + [(f"index_{c[0]}", (lambda fn: lambda x: gnp.sum(gnp.sin(fn(x)) ** 2))(c[1]), [(4, 3, 2)], ["any"])
+       for c in INDEXES]
+    + [("softmax", lambda x: gnp.sum(gs.nn.softmax(x) * np.arange(4.0)), [(2, 4)], ["any"]),
+       ("log_softmax", lambda x: gnp.sum(gs.nn.log_softmax(x, axis=0) * np.arange(4.0)), [(2, 4)], ["any"]),
+       ("cumsum", lambda x: gnp.sum(gnp.sin(gnp.cumsum(x, axis=1))), [(2, 4)], ["any"]),
+       ("concatenate", lambda x, y: gnp.sum(gnp.sin(gnp.concatenate([x, y])) ** 2), [(2,), (3,)],
+        ["any", "any"])]
+)
+
+
+@pytest.mark.parametrize("name, fn, shapes, kinds", SECOND_ORDER, ids=[c[0] for c in SECOND_ORDER])
+def test_hessian_per_op(name, fn, shapes, kinds):
+    rng = np.random.default_rng(len(name))
+    check_hessian(fn, [sample(rng, s, k) for s, k in zip(shapes, kinds)])
