@@ -71,21 +71,32 @@ class Timer:
         gc.disable()
         try:
             times = []
+            faults = _minor_faults()
             deadline = time.perf_counter() + self.budget
             while len(times) < self.min_reps or (
                     len(times) < self.max_reps and time.perf_counter() < deadline):
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
+            faults = (_minor_faults() - faults) / len(times)
         finally:
             if enabled:
                 gc.enable()
-        return Timing(statistics.median(times), len(times), min(times))
+        return Timing(statistics.median(times), len(times), min(times), faults)
+
+
+def _minor_faults():
+    """Minor page faults of this process so far (first touches of freshly mapped memory)."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return 0
 
 
 class Timing:
-    def __init__(self, median, reps, best):
-        self.median, self.reps, self.best = median, reps, best
+    def __init__(self, median, reps, best, faults=0.0):
+        self.median, self.reps, self.best, self.faults = median, reps, best, faults
 
 
 class Measured(float):
@@ -406,7 +417,8 @@ class Bench:
         t = self.timer(fn)
         factor = {"ms": 1e3, "us": 1e6}[unit]
         print(f"  time  {label:<34s} {t.median * factor / scale:10.3f} {unit}"
-              f"  (median of {t.reps}, best {t.best * factor / scale:.3f})")
+              f"  (median of {t.reps}, best {t.best * factor / scale:.3f}; "
+              f"{t.faults:.0f} page faults per call)")
         return Measured(t.median / scale, t.best / scale)
 
     def plan_summary(self, label, before_keys):
