@@ -27,8 +27,8 @@ from gradserve.engine.numerical import GradCheck
 from gradserve.engine.plan import Stats
 from gradserve.v1 import service_pb2 as pb
 
-from .codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, array_digest, canonical_array, from_tensor,
-                    from_value, to_tensor, writable_array)
+from .codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, array_digest, canonical_array, fill_tensor,
+                    from_tensor, from_value, writable_array)
 
 SERVICE = "gradserve.v1.Gradients"
 # Tensors at least this big may travel as their digest once the server has them.
@@ -103,19 +103,18 @@ class _Tensors:
             if a is not None and a.nbytes >= client.digest_min_bytes:
                 self.digests[i] = client._digest_if_seen(a)
 
-    def refs(self, force_inline=frozenset()):
+    def fill(self, repeated, force_inline=frozenset()):
+        """Add one TensorRef per array to the request's repeated field, in place."""
         client = self.client
-        out = []
         for a, d in zip(self.arrays, self.digests):
+            ref = repeated.add()
             if a is None:
-                out.append(pb.TensorRef())
-            elif d is None:
-                out.append(pb.TensorRef(tensor=to_tensor(a)))
-            elif d not in force_inline and client._known_tensor(d):
-                out.append(pb.TensorRef(digest=d))
+                continue
+            if d is not None and d not in force_inline and client._known_tensor(d):
+                ref.digest = d
             else:
-                out.append(pb.TensorRef(tensor=to_tensor(a), remember=True))
-        return out
+                fill_tensor(ref.tensor, a)
+                ref.remember = d is not None
 
     def succeeded(self):
         for d in self.digests:
@@ -172,17 +171,16 @@ class Client:
 
     def evaluate(self, graph: Graph, *args, timeout=None):
         args = _arguments(graph, args)
-        reply = self._call("Evaluate", pb.EvaluateResponse, graph, [args], timeout,
-                           lambda g, refs: pb.EvaluateRequest(graph=g, args=refs[0]))
+        reply = self._call("Evaluate", pb.EvaluateResponse, graph, [("args", args)], timeout,
+                           lambda g: pb.EvaluateRequest(graph=g))
         return from_value(reply.outputs)
 
     def value_and_grad(self, graph: Graph, *args, argnums=0, timeout=None):
         _check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
-        reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [args], timeout,
-                           lambda g, refs: pb.ValueAndGradRequest(graph=g, args=refs[0],
-                                                                  argnums=nums))
+        reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [("args", args)], timeout,
+                           lambda g: pb.ValueAndGradRequest(graph=g, argnums=nums))
         return writable_array(from_tensor(reply.value)), from_value(reply.grad)
 
     def grad(self, graph: Graph, *args, argnums=0, timeout=None):
@@ -198,9 +196,8 @@ class Client:
         cts = [coerce(c, p.spec, f"cotangent of output {k}")
                if dtypes.is_differentiable(p.spec.dtype) else None
                for k, (c, p) in enumerate(zip(cotangents, graph.outputs))]
-        reply = self._call("Vjp", pb.VjpResponse, graph, [primals, cts], timeout,
-                           lambda g, refs: pb.VjpRequest(graph=g, primals=refs[0],
-                                                         cotangents=refs[1]))
+        reply = self._call("Vjp", pb.VjpResponse, graph, [("primals", primals), ("cotangents", cts)], timeout,
+                           lambda g: pb.VjpRequest(graph=g))
         return from_value(reply.outputs), tuple(writable_array(from_tensor(t))
                                                 for t in reply.input_cotangents)
 
@@ -208,9 +205,8 @@ class Client:
         _check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
-        reply = self._call("Jvp", pb.JvpResponse, graph, [primals, tangents], timeout,
-                           lambda g, refs: pb.JvpRequest(graph=g, primals=refs[0],
-                                                         tangents=refs[1]))
+        reply = self._call("Jvp", pb.JvpResponse, graph, [("primals", primals), ("tangents", tangents)], timeout,
+                           lambda g: pb.JvpRequest(graph=g))
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
     def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", timeout=None):
@@ -219,36 +215,32 @@ class Client:
         args = _arguments(graph, args)
         if not isinstance(mode, str):
             raise ValueError(f"mode must be 'fwd', 'rev' or 'auto', got {mode!r}")
-        reply = self._call("Jacobian", pb.JacobianResponse, graph, [args], timeout,
-                           lambda g, refs: pb.JacobianRequest(graph=g, args=refs[0],
-                                                              argnums=nums, mode=mode))
+        reply = self._call("Jacobian", pb.JacobianResponse, graph, [("args", args)], timeout,
+                           lambda g: pb.JacobianRequest(graph=g, argnums=nums, mode=mode))
         return from_value(reply.jacobian)
 
     def hvp(self, graph: Graph, primals, tangents, timeout=None):
         _check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
-        reply = self._call("Hvp", pb.HvpResponse, graph, [primals, tangents], timeout,
-                           lambda g, refs: pb.HvpRequest(graph=g, primals=refs[0],
-                                                         tangents=refs[1]))
+        reply = self._call("Hvp", pb.HvpResponse, graph, [("primals", primals), ("tangents", tangents)], timeout,
+                           lambda g: pb.HvpRequest(graph=g))
         return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
 
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
         _check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
-        reply = self._call("Hessian", pb.HessianResponse, graph, [args], timeout,
-                           lambda g, refs: pb.HessianRequest(graph=g, args=refs[0],
-                                                             argnums=nums))
+        reply = self._call("Hessian", pb.HessianResponse, graph, [("args", args)], timeout,
+                           lambda g: pb.HessianRequest(graph=g, argnums=nums))
         return from_value(reply.hessian)
 
     def check_grad(self, graph: Graph, *args, method="central", timeout=None):
         args = _arguments(graph, args)
         if not isinstance(method, str):
             raise ValueError(f"method must be one of ['central', 'complex', 'forward'], got {method!r}")
-        reply = self._call("CheckGrad", pb.CheckGradResponse, graph, [args], timeout,
-                           lambda g, refs: pb.CheckGradRequest(graph=g, args=refs[0],
-                                                               method=method))
+        reply = self._call("CheckGrad", pb.CheckGradResponse, graph, [("args", args)], timeout,
+                           lambda g: pb.CheckGradRequest(graph=g, method=method))
         return GradCheck(reply.method, reply.max_abs_error, reply.max_rel_error, reply.ok,
                          tuple(writable_array(from_tensor(t)) for t in reply.analytic),
                          tuple(writable_array(from_tensor(t)) for t in reply.numeric))
@@ -300,11 +292,13 @@ class Client:
         digest = graph.digest
         with self._lock:
             send_body = digest not in self._known_graphs
-        tensors = [_Tensors(self, list(group)) for group in groups]
+        tensors = [(field, _Tensors(self, list(group))) for field, group in groups]
         force_inline: set = set()
         for attempt in (0, 1):
             graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
-            request = build(graph_ref, [t.refs(force_inline) for t in tensors])
+            request = build(graph_ref)
+            for field, t in tensors:
+                t.fill(getattr(request, field), force_inline)
             try:
                 data = self._unary(method, request.SerializeToString(), deadline, timeout)
             except grpc.RpcError as err:
@@ -324,7 +318,7 @@ class Client:
             break
         with self._lock:
             self._known_graphs.add(digest)
-        for t in tensors:
+        for _, t in tensors:
             t.succeeded()
         try:
             reply = reply_cls.FromString(data)

@@ -51,8 +51,23 @@ def proto_digest(msg: graph_pb2.Tensor) -> str:
 
 
 def to_tensor(array) -> graph_pb2.Tensor:
+    msg = graph_pb2.Tensor()
+    fill_tensor(msg, array)
+    return msg
+
+
+def fill_tensor(msg: graph_pb2.Tensor, array):
+    """Set a Tensor field in place (a nested message built apart and then assigned is copied
+    once more, which costs milliseconds for megabytes)."""
     array = canonical_array(array)
-    return graph_pb2.Tensor(dtype=array.dtype.name, shape=array.shape, data=array.tobytes())
+    msg.dtype = array.dtype.name
+    msg.shape.extend(array.shape)
+    msg.data = array.tobytes()
+
+
+def fill_tensors(repeated, arrays):
+    for array in arrays:
+        fill_tensor(repeated.add(), array)
 
 
 def from_tensor(msg: graph_pb2.Tensor, limits: Limits = UNLIMITED, where: str = "tensor"):
@@ -60,9 +75,21 @@ def from_tensor(msg: graph_pb2.Tensor, limits: Limits = UNLIMITED, where: str = 
 
 
 def to_value(result) -> service_pb2.Value:
+    msg = service_pb2.Value()
+    fill_value(msg, result)
+    return msg
+
+
+def fill_value(msg: service_pb2.Value, result):
+    """Set a Value field in place: an array, or a tuple of results."""
     if isinstance(result, tuple):
-        return service_pb2.Value(tuple=service_pb2.Values(items=[to_value(r) for r in result]))
-    return service_pb2.Value(tensor=to_tensor(result))
+        items = msg.tuple.items
+        if not result:
+            msg.tuple.SetInParent()
+        for r in result:
+            fill_value(items.add(), r)
+    else:
+        fill_tensor(msg.tensor, result)
 
 
 def from_value(msg: service_pb2.Value, writable: bool = True):

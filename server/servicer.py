@@ -15,8 +15,8 @@ import time
 
 import grpc
 
-from gradserve.client.codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, proto_digest, to_tensor,
-                                    to_value)
+from gradserve.client.codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, fill_tensor, fill_tensors,
+                                    fill_value, proto_digest)
 from gradserve.engine import Engine, Graph
 from gradserve.engine.wire import tensor_from_proto
 from gradserve.v1 import service_pb2 as pb
@@ -184,29 +184,37 @@ class Servicer:
     def evaluate(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         out = call.run(self.engine.evaluate, graph, *args)
-        return pb.EvaluateResponse(outputs=to_value(out), stats=call.call_stats())
+        reply = pb.EvaluateResponse()
+        fill_value(reply.outputs, out)
+        return reply
 
     def value_and_grad(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
         value, grad = call.run(self.engine.value_and_grad, graph, *args, argnums=argnums,
                                key=(argnums,))
-        return pb.ValueAndGradResponse(value=to_tensor(value), grad=to_value(grad),
-                                       stats=call.call_stats())
+        reply = pb.ValueAndGradResponse()
+        fill_tensor(reply.value, value)
+        fill_value(reply.grad, grad)
+        return reply
 
     def vjp(self, req, call):
         graph, (primals, cts) = call.resolve(req.graph, ("primals", req.primals),
                                              ("cotangents", req.cotangents))
         out, input_cts = call.run(self.engine.vjp, graph, tuple(primals), tuple(cts))
-        return pb.VjpResponse(outputs=to_value(out), input_cotangents=[to_tensor(c) for c in input_cts],
-                              stats=call.call_stats())
+        reply = pb.VjpResponse()
+        fill_value(reply.outputs, out)
+        fill_tensors(reply.input_cotangents, input_cts)
+        return reply
 
     def jvp(self, req, call):
         graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
                                                   ("tangents", req.tangents))
         out, out_tangents = call.run(self.engine.jvp, graph, tuple(primals), tuple(tangents))
-        return pb.JvpResponse(outputs=to_value(out), output_tangents=to_value(out_tangents),
-                              stats=call.call_stats())
+        reply = pb.JvpResponse()
+        fill_value(reply.outputs, out)
+        fill_value(reply.output_tangents, out_tangents)
+        return reply
 
     def jacobian(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
@@ -214,29 +222,35 @@ class Servicer:
         mode = req.mode if req.HasField("mode") else "auto"
         jac = call.run(self.engine.jacobian, graph, *args, argnums=argnums, mode=mode,
                        key=(argnums, mode))
-        return pb.JacobianResponse(jacobian=to_value(jac), stats=call.call_stats())
+        reply = pb.JacobianResponse()
+        fill_value(reply.jacobian, jac)
+        return reply
 
     def hvp(self, req, call):
         graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
                                                   ("tangents", req.tangents))
         out = call.run(self.engine.hvp, graph, tuple(primals), tuple(tangents))
-        return pb.HvpResponse(tangents=[to_tensor(t) for t in out], stats=call.call_stats())
+        reply = pb.HvpResponse()
+        fill_tensors(reply.tangents, out)
+        return reply
 
     def hessian(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
         hess = call.run(self.engine.hessian, graph, *args, argnums=argnums, key=(argnums,))
-        return pb.HessianResponse(hessian=to_value(hess), stats=call.call_stats())
+        reply = pb.HessianResponse()
+        fill_value(reply.hessian, hess)
+        return reply
 
     def check_grad(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         method = req.method if req.HasField("method") else "central"
         report = call.run(self.engine.check_grad, graph, *args, method=method, key=(method,))
-        return pb.CheckGradResponse(
-            method=report.method, max_abs_error=report.max_abs_error,
-            max_rel_error=report.max_rel_error, ok=bool(report.ok),
-            analytic=[to_tensor(a) for a in report.analytic],
-            numeric=[to_tensor(n) for n in report.numeric], stats=call.call_stats())
+        reply = pb.CheckGradResponse(method=report.method, max_abs_error=report.max_abs_error,
+                                     max_rel_error=report.max_rel_error, ok=bool(report.ok))
+        fill_tensors(reply.analytic, report.analytic)
+        fill_tensors(reply.numeric, report.numeric)
+        return reply
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -256,6 +270,7 @@ class Servicer:
             call = _Call(self, method, context)
             reply = compute(request, call)
             call.stats = call.stats or self.engine.last_stats
+            reply.stats.CopyFrom(call.call_stats())
             m.TAPE_BYTES.labels(method).observe(call.stats.tape_bytes)
             m.TAPE_ENTRIES.labels(method).observe(call.stats.tape_entries)
             return reply.SerializeToString()
