@@ -278,6 +278,31 @@ def test_k8s_manifests_fit_together():
     assert {p["targetPort"] for p in svc["spec"]["ports"]} == {p["name"] for p in c["ports"]}
 
 
+def test_replica_settings_are_serve_flags():
+    """Every GRADSERVE_* setting in compose's env file, the compose file, the Dockerfile and the
+    Deployment names a `gradserve serve` option, and the server's parser accepts its value."""
+    help_text = subprocess.run([sys.executable, "-m", "gradserve", "serve", "--help"],
+                               capture_output=True, text=True, timeout=60).stdout
+    known = set(re.findall(r"\[env\s+(GRADSERVE_\w+)\]", help_text))
+    assert {"GRADSERVE_PORT", "GRADSERVE_METRICS_PORT", "GRADSERVE_HOST"} <= known
+    ls = local_stack_module()
+    sources = {"deploy/gradserve.env": ls.read_env_file(DEPLOY / "gradserve.env")}
+    cfg = json.loads(compose("-f", str(COMPOSE), "config", "--format", "json").stdout)
+    sources["docker-compose.yml"] = cfg["services"]["gradserve"]["environment"]
+    sources["Dockerfile"] = dict(re.findall(r"(GRADSERVE_\w+)=(\S+)", " ".join(
+        a for op, a in dockerfile_instructions() if op == "ENV")))
+    (dep,) = [d for d in load_manifests() if d["kind"] == "Deployment"]
+    sources["deploy/k8s/deployment.yaml"] = {
+        e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for where, env in sources.items():
+        env = {k: v for k, v in env.items() if k.startswith("GRADSERVE_")}
+        assert env, where
+        assert set(env) <= known, (where, sorted(set(env) - known))
+        r = subprocess.run([sys.executable, "-m", "gradserve", "serve", "--help"],
+                           env=dict(os.environ, **env), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (where, r.stderr)
+
+
 # ---------------------------------------------------------------------------------------------
 # The local stack's configs are compose's, with only addresses substituted
 
@@ -402,9 +427,10 @@ def scrape(addr: str) -> str:
         return r.read().decode()
 
 
-def requests_total(text: str) -> float:
+def requests_total(text: str, code: str | None = None) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("gradserve_requests_total{"))
+               if line.startswith("gradserve_requests_total{")
+               and (code is None or f'code="{code}"' in line))
 
 
 def prom_query(prom: str, query: str) -> dict:
@@ -486,6 +512,20 @@ class TestLocalStack:
         after = [requests_total(scrape(r["metrics"])) for r in stack["replicas"]]
         grew = [a - b for a, b in zip(after, before)]
         assert all(d > 0 for d in grew), grew
+
+    @pytest.mark.xfail(reason="graph upload protocol x per-request balancing: in lockstep, the "
+                       "replica that gets a digest it lacks answers NOT_FOUND, the body resend "
+                       "goes to the next replica, so one replica never learns the graph and "
+                       "computes nothing (client: send small graphs' bodies inline)")
+    def test_every_replica_computes(self, stack):
+        import gradserve as gs
+        before = [requests_total(scrape(r["metrics"]), "OK") for r in stack["replicas"]]
+        with gs.Client(stack["lb"], timeout=30) as cli:
+            for _ in range(30):
+                cli.value_and_grad(seed_graph(), 2.0, 5.0, argnums=(0, 1))
+        after = [requests_total(scrape(r["metrics"]), "OK") for r in stack["replicas"]]
+        grew = [a - b for a, b in zip(after, before)]
+        assert all(d > 0 for d in grew), f"OK calls per replica: {grew}"
 
     def test_prometheus_scrapes_every_replica(self, stack):
         prom = stack["prometheus"]
@@ -570,3 +610,101 @@ class TestLocalStack:
         assert not [a for a in addrs if port_open(a)]
         r = stack["down"]()
         assert r.returncode == 0 and "nothing running" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Client-side balancing: gs.Client("dns:///name:port") spreads calls over every address
+
+class DnsStub:
+    """A minimal DNS server on loopback answering A queries for one name with several
+    addresses (what a headless Service's DNS does); AAAA and others get no answer."""
+
+    def __init__(self, name: str, addrs: list[str]):
+        self.name, self.addrs = name.lower(), addrs
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        import struct
+        while not self._stop.is_set():
+            try:
+                q, peer = self.sock.recvfrom(512)
+            except (socket.timeout, OSError):
+                continue
+            tid = struct.unpack(">H", q[:2])[0]
+            i, labels = 12, []
+            while q[i]:
+                labels.append(q[i + 1:i + 1 + q[i]].decode())
+                i += 1 + q[i]
+            qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+            question = q[12:i + 5]
+            qname = ".".join(labels).lower()
+            self.queries.append((qname, qtype))
+            answers = []
+            if qname == self.name and qtype == 1:
+                answers = [b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 1, 4) + socket.inet_aton(a)
+                           for a in self.addrs]
+            rcode = 0 if qname == self.name else 3
+            header = struct.pack(">HHHHHH", tid, 0x8180 | rcode, 1, len(answers), 0, 0)
+            self.sock.sendto(header + question + b"".join(answers), peer)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def free_port(host="127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def test_client_dns_target_balances_over_every_address(tmp_path):
+    """Three servers on 127.0.0.1/2/3, same port; one name resolving to all three (a DNS server
+    on loopback, named in the target's authority: dns://DNS_SERVER/NAME:PORT is gRPC's dns:///
+    resolver with its server given). One gs.Client reaches every server."""
+    import gradserve as gs
+    addrs = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    port = free_port()
+    procs, metrics = [], []
+    dns = DnsStub("gradserve.test", addrs)
+    try:
+        for a in addrs:
+            m = free_port(a)
+            metrics.append(f"{a}:{m}")
+            log = open(tmp_path / f"{a}.log", "wb")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "gradserve", "serve", "--host", a, "--port", str(port),
+                 "--metrics-port", str(m)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL))
+            log.close()
+        deadline = time.monotonic() + 60
+        for m in metrics:
+            while not port_open(m):
+                assert time.monotonic() < deadline, (tmp_path / "127.0.0.1.log").read_text()
+                time.sleep(0.1)
+        before = [requests_total(scrape(m)) for m in metrics]
+        with gs.Client(f"dns://127.0.0.1:{dns.port}/gradserve.test:{port}", timeout=30) as cli:
+            for i in range(30):
+                assert abs(float(cli.evaluate(seed_graph(), 2.0, 5.0)) - 11.652071455223084) < 1e-9
+        after = [requests_total(scrape(m)) for m in metrics]
+        assert ("gradserve.test", 1) in dns.queries
+        grew = [a - b for a, b in zip(after, before)]
+        assert all(d > 0 for d in grew), grew
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        dns.close()
