@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Optimisation-loop benchmark (issue 6): steps per second of an L-BFGS-B loop
+(`gs.minimize`) on L2-regularised logistic regression, n = 5000 samples, d = 50 features,
+run remotely (a gs.Client of a `gradserve serve` on loopback) and in-process (gs.Engine),
+in the same run. Target: remote >= 0.7 x local.
+
+    python bench/bench_minimize.py                      # starts a server on a free port
+    python bench/bench_minimize.py --target host:port   # an already running server
+    python bench/bench_minimize.py --rounds 20 --n 5000 --d 50
+
+Each round runs the whole loop from w = 0 to convergence once in-process and once remotely,
+interleaved so that load from other processes hits both alike; the figure per side is the
+median over rounds of (iterations / wall seconds). Both loops take the same steps (checked).
+A per-call breakdown follows: value_and_grad latency in-process and remote, the round trip of
+a trivial graph (the transport's floor), and the client's sha256 of the data matrix (the
+client re-hashes a large array it has seen before on every call, to name it by digest).
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")      # one BLAS thread here and in the server we start
+
+import argparse
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import gradserve as gs
+import gradserve.numpy as gnp
+
+
+def logistic_loss(w, X, y):
+    z = X @ w
+    return gnp.mean(gs.nn.softplus(z) - y * z) + 1e-4 * gnp.sum(w * w)
+
+
+def make_data(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = (X @ rng.standard_normal(d) + 2.0 * rng.standard_normal(n) > 0).astype(np.float64)
+    return X, y
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(extra=()):
+    """`python -m gradserve serve` on a free loopback port; (process, address)."""
+    from gradserve.__main__ import health_check
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while health_check(address, timeout=1.0) != "SERVING":
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("gradserve serve did not start:\n" + proc.stderr.read().decode())
+        time.sleep(0.1)
+    return proc, address
+
+
+ECHO_SERVER = """
+import sys, grpc
+from concurrent import futures
+class Echo(grpc.GenericRpcHandler):
+    def service(self, details):
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+server = grpc.server(futures.ThreadPoolExecutor(4))
+server.add_generic_rpc_handlers((Echo(),))
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def grpc_floor_ms(payload_bytes):
+    """Median round trip of a raw Python gRPC echo (another process, loopback): the transport's
+    floor under any remote call, without gradserve."""
+    import grpc
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = channel.unary_unary("/echo/Echo")
+            data = b"x" * payload_bytes
+            return per_call_ms(lambda: stub(data))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+class MemoClient(gs.Client):
+    """What-if: a Client that remembers the digest of a read-only array it has hashed (by
+    identity), instead of hashing it again on every call. Not gradserve's Client."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._memo = {}
+
+    def _digest_if_seen(self, array):
+        if array.flags.writeable:
+            return super()._digest_if_seen(array)
+        hit = self._memo.get(id(array))
+        if hit is not None and hit[0] is array:
+            return hit[1]
+        digest = super()._digest_if_seen(array)
+        if digest is not None:
+            self._memo[id(array)] = (array, digest)
+        return digest
+
+
+def per_call_ms(fn, repeat=200):
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", help="host:port of a running server (default: start one)")
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--d", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args(argv)
+
+    X, y = make_data(args.n, args.d)
+    graph = gs.trace(logistic_loss, gs.Spec((args.d,)), gs.Spec(X.shape), gs.Spec(y.shape))
+    w0 = np.zeros(args.d)
+    proc = None
+    if args.target:
+        address = args.target
+    else:
+        proc, address = start_server()
+    try:
+        engine = gs.Engine()
+        client = gs.Client(address, timeout=120)
+        options = {"maxiter": 1000}
+
+        def run(backend):
+            t = time.perf_counter()
+            res = gs.minimize(graph, w0, X, y, backend=backend, options=options, progress=False)
+            return res, time.perf_counter() - t
+
+        ref, _ = run(engine)
+        far, _ = run(client)                      # warm-up: graph and data reach the server
+        assert far.nit == ref.nit and np.allclose(far.x, ref.x, rtol=1e-10, atol=1e-12), \
+            (far.nit, ref.nit)
+        # What-if: the same loop with read-only copies of the data and a Client that does
+        # not re-hash them on every call.
+        memo = MemoClient(address, timeout=120)
+        Xr, yr = X.copy(), y.copy()
+        Xr.flags.writeable = yr.flags.writeable = False
+
+        def run_memo():
+            t = time.perf_counter()
+            res = gs.minimize(graph, w0, Xr, yr, backend=memo, options=options, progress=False)
+            return res, time.perf_counter() - t
+
+        run_memo()
+        local_rates, remote_rates, memo_rates = [], [], []
+        for _ in range(args.rounds):
+            res, dt = run(engine)
+            local_rates.append(res.nit / dt)
+            res, dt = run(client)
+            remote_rates.append(res.nit / dt)
+            res, dt = run_memo()
+            memo_rates.append(res.nit / dt)
+        local = statistics.median(local_rates)
+        remote = statistics.median(remote_rates)
+        remote_memo = statistics.median(memo_rates)
+        memo.close()
+
+        w = ref.x
+        local_call = per_call_ms(lambda: engine.value_and_grad(graph, w, X, y))
+        remote_call = per_call_ms(lambda: client.value_and_grad(graph, w, X, y))
+        tiny = gs.trace(lambda v: gnp.sum(v * v), gs.Spec((args.d,)))
+        floor = per_call_ms(lambda: client.value_and_grad(tiny, w))
+        from gradserve.client.codec import array_digest
+        hashing = per_call_ms(lambda: array_digest(X), repeat=50)
+        client.close()
+        echo_small = grpc_floor_ms(600)
+        echo_y = grpc_floor_ms(int(y.nbytes) + 600)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+
+    print(f"# gs.minimize L-BFGS-B, logistic regression n={args.n} d={args.d} "
+          f"({ref.nit} iterations, {ref.nfev} evaluations per loop, {args.rounds} rounds)")
+    print(f"# {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+          f"server {'at ' + args.target if args.target else 'started on loopback'}")
+    print(f"{'':34s}{'steps/s':>10s}")
+    print(f"{'in-process (gs.Engine)':34s}{local:10.0f}")
+    print(f"{'remote (gs.Client, loopback)':34s}{remote:10.0f}")
+    print(f"{'ratio remote / local':34s}{remote / local:10.2f}   (target >= 0.70)")
+    print(f"{'what-if: no re-hash of fixed data':34s}{remote_memo:10.0f}   "
+          f"ratio {remote_memo / local:.2f}  (MemoClient, not gradserve's Client)")
+    print("per call (median ms):")
+    print(f"  value_and_grad in-process        {local_call:8.3f}")
+    print(f"  value_and_grad remote            {remote_call:8.3f}")
+    print(f"  remote round trip, trivial graph {floor:8.3f}")
+    print(f"  client sha256 of X ({X.nbytes / 1e6:.1f} MB)      {hashing:8.3f}")
+    print(f"  raw gRPC echo, 600 B             {echo_small:8.3f}   (transport floor, no gradserve)")
+    print(f"  raw gRPC echo, {y.nbytes + 600} B         {echo_y:8.3f}   (w, y inline and digests)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
