@@ -34,6 +34,10 @@ SERVICE = "gradserve.v1.Gradients"
 # Tensors at least this big may travel as their digest once the server has them.
 DIGEST_MIN_BYTES = 64 * 1024
 _FINGERPRINT_SAMPLES = 32
+# After a NOT_FOUND for a digest, its body travels inline this many more times. Behind a
+# per-call load balancer (round robin over replicas) the resend reaches the *next* replica,
+# so without this a replica visited in lockstep would never receive the body.
+INLINE_AFTER_MISS = 8
 
 
 class DeadlineExceeded(TimeoutError):
@@ -110,7 +114,7 @@ class _Tensors:
             ref = repeated.add()
             if a is None:
                 continue
-            if d is not None and d not in force_inline and client._known_tensor(d):
+            if d is not None and d not in force_inline and client._by_digest(("t", d)):
                 ref.digest = d
             else:
                 fill_tensor(ref.tensor, a)
@@ -159,6 +163,7 @@ class Client:
         self._known_graphs = _LruSet(4096)      # graph digests the server has
         self._known_tensors = _LruSet(4096)     # tensor digests the server has
         self._fingerprints = _LruSet(4096)      # large arrays seen once (cheap fingerprints)
+        self._inline_budget: dict = {}          # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
         self._closed = False
 
@@ -278,9 +283,26 @@ class Client:
                 self._fingerprints.add(fingerprint)
         return array_digest(array) if seen else None
 
-    def _known_tensor(self, digest):
+    def _by_digest(self, key) -> bool:
+        """Whether to name this graph ("g", digest) or tensor ("t", digest) by its digest:
+        the server has it, and no recent NOT_FOUND asks for more inline sends."""
         with self._lock:
-            return digest in self._known_tensors
+            left = self._inline_budget.get(key)
+            if left:
+                if left == 1:
+                    del self._inline_budget[key]
+                else:
+                    self._inline_budget[key] = left - 1
+                return False
+            known = self._known_graphs if key[0] == "g" else self._known_tensors
+            return key[1] in known
+
+    def _missed(self, key):
+        with self._lock:
+            (self._known_graphs if key[0] == "g" else self._known_tensors).discard(key[1])
+            if len(self._inline_budget) > 4096:
+                self._inline_budget.clear()
+            self._inline_budget[key] = INLINE_AFTER_MISS
 
     def _remember_tensor(self, digest):
         with self._lock:
@@ -290,8 +312,7 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         digest = graph.digest
-        with self._lock:
-            send_body = digest not in self._known_graphs
+        send_body = not self._by_digest(("g", digest))
         tensors = [(field, _Tensors(self, list(group))) for field, group in groups]
         force_inline: set = set()
         for attempt in (0, 1):
@@ -305,14 +326,13 @@ class Client:
                 missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
                 if missing and attempt == 0:
                     # The server does not have (or no longer has) these: send the bodies, once.
-                    with self._lock:
-                        for kind, name in missing:
-                            if kind == GRAPH_RESOURCE:
-                                self._known_graphs.discard(name)
-                                send_body = True
-                            else:
-                                self._known_tensors.discard(name)
-                                force_inline.add(name)
+                    for kind, name in missing:
+                        if kind == GRAPH_RESOURCE:
+                            self._missed(("g", name))
+                            send_body = True
+                        else:
+                            self._missed(("t", name))
+                            force_inline.add(name)
                     continue
                 raise _exception(err, method, timeout) from None
             break

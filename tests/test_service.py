@@ -614,3 +614,27 @@ def test_generated_code_is_fresh(tmp_path):
         committed = os.path.join(root, "gradserve", "v1", produced.name)
         with open(committed, "rb") as f:
             assert f.read() == produced.read_bytes(), f"{produced.name} is stale: run proto/generate.sh"
+
+
+def test_every_replica_learns_the_graph_behind_per_call_balancing():
+    """Round robin over three servers, calls in lockstep: a replica that answers NOT_FOUND
+    gets the body on later calls too (the resend itself goes to the next replica)."""
+    from gradserve.server import serve
+    servers = [serve(block=False, host="127.0.0.1", port=0, metrics_port=-1) for _ in range(3)]
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+        graph = gs.trace(lambda x: gnp.sum(gnp.sin(x) * 1.5), np.ones(4))
+        data = np.random.default_rng(3).standard_normal(20000)
+        tgraph = gs.trace(lambda a, b: gnp.sum(a * b), 1.0, data)
+        with gs.Client(target, timeout=30) as cli:
+            for _ in range(30):
+                cli.grad(graph, np.arange(4.0))
+                cli.evaluate(tgraph, 2.0, data)
+        body_key = "g" + __import__("hashlib").sha256(graph.to_bytes()).hexdigest()
+        tensor_key = "t" + array_digest(data)
+        for s in servers:
+            assert s.servicer.cache.get(body_key) is not None
+            assert s.servicer.cache.get(tensor_key) is not None
+    finally:
+        for s in servers:
+            s.stop(0)
