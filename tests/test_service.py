@@ -6,6 +6,7 @@ and tensor digests), errors and their status details, limits, deadlines and canc
 concurrency, metrics, health, reflection, the CLI and graceful shutdown."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -630,7 +631,7 @@ def test_every_replica_learns_the_graph_behind_per_call_balancing():
             for _ in range(30):
                 cli.grad(graph, np.arange(4.0))
                 cli.evaluate(tgraph, 2.0, data)
-        body_key = "g" + __import__("hashlib").sha256(graph.to_bytes()).hexdigest()
+        body_key = "g" + hashlib.sha256(graph.to_bytes()).hexdigest()
         tensor_key = "t" + array_digest(data)
         for s in servers:
             assert s.servicer.cache.get(body_key) is not None
@@ -638,3 +639,98 @@ def test_every_replica_learns_the_graph_behind_per_call_balancing():
     finally:
         for s in servers:
             s.stop(0)
+
+
+# ---- structure-aware mutations: graphs that decode but are wrong in every way ------------------
+
+def struct_mutate(g: graph_pb2.Graph, rng):
+    """Change ops, attributes, wiring, dtypes, shapes, constants of a valid graph."""
+    g = graph_pb2.Graph.FromString(g.SerializeToString())
+    ops = sorted({n.op for n in g.nodes}) + ["add", "matmul", "reshape", "sum", "transpose", "broadcast_to", "slice", "gather", "concatenate", "einsum"]
+    for _ in range(rng.integers(1, 3)):
+        k = rng.integers(0, 8)
+        if k == 0 and g.nodes:
+            n = g.nodes[rng.integers(len(g.nodes))]; n.op = ops[rng.integers(len(ops))]
+        elif k == 1 and g.nodes:
+            n = g.nodes[rng.integers(len(g.nodes))]
+            if n.attributes:
+                a = n.attributes[rng.integers(len(n.attributes))]
+                kind = a.WhichOneof("value")
+                if kind == "i": a.i = int(rng.choice([-1, 0, 1, 2, 3, 7, -5, 10**9, 2**62]))
+                elif kind == "ints": 
+                    vals = list(a.ints.values) or [1]
+                    vals[rng.integers(len(vals))] = int(rng.choice([-1, 0, 5, 10**6, -10**9]))
+                    if rng.random() < 0.3: vals.append(int(rng.integers(-3, 4)))
+                    a.ints.values[:] = vals
+                elif kind == "f": a.f = float(rng.choice([np.nan, np.inf, -1.0, 1e308]))
+                elif kind == "s": a.s = str(rng.choice(["", "ij,jk->ik", "xx", "a,b", "...", "ii->i"]))
+        elif k == 2 and g.nodes:
+            n = g.nodes[rng.integers(len(g.nodes))]
+            names = [i.name for i in g.inputs] + [c.name for c in g.constants] + [o for m in g.nodes for o in m.outputs]
+            if n.inputs: n.inputs[rng.integers(len(n.inputs))] = names[rng.integers(len(names))]
+            elif names: n.inputs.append(names[rng.integers(len(names))])
+        elif k == 3 and g.inputs:
+            i = g.inputs[rng.integers(len(g.inputs))]
+            i.dtype = str(rng.choice(["float32", "int64", "bool", "complex128", "int32", "float64"]))
+        elif k == 4 and g.nodes:
+            n = g.nodes[rng.integers(len(g.nodes))]
+            if n.inputs and rng.random() < 0.5: del n.inputs[rng.integers(len(n.inputs))]
+            else: n.outputs.append("extra%d" % rng.integers(5))
+        elif k == 5 and g.outputs:
+            o = g.outputs[rng.integers(len(g.outputs))]
+            o.shape[:] = list(rng.integers(0, 4, rng.integers(0, 3)))
+        elif k == 6 and g.constants:
+            c = g.constants[rng.integers(len(g.constants))]
+            c.value.dtype = str(rng.choice(["float32", "int64", "bool", "complex128"]))
+            n = int(np.prod(c.value.shape)) if c.value.shape else 1
+            c.value.data = bytes(n * {"float32":4,"int64":8,"bool":1,"complex128":16}[c.value.dtype])
+        elif k == 7 and g.nodes:
+            j = rng.integers(len(g.nodes)); n = g.nodes[j]
+            g.nodes.insert(rng.integers(len(g.nodes)), graph_pb2.Node(op=n.op, inputs=n.inputs, outputs=[o + "_b" for o in n.outputs], attributes=n.attributes))
+    return g
+
+def fuzz_graphs():
+    r = np.random.default_rng(0)
+    yield "seed", gs.trace(seed_f, 2.0, 5.0), (2.0, 5.0)
+    yield "mlp", gs.trace(lambda W, x: gnp.sum(gnp.tanh(x @ W) ** 2) + gnp.max(x[1:, ::2]), np.ones((4,3)), np.ones((5,4))), (r.random((4,3)), r.random((5,4)))
+    yield "loop", gs.trace(lambda x, y: gs.fori_loop(0, 5, lambda i, c: c * y + gnp.sin(c), x) * 1.0, 1.5, 0.5), (1.5, 0.5)
+    yield "shapes", gs.trace(lambda x: gnp.sum(gnp.concatenate([x.reshape(6, 2).T, x[None, :2].reshape(2,1)], axis=1) * gnp.arange(7.0)) + gnp.mean(gnp.cumsum(x)) + gnp.einsum("i,i->", x, x), np.ones(12)), (r.random(12),)
+    yield "idx", gs.trace(lambda x: gnp.sum(x[np.array([0, 2, -1])] * 2.0) + gnp.sum(gnp.where(x > 0.5, gnp.sqrt(x), 0.0)), np.ones(5)), (r.random(5),)
+    yield "scan", gs.trace(lambda c, xs: gs.scan(lambda c, x: (c * x + 1.0, c), c, xs)[0] * 1.0, 1.0, np.ones(4)), (0.5, r.random(4))
+    yield "while", gs.trace(lambda x: gs.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] * 1.1), (0, x))[1] * 1.0, 1.0), (1.0,)
+
+
+def test_structurally_mutated_graphs(limited):
+    """Graphs mutated field by field (they decode; most fail validation, some run) sent to
+    every method: each answer is OK or a client error, never INTERNAL/UNKNOWN."""
+    rng = np.random.default_rng(2024)
+    methods = ["Evaluate", "ValueAndGrad", "Jvp", "Vjp", "Jacobian", "Hessian", "Hvp", "CheckGrad"]
+    kinds = ("float64", "float32", "complex128", "int64", "int32", "bool")
+    codes = {}
+    for name, g, args in fuzz_graphs():
+        msg = graph_pb2.Graph.FromString(g.to_bytes())
+        for it in range(24):
+            m = struct_mutate(msg, rng)
+            method = methods[it % 8]
+            ref = pb.GraphRef(body=m.SerializeToString())
+            a = [pb.TensorRef(tensor=to_tensor(np.asarray(v, dtype=i.dtype if i.dtype in kinds else float)))
+                 for v, i in zip(args, m.inputs)]
+            outs = [pb.TensorRef(tensor=to_tensor(np.ones(tuple(o.shape), dtype=o.dtype)))
+                    for o in m.outputs] if all(o.dtype in kinds for o in m.outputs) else []
+            request = {
+                "Evaluate": lambda: pb.EvaluateRequest(graph=ref, args=a),
+                "ValueAndGrad": lambda: pb.ValueAndGradRequest(
+                    graph=ref, args=a, argnums=pb.Argnums(indices=[0], is_tuple=True)),
+                "Jvp": lambda: pb.JvpRequest(graph=ref, primals=a, tangents=a),
+                "Vjp": lambda: pb.VjpRequest(graph=ref, primals=a, cotangents=outs),
+                "Jacobian": lambda: pb.JacobianRequest(graph=ref, args=a, mode=["fwd", "rev"][it % 2]),
+                "Hessian": lambda: pb.HessianRequest(graph=ref, args=a),
+                "Hvp": lambda: pb.HvpRequest(graph=ref, primals=a, tangents=a),
+                "CheckGrad": lambda: pb.CheckGradRequest(graph=ref, args=a,
+                                                         method=["central", "complex", "forward"][it % 3]),
+            }[method]()
+            code, err = raw_call(limited.address, method, request.SerializeToString(), timeout=5)
+            _allowed(code, err)
+            codes[code] = codes.get(code, 0) + 1
+    assert limited.health() == "SERVING"
+    assert codes.get(grpc.StatusCode.OK, 0) > 0 and codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0
