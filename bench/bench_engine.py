@@ -57,8 +57,9 @@ MiB = 1024.0 * 1024.0
 # ---------------------------------------------------------------------------------------------
 
 class Timer:
-    """Median wall time of `fn()` over repetitions that fill `budget` seconds (at least
-    `min_reps`, at most `max_reps`), after `warmup` untimed calls."""
+    """Timing settings; `__call__` times one function alone (median wall time over repetitions
+    that fill `budget` seconds, at least `min_reps`, at most `max_reps`, after `warmup` untimed
+    calls). The workloads use `time_interleaved` instead."""
 
     def __init__(self, budget: float, min_reps: int, max_reps: int, warmup: int):
         self.budget, self.min_reps, self.max_reps, self.warmup = budget, min_reps, max_reps, warmup
@@ -83,6 +84,44 @@ class Timer:
             if enabled:
                 gc.enable()
         return Timing(statistics.median(times), len(times), min(times), faults)
+
+
+def time_interleaved(timer, fns):
+    """Median and best of each of `fns`, timed in interleaved rounds (each fn once per round,
+    or a few times if it is fast; the order rotating), so that load from other processes hits
+    all of them alike and their ratios stay meaningful on a busy machine. Stops after
+    `min_reps` rounds once the budget (per fn) is used, or after `max_reps` rounds."""
+    per_round = []
+    for fn in fns:
+        for _ in range(timer.warmup):
+            t0 = time.perf_counter()
+            fn()
+            took = time.perf_counter() - t0
+        # fast functions run several times per round (about 2 ms' worth), for more samples
+        per_round.append(max(1, min(50, int(2e-3 / max(took, 1e-9)))))
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    times = [[] for _ in fns]
+    faults = [0] * len(fns)
+    try:
+        deadline = time.perf_counter() + timer.budget * len(fns)
+        rounds = 0
+        while rounds < timer.min_reps or (
+                rounds < timer.max_reps and time.perf_counter() < deadline):
+            for j in range(len(fns)):
+                k = (j + rounds) % len(fns)
+                for _ in range(per_round[k]):
+                    f0 = _minor_faults()
+                    t0 = time.perf_counter()
+                    fns[k]()
+                    times[k].append(time.perf_counter() - t0)
+                    faults[k] += _minor_faults() - f0
+            rounds += 1
+    finally:
+        if enabled:
+            gc.enable()
+    return [Timing(statistics.median(t), len(t), min(t), f / len(t)) for t, f in zip(times, faults)]
 
 
 def _minor_faults():
@@ -413,13 +452,23 @@ class Bench:
               "(results survive the next call, inputs untouched)")
         return ok
 
-    def time(self, label, fn, scale=1.0, unit="ms"):
-        t = self.timer(fn)
+    def time_group(self, entries, scale=1.0, unit="ms"):
+        """entries: {label: fn or None}; the fns are timed interleaved. Returns {label:
+        Measured or None} (None for entries not run, e.g. after a failed check)."""
+        live = {label: fn for label, fn in entries.items() if fn is not None}
+        timings = dict(zip(live, time_interleaved(self.timer, list(live.values()))))
         factor = {"ms": 1e3, "us": 1e6}[unit]
-        print(f"  time  {label:<34s} {t.median * factor / scale:10.3f} {unit}"
-              f"  (median of {t.reps}, best {t.best * factor / scale:.3f}; "
-              f"{t.faults:.0f} page faults per call)")
-        return Measured(t.median / scale, t.best / scale)
+        out = {}
+        for label in entries:
+            t = timings.get(label)
+            if t is None:
+                out[label] = None
+                continue
+            print(f"  time  {label:<34s} {t.median * factor / scale:10.3f} {unit}"
+                  f"  (median of {t.reps}, best {t.best * factor / scale:.3f}; "
+                  f"{t.faults:.0f} page faults per call)")
+            out[label] = Measured(t.median / scale, t.best / scale)
+        return out
 
     def plan_summary(self, label, before_keys):
         """The plans the engine compiled for this workload: steps and the ops they run."""
@@ -464,16 +513,19 @@ class Bench:
         ok = self.check("gradserve value_and_grad", gs_call(), want, rtol=1e-9)
         ok = ok and self.check_stable("gradserve value_and_grad", gs_call, [])
         # the gradient is ~1e-46 here (the map contracts), so compare relatively, with atol 0
-        t_hand = self.time("hand-written (math) value+grad", lambda: w1_hand_value_and_grad(W1_X0),
-                           scale=W1_OPS, unit="us")
-        t_gs = self.time("gradserve value+grad", gs_call, scale=W1_OPS, unit="us") if ok else None
-        t_gs_val = self.time("gradserve evaluate", lambda: eng.evaluate(graph, W1_X0),
-                             scale=W1_OPS, unit="us") if ok else None
-        t_ag = None
+        ag = None
         if autograd is not None:
             ag = autograd.value_and_grad(w1_ag_fn)
-            if self.check("autograd value_and_grad", ag(W1_X0), want, rtol=1e-9):
-                t_ag = self.time("autograd value+grad", lambda: ag(W1_X0), scale=W1_OPS, unit="us")
+            if not self.check("autograd value_and_grad", ag(W1_X0), want, rtol=1e-9):
+                ag = None
+        t = self.time_group({
+            "hand-written (math) value+grad": lambda: w1_hand_value_and_grad(W1_X0),
+            "gradserve value+grad": gs_call if ok else None,
+            "gradserve evaluate": (lambda: eng.evaluate(graph, W1_X0)) if ok else None,
+            "autograd value+grad": (lambda: ag(W1_X0)) if ag else None,
+        }, scale=W1_OPS, unit="us")
+        t_hand, t_gs = t["hand-written (math) value+grad"], t["gradserve value+grad"]
+        t_gs_val, t_ag = t["gradserve evaluate"], t["autograd value+grad"]
         self.plan_summary("W1", keys)
         self.profile_call("W1", gs_call, 20)
         us = lambda t: None if t is None else t * 1e6  # noqa: E731
@@ -493,16 +545,20 @@ class Bench:
         gs_call = lambda: eng.value_and_grad(graph, x)  # noqa: E731
         ok = self.check("gradserve value_and_grad", gs_call(), want, rtol=1e-9, atol=1e-9)
         ok = ok and self.check_stable("gradserve value_and_grad", gs_call, [x])
-        t_hand = self.time("hand-written value+grad", lambda: rosenbrock_hand_value_and_grad(x))
-        self.time("hand-written value only", lambda: rosenbrock_hand_value(x))
-        t_gs = self.time("gradserve value+grad", gs_call) if ok else None
-        if ok:
-            self.time("gradserve evaluate", lambda: eng.evaluate(graph, x))
-        t_ag = None
+        ag = None
         if autograd is not None:
             ag = autograd.value_and_grad(rosenbrock_ag)
-            if self.check("autograd value_and_grad", ag(x), want, rtol=1e-9, atol=1e-9):
-                t_ag = self.time("autograd value+grad", lambda: ag(x))
+            if not self.check("autograd value_and_grad", ag(x), want, rtol=1e-9, atol=1e-9):
+                ag = None
+        t = self.time_group({
+            "hand-written value+grad": lambda: rosenbrock_hand_value_and_grad(x),
+            "hand-written value only": lambda: rosenbrock_hand_value(x),
+            "gradserve value+grad": gs_call if ok else None,
+            "gradserve evaluate": (lambda: eng.evaluate(graph, x)) if ok else None,
+            "autograd value+grad": (lambda: ag(x)) if ag else None,
+        })
+        t_hand, t_gs, t_ag = t["hand-written value+grad"], t["gradserve value+grad"], \
+            t["autograd value+grad"]
         mem_gs = peak_extra_bytes(gs_call) if ok else None
         mem_hand = peak_extra_bytes(lambda: rosenbrock_hand_value_and_grad(x))
         print(f"  peak extra memory: gradserve {fmt_mib(mem_gs)}, hand-written {fmt_mib(mem_hand)}"
@@ -530,20 +586,25 @@ class Bench:
         peak_gs_stats = eng.last_stats.peak_bytes
         _, residuals = w3_hand_forward(*args)
         tape_hand = sum(r.nbytes for r in residuals)
-        t_hand = self.time("hand-written value+grad", lambda: w3_hand_value_and_grad(*args))
-        t_hand_val = self.time("hand-written value only", lambda: w3_hand_value(*args))
-        t_gs = self.time("gradserve value+grad", gs_call) if ok else None
-        t_gs_val = self.time("gradserve evaluate", lambda: eng.evaluate(graph, *args)) if ok else None
-        t_ag = t_ag_val = None
+        ag = None
         if autograd is not None:
             ag = autograd.value_and_grad(w3_ag_fn, argnum=argnums)
-            if self.check("autograd value_and_grad", ag(*args), want,
-                                             rtol=1e-7, atol=1e-12):
-                t_ag = self.time("autograd value+grad", lambda: ag(*args))
-                t_ag_val = self.time("autograd value only", lambda: w3_ag_fn(*args))
+            if not self.check("autograd value_and_grad", ag(*args), want, rtol=1e-7, atol=1e-12):
+                ag = None
+        t = self.time_group({
+            "hand-written value+grad": lambda: w3_hand_value_and_grad(*args),
+            "hand-written value only": lambda: w3_hand_value(*args),
+            "gradserve value+grad": gs_call if ok else None,
+            "gradserve evaluate": (lambda: eng.evaluate(graph, *args)) if ok else None,
+            "autograd value+grad": (lambda: ag(*args)) if ag else None,
+            "autograd value only": (lambda: w3_ag_fn(*args)) if ag else None,
+        })
+        t_hand, t_hand_val = t["hand-written value+grad"], t["hand-written value only"]
+        t_gs, t_gs_val = t["gradserve value+grad"], t["gradserve evaluate"]
+        t_ag, t_ag_val = t["autograd value+grad"], t["autograd value only"]
         mem_gs = peak_extra_bytes(gs_call) if ok else None
         mem_hand = peak_extra_bytes(lambda: w3_hand_value_and_grad(*args))
-        mem_ag = peak_extra_bytes(lambda: ag(*args)) if t_ag is not None else None
+        mem_ag = peak_extra_bytes(lambda: ag(*args)) if ag else None
         print(f"  tape: gradserve {tape_gs} B in {entries_gs} entries ({mib(tape_gs):.2f} MiB); "
               f"hand-written keeps {tape_hand} B ({mib(tape_hand):.2f} MiB: h1, h2, softmax)")
         print(f"  peak extra memory (tracemalloc): gradserve {fmt_mib(mem_gs)}, hand-written "
@@ -574,13 +635,17 @@ class Bench:
         gs_call = lambda: eng.hvp(graph, (x,), (v,))  # noqa: E731
         ok = self.check("gradserve hvp", gs_call()[0], want, rtol=1e-9, atol=1e-8)
         ok = ok and self.check_stable("gradserve hvp", gs_call, [x, v])
-        t_hand = self.time("hand-written (closed form) hvp", lambda: rosenbrock_hand_hvp(x, v))
-        t_gs = self.time("gradserve hvp", gs_call) if ok else None
-        t_ag = None
+        ag = None
         if autograd is not None:
             ag = autograd.hessian_vector_product(rosenbrock_ag)
-            if self.check("autograd hvp (rev-over-rev)", ag(x, v), want, rtol=1e-9, atol=1e-8):
-                t_ag = self.time("autograd hvp", lambda: ag(x, v))
+            if not self.check("autograd hvp (rev-over-rev)", ag(x, v), want, rtol=1e-9, atol=1e-8):
+                ag = None
+        t = self.time_group({
+            "hand-written (closed form) hvp": lambda: rosenbrock_hand_hvp(x, v),
+            "gradserve hvp": gs_call if ok else None,
+            "autograd hvp": (lambda: ag(x, v)) if ag else None,
+        })
+        t_hand, t_gs, t_ag = t["hand-written (closed form) hvp"], t["gradserve hvp"], t["autograd hvp"]
         self.plan_summary("W4", keys)
         self.profile_call("W4", gs_call, 20)
         self.rows.append(ratio_row("W4", "HVP", t_gs, t_hand, t_ag, 5.0))
@@ -592,8 +657,7 @@ class Bench:
         graph = gs.trace(lambda x: gnp.tanh(A @ x) * x, x)
         eng = self.eng
         want = w5_hand_jacobian(A, x)
-        t_hand = self.time("hand-written (closed form)", lambda: w5_hand_jacobian(A, x))
-        ag_rev = ag_fwd = None
+        jac = fwd_jac = None
         if autograd is not None:
             f = lambda x: anp.tanh(anp.dot(A, x)) * x  # noqa: E731
             jac = autograd.jacobian(f)
@@ -602,18 +666,27 @@ class Bench:
             def fwd_jac(x):
                 jvp = ag_make_jvp(f)(x)
                 return np.stack([jvp(e)[1] for e in basis], axis=1)
-            if self.check("autograd jacobian (rev)", jac(x), want, rtol=1e-9, atol=1e-12):
-                ag_rev = self.time("autograd jacobian (rev)", lambda: jac(x))
-            if self.check("autograd jacobian (fwd, make_jvp)", fwd_jac(x), want, rtol=1e-9,
-                          atol=1e-12):
-                ag_fwd = self.time("autograd jacobian (fwd)", lambda: fwd_jac(x))
+            if not self.check("autograd jacobian (rev)", jac(x), want, rtol=1e-9, atol=1e-12):
+                jac = None
+            if not self.check("autograd jacobian (fwd, make_jvp)", fwd_jac(x), want, rtol=1e-9,
+                              atol=1e-12):
+                fwd_jac = None
         calls = {}
-        for mode, t_ag in (("fwd", ag_fwd), ("rev", ag_rev)):
+        for mode in ("fwd", "rev"):
             gs_call = lambda mode=mode: eng.jacobian(graph, x, mode=mode)  # noqa: E731
             ok = self.check(f"gradserve jacobian ({mode})", gs_call(), want, rtol=1e-9, atol=1e-12)
             ok = ok and self.check_stable(f"gradserve jacobian ({mode})", gs_call, [x])
-            t_gs = self.time(f"gradserve jacobian ({mode})", gs_call) if ok else None
-            calls[mode] = gs_call
+            calls[mode] = gs_call if ok else None
+        t = self.time_group({
+            "hand-written (closed form)": lambda: w5_hand_jacobian(A, x),
+            "gradserve jacobian (fwd)": calls["fwd"],
+            "gradserve jacobian (rev)": calls["rev"],
+            "autograd jacobian (fwd)": (lambda: fwd_jac(x)) if fwd_jac else None,
+            "autograd jacobian (rev)": (lambda: jac(x)) if jac else None,
+        })
+        t_hand = t["hand-written (closed form)"]
+        for mode in ("fwd", "rev"):
+            t_gs, t_ag = t[f"gradserve jacobian ({mode})"], t[f"autograd jacobian ({mode})"]
             self.rows.append(Row("W5", f"Jacobian ({mode})", ms(t_gs), ms(t_hand), ms(t_ag), "ms",
                                  "<= 1 ms", None if t_gs is None else t_gs <= 1e-3,
                                  ratio=None if t_gs is None else t_gs / t_hand,
@@ -621,7 +694,8 @@ class Bench:
                                  best_ratio=None if t_gs is None else t_gs.best / t_hand.best))
         self.plan_summary("W5", keys)
         for mode, gs_call in calls.items():
-            self.profile_call(f"W5-{mode}", gs_call, 50)
+            if gs_call is not None:
+                self.profile_call(f"W5-{mode}", gs_call, 50)
 
 
 def ms(t):
