@@ -3,6 +3,8 @@ import numpy as np
 
 SUPPORTED = ("float64", "float32", "complex128", "int32", "int64", "bool")
 INEXACT = ("float64", "float32", "complex128")
+# Internal only (never on the wire): a loop's recorded carries, kept for its reverse pass.
+TAPE = "tape"
 
 
 def canonical(dtype) -> str:

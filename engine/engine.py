@@ -13,7 +13,9 @@ from . import dtypes
 from .errors import LimitError
 from .graph import Graph, Spec
 from .limits import DEFAULT_LIMITS, Limits
+from .ops.control import tape_mode
 from .plan import Plan, Stats
+from .tape import meter
 from .transforms import Program, batch, jvp, select_outputs, vjp
 
 
@@ -50,7 +52,8 @@ class Engine:
             if plan is not None:
                 self._plans.move_to_end(full_key)
                 return plan
-        plan = Plan(build())
+        with tape_mode(self.max_tape_bytes is not None):
+            plan = Plan(build())
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > self._plan_cache_size:
@@ -59,12 +62,18 @@ class Engine:
 
     def _run(self, plan: Plan, args, *, tape=True, should_stop=None):
         stats = plan.stats
-        if tape and self.max_tape_bytes is not None and stats.tape_bytes > self.max_tape_bytes:
+        budget = self.max_tape_bytes
+        if tape and budget is not None and stats.tape_bytes > budget:
             # Known before anything runs: the schedule fixes what the reverse pass holds.
             raise LimitError(f"the reverse pass would hold {stats.tape_bytes} bytes of tape, "
-                             f"over the budget of {self.max_tape_bytes} (max_tape_bytes)", "tape")
+                             f"over the budget of {budget} (max_tape_bytes)", "tape")
+        # Loop tapes (engine/tape.py) get what the static residuals leave of the budget.
+        meter.reset(None if budget is None else budget - stats.tape_bytes)
         out = plan.run(args, should_stop)
-        self._local.stats = stats if tape else Stats(0, 0, stats.peak_bytes, 0)
+        loops = meter.peak
+        self._local.stats = Stats(stats.tape_bytes + loops if tape else 0,
+                                  stats.tape_entries if tape else 0,
+                                  stats.peak_bytes + loops, meter.recomputed_ops)
         return [np.asarray(o) for o in out]
 
     @staticmethod

@@ -28,7 +28,7 @@ class Spec:
         if any(d < 0 for d in shape):
             raise ValueError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "dtype", dtypes.canonical(dtype))
+        object.__setattr__(self, "dtype", dtype if dtype == dtypes.TAPE else dtypes.canonical(dtype))
 
     @property
     def ndim(self) -> int:
@@ -40,7 +40,8 @@ class Spec:
 
     @property
     def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
+        """Bytes of the array; 0 for a loop tape, whose size is known only at run time."""
+        return 0 if self.dtype == dtypes.TAPE else self.size * np.dtype(self.dtype).itemsize
 
     def __repr__(self):
         return f"{self.dtype}{list(self.shape)}"

@@ -118,10 +118,47 @@ def test_while_loop_with_data_dependent_trip_count():
         assert ENG.jacobian(graph, x, mode="fwd") == pytest.approx(numeric, rel=1e-6)
 
 
-def test_while_loop_reverse_mode_is_a_clear_error():
-    graph = gs.trace(lambda x: gs.while_loop(lambda c: c < 10.0, lambda c: c * 2.0, x), 1.0)
-    with pytest.raises(gs.GraphError, match="fori_loop or gs.scan"):
-        ENG.grad(graph, 1.0)
+def test_while_loop_reverse_mode_stores_each_iteration():
+    def halve(x, w):
+        return gs.while_loop(lambda c: c[0] > 1.0,
+                             lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0] * w)), (x, x))[1]
+
+    graph = gs.trace(halve, 10.0, 1.0)
+    tapes = []
+    for x in (3.0, 10.0, 1000.0):  # 2, 4 and 10 iterations
+        grad = ENG.grad(graph, x, 1.0, argnums=(0, 1))
+        tapes.append(ENG.last_stats.tape_bytes)
+        for i in range(2):
+            np.testing.assert_allclose(grad[i], central_difference(graph, [x, 1.0], i), rtol=1e-6)
+    assert tapes[0] < tapes[1] < tapes[2]
+    assert tapes[2] / tapes[1] == pytest.approx(10 / 4, rel=0.01)
+
+
+def rnn_loss_in_carry(W, U, h0, xs):
+    def step(carry, x):
+        h, total = carry
+        h = gnp.tanh(W @ h + U @ x)
+        return (h, total + gnp.sum(h ** 2)), ()
+    (_, total), _ = gs.scan(step, (h0, 0.0), xs)
+    return total
+
+
+def test_tape_budget_recomputes_and_gives_the_same_gradient_bit_for_bit():
+    args = _rnn_inputs(hidden=16, steps=200)
+    graph = gs.trace(rnn_loss_in_carry, *args)
+    plain = ENG.grad(graph, *args, argnums=(0, 1, 2))
+    plain_tape = ENG.last_stats.tape_bytes
+    assert ENG.last_stats.recomputed_ops == 0
+    for fraction in (4, 20):
+        budget = plain_tape // fraction
+        engine = gs.Engine(max_tape_bytes=budget)
+        grads = engine.grad(graph, *args, argnums=(0, 1, 2))
+        for a, b in zip(grads, plain):
+            assert np.array_equal(a, b)
+        assert 0 < engine.last_stats.tape_bytes <= budget
+        assert engine.last_stats.recomputed_ops > 0
+    with pytest.raises(gs.LimitError):
+        gs.Engine(max_tape_bytes=16).grad(graph, *args, argnums=(0, 1, 2))
 
 
 def test_while_loop_iteration_cap():

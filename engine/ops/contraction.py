@@ -3,6 +3,8 @@ einsums. Letters name axes; equal letters have equal sizes (no broadcasting: the
 broadcasts explicitly, so that broadcasting has its own derivative).
 
 Two-operand contractions run as one (batched) matmul, so they use BLAS."""
+import functools
+import math
 import string
 
 import numpy as np
@@ -39,28 +41,38 @@ def _einsum_shape(*specs, subscripts):
     return Spec(tuple(sizes[c] for c in out), dtypes.promote(*[s.dtype for s in specs]))
 
 
-def _pairwise(a, b, sa, sb, out):
-    """One contraction of two operands as a batched matmul (batch, free_a, contracted) x
-    (batch, contracted, free_b): the mapping XLA's dot_general makes."""
-    a = a.sum(axis=tuple(i for i, c in enumerate(sa) if c not in sb and c not in out)) \
-        if set(sa) - set(sb) - set(out) else a
+@functools.lru_cache(maxsize=4096)
+def _pairwise_plan(sa, sb, out, shape_a, shape_b):
+    """How to run one two-operand contraction as a batched matmul (batch, free_a, contracted)
+    x (batch, contracted, free_b), the mapping XLA's dot_general makes; cached per shapes."""
+    size = dict(zip(sa, shape_a)) | dict(zip(sb, shape_b))
+    sum_a = tuple(i for i, c in enumerate(sa) if c not in sb and c not in out)
+    sum_b = tuple(i for i, c in enumerate(sb) if c not in sa and c not in out)
     sa = "".join(c for c in sa if c in sb or c in out)
-    b = b.sum(axis=tuple(i for i, c in enumerate(sb) if c not in sa and c not in out)) \
-        if set(sb) - set(sa) - set(out) else b
     sb = "".join(c for c in sb if c in sa or c in out)
     batch = [c for c in out if c in sa and c in sb]
     free_a = [c for c in sa if c in out and c not in sb]
     free_b = [c for c in sb if c in out and c not in sa]
     contracted = [c for c in sa if c in sb and c not in out]
-    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
-    n = lambda letters: int(np.prod([size[c] for c in letters], dtype=np.int64))
-    a = a.transpose([sa.index(c) for c in batch + free_a + contracted])
-    b = b.transpose([sb.index(c) for c in batch + contracted + free_b])
-    product = np.matmul(a.reshape(n(batch), n(free_a), n(contracted)),
-                        b.reshape(n(batch), n(contracted), n(free_b)))
+    n = lambda letters: math.prod(size[c] for c in letters)  # noqa: E731
     got = batch + free_a + free_b
-    product = product.reshape([size[c] for c in got])
-    return product.transpose([got.index(c) for c in out])
+    return (sum_a, sum_b,
+            tuple(sa.index(c) for c in batch + free_a + contracted),
+            (n(batch), n(free_a), n(contracted)),
+            tuple(sb.index(c) for c in batch + contracted + free_b),
+            (n(batch), n(contracted), n(free_b)),
+            tuple(size[c] for c in got), tuple(got.index(c) for c in out))
+
+
+def _pairwise(a, b, sa, sb, out):
+    sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, shape_out, perm_out = \
+        _pairwise_plan(sa, sb, out, a.shape, b.shape)
+    if sum_a:
+        a = a.sum(axis=sum_a)
+    if sum_b:
+        b = b.sum(axis=sum_b)
+    product = np.matmul(a.transpose(perm_a).reshape(shape_a), b.transpose(perm_b).reshape(shape_b))
+    return product.reshape(shape_out).transpose(perm_out)
 
 
 def _einsum_impl(*arrays, subscripts):

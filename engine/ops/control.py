@@ -251,6 +251,8 @@ def _with_carries_out(body: Graph, num_consts, num_carry) -> Graph:
 
 
 def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, reverse):
+    if getattr(_mode, "on", False):
+        return _scan_jvp_with_tape(primals, tangents, body, length, num_consts, num_carry, reverse)
     from ..transforms import inline
     consts, carry, xs = _split(primals, num_consts, num_carry)
     t_consts, t_carry, t_xs = _split(tangents, num_consts, num_carry)
@@ -431,49 +433,6 @@ def _while_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterati
     return tuple(carry)
 
 
-def _while_jvp(primals, tangents, outs, cond, body, num_cond_consts, num_body_consts,
-               max_iterations):
-    """Forward mode: one loop over the carry and its tangent together."""
-    from ..transforms import inline
-    cc, bc, carry = _while_split(primals, num_cond_consts, num_body_consts)
-    _, t_bc, t_carry = _while_split(tangents, num_cond_consts, num_body_consts)
-    which = [i for i, t in enumerate(t_bc) if t is not None]
-    diff = [i for i, c in enumerate(carry) if _differentiable(c.spec)]
-    tangent_graph = _tangent_body(body, which + [len(bc) + i for i in diff])
-    n_bc, n_t, n_carry = len(bc), len(which), len(carry)
-
-    def joint_body(*a):
-        consts, t_consts = a[:n_bc], a[n_bc:n_bc + n_t]
-        c, tc = a[n_bc + n_t:n_bc + n_t + n_carry], a[n_bc + n_t + n_carry:]
-        new = inline(body, list(consts) + list(c))
-        t_new = inline(tangent_graph, list(consts) + list(c) + list(t_consts) + list(tc))
-        return tuple(new) + tuple(t_new[i] for i in diff)
-
-    def joint_cond(*a):
-        return inline(cond, list(a[:len(cc) + n_carry]))
-
-    carry_specs = [c.spec for c in carry] + [carry[i].spec for i in diff]
-    init = list(carry) + [t_carry[i] if t_carry[i] is not None else
-                          gnp.zeros(carry[i].shape, carry[i].dtype) for i in diff]
-    out = bind("while_loop", *cc, *bc, *[t_bc[i] for i in which], *init,
-               cond=trace_closed(joint_cond, [c.spec for c in cc] + carry_specs),
-               body=trace_closed(joint_body, [c.spec for c in bc] + [t_bc[i].spec for i in which]
-                                 + carry_specs),
-               num_cond_consts=len(cc), num_body_consts=n_bc + n_t, max_iterations=max_iterations)
-    result = [None] * n_carry
-    for j, i in enumerate(diff):
-        result[i] = out[n_carry + j]
-    return tuple(result)
-
-
-def _while_transpose(cts, *args, **attrs):
-    from ..errors import GraphError
-    raise GraphError("reverse mode through a while_loop (a trip count known only at run time) "
-                     "is not supported yet; write the loop with gs.fori_loop or gs.scan, whose "
-                     "trip count is static, or use forward mode (jvp, jacobian mode='fwd')",
-                     "while_loop")
-
-
 def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, max_iterations):
     """Every carry is batched; members whose condition has turned false keep their carry
     while the others go on (the loop runs while any member continues)."""
@@ -519,5 +478,265 @@ def _while_retype(args, cond, body, num_cond_consts, num_body_consts, max_iterat
 
 
 primitive("while_loop", impl=_while_impl, shape=_while_shape, arity=(0, None), attrs=WHILE_ATTRS,
-          multiple_results=True, jvp=_while_jvp, transpose=_while_transpose, batch=_while_batch,
-          retype=_while_retype)
+          multiple_results=True, jvp=lambda primals, tangents, outs, **attrs: _while_jvp_full(
+              primals, tangents, **attrs)[1],
+          jvp_full=lambda primals, tangents, **attrs: _while_jvp_full(primals, tangents, **attrs),
+          batch=_while_batch, retype=_while_retype)
+
+
+# ---- loop tapes: loops that record their carries, and loops that read them back -------------
+# A recorded loop gives, besides its results, a tape (engine/tape.py) of the carry entering
+# every iteration it ran; `loop_tape` runs a body once per recorded iteration, in the order
+# run or backwards, reading that carry. while_loop is differentiated in reverse mode this way
+# (its trip count is known only when it has run), and so is scan under a tape budget (the tape
+# then keeps checkpoints and recomputes the rest).
+
+_mode = threading.local()
+
+
+class tape_mode:
+    """Within it, scans are differentiated through loop tapes (used under a tape budget)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.before = getattr(_mode, "on", False)
+        _mode.on = self.on
+
+    def __exit__(self, *exc):
+        _mode.on = self.before
+
+
+def _no_second_order(*args, **kwargs):
+    from ..errors import GraphError
+    raise GraphError("derivatives of a loop's derivative (second order) through a while_loop, "
+                     "or through a scan under a tape budget, are not supported; use a scan "
+                     "without max_tape_bytes for Hessians", "loop tape")
+
+
+def _carry_bytes(carry) -> int:
+    return int(sum(np.asarray(c).nbytes for c in carry))
+
+
+def _scan_record_impl(*args, body, length, num_consts, num_carry, reverse):
+    from ..tape import LoopTape
+    consts, carry, xs = _split(args, num_consts, num_carry)
+
+    def index(k):
+        return length - 1 - k if reverse else k
+
+    def advance(k, c):
+        return tuple(run_body(body, consts + list(c) + [x[index(k)] for x in xs])[:num_carry])
+
+    tape = LoopTape(advance, _carry_bytes(carry), len(_plan(body).steps))
+    ys = [np.empty((length,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
+    for k in range(length):
+        tape.record(k, tuple(carry))
+        out = run_body(body, consts + list(carry) + [x[index(k)] for x in xs])
+        carry = out[:num_carry]
+        for buffer, y in zip(ys, out[num_carry:]):
+            buffer[index(k)] = y
+    return tuple(carry) + tuple(ys) + (tape,)
+
+
+primitive("scan_record", impl=_scan_record_impl, arity=(0, None), attrs=SCAN_ATTRS,
+          shape=lambda *a, **k: _scan_shape(*a, **k) + (Spec((), dtypes.TAPE),),
+          multiple_results=True, jvp=_no_second_order)
+
+
+def _while_record_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
+    from ..errors import LimitError
+    from ..tape import LoopTape
+    cc, bc, carry = _while_split(args, num_cond_consts, num_body_consts)
+    tape = LoopTape(lambda k, c: tuple(run_body(body, bc + list(c))), _carry_bytes(carry),
+                    len(_plan(body).steps))
+    k = 0
+    while run_body(cond, cc + list(carry))[0]:
+        if k == max_iterations:
+            raise LimitError(f"while_loop ran past its cap of {max_iterations} iterations",
+                             "while_loop")
+        tape.record(k, tuple(carry))
+        carry = run_body(body, bc + list(carry))
+        k += 1
+    return tuple(carry) + (tape,)
+
+
+primitive("while_record", impl=_while_record_impl, arity=(0, None), attrs=WHILE_ATTRS,
+          shape=lambda *a, **k: _while_shape(*a, **k) + (Spec((), dtypes.TAPE),),
+          multiple_results=True, jvp=_no_second_order)
+
+LOOP_TAPE_ATTRS = {"body": "graph", "length": "int", "num_consts": "int", "num_carry": "int",
+                   "num_tape": "int", "backward": "bool", "reverse": "bool"}
+
+
+def _loop_tape_split(args, num_consts, num_carry):
+    consts, carry, rest = _split(args, num_consts, num_carry)
+    return consts, carry, rest[:-1], rest[-1]
+
+
+def _loop_tape_shape(*args, body, length, num_consts, num_carry, num_tape, backward, reverse):
+    if not args or args[-1].dtype != dtypes.TAPE:
+        raise ShapeError("the last input of loop_tape must be a loop tape")
+    consts, carry, xs, _ = _loop_tape_split(args, num_consts, num_carry)
+    if length < 0 and xs:
+        raise ShapeError("a loop tape of unknown length cannot scan inputs")
+    tape_specs = [p.spec for p in body.inputs[num_consts + num_carry:num_consts + num_carry + num_tape]]
+    x_specs = [Spec(x.shape[1:], x.dtype) for x in xs]
+    if any(not x.shape or x.shape[0] != length for x in xs):
+        raise ShapeError(f"scanned inputs must have a leading axis of {length}")
+    _check_signature(body, consts + carry + tape_specs + x_specs, "body")
+    outs = [p.spec for p in body.outputs]
+    if outs[:num_carry] != carry:
+        raise ShapeError("the body must give back a carry of the shape and dtype it gets")
+    if length < 0 and len(outs) > num_carry:
+        raise ShapeError("a loop tape of unknown length cannot stack outputs")
+    return tuple(carry + [Spec((length,) + s.shape, s.dtype) for s in outs[num_carry:]])
+
+
+def _loop_tape_impl(*args, body, length, num_consts, num_carry, num_tape, backward, reverse):
+    consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
+    n = tape.length
+    ys = [np.empty((n,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
+    for k, tape_carry in (tape.backward() if backward else tape.forward()):
+        i = n - 1 - k if reverse else k
+        out = run_body(body, consts + list(carry) + list(tape_carry) + [x[i] for x in xs])
+        carry = out[:num_carry]
+        for buffer, y in zip(ys, out[num_carry:]):
+            buffer[i] = y
+    return tuple(carry) + tuple(ys)
+
+
+def _loop_tape_transpose(cts, *args, body, length, num_consts, num_carry, num_tape, backward,
+                         reverse):
+    """Linear in its carry, some consts and some xs: runs the tape the other way, the carry's
+    cotangent flowing back, the linear consts' cotangents accumulating in extra carries."""
+    from ..transforms import inline
+    consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
+    lin_consts = [i for i, c in enumerate(consts) if isinstance(c, Linear)]
+    lin_xs = [i for i, x in enumerate(xs) if isinstance(x, Linear)]
+    p_consts = [c for c in consts if not isinstance(c, Linear)]
+    p_xs = [x for x in xs if not isinstance(x, Linear)]
+    first_x = num_consts + num_carry + num_tape
+    linear = lin_consts + [num_consts + i for i in range(num_carry)] + [first_x + i for i in lin_xs]
+    transposed = _transposed_body(body, linear)
+    ct_carry, ct_ys = list(cts[:num_carry]), list(cts[num_carry:])
+    diff_ys = [j for j, p in enumerate(body.outputs[num_carry:]) if _differentiable(p.spec)]
+    tape_specs = [p.spec for p in body.inputs[num_consts + num_carry:first_x]]
+    n_pc, n_acc = len(p_consts), len(lin_consts)
+
+    def step(*a):
+        pc, ctc = a[:n_pc], a[n_pc:n_pc + num_carry]
+        acc = a[n_pc + num_carry:n_pc + num_carry + n_acc]
+        tc = a[n_pc + num_carry + n_acc:n_pc + num_carry + n_acc + num_tape]
+        rest = a[n_pc + num_carry + n_acc + num_tape:]
+        px, cty = rest[:len(p_xs)], rest[len(p_xs):]
+        out = inline(transposed, list(pc) + list(tc) + list(px) + list(ctc) + list(cty))
+        ct_lin_consts, ct_carry_in = out[:n_acc], out[n_acc:n_acc + num_carry]
+        return (tuple(ct_carry_in) + tuple(s + c for s, c in zip(acc, ct_lin_consts))
+                + tuple(out[n_acc + num_carry:]))
+
+    specs = ([c.spec for c in p_consts] + [c.spec for c in carry] + [consts[i].spec for i in lin_consts]
+             + tape_specs + [Spec(x.shape[1:], x.dtype) for x in p_xs]
+             + [Spec(ct_ys[j].shape[1:], ct_ys[j].dtype) for j in diff_ys])
+    back = bind("loop_tape", *p_consts, *ct_carry,
+                *[gnp.zeros(consts[i].shape, consts[i].dtype) for i in lin_consts],
+                *p_xs, *[ct_ys[j] for j in diff_ys], tape, body=trace_closed(step, specs),
+                length=length, num_consts=n_pc, num_carry=num_carry + n_acc, num_tape=num_tape,
+                backward=not backward, reverse=reverse)
+    result = [None] * len(args)
+    for j in range(num_carry):
+        if isinstance(carry[j], Linear):
+            result[num_consts + j] = back[j]
+    for j, i in enumerate(lin_consts):
+        result[i] = back[num_carry + j]
+    for j, i in enumerate(lin_xs):
+        result[num_consts + num_carry + i] = back[num_carry + n_acc + j]
+    return tuple(result)
+
+
+def _loop_tape_batch(args, batched, body, length, num_consts, num_carry, num_tape, backward,
+                     reverse):
+    from ..transforms import Program, batch
+    size = next(a.shape[0] for a, b in zip(args, batched) if b)
+    consts, carry, xs, tape = _loop_tape_split(list(args), num_consts, num_carry)
+    b_consts, b_carry, b_xs, _ = _loop_tape_split(list(batched), num_consts, num_carry)
+    carry = [c if b else gnp.broadcast_to(c, (size,) + c.shape) for c, b in zip(carry, b_carry)]
+    xs = [gnp.moveaxis(x, 0, 1) if b else x for x, b in zip(xs, b_xs)]
+    flags = b_consts + [True] * num_carry + [False] * num_tape + b_xs
+    out = bind("loop_tape", *consts, *carry, *xs, tape, body=batch(Program(body), flags, size).graph,
+               length=length, num_consts=num_consts, num_carry=num_carry, num_tape=num_tape,
+               backward=backward, reverse=reverse)
+    return tuple(out[:num_carry]) + tuple(gnp.moveaxis(y, 1, 0) for y in out[num_carry:])
+
+
+primitive("loop_tape", impl=_loop_tape_impl, shape=_loop_tape_shape, arity=(1, None),
+          attrs=LOOP_TAPE_ATTRS, multiple_results=True, jvp=_no_second_order,
+          transpose=_loop_tape_transpose, batch=_loop_tape_batch)
+
+
+def _tangent_loop(tangent_graph, consts, t_consts, carry, diff_carry, xs, t_xs, tape, *,
+                  length, reverse, num_outputs_carry):
+    """The loop_tape node that carries the tangents of a recorded loop forward."""
+    from ..transforms import inline
+    n_c, n_tc, n_t = len(consts), len(t_consts), len(diff_carry)
+
+    def step(*a):
+        pc, tc, tcarry = a[:n_c], a[n_c:n_c + n_tc], a[n_c + n_tc:n_c + n_tc + n_t]
+        rest = a[n_c + n_tc + n_t:]
+        p_carry, p_x, tx = rest[:len(carry)], rest[len(carry):len(carry) + len(xs)], rest[len(carry) + len(xs):]
+        t_out = inline(tangent_graph, list(pc) + list(p_carry) + list(p_x) + list(tc)
+                       + list(tcarry) + list(tx))
+        return tuple(t_out[i] for i in diff_carry) + t_out[num_outputs_carry:]
+
+    return step
+
+
+def _scan_jvp_with_tape(primals, tangents, body, length, num_consts, num_carry, reverse):
+    consts, carry, xs = _split(primals, num_consts, num_carry)
+    t_consts, t_carry, t_xs = _split(tangents, num_consts, num_carry)
+    recorded = bind("scan_record", *primals, body=body, length=length, num_consts=num_consts,
+                    num_carry=num_carry, reverse=reverse)
+    outs, tape = recorded[:-1], recorded[-1]
+    return outs, _tangents_from_tape(body, consts, t_consts, carry, t_carry, xs, t_xs, tape,
+                                     length=length, reverse=reverse)
+
+
+def _tangents_from_tape(body, consts, t_consts, carry, t_carry, xs, t_xs, tape, *, length, reverse):
+    num_consts, num_carry = len(consts), len(carry)
+    which_consts = [i for i, t in enumerate(t_consts) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if _differentiable(c.spec)]
+    which_xs = [i for i, t in enumerate(t_xs) if t is not None]
+    wrt = (which_consts + [num_consts + i for i in diff_carry]
+           + [num_consts + num_carry + i for i in which_xs])
+    tangent_graph = _tangent_body(body, wrt)
+    step = _tangent_loop(tangent_graph, consts, [t_consts[i] for i in which_consts], carry,
+                         diff_carry, xs, [t_xs[i] for i in which_xs], tape, length=length,
+                         reverse=reverse, num_outputs_carry=num_carry)
+    specs = ([c.spec for c in consts] + [t_consts[i].spec for i in which_consts]
+             + [carry[i].spec for i in diff_carry] + [c.spec for c in carry]
+             + [Spec(x.shape[1:], x.dtype) for x in xs]
+             + [Spec(xs[i].shape[1:], xs[i].dtype) for i in which_xs])
+    init = [t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+            for i in diff_carry]
+    t_outs = bind("loop_tape", *consts, *[t_consts[i] for i in which_consts], *init, *xs,
+                  *[t_xs[i] for i in which_xs], tape, body=trace_closed(step, specs),
+                  length=length, num_consts=len(consts) + len(which_consts),
+                  num_carry=len(diff_carry), num_tape=num_carry, backward=False, reverse=reverse)
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_outs[j]
+    t_ys = [t if _differentiable(t.spec) else None for t in t_outs[len(diff_carry):]]
+    return tuple(t_carry_out + t_ys)
+
+
+def _while_jvp_full(primals, tangents, cond, body, num_cond_consts, num_body_consts,
+                    max_iterations):
+    cc, bc, carry = _while_split(primals, num_cond_consts, num_body_consts)
+    _, t_bc, t_carry = _while_split(tangents, num_cond_consts, num_body_consts)
+    recorded = bind("while_record", *primals, cond=cond, body=body,
+                    num_cond_consts=num_cond_consts, num_body_consts=num_body_consts,
+                    max_iterations=max_iterations)
+    outs, tape = recorded[:-1], recorded[-1]
+    return outs, _tangents_from_tape(body, bc, t_bc, carry, t_carry, [], [], tape, length=-1,
+                                     reverse=False)

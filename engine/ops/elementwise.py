@@ -218,7 +218,24 @@ def _convert_jvp(primals, tangents, ans, dtype):
     return gnp.astype(t, dtype)
 
 
-primitive("convert", impl=lambda x, dtype: x.astype(dtype), shape=_convert_shape,
+def _convert_impl(x, dtype):
+    # complex to real keeps the real part, as NumPy does, without its ComplexWarning
+    if np.iscomplexobj(x) and not np.issubdtype(np.dtype(dtype), np.complexfloating):
+        x = x.real
+    return x.astype(dtype)
+
+
+def _convert_retype(args, dtype):
+    """The complex step: a conversion to a real float type carries the imaginary perturbation
+    along (stays complex128) instead of dropping it, so `astype(x, "float32")` differentiates."""
+    (x,) = args
+    if x.spec.dtype == "complex128" and dtype in ("float64", "float32"):
+        return (x,)
+    return (bind("convert", x, dtype=dtype),)
+
+
+primitive("convert", impl=_convert_impl, shape=_convert_shape,
           attrs={"dtype": "str"}, jvp=_convert_jvp,
           transpose=lambda ct, x, dtype: (gnp.astype(ct, x.dtype),),
-          batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype), elementwise=True)
+          batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype), elementwise=True,
+          retype=_convert_retype)

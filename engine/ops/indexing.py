@@ -156,6 +156,8 @@ primitive("scatter_add", impl=_scatter_add_impl, shape=_scatter_add_shape, arity
 # base + scatter_add(updates): reverse mode accumulates the cotangents of several slices of
 # one array with this, into one buffer, instead of a zeroed array per slice and an add.
 def _add_at_shape(base, updates, *arrays, index):
+    if updates.dtype != base.dtype:
+        raise ShapeError(f"updates of {updates.dtype} cannot accumulate into {base.dtype}")
     _check_index(base, index, arrays)
     want = _indexed_shape(base.shape, index, arrays)
     if want != updates.shape:
@@ -164,6 +166,8 @@ def _add_at_shape(base, updates, *arrays, index):
 
 
 def _add_at_inplace(base, updates, *arrays, index):
+    if not isinstance(base, np.ndarray):  # a ufunc's 0-d result is a NumPy scalar
+        base = np.array(base)
     key = index_tuple(index, arrays)
     if arrays:
         np.add.at(base, key, updates)

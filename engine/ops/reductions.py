@@ -71,7 +71,9 @@ def _extremum_impl(pick):
             return pick(x, axis=axes, keepdims=keepdims)
         # complex step: the element whose real part is extremal
         moved = np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
-        flat = moved.reshape(moved.shape[:x.ndim - len(axes)] + (-1,))
+        # the reduced size spelled out: reshape(-1) fails on zero-size arrays
+        count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+        flat = moved.reshape(moved.shape[:x.ndim - len(axes)] + (count,))
         arg = (np.argmax if pick is np.max else np.argmin)(flat.real, axis=-1)
         out = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
         return out.reshape(keepdims_shape(x.shape, axes)) if keepdims else out
@@ -110,7 +112,13 @@ reduction("reduce_max", _extremum_impl(np.max), _extremum_jvp, nonempty=True)
 reduction("reduce_min", _extremum_impl(np.min), _extremum_jvp, nonempty=True)
 reduction("reduce_prod", lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims),
           _prod_jvp, out_dtype=_sum_dtype)
-reduction("logsumexp", _logsumexp_impl, _logsumexp_jvp, out_dtype=lambda d: d)
+def _inexact_dtype(dtype):
+    if not dtypes.is_differentiable(dtype):  # the front end converts; a decoded graph may not
+        raise ShapeError(f"logsumexp needs a float or complex input, got {dtype}")
+    return dtype
+
+
+reduction("logsumexp", _logsumexp_impl, _logsumexp_jvp, out_dtype=_inexact_dtype)
 
 
 def _arg_shape(x, axes, keepdims):
