@@ -37,6 +37,26 @@ CACHE_MISSES = Counter("gradserve_graph_cache_misses",
 METHODS = ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "Hessian", "CheckGrad")
 
 
+class _Series:
+    """The labelled children of one method (labels() is a dict lookup under a lock)."""
+
+    def __init__(self, method):
+        self.duration = DURATION.labels(method)
+        self.tape_bytes = TAPE_BYTES.labels(method)
+        self.tape_entries = TAPE_ENTRIES.labels(method)
+        self.ok = REQUESTS.labels(method, "OK")
+
+
+_SERIES: dict = {}
+
+
+def series(method) -> _Series:
+    found = _SERIES.get(method)
+    if found is None:
+        found = _SERIES[method] = _Series(method)
+    return found
+
+
 def cache_changed(entries: int, nbytes: int):
     CACHE_ENTRIES.set(entries)
     CACHE_BYTES.set(nbytes)

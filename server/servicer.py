@@ -16,9 +16,8 @@ import time
 import grpc
 
 from gradserve.client.codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, fill_tensor, fill_tensors,
-                                    fill_value, proto_digest)
+                                    fill_value, from_tensor, proto_digest)
 from gradserve.engine import Engine, Graph
-from gradserve.engine.wire import tensor_from_proto
 from gradserve.v1 import service_pb2 as pb
 
 from . import metrics as m
@@ -174,7 +173,7 @@ class Servicer:
             return self._lookup("t", ref.digest, TENSOR_RESOURCE, missing)
         if kind != "tensor":
             return None
-        array = tensor_from_proto(ref.tensor, self.limits, where)
+        array = from_tensor(ref.tensor, self.limits, where)
         if ref.remember:
             self.cache.put("t" + proto_digest(ref.tensor), array, array.nbytes)
         return array
@@ -271,8 +270,9 @@ class Servicer:
             reply = compute(request, call)
             call.stats = call.stats or self.engine.last_stats
             reply.stats.CopyFrom(call.call_stats())
-            m.TAPE_BYTES.labels(method).observe(call.stats.tape_bytes)
-            m.TAPE_ENTRIES.labels(method).observe(call.stats.tape_entries)
+            series = m.series(method)
+            series.tape_bytes.observe(call.stats.tape_bytes)
+            series.tape_entries.observe(call.stats.tape_entries)
             return reply.SerializeToString()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             if isinstance(exc, Stopped):
@@ -295,8 +295,9 @@ class Servicer:
             with self._inflight_lock:
                 self.inflight -= 1
             m.INFLIGHT.dec()
-            m.DURATION.labels(method).observe(time.perf_counter() - start)
-            m.REQUESTS.labels(method, code).inc()
+            series = m.series(method)
+            series.duration.observe(time.perf_counter() - start)
+            (series.ok if code == "OK" else m.REQUESTS.labels(method, code)).inc()
 
     def handler(self) -> grpc.GenericRpcHandler:
         table = {
