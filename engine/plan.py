@@ -11,12 +11,16 @@ storage; a storage is alive while any value on it is.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import NamedTuple
 
 import numpy as np
 
 from .primitive import PRIMITIVES
 from .transforms import Program
+
+
+_running = threading.local()  # the should_stop of the call in progress, for nested plans
 
 
 class Stats(NamedTuple):
@@ -207,6 +211,16 @@ class Plan:
         return donations
 
     def run(self, args, should_stop=None):
+        """The outputs for `args`. `should_stop()` is called before every step (raise from it
+        to abort); loop bodies run inside this call check the same function."""
+        outer = getattr(_running, "should_stop", None)
+        _running.should_stop = should_stop = should_stop or outer
+        try:
+            return self._run(args, should_stop)
+        finally:
+            _running.should_stop = outer
+
+    def _run(self, args, should_stop):
         env = self.template.copy()
         for s, a in zip(self.input_slots, args):
             env[s] = a

@@ -210,3 +210,18 @@ def test_control_flow_graphs_round_trip_and_validate():
     body.outputs[0].shape[:] = [3]  # the carry would change shape between iterations
     with pytest.raises(gs.GraphError, match="node 0 'scan' attribute 'body'"):
         gs.Graph.from_bytes(message.SerializeToString())
+
+
+def test_should_stop_interrupts_a_running_loop():
+    graph = gs.trace(lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x,
+                                             max_iterations=10 ** 9), 1.0)
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        if len(calls) > 1000:
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        ENG.evaluate(graph, 1.0, should_stop=should_stop)
+    assert ENG.evaluate(graph, -1.0) == -1.0  # the next call is not affected

@@ -22,7 +22,6 @@ from ..graph import Graph, Spec
 from ..primitive import Linear, ShapeError, primitive
 from ..tracing import Builder, bind
 
-_interrupt = threading.local()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -33,7 +32,7 @@ def _plan(graph: Graph):
 
 
 def run_body(graph: Graph, args) -> list:
-    return _plan(graph).run(list(args), getattr(_interrupt, "should_stop", None))
+    return _plan(graph).run(list(args))  # inherits the enclosing call's should_stop
 
 
 def _differentiable(spec) -> bool:
