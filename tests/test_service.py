@@ -188,6 +188,8 @@ def test_flags_and_environment(limited):
             return x
         with pytest.raises(gs.LimitError, match="200"):
             cli.evaluate(gs.trace(deep, 1.0), 1.0)
+    # one log line per failed call
+    assert "Evaluate RESOURCE_EXHAUSTED" in limited.output()
 
 
 # ---- the upload protocol -----------------------------------------------------------------------
@@ -403,9 +405,9 @@ def _cpu_seconds(pid) -> float:
 
 
 def _long_chain():
-    n = 300
+    n = 400
 
-    def chain(x, W):                 # ~400 matmuls of 300x300: seconds of work
+    def chain(x, W):                 # 400 matmuls of 400x400 (5e10 flops): seconds of work
         for _ in range(400):
             x = gnp.tanh(x @ W)
         return gnp.sum(x)
