@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 import warnings
@@ -100,7 +101,7 @@ def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=N
     name = method.lower() if isinstance(method, str) else None
     objective = _Objective(backend, graph, fixed)
     maxiter = options.get("maxiter")
-    bar = _progress_bar(progress, maxiter, name or getattr(method, "__name__", "minimize"))
+    bar = _progress_bar(progress, maxiter, method if name else getattr(method, "__name__", "minimize"))
     try:
         if name in FIRST_ORDER_METHODS:
             res = _first_order(name, objective, x0.reshape(-1), options, bar, **kwargs)
@@ -198,7 +199,7 @@ class _Objective:
         h["time"].append(time.perf_counter() - self.start)
         h["nfev"].append(self.nfev)
         if self.bar is not None and len(h["step"]) > 1:
-            self.bar.set_postfix(loss=f"{f:.6g}", grad_norm=f"{gnorm:.3g}", refresh=False)
+            self.bar.set_postfix({"loss": f"{f:.6g}", "grad_norm": f"{gnorm:.3g}"}, refresh=False)
             self.bar.update(1)
 
 
@@ -226,8 +227,14 @@ def _progress_bar(progress, maxiter, desc):
     if not interactive:
         return None
     from tqdm import tqdm
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    # A terminal that reports no size (a bare pty) would hide the bar: assume 100 x 24.
     return tqdm(total=maxiter if isinstance(maxiter, (int, np.integer)) else None, desc=desc,
-                unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
+                unit="step", file=sys.stderr, leave=True,
+                ncols=None if size.columns > 0 else 100, nrows=None if size.lines > 0 else 24)
 
 
 # ---- user callbacks ----------------------------------------------------------------------
