@@ -5,6 +5,8 @@ raised (the client re-raises that class) and, when something can be named, a Bad
 field violation naming the node, field or input."""
 from __future__ import annotations
 
+import re
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -31,6 +33,23 @@ class Stopped(Exception):
     """Raised between ops when the client cancelled or the deadline passed."""
 
 
+_ARGUMENT = re.compile(r"^((?:argument|primal|tangent|input) '[^']*'|cotangent of output \d+)")
+_PREFIXES = (("argnums", "argnums"), ("mode must", "mode"), ("method must", "method"),
+             ("the graph takes", "args"), ("the graph has", "cotangents"))
+
+
+def argument_field(message: str) -> str:
+    """The request field or input an argument error is about, from the engine's message
+    ("argument 'x1' expects shape (), got (3,)" -> "argument 'x1'")."""
+    match = _ARGUMENT.match(message)
+    if match:
+        return match.group(1)
+    for prefix, field in _PREFIXES:
+        if message.startswith(prefix):
+            return field
+    return "arguments"
+
+
 def failure_from_exception(exc: BaseException) -> Failure:
     if isinstance(exc, Failure):
         return exc
@@ -41,10 +60,9 @@ def failure_from_exception(exc: BaseException) -> Failure:
     if isinstance(exc, MemoryError):
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED,
                        f"the server ran out of memory for this request ({exc})", "MemoryError")
-    if isinstance(exc, TypeError):
-        return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "TypeError")
-    if isinstance(exc, ValueError):
-        return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "ValueError")
+    if isinstance(exc, (TypeError, ValueError)):
+        kind = "TypeError" if isinstance(exc, TypeError) else "ValueError"
+        return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc), kind, argument_field(str(exc)))
     return Failure(grpc.StatusCode.INTERNAL,
                    f"internal error ({type(exc).__name__}: {exc})", type(exc).__name__)
 

@@ -285,6 +285,23 @@ def test_bad_graph_is_invalid_argument_naming_the_node(server):
     assert "node 1" in field and field in err.details()
 
 
+def test_bad_argument_is_invalid_argument_naming_the_input(server):
+    """What the Client checks before sending, the server checks again (other clients exist)."""
+    cases = [
+        ([np.ones(3), np.float64(5)], "argument 'x1'", "ValueError"),
+        ([np.float64(2)], "args", "TypeError"),
+        ([np.float64(2), np.complex128(5)], "argument 'x2'", "TypeError"),
+    ]
+    for args, field, reason in cases:
+        code, err = raw_call(server.address, "Evaluate", pb.EvaluateRequest(
+            graph=pb.GraphRef(body=SEED.to_bytes()),
+            args=[pb.TensorRef(tensor=to_tensor(a)) for a in args]).SerializeToString())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        d = details_of(err)
+        assert d["ErrorInfo"][0].reason == reason, err.details()
+        assert d["BadRequest"][0].field_violations[0].field == field, err.details()
+
+
 def test_client_raises_the_engines_exception_classes(server, remote):
     eng = gs.Engine()
     ints = gs.trace(lambda n, x: x * n, gs.Spec((), "int64"), 1.0)
