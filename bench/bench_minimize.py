@@ -207,7 +207,8 @@ def main(argv=None):
             proc.wait(30)
 
     print(f"# gs.minimize {args.method}, logistic regression n={args.n} d={args.d} "
-          f"({ref.nit} iterations, backend calls per loop {ref.backend_calls}, {args.rounds} rounds)")
+          f"({ref.nit} iterations, backend calls per loop {ref.backend_calls}, "
+          f"{args.rounds} rounds)")
     print(f"# {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
           f"server {'at ' + args.target if args.target else 'started on loopback'}")
     print(f"{'':34s}{'steps/s':>10s}")

@@ -27,7 +27,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from gradserve.engine import dtypes
 from gradserve.engine.engine import coerce
 from gradserve.engine.graph import Graph
 
@@ -101,7 +100,8 @@ def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=N
     name = method.lower() if isinstance(method, str) else None
     objective = _Objective(backend, graph, fixed)
     maxiter = options.get("maxiter")
-    bar = _progress_bar(progress, maxiter, method if name else getattr(method, "__name__", "minimize"))
+    label = method if name else getattr(method, "__name__", "minimize")
+    bar = _progress_bar(progress, maxiter, label)
     try:
         if name in FIRST_ORDER_METHODS:
             res = _first_order(name, objective, x0.reshape(-1), options, bar, **kwargs)
@@ -210,9 +210,11 @@ def _readonly(a):
 
 def _check_scalar_output(graph):
     outs = graph.outputs
-    if len(outs) != 1 or outs[0].spec.shape != () or outs[0].spec.dtype not in ("float64", "float32"):
+    if len(outs) != 1 or outs[0].spec.shape != () or \
+            outs[0].spec.dtype not in ("float64", "float32"):
         got = ", ".join(str(p.spec) for p in outs) or "no outputs"
-        raise TypeError(f"gs.minimize needs a graph with one real scalar output; this one gives {got}")
+        raise TypeError("gs.minimize needs a graph with one real scalar output; "
+                        f"this one gives {got}")
 
 
 # ---- progress --------------------------------------------------------------------------
@@ -391,7 +393,7 @@ def _bounds(bounds, n):
 
 # ---- the result --------------------------------------------------------------------------
 
-def _finish(res, obj: _Objective) -> OptimizeResult:
+def _finish(res, obj: _Objective):
     shape = obj.shape
     x = np.asarray(res.x, dtype=np.float64)
     if x.size == int(np.prod(shape, dtype=np.int64)):
