@@ -225,24 +225,15 @@ class Plan:
         for s, a in zip(self.input_slots, args):
             env[s] = a
         with np.errstate(all="ignore"):
-            if should_stop is None:
-                for fn, ins, out, frees in self.steps:
-                    if type(out) is int:
-                        env[out] = fn(*[env[i] for i in ins])
-                    else:
-                        for o, value in zip(out, fn(*[env[i] for i in ins])):
-                            env[o] = value
-                    for f in frees:
-                        env[f] = None
-            else:
-                for fn, ins, out, frees in self.steps:
+            for fn, ins, out, frees in self.steps:
+                if should_stop is not None:
                     should_stop()
-                    if type(out) is int:
-                        env[out] = fn(*[env[i] for i in ins])
-                    else:
-                        for o, value in zip(out, fn(*[env[i] for i in ins])):
-                            env[o] = value
-                    for f in frees:
-                        env[f] = None
+                if type(out) is int:
+                    env[out] = fn(*[env[i] for i in ins])
+                else:  # several outputs
+                    for o, value in zip(out, fn(*[env[i] for i in ins])):
+                        env[o] = value
+                for f in frees:
+                    env[f] = None
         return [env[s] for s in self.output_slots]
 

@@ -296,51 +296,63 @@ def _scan_jvp(primals, tangents, outs, **attrs):
     return _scan_jvp_full(primals, tangents, **attrs)[1]
 
 
-def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse):
-    """A scan linear in its carry, some consts and some xs runs backwards: the carry's
-    cotangent flows from the last iteration to the first, the linear consts' cotangents
-    accumulate in extra carries, the linear xs' cotangents are stacked."""
+def _transpose_loop(cts, consts, carry, xs, body, num_tape, run_backwards):
+    """The transpose of a loop (scan, or loop_tape reading `num_tape` recorded carries) that is
+    linear in its carry, some consts and some xs: it runs the other way, the carry's cotangent
+    flowing from the last iteration to the first, the linear consts' cotangents accumulating in
+    extra carries, the linear xs' cotangents stacked. Every carry of such a loop is linear; one
+    that starts from a constant zero (a symbolically zero tangent) just gets no cotangent.
+
+    `run_backwards(p_consts, init, xs, body, num_consts, num_carry)` binds the reversed loop.
+    Returns the cotangents of consts, carry and xs, in that order (None where not linear)."""
     from ..transforms import inline
-    consts, carry, xs = _split(args, num_consts, num_carry)
-    # Every carry of a linear scan is linear; one that starts from a constant zero (a tangent
-    # that was symbolically zero) just gets no cotangent out.
+    num_consts, num_carry = len(consts), len(carry)
     lin_consts = [i for i, c in enumerate(consts) if isinstance(c, Linear)]
     lin_xs = [i for i, x in enumerate(xs) if isinstance(x, Linear)]
     p_consts = [c for c in consts if not isinstance(c, Linear)]
     p_xs = [x for x in xs if not isinstance(x, Linear)]
-    linear = lin_consts + [num_consts + i for i in range(num_carry)] + \
-        [num_consts + num_carry + i for i in lin_xs]
+    first_x = num_consts + num_carry + num_tape
+    linear = lin_consts + [num_consts + i for i in range(num_carry)] + [first_x + i for i in lin_xs]
     transposed = _transposed_body(body, linear)
     ct_carry, ct_ys = list(cts[:num_carry]), list(cts[num_carry:])
     diff_ys = [j for j, p in enumerate(body.outputs[num_carry:]) if _differentiable(p.spec)]
+    tape_specs = [p.spec for p in body.inputs[num_consts + num_carry:first_x]]
     n_pc, n_acc = len(p_consts), len(lin_consts)
 
     def step(*a):
-        pc, ctc, acc = a[:n_pc], a[n_pc:n_pc + num_carry], a[n_pc + num_carry:n_pc + num_carry + n_acc]
+        pc, ctc = a[:n_pc], a[n_pc:n_pc + num_carry]
+        acc = a[n_pc + num_carry:n_pc + num_carry + n_acc]
         rest = a[n_pc + num_carry + n_acc:]
-        px, cty = rest[:len(p_xs)], rest[len(p_xs):]
-        out = inline(transposed, list(pc) + list(px) + list(ctc) + list(cty))
+        tc, px, cty = rest[:num_tape], rest[num_tape:num_tape + len(p_xs)], rest[num_tape + len(p_xs):]
+        out = inline(transposed, list(pc) + list(tc) + list(px) + list(ctc) + list(cty))
         ct_lin_consts, ct_carry_in = out[:n_acc], out[n_acc:n_acc + num_carry]
-        ct_lin_x = out[n_acc + num_carry:]
-        return tuple(ct_carry_in) + tuple(s + c for s, c in zip(acc, ct_lin_consts)) + tuple(ct_lin_x)
+        return (tuple(ct_carry_in) + tuple(s + c for s, c in zip(acc, ct_lin_consts))
+                + tuple(out[n_acc + num_carry:]))
 
-    specs = ([c.spec for c in p_consts] + [c.spec for c in carry]
-             + [consts[i].spec for i in lin_consts]
-             + [Spec(x.shape[1:], x.dtype) for x in p_xs]
+    specs = ([c.spec for c in p_consts] + [c.spec for c in carry] + [consts[i].spec for i in lin_consts]
+             + tape_specs + [Spec(x.shape[1:], x.dtype) for x in p_xs]
              + [Spec(ct_ys[j].shape[1:], ct_ys[j].dtype) for j in diff_ys])
-    back = bind("scan", *p_consts, *ct_carry, *[gnp.zeros(consts[i].shape, consts[i].dtype)
-                                                 for i in lin_consts],
-                *p_xs, *[ct_ys[j] for j in diff_ys], body=trace_closed(step, specs),
-                length=length, num_consts=n_pc, num_carry=num_carry + n_acc, reverse=not reverse)
-    result = [None] * len(args)
-    for j in range(num_carry):
-        if isinstance(carry[j], Linear):
-            result[num_consts + j] = back[j]
+    init = ct_carry + [gnp.zeros(consts[i].shape, consts[i].dtype) for i in lin_consts]
+    back = run_backwards(p_consts, init, p_xs + [ct_ys[j] for j in diff_ys],
+                         trace_closed(step, specs), n_pc, num_carry + n_acc)
+    ct_consts, ct_xs = [None] * num_consts, [None] * len(xs)
+    ct_init = [back[j] if isinstance(carry[j], Linear) else None for j in range(num_carry)]
     for j, i in enumerate(lin_consts):
-        result[i] = back[num_carry + j]
+        ct_consts[i] = back[num_carry + j]
     for j, i in enumerate(lin_xs):
-        result[num_consts + num_carry + i] = back[num_carry + n_acc + j]
-    return tuple(result)
+        ct_xs[i] = back[num_carry + n_acc + j]
+    return ct_consts, ct_init, ct_xs
+
+
+def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse):
+    consts, carry, xs = _split(args, num_consts, num_carry)
+
+    def run_backwards(p_consts, init, xs, step, n_consts, n_carry):
+        return bind("scan", *p_consts, *init, *xs, body=step, length=length, num_consts=n_consts,
+                    num_carry=n_carry, reverse=not reverse)
+
+    ct_consts, ct_carry, ct_xs = _transpose_loop(cts, consts, carry, xs, body, 0, run_backwards)
+    return tuple(ct_consts + ct_carry + ct_xs)
 
 
 def _scan_batch(args, batched, body, length, num_consts, num_carry, reverse):
@@ -608,50 +620,16 @@ def _loop_tape_impl(*args, body, length, num_consts, num_carry, num_tape, backwa
 
 def _loop_tape_transpose(cts, *args, body, length, num_consts, num_carry, num_tape, backward,
                          reverse):
-    """Linear in its carry, some consts and some xs: runs the tape the other way, the carry's
-    cotangent flowing back, the linear consts' cotangents accumulating in extra carries."""
-    from ..transforms import inline
     consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
-    lin_consts = [i for i, c in enumerate(consts) if isinstance(c, Linear)]
-    lin_xs = [i for i, x in enumerate(xs) if isinstance(x, Linear)]
-    p_consts = [c for c in consts if not isinstance(c, Linear)]
-    p_xs = [x for x in xs if not isinstance(x, Linear)]
-    first_x = num_consts + num_carry + num_tape
-    linear = lin_consts + [num_consts + i for i in range(num_carry)] + [first_x + i for i in lin_xs]
-    transposed = _transposed_body(body, linear)
-    ct_carry, ct_ys = list(cts[:num_carry]), list(cts[num_carry:])
-    diff_ys = [j for j, p in enumerate(body.outputs[num_carry:]) if _differentiable(p.spec)]
-    tape_specs = [p.spec for p in body.inputs[num_consts + num_carry:first_x]]
-    n_pc, n_acc = len(p_consts), len(lin_consts)
 
-    def step(*a):
-        pc, ctc = a[:n_pc], a[n_pc:n_pc + num_carry]
-        acc = a[n_pc + num_carry:n_pc + num_carry + n_acc]
-        tc = a[n_pc + num_carry + n_acc:n_pc + num_carry + n_acc + num_tape]
-        rest = a[n_pc + num_carry + n_acc + num_tape:]
-        px, cty = rest[:len(p_xs)], rest[len(p_xs):]
-        out = inline(transposed, list(pc) + list(tc) + list(px) + list(ctc) + list(cty))
-        ct_lin_consts, ct_carry_in = out[:n_acc], out[n_acc:n_acc + num_carry]
-        return (tuple(ct_carry_in) + tuple(s + c for s, c in zip(acc, ct_lin_consts))
-                + tuple(out[n_acc + num_carry:]))
+    def run_backwards(p_consts, init, xs, step, n_consts, n_carry):
+        return bind("loop_tape", *p_consts, *init, *xs, tape, body=step, length=length,
+                    num_consts=n_consts, num_carry=n_carry, num_tape=num_tape,
+                    backward=not backward, reverse=reverse)
 
-    specs = ([c.spec for c in p_consts] + [c.spec for c in carry] + [consts[i].spec for i in lin_consts]
-             + tape_specs + [Spec(x.shape[1:], x.dtype) for x in p_xs]
-             + [Spec(ct_ys[j].shape[1:], ct_ys[j].dtype) for j in diff_ys])
-    back = bind("loop_tape", *p_consts, *ct_carry,
-                *[gnp.zeros(consts[i].shape, consts[i].dtype) for i in lin_consts],
-                *p_xs, *[ct_ys[j] for j in diff_ys], tape, body=trace_closed(step, specs),
-                length=length, num_consts=n_pc, num_carry=num_carry + n_acc, num_tape=num_tape,
-                backward=not backward, reverse=reverse)
-    result = [None] * len(args)
-    for j in range(num_carry):
-        if isinstance(carry[j], Linear):
-            result[num_consts + j] = back[j]
-    for j, i in enumerate(lin_consts):
-        result[i] = back[num_carry + j]
-    for j, i in enumerate(lin_xs):
-        result[num_consts + num_carry + i] = back[num_carry + n_acc + j]
-    return tuple(result)
+    ct_consts, ct_carry, ct_xs = _transpose_loop(cts, consts, carry, xs, body, num_tape,
+                                                 run_backwards)
+    return tuple(ct_consts + ct_carry + ct_xs) + (None,)
 
 
 def _loop_tape_batch(args, batched, body, length, num_consts, num_carry, num_tape, backward,

@@ -119,20 +119,20 @@ def _select_real(take_x):
     return impl
 
 
-def _mul_or_zero(t, d):
-    out = np.multiply(t, d)
+def _zero_where_t_is_zero(out, t):
+    """0 * inf and 0 * nan are 0 here: only a non-finite result can be one of those."""
     bad = ~np.isfinite(out)
     if bad.any():
         out = np.where(bad & (np.asarray(t) == 0), 0, out)
     return out
+
+
+def _mul_or_zero(t, d):
+    return _zero_where_t_is_zero(np.multiply(t, d), t)
 
 
 def _div_or_zero(t, d):
-    out = np.divide(t, d)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        out = np.where(bad & (np.asarray(t) == 0), 0, out)
-    return out
+    return _zero_where_t_is_zero(np.divide(t, d), t)
 
 
 binary("add", operator.add, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
