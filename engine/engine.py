@@ -71,8 +71,8 @@ class Engine:
         meter.reset(None if budget is None else budget - stats.tape_bytes)
         out = plan.run(args, should_stop)
         loops = meter.peak
-        self._local.stats = Stats(stats.tape_bytes + loops if tape else 0,
-                                  stats.tape_entries if tape else 0,
+        self._local.stats = Stats((stats.tape_bytes if tape else 0) + loops,
+                                  (stats.tape_entries if tape else 0) + meter.tapes,
                                   stats.peak_bytes + loops, meter.recomputed_ops)
         return [np.asarray(o) for o in out]
 

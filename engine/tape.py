@@ -55,6 +55,7 @@ class _Meter(threading.local):
         self.held = 0
         self.peak = 0
         self.recomputed_ops = 0
+        self.tapes = 0  # loop tapes recorded
 
     def hold(self, nbytes):
         self.held += nbytes
@@ -87,6 +88,7 @@ class LoopTape:
         self.stride = 1
         self.saved = {}
         self.length = 0
+        meter.tapes += 1
 
     def _keep(self, count):
         meter.hold(count * self.carry_bytes)
