@@ -2,6 +2,7 @@
 every graph that comes in as bytes: each failure is a GraphError naming the node or field,
 and nothing but GraphError ever comes out of Graph.from_bytes."""
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -586,3 +587,127 @@ def field_mutations(draw):
 @given(data=field_mutations())
 def test_field_mutations_only_graph_error(data):
     test_random_corruption_only_graph_error.hypothesis.inner_test(data)
+
+
+# ---- generated graphs: whatever the checker accepts runs, and computes what it declares --------
+
+from gradserve.engine.graph import Graph, Node, Port, Spec  # noqa: E402  (engine internals)
+from gradserve.engine.primitive import PRIMITIVES  # noqa: E402
+
+GEN_OPS = sorted(n for n, p in PRIMITIVES.items() if "graph" not in p.attrs.values())
+GEN_DTYPES = ["float64", "float32", "int64", "int32", "bool", "complex128"]
+GEN_STRS = {"dtype": GEN_DTYPES + ["float16"],
+            "subscripts": ["ij->ji", "i->", "ij,jk->ik", "i,i->", "ii->i", "i,j->ij", "ab->b", "->",
+                           "a,a->a", "ij->i"]}
+
+
+@st.composite
+def generated_graphs(draw):
+    """A few nodes of any op, on any values, with attributes of the right kinds and arbitrary
+    (often wrong) values: the shape rules decide."""
+    inputs = []
+    for k in range(draw(st.integers(1, 3))):
+        spec = Spec(tuple(draw(st.lists(st.integers(0, 3), max_size=3))), draw(st.sampled_from(GEN_DTYPES)))
+        inputs.append(Port(f"in{k}", spec))
+    constants = {}
+    if draw(st.booleans()):
+        constants["c0"] = np.array(draw(st.lists(st.integers(0, 2), min_size=1, max_size=3)),
+                                   dtype=draw(st.sampled_from(["int64", "float64"])))
+    names = [p.name for p in inputs] + list(constants)
+    nodes = []
+    for k in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(GEN_OPS))
+        prim = PRIMITIVES[op]
+        low, high = prim.arity
+        count = draw(st.integers(low, high if high is not None else low + 2))
+        args = tuple(draw(st.sampled_from(names)) for _ in range(count))
+        attrs = {}
+        for name, kind in prim.attrs.items():
+            if kind == "int":
+                attrs[name] = draw(st.integers(-2, 3))
+            elif kind == "float":
+                attrs[name] = draw(st.sampled_from([0.0, 1.5, -2.0]))
+            elif kind == "bool":
+                attrs[name] = draw(st.booleans())
+            elif kind == "str":
+                attrs[name] = draw(st.sampled_from(GEN_STRS.get(name, ["x"])))
+            elif kind == "ints" and name == "index":
+                entries = []
+                for _ in range(draw(st.integers(0, 3))):
+                    entries += [draw(st.integers(0, 3)), draw(st.integers(-1, 3)), draw(st.integers(-1, 3)),
+                                draw(st.sampled_from([1, -1, 2]))]
+                attrs[name] = tuple(entries)
+            elif kind == "ints":
+                attrs[name] = tuple(draw(st.lists(st.integers(-1, 3), max_size=3)))
+        nodes.append(Node(op, args, (f"v{k}",), attrs))
+        names.append(f"v{k}")
+    return inputs, constants, nodes, [names[-1]]
+
+
+def _sample_for(spec, rng):
+    if spec.dtype in ("int32", "int64"):
+        return np.zeros(spec.shape, spec.dtype)  # a valid index on every axis
+    if spec.dtype == "bool":
+        return rng.random(spec.shape) > 0.5
+    if spec.dtype == "complex128":
+        return rng.normal(size=spec.shape) + 1j
+    return rng.normal(size=spec.shape).astype(spec.dtype)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=generated_graphs())
+def test_generated_graphs_run_as_declared(parts):
+    inputs, constants, nodes, outputs = parts
+    try:
+        graph = Graph(inputs, constants, nodes, outputs)
+    except gs.GraphError:
+        return
+    rng = np.random.default_rng(0)
+    args = [_sample_for(p.spec, rng) for p in graph.inputs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's warnings never leak
+        out = ENG.evaluate(graph, *args)
+        assert out.shape == graph.outputs[0].spec.shape, str(graph)
+        assert out.dtype == np.dtype(graph.outputs[0].spec.dtype), str(graph)
+        assert gs.Graph.from_bytes(graph.to_bytes()).digest == graph.digest
+        out_spec = graph.outputs[0].spec
+        if out_spec.dtype in ("float64", "float32", "complex128") and \
+                any(p.spec.dtype in ("float64", "float32", "complex128") for p in graph.inputs):
+            tangents = [_sample_for(p.spec, rng) for p in graph.inputs]
+            _, tangent = ENG.jvp(graph, args, tangents)
+            assert tangent.shape == out_spec.shape
+            _, cts = ENG.vjp(graph, args, _sample_for(out_spec, rng))
+            assert [c.shape for c in cts] == [p.spec.shape for p in graph.inputs]
+
+
+# regressions the generated graphs found
+
+def test_logsumexp_of_integers_is_rejected():
+    with pytest.raises(gs.GraphError):
+        Graph([Port("n", Spec((3,), "int64"))], {}, [Node("logsumexp", ("n",), ("y",),
+                                                          {"axes": (0,), "keepdims": False})], ["y"])
+
+
+def test_add_at_dtype_mismatch_is_rejected():
+    with pytest.raises(gs.GraphError):
+        Graph([Port("u", Spec((), "float64"))], {"c": np.array([0])},
+              [Node("add_at", ("c", "u"), ("y",), {"index": (1, 0, 0, 0)})], ["y"])
+
+
+def test_add_at_on_a_scalar_result():
+    graph = Graph([Port("x", Spec((), "float64"))], {},
+                  [Node("abs", ("x",), ("a",), {}), Node("add_at", ("a", "x"), ("y",), {"index": ()})], ["y"])
+    assert float(ENG.evaluate(graph, -2.0)) == 0.0
+
+
+def test_complex_extremum_of_zero_size():
+    graph = Graph([Port("z", Spec((0, 0, 1), "complex128"))], {},
+                  [Node("reduce_max", ("z",), ("y",), {"axes": (2,), "keepdims": False})], ["y"])
+    assert ENG.evaluate(graph, np.zeros((0, 0, 1), complex)).shape == (0, 0)
+
+
+def test_convert_complex_to_real_without_warning():
+    graph = gs.trace(lambda z: gnp.astype(z, "float64"), np.ones(2, complex))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(ENG.evaluate(graph, np.array([1 + 2j, 3 - 1j])), [1.0, 3.0])

@@ -917,3 +917,20 @@ SECOND_ORDER = (
 def test_hessian_per_op(name, fn, shapes, kinds):
     rng = np.random.default_rng(len(name))
     check_hessian(fn, [sample(rng, s, k) for s, k in zip(shapes, kinds)])
+
+
+@pytest.mark.parametrize("fn, dtype", [
+    (lambda x: gnp.sum(gnp.sin(gnp.astype(x, "float32")) * 2), "float64"),
+    (lambda x: gnp.sum(gnp.astype(x, "float64") ** 2), "float32"),
+    (lambda x: gnp.sum(x * gnp.astype(gnp.astype(x, "int64"), "float64")), "float64"),
+], ids=["to_float32", "float32_to_float64", "through_int"])
+def test_complex_step_through_astype(fn, dtype):
+    x = np.array([0.1, 1.5, 2.2], dtype)
+    graph = gs.trace(fn, x)
+    analytic = ENG.grad(graph, x)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = ENG.check_grad(graph, x, method="complex")
+    assert report.ok, report
+    np.testing.assert_allclose(report.numeric[0], analytic, rtol=1e-6)
