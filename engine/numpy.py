@@ -99,8 +99,8 @@ less, less_equal, greater, greater_equal, equal, not_equal = (
     _binary(n) for n in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal"))
 logical_and, logical_or, logical_xor = (
     _binary(n) for n in ("logical_and", "logical_or", "logical_xor"))
-# t * d and t / d, except exactly 0 where t is 0 (even if d is inf or nan): derivative rules
-# use these where a factor can be infinite.
+# t * d (0 where t or d is 0) and t / d (0 where t is 0), even where the other is inf or
+# nan: derivative rules use these where a factor can be infinite.
 mul_or_zero = _binary("mul_or_zero", inexact=True)
 div_or_zero = _binary("div_or_zero", inexact=True)
 

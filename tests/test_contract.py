@@ -444,9 +444,6 @@ def test_sqrt_behind_where_at_zero(backend):
     np.testing.assert_allclose(hv, -0.25 * np.array([0.5, 1.0, 4.0]) ** -1.5)
 
 
-@pytest.mark.xfail(strict=True, reason="second order through the guard: the HVP's forward pass "
-                   "carries sqrt's infinite tangent at 0 into div_or_zero's JVP rule, where "
-                   "0 * inf = nan (the first-order NaN safety does not extend to hvp/hessian)")
 def test_sqrt_behind_where_second_order_at_zero(backend):
     vec = gs.trace(lambda x: gnp.sum(gnp.where(x > 0, gnp.sqrt(x), 0.0)), np.ones(3))
     (hv,) = backend.hvp(vec, (np.array([0.0, 1.0, 4.0]),), (np.ones(3),))

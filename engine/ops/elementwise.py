@@ -119,20 +119,23 @@ def _select_real(take_x):
     return impl
 
 
-def _zero_where_t_is_zero(out, t):
-    """0 * inf and 0 * nan are 0 here: only a non-finite result can be one of those."""
+def _mul_or_zero(t, d):
+    """t * d, but 0 wherever t or d is 0 (0 * inf and 0 * nan are 0): only a non-finite
+    product can be one of those."""
+    out = np.multiply(t, d)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out = np.where(bad & ((np.asarray(t) == 0) | (np.asarray(d) == 0)), 0, out)
+    return out
+
+
+def _div_or_zero(t, d):
+    """t / d, but 0 wherever t is 0 (0 / 0 is 0)."""
+    out = np.divide(t, d)
     bad = ~np.isfinite(out)
     if bad.any():
         out = np.where(bad & (np.asarray(t) == 0), 0, out)
     return out
-
-
-def _mul_or_zero(t, d):
-    return _zero_where_t_is_zero(np.multiply(t, d), t)
-
-
-def _div_or_zero(t, d):
-    return _zero_where_t_is_zero(np.divide(t, d), t)
 
 
 binary("add", operator.add, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
@@ -165,12 +168,15 @@ def _logaddexp(x, y):
 binary("logaddexp", _logaddexp, lambda tx, ty, x, y, ans: _either(
            tx, ty, lambda t: t * gnp.exp(x - _finite_or_zero(ans)),
            lambda t: t * gnp.exp(y - _finite_or_zero(ans))), inexact=True)
-# Linear in the first operand: t * d and t / d, but exactly 0 wherever t is 0.
+# div_or_zero is linear in its first operand: t / d, but exactly 0 wherever t is 0.
+# Zero-safe products for derivative rules: linear in each operand separately, like multiply.
 binary("mul_or_zero", _mul_or_zero, lambda tt, td, t, d, ans: _either(
-           tt, td, lambda u: gnp.mul_or_zero(u, d), lambda u: t * u), inexact=True,
-       transpose=lambda ct, t, d: (unbroadcast(gnp.mul_or_zero(ct, d), t.spec), None))
+           tt, td, lambda u: gnp.mul_or_zero(u, d), lambda u: gnp.mul_or_zero(t, u)), inexact=True,
+       transpose=_transpose_linear_each(lambda ct, d: gnp.mul_or_zero(ct, d),
+                                        lambda ct, t: gnp.mul_or_zero(t, ct)))
 binary("div_or_zero", _div_or_zero, lambda tt, td, t, d, ans: _either(
-           tt, td, lambda u: gnp.div_or_zero(u, d), lambda u: -gnp.div_or_zero(t * u, d * d)),
+           tt, td, lambda u: gnp.div_or_zero(u, d),
+           lambda u: -gnp.div_or_zero(gnp.mul_or_zero(t, u), d * d)),
        inexact=True,
        transpose=lambda ct, t, d: (unbroadcast(gnp.div_or_zero(ct, d), t.spec), None))
 
