@@ -76,6 +76,8 @@ def _numeric_gradient(engine, graph, args, i, method, relative_step):
     x = args[i]
     flat = x.ravel()
     n = flat.size
+    if n == 0:  # a zero-size input: nothing to perturb (and a chunk of 0 would not step)
+        return np.zeros(x.shape, x.dtype)
     h = relative_step * np.maximum(1.0, np.abs(flat))
     chunk = min(n, CHUNK)
     complex_step = method == "complex"
