@@ -218,6 +218,32 @@ def test_docker_build_context_installs(tmp_path):
                        text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith(str(target)), r.stdout + r.stderr
 
+    # The image's ENTRYPOINT + CMD with its GRADSERVE_* settings (host made loopback, ports
+    # free), then its HEALTHCHECK command, run by sh as Docker runs it: 0 while serving, and
+    # not 0 once the server is gone.
+    ins = dockerfile_instructions()
+    entry = json.loads([a for op, a in ins if op == "ENTRYPOINT"][-1])
+    cmd = json.loads([a for op, a in ins if op == "CMD"][-1])
+    hc = json.loads(re.search(r"CMD\s+(\[.*\])", [a for op, a in ins if op == "HEALTHCHECK"][-1]).group(1))
+    assert entry == ["gradserve"] and (target / "bin" / "gradserve").exists()
+    env["PATH"] = f"{target / 'bin'}:{env['PATH']}"
+    env.update(GRADSERVE_HOST="127.0.0.1", GRADSERVE_PORT=str(free_port()),
+               GRADSERVE_METRICS_PORT=str(free_port()))
+    server = subprocess.Popen(entry + cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(hc, env=env, capture_output=True, timeout=30).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert subprocess.run(hc, env=env, capture_output=True, timeout=30).returncode != 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
 
 # ---------------------------------------------------------------------------------------------
 # Kubernetes manifests, offline against the schemas
@@ -342,6 +368,31 @@ def test_local_stack_substitutes_only_addresses():
                        "refresh_interval: 5s", '- targets: ["localhost:9090"]']
     assert added == ["static_configs:", "- targets: " + json.dumps(mets).replace('","', '", "'),
                      '- targets: ["127.0.0.1:5000"]']
+
+
+def test_configs_pass_promtool_and_nginx_t(tmp_path):
+    """The canonical prometheus.yml (DNS discovery) and the rendered one pass `promtool check
+    config`; the rendered nginx.conf passes `nginx -t` (the canonical one names the compose
+    host `gradserve`, which only Docker's DNS resolves)."""
+    ls = local_stack_module()
+    nginx, prom = ls.ensure_tools()
+    promtool = Path(prom).with_name("promtool")
+    canon = DEPLOY / "prometheus" / "prometheus.yml"
+    rendered = tmp_path / "prometheus.yml"
+    rendered.write_text(ls.render_prometheus(canon.read_text(), "127.0.0.1:9090",
+                                             ["127.0.0.1:9464", "127.0.0.1:9465"]))
+    for f in (canon, rendered):
+        r = subprocess.run([str(promtool), "check", "config", str(f)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(ls.render_nginx((DEPLOY / "nginx" / "nginx.conf").read_text(), "127.0.0.1:8080",
+                                    ["127.0.0.1:50051", "127.0.0.1:50052"]))
+    (tmp_path / "prefix").mkdir()
+    r = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(tmp_path / "prefix") + "/", "-c", str(conf),
+                        "-g", f"pid {tmp_path / 'nginx.pid'};"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
