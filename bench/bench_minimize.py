@@ -101,6 +101,25 @@ def grpc_floor_ms(payload_bytes):
         proc.wait(30)
 
 
+def step_request_bytes(address, graph, w, X, y):
+    """Bytes of a ValueAndGrad request once the server has the graph and the data."""
+    import grpc
+
+    class Recorder(grpc.UnaryUnaryClientInterceptor):
+        sizes = []
+
+        def intercept_unary_unary(self, continuation, details, request):
+            self.sizes.append(len(request))
+            return continuation(details, request)
+
+    rec = Recorder()
+    with grpc.insecure_channel(address) as channel, \
+            gs.Client(grpc.intercept_channel(channel, rec)) as cli:
+        for _ in range(3):
+            cli.value_and_grad(graph, w, X, y)
+    return rec.sizes[-1]
+
+
 class MemoClient(gs.Client):
     """What-if: a Client that remembers the digest of a read-only array it has hashed (by
     identity), instead of hashing it again on every call. Not gradserve's Client."""
@@ -200,7 +219,8 @@ def main(argv=None):
         hashing = per_call_ms(lambda: array_digest(X), repeat=50)
         client.close()
         echo_small = grpc_floor_ms(600)
-        echo_y = grpc_floor_ms(int(y.nbytes) + 600)
+        step_bytes = step_request_bytes(address, graph, w, X, y)
+        echo_step = grpc_floor_ms(step_bytes)
     finally:
         if proc is not None:
             proc.terminate()
@@ -222,7 +242,7 @@ def main(argv=None):
             ("remote round trip, trivial graph", floor, "gradserve's per-call floor"),
             (f"client sha256 of X ({X.nbytes / 1e6:.1f} MB)", hashing, "on every remote call"),
             ("raw gRPC echo, 600 B", echo_small, "transport floor, no gradserve"),
-            (f"raw gRPC echo, {y.nbytes + 600} B", echo_y, "the size of a step's request")]
+            (f"raw gRPC echo, {step_bytes} B", echo_step, "a step's request size, measured")]
     print("per call (median ms):")
     for label, ms, note in rows:
         print(f"  {label:34s}{ms:8.3f}   {note}".rstrip())
