@@ -617,3 +617,66 @@ def test_last_stats(backend):
     stats = backend.last_stats
     assert stats.tape_bytes == 0 and stats.tape_entries == 0
     assert stats.peak_bytes >= x.nbytes
+
+
+# ---- edge cases -------------------------------------------------------------------------------------
+
+def test_identity_and_constant_outputs(backend):
+    ident = gs.trace(lambda x: x, 2.0)
+    value, grad = backend.value_and_grad(ident, 3.0)
+    assert float(value) == 3.0 and float(grad) == 1.0
+    assert float(backend.hessian(ident, 3.0)) == 0.0
+    for mode in ("fwd", "rev"):
+        assert float(backend.jacobian(ident, 3.0, mode=mode)) == 1.0
+    const = gs.trace(lambda x: np.float64(3.0) + 0 * x, 1.0)
+    value, grad = backend.value_and_grad(const, 5.0)
+    assert float(value) == 3.0 and float(grad) == 0.0
+
+
+def test_same_value_output_twice(backend):
+    graph = gs.trace(lambda x: (x, x), np.ones(2))
+    _, (ct,) = backend.vjp(graph, (np.array([1.0, 2.0]),), (np.ones(2), np.array([2.0, 3.0])))
+    np.testing.assert_array_equal(ct, [3.0, 4.0])
+    for mode in ("fwd", "rev"):
+        jac = backend.jacobian(graph, np.ones(2), mode=mode)
+        np.testing.assert_array_equal(jac[0], np.eye(2))
+        np.testing.assert_array_equal(jac[1], np.eye(2))
+
+
+def test_zero_size_input(backend):
+    graph = gs.trace(lambda x, y: gnp.sum(x ** 2) + y * y, np.ones(0), 1.0)
+    value, (gx, gy) = backend.value_and_grad(graph, np.ones(0), 3.0, argnums=(0, 1))
+    assert float(value) == 9.0 and gx.shape == (0,) and float(gy) == 6.0
+    for mode in ("fwd", "rev"):
+        assert backend.jacobian(graph, np.ones(0), 3.0, mode=mode).shape == (0,)
+    assert backend.hessian(graph, np.ones(0), 3.0).shape == (0, 0)
+    for method in ("forward", "central", "complex"):
+        assert backend.check_grad(graph, np.ones(0), 3.0, method=method).ok
+
+
+def test_traced_integer_index_jacobian(backend):
+    graph = gs.trace(lambda x, i: gnp.sin(x[i]), np.ones(4), np.array([0, 2]))
+    x = np.arange(4.0)
+    want = np.zeros((2, 4))
+    want[0, 3] = want[1, 3] = np.cos(3.0)
+    for mode in ("fwd", "rev"):
+        np.testing.assert_allclose(backend.jacobian(graph, x, np.array([3, 3]), mode=mode), want)
+
+
+def test_complex_inputs_vjp_jvp(backend):
+    graph = gs.trace(lambda z: z * z, np.ones(2, complex))
+    z = np.array([1j, 2.0])
+    out, tangent = backend.jvp(graph, (z,), (np.array([1.0, 1j]),))
+    np.testing.assert_allclose(out, z * z)
+    np.testing.assert_allclose(tangent, 2 * z * np.array([1.0, 1j]))
+    _, (ct,) = backend.vjp(graph, (z,), np.array([1.0, 1j]))
+    np.testing.assert_allclose(ct, 2 * z * np.array([1.0, 1j]))  # JAX's convention: ct * f'(z)
+
+
+@pytest.mark.xfail(strict=True, reason="argnums with a repeated index raises an internal "
+                   "GraphError ('tangent:y' is defined twice) instead of JAX's repeated gradient")
+def test_repeated_argnums(backend):
+    graph = gs.trace(lambda x, y: gnp.sum(x * y), np.ones(2), np.ones(2))
+    g1, g2 = backend.grad(graph, np.ones(2), np.arange(2.0), argnums=(1, 1))
+    np.testing.assert_array_equal(g1, np.ones(2))
+    np.testing.assert_array_equal(g2, np.ones(2))
