@@ -582,7 +582,8 @@ class TestLocalStack:
         deadline = time.monotonic() + 60
         while True:
             up = prom_query(prom, 'up{job="gradserve"}')["result"]
-            tape = prom_query(prom, 'count by (instance) (gradserve_tape_bytes_count{job="gradserve"})')
+            # Observations, not only the zero series a replica creates at start.
+            tape = prom_query(prom, 'sum by (instance) (gradserve_tape_bytes_count{job="gradserve"}) > 0')
             up_ok = {s["metric"]["instance"] for s in up if s["value"][1] == "1"}
             tape_from = {s["metric"]["instance"] for s in tape["result"]}
             if (up_ok == want and tape_from == want) or time.monotonic() > deadline:
