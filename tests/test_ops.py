@@ -934,3 +934,32 @@ def test_complex_step_through_astype(fn, dtype):
         report = ENG.check_grad(graph, x, method="complex")
     assert report.ok, report
     np.testing.assert_allclose(report.numeric[0], analytic, rtol=1e-6)
+
+
+F32_SWEEP = (
+    [(f"unary_{n}", (lambda fn: lambda x: gnp.sum(fn(x) * W3.astype(np.float32)))(f), [(3,)], [k])
+     for n, (f, _, k) in sorted(UNARY.items())]
+    + [(f"binary_{n}", (lambda fn: lambda x, y: gnp.sum(fn(x, y) * W3.astype(np.float32)))(f),
+        [(3,), (2, 3)], [kx, ky]) for n, (f, _, kx, ky) in sorted(BINARY.items())]
+    + [(f"reduce_{n}", (lambda fn: lambda x: gnp.sum(fn(x, axis=1) * W3.astype(np.float32)))(f),
+        [(3, 4)], [k]) for n, (f, _, k) in sorted(REDUCTIONS.items())]
+)
+
+
+@pytest.mark.parametrize("name, fn, shapes, kinds", F32_SWEEP, ids=[c[0] for c in F32_SWEEP])
+def test_float32_every_op(name, fn, shapes, kinds):
+    rng = np.random.default_rng(len(name))
+    args32 = [sample(rng, s, k).astype(np.float32) for s, k in zip(shapes, kinds)]
+    args64 = [a.astype(np.float64) for a in args32]
+    graph = gs.trace(fn, *args32)
+    assert graph.outputs[0].spec.dtype == "float32"
+    nums = tuple(range(len(args32)))
+    value, grads = ENG.value_and_grad(graph, *args32, argnums=nums)
+    value64, grads64 = ENG.value_and_grad(gs.trace(fn, *args64), *args64, argnums=nums)
+    assert value.dtype == np.float32
+    np.testing.assert_allclose(value, value64, rtol=1e-5, atol=1e-5)
+    for g, g64 in zip(grads, grads64):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, g64, rtol=1e-3, atol=1e-4)
+    assert ENG.hessian(graph, *args32).dtype == np.float32
+    assert ENG.check_grad(graph, *args32, method="central").ok
