@@ -148,3 +148,38 @@ def test_max_tape_bytes(n):
     else:  # or it recomputed, within the bound, to the same gradient
         np.testing.assert_allclose(grad, reference, rtol=1e-12)
         assert tight.last_stats.tape_bytes <= 3 * x.nbytes
+
+
+# ---- compile once: the plan is cached by digest -----------------------------------------------
+
+def _long_chain(x):
+    for _ in range(100):
+        x = gnp.sin(x) * 1.01 + 0.1
+    return gnp.sum(x)
+
+
+@pytest.mark.parametrize("method", ["value_and_grad", "hessian", "jacobian"])
+def test_compiled_once(method):
+    import time
+    x = np.linspace(0.1, 1.0, 4)
+    graph = gs.trace(_long_chain, x)
+    eng = gs.Engine()
+    call = getattr(eng, method)
+    start = time.perf_counter()
+    first = call(graph, x)
+    compile_and_run = time.perf_counter() - start
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        again = call(graph, x)
+        times.append(time.perf_counter() - start)
+    # the same graph traced again: a new object with the same digest finds the same plan
+    retraced = gs.trace(_long_chain, x)
+    start = time.perf_counter()
+    call(retraced, x)
+    retrace_time = time.perf_counter() - start
+    assert np.median(times) < compile_and_run / 5
+    assert retrace_time < compile_and_run / 3
+    for a, b in zip(np.atleast_1d(first[1] if method == "value_and_grad" else first),
+                    np.atleast_1d(again[1] if method == "value_and_grad" else again)):
+        np.testing.assert_array_equal(a, b)
