@@ -90,9 +90,12 @@ def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=N
     if x0.size != variable.spec.size:
         raise ValueError(f"x0 for input {variable.name!r} needs {variable.spec.size} elements "
                          f"(shape {variable.spec.shape}), got shape {x0.shape}")
-    # Convert the fixed inputs once: the same arrays travel on every call, so a Client can
-    # name a large one by its digest instead of converting and resending it each step.
-    fixed = tuple(coerce(a, p.spec, f"argument {p.name!r}") for a, p in zip(args, graph.inputs[1:]))
+    # Convert the fixed inputs once, to C-contiguous arrays of the input's dtype: the same
+    # arrays then go to every call, so a Client neither converts (copies) them on each step nor
+    # resends them (it names a large one by its digest). A Fortran-ordered data matrix (as
+    # pandas often gives) would otherwise be copied on every call.
+    fixed = tuple(np.ascontiguousarray(coerce(a, p.spec, f"argument {p.name!r}"))
+                  for a, p in zip(args, graph.inputs[1:]))
     if backend is None:
         from gradserve.engine import Engine
         backend = Engine()

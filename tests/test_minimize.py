@@ -309,3 +309,27 @@ def test_data_matrix_travels_exactly_once(server):
     X, y = logistic_data(4000, 20, seed=321)
     _, calls = _remote_run(server, X, y, options={"maxiter": 10})
     assert sum(n >= X.nbytes for _, n in calls) == 1
+
+
+
+def test_fixed_inputs_are_converted_once():
+    """A Fortran-ordered data matrix and float32 labels become C-ordered float64 once: every
+    call gets the same arrays (a Client then neither copies nor resends them per step)."""
+    X, y = logistic_data(500, 4, seed=99)
+    graph = gs.trace(logistic_loss, gs.Spec((4,)), gs.Spec(X.shape), gs.Spec(y.shape))
+    seen = []
+
+    class Capture:
+        engine = gs.Engine()
+
+        def value_and_grad(self, graph, w, X, y, argnums=0):
+            seen.append((X, y))
+            return self.engine.value_and_grad(graph, w, X, y, argnums=argnums)
+
+    res = gs.minimize(graph, np.zeros(4), np.asfortranarray(X), y.astype(np.float32),
+                      backend=Capture(), progress=False)
+    ref = gs.minimize(graph, np.zeros(4), X, y.astype(np.float32), progress=False)
+    np.testing.assert_array_equal(res.x, ref.x)
+    assert len(seen) == res.nfev > 2
+    assert all(a is seen[0][0] and b is seen[0][1] for a, b in seen)
+    assert seen[0][0].flags.c_contiguous and seen[0][1].dtype == np.float64
