@@ -81,10 +81,22 @@ def _extremum_impl(pick):
 
 
 def _prod_jvp(primals, tangents, ans, axes, keepdims):
+    """d prod = sum(t * others), others[j] the product of the factors but x[j]. prod / x[j]
+    is that only where no factor is 0 (else 0 / 0 = nan). With P the product of the nonzero
+    factors and s the sum of the zero ones (0, but its derivative finds them):
+    no zero: P / x[j]; one zero: P at the zero, s * P / x[j] elsewhere; more zeros: 0.
+    Exact to first order everywhere and to second order with at most one zero."""
     (x,), (t,) = primals, tangents
     if t is None:
         return None
-    return gnp.sum(t * (_with_kept_dims(ans, x, axes, keepdims) / x), axis=axes, keepdims=keepdims)
+    is_zero = gnp.equal(x, 0)
+    nonzero = gnp.where(is_zero, 1, x)
+    product = gnp.prod(nonzero, axis=axes, keepdims=True)
+    zeros = gnp.sum(gnp.astype(is_zero, "int64"), axis=axes, keepdims=True)
+    zero_sum = gnp.sum(gnp.where(is_zero, x, 0), axis=axes, keepdims=True)
+    others = gnp.where(zeros == 0, product / nonzero,
+                       gnp.where(zeros == 1, gnp.where(is_zero, product, zero_sum * product / nonzero), 0))
+    return gnp.sum(t * others, axis=axes, keepdims=keepdims)
 
 
 def _logsumexp_impl(x, axes, keepdims):
