@@ -963,3 +963,29 @@ def test_float32_every_op(name, fn, shapes, kinds):
         np.testing.assert_allclose(g, g64, rtol=1e-3, atol=1e-4)
     assert ENG.hessian(graph, *args32).dtype == np.float32
     assert ENG.check_grad(graph, *args32, method="central").ok
+
+
+def _others(x):
+    return np.array([np.prod(np.delete(x, i)) for i in range(len(x))])
+
+
+@pytest.mark.parametrize("x", [[2.0, 0.0, 3.0, -1.5], [2.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 1.0],
+                               [0.5, 2.0, 3.0, -4.0]], ids=["one_zero", "two_zeros", "three_zeros", "none"])
+def test_prod_gradient_with_zero_factors(x):
+    # prod is a polynomial: its gradient (the product of the other factors) exists at zeros
+    x = np.array(x)
+    graph = gs.trace(lambda x: gnp.prod(x), x)
+    value, grad = ENG.value_and_grad(graph, x)
+    assert float(value) == np.prod(x)
+    np.testing.assert_allclose(grad, _others(x), rtol=1e-15)
+    assert ENG.check_grad(graph, x, method="complex").ok
+    rows = gs.trace(lambda x: gnp.sum(gnp.prod(x, axis=1) * np.array([1.0, -2.0])), np.ones((2, 4)))
+    both = np.stack([x, x[::-1]])
+    np.testing.assert_allclose(ENG.grad(rows, both), np.stack([_others(x), -2 * _others(x[::-1])]), rtol=1e-15)
+
+
+@pytest.mark.parametrize("x", [[2.0, 0.0, 3.0, -1.5], [0.5, 2.0, 3.0, -4.0]], ids=["one_zero", "none"])
+def test_prod_hessian_with_a_zero_factor(x):
+    x = np.array(x)
+    want = np.array([[np.prod(np.delete(x, [i, j])) if i != j else 0.0 for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(ENG.hessian(gs.trace(lambda x: gnp.prod(x), x), x), want, rtol=1e-15)
