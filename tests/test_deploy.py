@@ -607,8 +607,13 @@ class TestLocalStack:
         # Prometheus itself accepts every query, and those over request metrics have data.
         for q in queries:
             prom_query(stack["prometheus"], grafana_to_promql(q))
-        res = prom_query(stack["prometheus"],
-                         'sum by (method, code) (gradserve_requests_total{instance=~".*"})')
+        deadline = time.monotonic() + 30
+        while True:
+            res = prom_query(stack["prometheus"],
+                             'sum by (method, code) (gradserve_requests_total{instance=~".*"})')
+            if res["result"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert res["result"]
 
     def test_a_replica_killed_mid_run_does_not_fail_calls(self, stack):
