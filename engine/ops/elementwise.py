@@ -148,9 +148,12 @@ binary("divide", operator.truediv, lambda tx, ty, x, y, ans: gnp.div_or_zero(
            _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y), ufunc=np.true_divide,
        # linear in the numerator: a rule such as arctan's t / (1 + x*x) is transposed through it
        transpose=lambda ct, x, y: (unbroadcast(ct / y, x.spec), None))
+# As JAX: d/dx is 0 where y == 0 (x**0 is 1 everywhere, also at x = 0, where y * x**(y-1) is
+# 0 * inf; this also makes the Hessian of x**1 at 0 finite), and d/dy takes log(1) = 0 at x = 0
+# (0**y is 0 for y > 0, where log(0) * 0 would be nan).
 binary("power", np.power, lambda tx, ty, x, y, ans: _either(
-           tx, ty, lambda t: gnp.mul_or_zero(t, y * x ** (y - 1)),
-           lambda t: gnp.mul_or_zero(t, gnp.log(x) * ans)), inexact=True)
+           tx, ty, lambda t: gnp.mul_or_zero(t, gnp.where(y == 0, 0, y * x ** (y - 1))),
+           lambda t: gnp.mul_or_zero(t, gnp.log(gnp.where(x == 0, 1, x)) * ans)), inexact=True)
 binary("maximum", _select_real(np.greater_equal), lambda tx, ty, x, y, ans: _either(
            tx, ty, lambda t: t * _tie_weight(x, y), lambda t: t * _tie_weight(y, x)))
 binary("minimum", _select_real(np.less_equal), lambda tx, ty, x, y, ans: _either(
