@@ -989,3 +989,24 @@ def test_prod_hessian_with_a_zero_factor(x):
     x = np.array(x)
     want = np.array([[np.prod(np.delete(x, [i, j])) if i != j else 0.0 for j in range(4)] for i in range(4)])
     np.testing.assert_allclose(ENG.hessian(gs.trace(lambda x: gnp.prod(x), x), x), want, rtol=1e-15)
+
+
+@pytest.mark.parametrize("y", [0.0, 1.0, 2.0, 3.0, 2.5])
+def test_power_at_zero_base(y):
+    # x**y at x = 0 for y >= 0: d/dx = y x**(y-1) (1 at y = 1, else 0), d2/dx2 = y(y-1) x**(y-2)
+    graph = gs.trace(lambda x: x ** y, 1.0)
+    assert float(ENG.grad(graph, 0.0)) == (1.0 if y == 1.0 else 0.0)
+    assert float(ENG.hessian(graph, 0.0)) == (2.0 if y == 2.0 else 0.0)
+    # d/dy 0**y = 0 for y > 0 (0**y is constant 0 there)
+    both = gs.trace(lambda x, y: x ** y, 1.0, 1.0)
+    if y > 0:
+        gx, gy = ENG.grad(both, 0.0, y, argnums=(0, 1))
+        assert float(gy) == 0.0 and float(gx) == (1.0 if y == 1.0 else 0.0)
+
+
+def test_power_hessian_closed_form():
+    graph = gs.trace(lambda x, y: x ** y, 1.0, 1.0)
+    (hxx, hxy), (hyx, hyy) = ENG.hessian(graph, 2.0, 3.0, argnums=(0, 1))
+    assert float(hxx) == pytest.approx(3 * 2 * 2.0)
+    assert float(hxy) == pytest.approx(4 * (1 + 3 * np.log(2.0))) == float(hyx)
+    assert float(hyy) == pytest.approx(8 * np.log(2.0) ** 2)
