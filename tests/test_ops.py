@@ -1010,3 +1010,34 @@ def test_power_hessian_closed_form():
     assert float(hxx) == pytest.approx(3 * 2 * 2.0)
     assert float(hxy) == pytest.approx(4 * (1 + 3 * np.log(2.0))) == float(hyx)
     assert float(hyy) == pytest.approx(8 * np.log(2.0) ** 2)
+
+
+def test_gnp_on_concrete_arrays_is_numpy():
+    """Outside a trace, gradserve.numpy computes at once, as NumPy does."""
+    x = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
+    pairs = {
+        "sin": (gnp.sin(x), np.sin(x)), "sum": (gnp.sum(x, axis=1), np.sum(x, axis=1)),
+        "mean": (gnp.mean(x, 0), np.mean(x, 0)), "var": (gnp.var(x, ddof=1), np.var(x, ddof=1)),
+        "std": (gnp.std(x, axis=0, keepdims=True), np.std(x, axis=0, keepdims=True)),
+        "max": (gnp.max(x, axis=(0, 1)), np.max(x)), "argmax": (gnp.argmax(x, axis=1), np.argmax(x, axis=1)),
+        "where": (gnp.where(x > 0, x, 0), np.where(x > 0, x, 0)),
+        "clip": (gnp.clip(x, -0.5, 0.5), np.clip(x, -0.5, 0.5)), "matmul": (gnp.matmul(x, x.T), x @ x.T),
+        "dot": (gnp.dot(x, x[0]), np.dot(x, x[0])),
+        "einsum": (gnp.einsum("ij,kj->ik", x, x), np.einsum("ij,kj->ik", x, x)),
+        "outer": (gnp.outer(x[0], x[1]), np.outer(x[0], x[1])),
+        "concatenate": (gnp.concatenate([x, x], axis=1), np.concatenate([x, x], axis=1)),
+        "stack": (gnp.stack([x, x], axis=-1), np.stack([x, x], axis=-1)), "flip": (gnp.flip(x), np.flip(x)),
+        "cumsum": (gnp.cumsum(x, axis=1), np.cumsum(x, axis=1)),
+        "logaddexp": (gnp.logaddexp(x, 1.0), np.logaddexp(x, 1.0)), "round": (gnp.round(x), np.round(x)),
+        "prod": (gnp.prod(x, axis=0), np.prod(x, axis=0)), "swapaxes": (gnp.swapaxes(x, 0, 1), np.swapaxes(x, 0, 1)),
+        "expand_dims": (gnp.expand_dims(x, 0), np.expand_dims(x, 0)), "squeeze": (gnp.squeeze(x[None]), x),
+        "broadcast_to": (gnp.broadcast_to(x[0], (4, 3)), np.broadcast_to(x[0], (4, 3))),
+        "power": (gnp.power(np.abs(x), 1.5), np.abs(x) ** 1.5),
+        "logsumexp": (gs.nn.logsumexp(x, axis=1), np.log(np.exp(x).sum(1))),
+        "softmax": (gs.nn.softmax(x), np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
+        "sigmoid": (gs.nn.sigmoid(x), 1 / (1 + np.exp(-x))), "relu": (gs.nn.relu(x), np.maximum(x, 0)),
+        "softplus": (gs.nn.softplus(x), np.log1p(np.exp(x))),
+    }
+    for name, (got, want) in pairs.items():
+        assert np.shape(got) == np.shape(want), name
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=name)
