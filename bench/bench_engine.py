@@ -663,9 +663,10 @@ class Bench:
             jac = autograd.jacobian(f)
             basis = np.eye(W5_N)
 
-            def fwd_jac(x):
+            def forward_jacobian(x):  # forward mode: one JVP per basis vector
                 jvp = ag_make_jvp(f)(x)
                 return np.stack([jvp(e)[1] for e in basis], axis=1)
+            fwd_jac = forward_jacobian
             if not self.check("autograd jacobian (rev)", jac(x), want, rtol=1e-9, atol=1e-12):
                 jac = None
             if not self.check("autograd jacobian (fwd, make_jvp)", fwd_jac(x), want, rtol=1e-9,
