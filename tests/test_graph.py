@@ -475,6 +475,42 @@ def test_empty_bytes_is_an_empty_graph_or_graph_error():
     assert len(graph.inputs) == 0 and len(graph.outputs) == 0
 
 
+def control_flow_graph():
+    def f(x, w):
+        y = gs.cond(gnp.sum(x) > 0, lambda a: a * w, lambda a: a - w, x)
+
+        def body(c, xi):
+            c = gnp.sin(c) * xi + w[0]
+            return c, c * 2
+
+        c, ys = gs.scan(body, 0.5, y)
+        z = gs.fori_loop(0, 3, lambda i, v: v * 0.9 + w[1], c)
+        return gnp.sum(ys) + z
+
+    return gs.trace(f, np.array([0.5, 1.0, -0.2]), np.array([0.3, 0.7, 0.1]))
+
+
+def test_round_trip_with_subgraphs():
+    graph = control_flow_graph()
+    data = graph.to_bytes()
+    again = gs.Graph.from_bytes(data)
+    assert again.to_bytes() == data and again.digest == graph.digest and str(again) == str(graph)
+    assert control_flow_graph().digest == graph.digest
+    args = (np.array([0.5, 1.0, -0.2]), np.array([0.3, 0.7, 0.1]))
+    a = ENG.value_and_grad(graph, *args, argnums=(0, 1))
+    b = ENG.value_and_grad(again, *args, argnums=(0, 1))
+    assert float(a[0]) == float(b[0])
+    for x, y in zip(a[1], b[1]):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_escaped_tracer_is_an_error():
+    leaked = []
+    gs.trace(lambda x: leaked.append(x) or x * 2, 1.0)
+    with pytest.raises(gs.GraphError, match="escaped"):
+        gs.trace(lambda y: y + leaked[0], 1.0)
+
+
 # ---- random corruption: only GraphError may come out ---------------------------------------------
 
 CORPUS = None
@@ -488,13 +524,14 @@ def corpus():
             gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0).to_bytes(),
             gs.trace(lambda x: (gnp.cumsum(x, axis=0)[:, None] * np.ones((1, 2), np.float32),
                                 gnp.argmax(x), x.T @ x), np.ones((3, 2), np.float32)).to_bytes(),
+            control_flow_graph().to_bytes(),
         ]
     return CORPUS
 
 
 @st.composite
 def corruptions(draw):
-    data = bytearray(corpus()[draw(st.integers(0, 2))])
+    data = bytearray(corpus()[draw(st.integers(0, len(corpus()) - 1))])
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
         at = draw(st.integers(0, max(len(data) - 1, 0)))
@@ -550,7 +587,7 @@ OPS_TO_TRY = ["add", "multiply", "sin", "log", "reduce_sum", "reshape", "transpo
 def field_mutations(draw):
     """Structured edits of a valid message: other ops, other value names, other attribute
     values, other declared types."""
-    msg = pb.Graph.FromString(corpus()[draw(st.integers(0, 2))])
+    msg = pb.Graph.FromString(corpus()[draw(st.integers(0, len(corpus()) - 1))])
     names = [i.name for i in msg.inputs] + [c.name for c in msg.constants] + \
         [o for n in msg.nodes for o in n.outputs] + ["", "zzz"]
     for _ in range(draw(st.integers(1, 3))):
