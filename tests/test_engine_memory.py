@@ -183,3 +183,26 @@ def test_compiled_once(method):
     for a, b in zip(np.atleast_1d(first[1] if method == "value_and_grad" else first),
                     np.atleast_1d(again[1] if method == "value_and_grad" else again)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_calls_on_one_engine():
+    from concurrent.futures import ThreadPoolExecutor
+    eng = gs.Engine()
+    graph = gs.trace(lambda x, w: gnp.sum(gnp.tanh(x @ w) ** 2), np.ones((8, 5)), np.ones((5, 3)))
+    rng = np.random.default_rng(3)
+    cases = [(rng.normal(size=(8, 5)), rng.normal(size=(5, 3))) for _ in range(16)]
+
+    def run(case):
+        x, w = case
+        value, (gx, gw) = eng.value_and_grad(graph, x, w, argnums=(0, 1))
+        return value, gx, gw, eng.last_stats.tape_bytes
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(run, cases))
+    for (x, w), (value, gx, gw, tape) in zip(cases, results):
+        h = np.tanh(x @ w)
+        d = 2 * h * (1 - h * h)
+        assert float(value) == pytest.approx(np.sum(h ** 2), rel=1e-12)
+        np.testing.assert_allclose(gx, d @ w.T, rtol=1e-10)
+        np.testing.assert_allclose(gw, x.T @ d, rtol=1e-10)
+        assert tape > 0
