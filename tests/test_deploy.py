@@ -115,6 +115,19 @@ def test_compose_config_passes():
     assert cfg5["services"]["gradserve"]["deploy"]["replicas"] == 5
 
 
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI on this machine")
+def test_docker_compose_config_through_the_docker_cli(tmp_path):
+    """`docker compose config` as operators type it: the docker CLI with the same binary as its
+    compose plugin (in a private DOCKER_CONFIG); config is client-side, no engine is asked."""
+    plugins = tmp_path / "cli-plugins"
+    plugins.mkdir()
+    (plugins / "docker-compose").symlink_to(compose_bin())
+    env = dict(os.environ, DOCKER_CONFIG=str(tmp_path))
+    r = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_compose_config_rejects_a_broken_file(tmp_path):
     """The validator is not a rubber stamp: an unknown key in a service fails."""
     bad = tmp_path / "docker-compose.yml"
