@@ -451,7 +451,7 @@ def test_deadline_stops_the_computation(server):
         with pytest.raises(DeadlineExceeded, match="deadline") as info:
             cli.evaluate(graph, x, W)
         assert isinstance(info.value, TimeoutError)
-        assert time.monotonic() - start < 1.5          # the error comes at once
+        assert time.monotonic() - start < 2.0          # the error comes at once (0.5 s)
     s = _wait_idle(server, timeout=3.0)                 # the server stopped computing ...
     assert sample(s, "gradserve_tape_bytes_in_use") == 0
     cpu = _cpu_seconds(server.proc.pid)
@@ -466,8 +466,11 @@ def test_cancellation_stops_the_computation(server):
     with grpc.insecure_channel(server.address) as ch:
         future = ch.unary_unary("/gradserve.v1.Gradients/Evaluate").future(
             request.SerializeToString(), timeout=60)
-        time.sleep(0.5)
-        assert sample(scrape(server), "gradserve_inflight_requests") == 1
+        deadline = time.monotonic() + 20
+        while sample(scrape(server), "gradserve_inflight_requests") < 1:
+            assert time.monotonic() < deadline, "the call never started"
+            time.sleep(0.02)
+        time.sleep(0.2)
         future.cancel()
     _wait_idle(server, timeout=3.0)
     cpu = _cpu_seconds(server.proc.pid)
