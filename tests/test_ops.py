@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 import gradserve as gs
 import gradserve.numpy as gnp
 
-EXAMPLES = 8
+EXAMPLES = 15
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -444,7 +444,7 @@ CONTRACTIONS = [
 
 
 @pytest.mark.parametrize("name, fn, np_fn, sa, sb", CONTRACTIONS, ids=[c[0] for c in CONTRACTIONS])
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(seed=seeds)
 def test_contractions(name, fn, np_fn, sa, sb, seed):
     rng = np.random.default_rng(seed)
