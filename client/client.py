@@ -28,7 +28,7 @@ from gradserve.engine.plan import Stats
 from gradserve.v1 import service_pb2 as pb
 
 from .codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, array_digest, canonical_array, fill_tensor,
-                    from_tensor, from_value, writable_array)
+                    from_tensor, from_value, tensor_ref_parts, writable_array)
 
 SERVICE = "gradserve.v1.Gradients"
 # Tensors at least this big may travel as their digest once the server has them.
@@ -108,7 +108,8 @@ class _Tensors:
                 self.digests[i] = client._digest_if_seen(a)
 
     def fill(self, repeated, force_inline=frozenset()):
-        """Add one TensorRef per array to the request's repeated field, in place."""
+        """Add the TensorRefs to the request's repeated field, in place (small arrays:
+        cheaper than hand encoding)."""
         client = self.client
         for a, d in zip(self.arrays, self.digests):
             ref = repeated.add()
@@ -119,6 +120,22 @@ class _Tensors:
             else:
                 fill_tensor(ref.tensor, a)
                 ref.remember = d is not None
+
+    def large(self) -> bool:
+        return any(a is not None and a.nbytes >= 16384 for a in self.arrays)
+
+    def encode(self, field: int, force_inline=frozenset()) -> list:
+        """The TensorRefs of repeated field number `field`, hand-encoded (codec)."""
+        client = self.client
+        parts = []
+        for a, d in zip(self.arrays, self.digests):
+            if a is None:
+                parts += tensor_ref_parts(field)
+            elif d is not None and d not in force_inline and client._by_digest(("t", d)):
+                parts += tensor_ref_parts(field, digest=d)
+            else:
+                parts += tensor_ref_parts(field, a, remember=d is not None)
+        return parts
 
     def succeeded(self):
         for d in self.digests:
@@ -318,10 +335,18 @@ class Client:
         for attempt in (0, 1):
             graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
             request = build(graph_ref)
-            for field, t in tensors:
-                t.fill(getattr(request, field), force_inline)
+            if any(t.large() for _, t in tensors):
+                # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
+                fields = request.DESCRIPTOR.fields_by_name
+                parts = [request.SerializeToString()]
+                for field, t in tensors:
+                    parts += t.encode(fields[field].number, force_inline)
+            else:
+                for field, t in tensors:
+                    t.fill(getattr(request, field), force_inline)
+                parts = [request.SerializeToString()]
             try:
-                data = self._unary(method, request.SerializeToString(), deadline, timeout)
+                data = self._unary(method, b"".join(parts), deadline, timeout)
             except grpc.RpcError as err:
                 missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
                 if missing and attempt == 0:

@@ -756,3 +756,24 @@ def test_structurally_mutated_graphs(limited):
             codes[code] = codes.get(code, 0) + 1
     assert limited.health() == "SERVING"
     assert codes.get(grpc.StatusCode.OK, 0) > 0 and codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0
+
+
+def test_hand_encoded_tensor_refs_equal_protobufs():
+    """The client encodes TensorRefs itself (one copy of the bytes); they parse to exactly the
+    messages protobuf would build."""
+    from gradserve.client.codec import tensor_ref_parts
+    cases = [np.float64(2.5), np.arange(6.0).reshape(2, 3), np.zeros((0, 3)), np.array([True, False]),
+             np.arange(5, dtype=np.int32) * -3, (np.arange(4) + 1j).astype(np.complex128),
+             np.arange(6.0).reshape(2, 3).T, np.arange(3, dtype=">f8"), np.ones((2, 200, 3), np.float32),
+             np.int64(-7), np.zeros((300, 1000))]
+    for a in cases:
+        for remember in (False, True):
+            raw = b"".join(tensor_ref_parts(2, a, remember=remember))
+            want = pb.EvaluateRequest(args=[pb.TensorRef(tensor=to_tensor(a), remember=remember)])
+            assert pb.EvaluateRequest.FromString(raw) == want
+    base = pb.EvaluateRequest(graph=pb.GraphRef(digest="cd" * 32)).SerializeToString()
+    raw = b"".join(tensor_ref_parts(2, digest="ab" * 32) + tensor_ref_parts(2)
+                   + tensor_ref_parts(2, np.float64(1)))
+    got = pb.EvaluateRequest.FromString(base + raw)
+    assert got.graph.digest == "cd" * 32 and got.args[0].digest == "ab" * 32
+    assert got.args[1].WhichOneof("ref") is None and got.args[2].tensor.dtype == "float64"
