@@ -184,3 +184,26 @@ def tensor_ref_parts(field: int, array=None, digest: str | None = None,
     else:
         body = []
     return _length_delimited(field, body)
+
+
+def tensor_field_parts(field: int, array) -> list:
+    """A Tensor as field number `field` (singular, or one element of a repeated field)."""
+    return _length_delimited(field, tensor_parts(array))
+
+
+def value_parts(field: int, result) -> list:
+    """A Value (an array, or a tuple of results) as field number `field`."""
+    if isinstance(result, tuple):
+        items = []
+        for r in result:
+            items += value_parts(1, r)             # Values.items = 1
+        inner = _length_delimited(2, items)        # Value.tuple = 2
+    else:
+        inner = tensor_field_parts(1, result)      # Value.tensor = 1
+    return _length_delimited(field, inner)
+
+
+def result_nbytes(result) -> int:
+    if isinstance(result, (tuple, list)):
+        return sum(result_nbytes(r) for r in result)
+    return getattr(result, "nbytes", 0)

@@ -16,7 +16,8 @@ import time
 import grpc
 
 from gradserve.client.codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, fill_tensor, fill_tensors,
-                                    fill_value, from_tensor, proto_digest)
+                                    fill_value, from_tensor, proto_digest, result_nbytes,
+                                    tensor_field_parts, value_parts)
 from gradserve.engine import Engine, Graph
 from gradserve.v1 import service_pb2 as pb
 
@@ -110,6 +111,39 @@ class _Call:
                             compute_seconds=self.compute_seconds)
 
 
+class _Reply:
+    """A reply message and its array fields, encoded last (once the stats are in). Small
+    results are set in the message; megabytes are hand-encoded after it, one copy each."""
+
+    def __init__(self, msg, **fields):
+        self.msg = msg
+        self.fields = fields          # name -> ("value" | "tensor" | "tensors", result)
+
+    def to_bytes(self) -> bytes:
+        msg = self.msg
+        if sum(result_nbytes(obj) for _, obj in self.fields.values()) < 16384:
+            for name, (kind, obj) in self.fields.items():
+                if kind == "value":
+                    fill_value(getattr(msg, name), obj)
+                elif kind == "tensor":
+                    fill_tensor(getattr(msg, name), obj)
+                else:
+                    fill_tensors(getattr(msg, name), obj)
+            return msg.SerializeToString()
+        numbers = msg.DESCRIPTOR.fields_by_name
+        parts = [msg.SerializeToString()]
+        for name, (kind, obj) in self.fields.items():
+            number = numbers[name].number
+            if kind == "value":
+                parts += value_parts(number, obj)
+            elif kind == "tensor":
+                parts += tensor_field_parts(number, obj)
+            else:
+                for t in obj:
+                    parts += tensor_field_parts(number, t)
+        return b"".join(parts)
+
+
 def _argnums(req):
     if not req.HasField("argnums"):
         return 0
@@ -183,37 +217,28 @@ class Servicer:
     def evaluate(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         out = call.run(self.engine.evaluate, graph, *args)
-        reply = pb.EvaluateResponse()
-        fill_value(reply.outputs, out)
-        return reply
+        return _Reply(pb.EvaluateResponse(), outputs=("value", out))
 
     def value_and_grad(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
         value, grad = call.run(self.engine.value_and_grad, graph, *args, argnums=argnums,
                                key=(argnums,))
-        reply = pb.ValueAndGradResponse()
-        fill_tensor(reply.value, value)
-        fill_value(reply.grad, grad)
-        return reply
+        return _Reply(pb.ValueAndGradResponse(), value=("tensor", value), grad=("value", grad))
 
     def vjp(self, req, call):
         graph, (primals, cts) = call.resolve(req.graph, ("primals", req.primals),
                                              ("cotangents", req.cotangents))
         out, input_cts = call.run(self.engine.vjp, graph, tuple(primals), tuple(cts))
-        reply = pb.VjpResponse()
-        fill_value(reply.outputs, out)
-        fill_tensors(reply.input_cotangents, input_cts)
-        return reply
+        return _Reply(pb.VjpResponse(), outputs=("value", out),
+                      input_cotangents=("tensors", input_cts))
 
     def jvp(self, req, call):
         graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
                                                   ("tangents", req.tangents))
         out, out_tangents = call.run(self.engine.jvp, graph, tuple(primals), tuple(tangents))
-        reply = pb.JvpResponse()
-        fill_value(reply.outputs, out)
-        fill_value(reply.output_tangents, out_tangents)
-        return reply
+        return _Reply(pb.JvpResponse(), outputs=("value", out),
+                      output_tangents=("value", out_tangents))
 
     def jacobian(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
@@ -221,25 +246,19 @@ class Servicer:
         mode = req.mode if req.HasField("mode") else "auto"
         jac = call.run(self.engine.jacobian, graph, *args, argnums=argnums, mode=mode,
                        key=(argnums, mode))
-        reply = pb.JacobianResponse()
-        fill_value(reply.jacobian, jac)
-        return reply
+        return _Reply(pb.JacobianResponse(), jacobian=("value", jac))
 
     def hvp(self, req, call):
         graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
                                                   ("tangents", req.tangents))
         out = call.run(self.engine.hvp, graph, tuple(primals), tuple(tangents))
-        reply = pb.HvpResponse()
-        fill_tensors(reply.tangents, out)
-        return reply
+        return _Reply(pb.HvpResponse(), tangents=("tensors", out))
 
     def hessian(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
         hess = call.run(self.engine.hessian, graph, *args, argnums=argnums, key=(argnums,))
-        reply = pb.HessianResponse()
-        fill_value(reply.hessian, hess)
-        return reply
+        return _Reply(pb.HessianResponse(), hessian=("value", hess))
 
     def check_grad(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
@@ -247,9 +266,8 @@ class Servicer:
         report = call.run(self.engine.check_grad, graph, *args, method=method, key=(method,))
         reply = pb.CheckGradResponse(method=report.method, max_abs_error=report.max_abs_error,
                                      max_rel_error=report.max_rel_error, ok=bool(report.ok))
-        fill_tensors(reply.analytic, report.analytic)
-        fill_tensors(reply.numeric, report.numeric)
-        return reply
+        return _Reply(reply, analytic=("tensors", report.analytic),
+                      numeric=("tensors", report.numeric))
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -269,11 +287,11 @@ class Servicer:
             call = _Call(self, method, context)
             reply = compute(request, call)
             call.stats = call.stats or self.engine.last_stats
-            reply.stats.CopyFrom(call.call_stats())
+            reply.msg.stats.CopyFrom(call.call_stats())
             series = m.series(method)
             series.tape_bytes.observe(call.stats.tape_bytes)
             series.tape_entries.observe(call.stats.tape_entries)
-            return reply.SerializeToString()
+            return reply.to_bytes()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             if isinstance(exc, Stopped):
                 deadline = "deadline" in str(exc)

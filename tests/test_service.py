@@ -777,3 +777,28 @@ def test_hand_encoded_tensor_refs_equal_protobufs():
     got = pb.EvaluateRequest.FromString(base + raw)
     assert got.graph.digest == "cd" * 32 and got.args[0].digest == "ab" * 32
     assert got.args[1].WhichOneof("ref") is None and got.args[2].tensor.dtype == "float64"
+
+
+def test_hand_encoded_replies_equal_protobufs():
+    from gradserve.client.codec import fill_tensor, fill_tensors, fill_value
+    from gradserve.server.servicer import _Reply
+    big = np.random.default_rng(0).random((300, 100))
+    for res in [big, (big, np.float64(2)), ((big, np.ones(3)), (np.zeros((0, 2)),)), (), (big, ())]:
+        reply = _Reply(pb.JvpResponse(), outputs=("value", res), output_tangents=("value", res))
+        reply.msg.stats.tape_bytes = 5
+        want = pb.JvpResponse()
+        want.stats.tape_bytes = 5
+        fill_value(want.outputs, res)
+        fill_value(want.output_tangents, res)
+        assert pb.JvpResponse.FromString(reply.to_bytes()) == want
+    reply = _Reply(pb.VjpResponse(), outputs=("value", big),
+                   input_cotangents=("tensors", (big, np.float64(1))))
+    want = pb.VjpResponse()
+    fill_value(want.outputs, big)
+    fill_tensors(want.input_cotangents, (big, np.float64(1)))
+    assert pb.VjpResponse.FromString(reply.to_bytes()) == want
+    reply = _Reply(pb.ValueAndGradResponse(), value=("tensor", np.float64(3)), grad=("value", (big,)))
+    want = pb.ValueAndGradResponse()
+    fill_tensor(want.value, np.float64(3))
+    fill_value(want.grad, (big,))
+    assert pb.ValueAndGradResponse.FromString(reply.to_bytes()) == want
