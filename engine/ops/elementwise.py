@@ -13,7 +13,7 @@ import operator
 import numpy as np
 
 from .. import numpy as gnp
-from ..primitive import primitive
+from ..primitive import ShapeError, primitive
 from ..tracing import bind
 from .common import batch_elementwise, broadcast_tangent, elementwise_shape, unbroadcast
 
@@ -198,7 +198,8 @@ def _select_jvp(primals, tangents, ans):
     if tx is None and ty is None:
         return None
     zero = np.zeros((), ans.dtype)
-    return gnp.where(cond, zero if tx is None else tx, zero if ty is None else ty)
+    return broadcast_tangent(gnp.where(cond, zero if tx is None else tx, zero if ty is None else ty),
+                             ans.spec)
 
 
 def _select_transpose(ct, cond, x, y):
@@ -209,7 +210,13 @@ def _select_transpose(ct, cond, x, y):
             unbroadcast(gnp.where(cond, zero, ct), y.spec) if isinstance(y, Linear) else None)
 
 
-primitive("select", impl=np.where, shape=elementwise_shape(np.where), arity=3,
+def _select_shape(cond, x, y):
+    if cond.dtype != "bool":
+        raise ShapeError(f"the condition must be bool, got {cond.dtype}")
+    return elementwise_shape(np.where)(cond, x, y)
+
+
+primitive("select", impl=np.where, shape=_select_shape, arity=3,
           jvp=_select_jvp, transpose=_select_transpose, batch=batch_elementwise("select"),
           elementwise=True)
 
