@@ -101,7 +101,7 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
     gradient of a scalar). Outputs: the primal outputs, then one cotangent per input in `wrt`.
     """
     graph = program.graph
-    linearized = jvp(Program(graph), wrt).graph
+    linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt))).graph  # argnums may repeat
     n_out = len(graph.outputs)
     linear = {p.name for p in linearized.inputs[len(graph.inputs):]}
     for node in linearized.nodes:

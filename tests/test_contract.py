@@ -673,8 +673,6 @@ def test_complex_inputs_vjp_jvp(backend):
     np.testing.assert_allclose(ct, 2 * z * np.array([1.0, 1j]))  # JAX's convention: ct * f'(z)
 
 
-@pytest.mark.xfail(strict=True, reason="argnums with a repeated index raises an internal "
-                   "GraphError ('tangent:y' is defined twice) instead of JAX's repeated gradient")
 def test_repeated_argnums(backend):
     graph = gs.trace(lambda x, y: gnp.sum(x * y), np.ones(2), np.ones(2))
     g1, g2 = backend.grad(graph, np.ones(2), np.arange(2.0), argnums=(1, 1))
