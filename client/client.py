@@ -10,6 +10,7 @@ DeadlineExceeded (a TimeoutError)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -95,6 +96,20 @@ _DEFAULT_OPTIONS = [
 ]
 
 
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _hash_pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
+                                       thread_name_prefix="gradserve-hash")
+        return _POOL
+
+
 class _Tensors:
     """How one call sends its arrays: small ones inline; a large one inline the first time,
     inline with `remember` the second time it is seen, by digest once the server has it."""
@@ -103,9 +118,15 @@ class _Tensors:
         self.client = client
         self.arrays = arrays
         self.digests = [None] * len(arrays)
-        for i, a in enumerate(arrays):
-            if a is not None and a.nbytes >= client.digest_min_bytes:
-                self.digests[i] = client._digest_if_seen(a)
+        todo = [i for i, a in enumerate(arrays)
+                if a is not None and a.nbytes >= client.digest_min_bytes and client._seen_before(a)]
+        if len(todo) > 1 and sum(arrays[i].nbytes for i in todo) >= 1 << 20:
+            # sha256 releases the GIL: hash megabytes on several cores at once.
+            digests = _hash_pool().map(array_digest, [arrays[i] for i in todo])
+        else:
+            digests = [array_digest(arrays[i]) for i in todo]
+        for i, d in zip(todo, digests):
+            self.digests[i] = d
 
     def fill(self, repeated, force_inline=frozenset()):
         """Add the TensorRefs to the request's repeated field, in place (small arrays:
@@ -287,10 +308,10 @@ class Client:
 
     # ---- the protocol -----------------------------------------------------------------------
 
-    def _digest_if_seen(self, array):
-        """The digest of a large array seen before (by a cheap fingerprint of sampled
-        elements); None, without hashing, for one seen for the first time. An array that
-        changes every call (weights in an optimisation loop) is never hashed."""
+    def _seen_before(self, array) -> bool:
+        """Whether this large array was seen before, by a cheap fingerprint of sampled
+        elements (only then is it hashed): an array that changes every call (weights in an
+        optimisation loop) is never hashed, one held fixed is hashed from its second call."""
         flat = array.reshape(-1)
         step = max(1, flat.size // _FINGERPRINT_SAMPLES)
         fingerprint = (array.dtype.str, array.shape, flat[::step][:_FINGERPRINT_SAMPLES].tobytes())
@@ -298,7 +319,10 @@ class Client:
             seen = fingerprint in self._fingerprints
             if not seen:
                 self._fingerprints.add(fingerprint)
-        return array_digest(array) if seen else None
+        return seen
+
+    def _digest_if_seen(self, array):
+        return array_digest(array) if self._seen_before(array) else None
 
     def _by_digest(self, key) -> bool:
         """Whether to name this graph ("g", digest) or tensor ("t", digest) by its digest:
