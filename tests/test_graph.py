@@ -748,3 +748,18 @@ def test_convert_complex_to_real_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(ENG.evaluate(graph, np.array([1 + 2j, 3 - 1j])), [1.0, 3.0])
+
+
+def test_digest_is_of_the_canonical_encoding():
+    graph = gs.trace(lambda x: gnp.sum(x[1:, None] * 2.0, axis=0, keepdims=True), np.ones((3, 2)))
+    msg = message(graph)
+    for node in msg.nodes:  # attributes out of order on the wire
+        attrs = list(node.attributes)[::-1]
+        del node.attributes[:]
+        node.attributes.extend(attrs)
+    shuffled = msg.SerializeToString()
+    decoded = gs.Graph.from_bytes(shuffled)
+    assert decoded.digest == graph.digest and decoded.to_bytes() == graph.to_bytes()
+    # an unknown field (a newer writer) does not change what the graph is
+    extended = graph.to_bytes() + b"\x78\x01"  # field 15, varint 1
+    assert gs.Graph.from_bytes(extended).digest == graph.digest
