@@ -763,3 +763,34 @@ def test_digest_is_of_the_canonical_encoding():
     # an unknown field (a newer writer) does not change what the graph is
     extended = graph.to_bytes() + b"\x78\x01"  # field 15, varint 1
     assert gs.Graph.from_bytes(extended).digest == graph.digest
+
+
+@pytest.mark.parametrize("make", ["full", "broadcast_to", "reshape_chain"])
+def test_huge_intermediate_values_are_rejected_before_running(make):
+    huge = (10**6, 10**6)
+    x = Port("x", Spec((), "float64"))
+    if make == "full":
+        nodes = [Node("full", (), ("y",), {"shape": huge, "dtype": "float64", "value": 0.0})]
+    elif make == "broadcast_to":
+        nodes = [Node("broadcast_to", ("x",), ("y",), {"shape": huge})]
+    else:
+        nodes = [Node("broadcast_to", ("x",), ("b",), {"shape": (10**6,)}),
+                 Node("einsum", ("b", "b"), ("y",), {"subscripts": "i,j->ij"})]
+    tracemalloc.start()
+    try:
+        with pytest.raises(gs.LimitError) as info:
+            Graph([x], {}, nodes, ["y"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
+    assert "node" in info.value.where
+
+
+def test_name_length_limit():
+    msg = seed_message()
+    msg.inputs[0].name = "x" * 10_000
+    for node in msg.nodes:
+        node.inputs[:] = ["x" * 10_000 if n == "x1" else n for n in node.inputs]
+    with pytest.raises(gs.GraphError):
+        decode(msg)
