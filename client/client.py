@@ -111,15 +111,17 @@ def _hash_pool():
 
 
 class _Tensors:
-    """How one call sends its arrays: small ones inline; a large one inline the first time,
-    inline with `remember` the second time it is seen, by digest once the server has it."""
+    """How one call sends its arrays. Small ones inline. A large one (>= digest_min_bytes)
+    inline with `remember` the first time it is seen (the server hashes and keeps it; the
+    client does not hash it); from the second time on, by its digest (the client hashes it
+    then). A NOT_FOUND answer sends it inline again (Client._missed)."""
 
     def __init__(self, client, arrays):
         self.client = client
         self.arrays = arrays
         self.digests = [None] * len(arrays)
-        todo = [i for i, a in enumerate(arrays)
-                if a is not None and a.nbytes >= client.digest_min_bytes and client._seen_before(a)]
+        self.large = [a is not None and a.nbytes >= client.digest_min_bytes for a in arrays]
+        todo = [i for i, a in enumerate(arrays) if self.large[i] and client._seen_before(a)]
         if len(todo) > 1 and sum(arrays[i].nbytes for i in todo) >= 1 << 20:
             # sha256 releases the GIL: hash megabytes on several cores at once.
             digests = _hash_pool().map(array_digest, [arrays[i] for i in todo])
@@ -128,40 +130,46 @@ class _Tensors:
         for i, d in zip(todo, digests):
             self.digests[i] = d
 
+    def _choices(self, force_inline):
+        """Per array: "none", "digest" or "inline"."""
+        client = self.client
+        out = []
+        for a, d in zip(self.arrays, self.digests):
+            if a is None:
+                out.append("none")
+            elif d is not None and d not in force_inline and client._by_digest(("t", d)):
+                out.append("digest")
+            else:
+                out.append("inline")
+        return out
+
     def fill(self, repeated, force_inline=frozenset()):
         """Add the TensorRefs to the request's repeated field, in place (small arrays:
         cheaper than hand encoding)."""
-        client = self.client
-        for a, d in zip(self.arrays, self.digests):
+        for a, d, big, how in zip(self.arrays, self.digests, self.large,
+                                  self._choices(force_inline)):
             ref = repeated.add()
-            if a is None:
-                continue
-            if d is not None and d not in force_inline and client._by_digest(("t", d)):
+            if how == "digest":
                 ref.digest = d
-            else:
+            elif how == "inline":
                 fill_tensor(ref.tensor, a)
-                ref.remember = d is not None
+                ref.remember = big
 
-    def large(self) -> bool:
+    def any_large(self) -> bool:
         return any(a is not None and a.nbytes >= 16384 for a in self.arrays)
 
     def encode(self, field: int, force_inline=frozenset()) -> list:
         """The TensorRefs of repeated field number `field`, hand-encoded (codec)."""
-        client = self.client
         parts = []
-        for a, d in zip(self.arrays, self.digests):
-            if a is None:
-                parts += tensor_ref_parts(field)
-            elif d is not None and d not in force_inline and client._by_digest(("t", d)):
+        for a, d, big, how in zip(self.arrays, self.digests, self.large,
+                                  self._choices(force_inline)):
+            if how == "digest":
                 parts += tensor_ref_parts(field, digest=d)
+            elif how == "inline":
+                parts += tensor_ref_parts(field, a, remember=big)
             else:
-                parts += tensor_ref_parts(field, a, remember=d is not None)
+                parts += tensor_ref_parts(field)
         return parts
-
-    def succeeded(self):
-        for d in self.digests:
-            if d is not None:
-                self.client._remember_tensor(d)
 
 
 class Client:
@@ -199,7 +207,6 @@ class Client:
                                     "Hessian", "CheckGrad")}
         self._lock = threading.Lock()
         self._known_graphs = _LruSet(4096)      # graph digests the server has
-        self._known_tensors = _LruSet(4096)     # tensor digests the server has
         self._fingerprints = _LruSet(4096)      # large arrays seen once (cheap fingerprints)
         self._inline_budget: dict = {}          # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
@@ -321,9 +328,6 @@ class Client:
                 self._fingerprints.add(fingerprint)
         return seen
 
-    def _digest_if_seen(self, array):
-        return array_digest(array) if self._seen_before(array) else None
-
     def _by_digest(self, key) -> bool:
         """Whether to name this graph ("g", digest) or tensor ("t", digest) by its digest:
         the server has it, and no recent NOT_FOUND asks for more inline sends."""
@@ -335,19 +339,19 @@ class Client:
                 else:
                     self._inline_budget[key] = left - 1
                 return False
-            known = self._known_graphs if key[0] == "g" else self._known_tensors
-            return key[1] in known
+            if key[0] == "t":
+                # Seen before (so sent with `remember` then): the server has it, or answers
+                # NOT_FOUND and gets it inline.
+                return True
+            return key[1] in self._known_graphs
 
     def _missed(self, key):
         with self._lock:
-            (self._known_graphs if key[0] == "g" else self._known_tensors).discard(key[1])
+            if key[0] == "g":
+                self._known_graphs.discard(key[1])
             if len(self._inline_budget) > 4096:
                 self._inline_budget.clear()
             self._inline_budget[key] = INLINE_AFTER_MISS
-
-    def _remember_tensor(self, digest):
-        with self._lock:
-            self._known_tensors.add(digest)
 
     def _call(self, method, reply_cls, graph, groups, timeout, build):
         timeout = self.timeout if timeout is None else timeout
@@ -359,7 +363,7 @@ class Client:
         for attempt in (0, 1):
             graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
             request = build(graph_ref)
-            if any(t.large() for _, t in tensors):
+            if any(t.any_large() for _, t in tensors):
                 # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
                 fields = request.DESCRIPTOR.fields_by_name
                 parts = [request.SerializeToString()]
@@ -387,8 +391,6 @@ class Client:
             break
         with self._lock:
             self._known_graphs.add(digest)
-        for _, t in tensors:
-            t.succeeded()
         try:
             reply = reply_cls.FromString(data)
         except Exception as exc:  # noqa: BLE001

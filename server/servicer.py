@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -41,6 +42,7 @@ class _Call:
         self.deadline = None
         self.compute_seconds = 0.0
         self.stats = None
+        self.pending = []             # (digest future, array) of tensors sent with `remember`
         try:
             remaining = context.time_remaining()
         except Exception:  # noqa: BLE001 - no deadline
@@ -69,8 +71,8 @@ class _Call:
         empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
         missing = []
         graph = self.servicer.graph(graph_ref, missing)
-        arrays = [[self.servicer.tensor(ref, f"{name}[{i}]", missing) for i, ref in enumerate(refs)]
-                  for name, refs in fields]
+        arrays = [[self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending)
+                   for i, ref in enumerate(refs)] for name, refs in fields]
         if missing:
             raise Failure(grpc.StatusCode.NOT_FOUND,
                           f"unknown digest(s): {', '.join(d[:12] + '...' for _, d in missing)}; "
@@ -162,6 +164,7 @@ class Servicer:
         self.limits = engine.limits
         self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
         self.slots = threading.BoundedSemaphore(workers)
+        self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradserve-hash")
         self.predicted_tape: dict = {}
         self.inflight = 0                     # Gradients calls being handled (for draining)
         self._inflight_lock = threading.Lock()
@@ -201,16 +204,26 @@ class Servicer:
             self.cache.put(key, graph, size)
         return graph
 
-    def tensor(self, ref, where, missing):
+    def tensor(self, ref, where, missing, pending=None):
         kind = ref.WhichOneof("ref")
         if kind == "digest":
             return self._lookup("t", ref.digest, TENSOR_RESOURCE, missing)
         if kind != "tensor":
             return None
         array = from_tensor(ref.tensor, self.limits, where)
-        if ref.remember:
-            self.cache.put("t" + proto_digest(ref.tensor), array, array.nbytes)
+        if ref.remember and pending is not None:
+            # Hash it while the engine computes (sha256 releases the GIL); stored on probation
+            # when the call ends (see ByteLRU).
+            pending.append((self.hasher.submit(proto_digest, ref.tensor), array))
         return array
+
+    def store_pending(self, pending):
+        for future, array in pending:
+            try:
+                digest = future.result()
+            except Exception:  # noqa: BLE001 - cannot happen for a decoded tensor; never fatal
+                continue
+            self.cache.put("t" + digest, array, array.nbytes, probation=True)
 
     # -- the methods --------------------------------------------------------------------------
 
@@ -285,7 +298,11 @@ class Servicer:
                               f"{request_cls.__name__} message ({exc})", "ValueError",
                               "request") from None
             call = _Call(self, method, context)
-            reply = compute(request, call)
+            try:
+                reply = compute(request, call)
+            finally:
+                if call.pending:
+                    self.store_pending(call.pending)
             call.stats = call.stats or self.engine.last_stats
             reply.msg.stats.CopyFrom(call.call_stats())
             series = m.series(method)

@@ -245,9 +245,9 @@ def test_large_tensors_travel_by_digest_once_the_server_has_them(server):
             np.testing.assert_allclose(value, v2)
             np.testing.assert_allclose(grad, g2)
     sizes = [n for _, n in rec.calls]
-    # seen once: inline; seen twice: inline and remembered; then by its 64-hex digest.
-    assert sizes[0] > data.nbytes and sizes[1] > data.nbytes
-    assert all(n < 5000 for n in sizes[2:]), sizes
+    # the first call carries it (with `remember`); later calls name it by its 64-hex digest
+    assert sizes[0] > data.nbytes
+    assert all(n < 5000 for n in sizes[1:]), sizes
     channel.close()
     # A digest the server never saw: NOT_FOUND naming the tensor.
     unknown = array_digest(np.arange(20000.0))
@@ -263,10 +263,7 @@ def test_client_resends_an_evicted_tensor(server):
     data = np.random.default_rng(1).standard_normal(20000)
     graph = gs.trace(lambda a, b: gnp.sum(a * b), 1.0, data)
     with gs.Client(server.address) as cli:
-        digest = array_digest(data)
-        cli._known_tensors.add(digest)            # believes the server has it; it does not
-        for _ in range(2):
-            cli._digest_if_seen(data)             # fingerprint marked as seen
+        cli._seen_before(data)      # as if sent before (to a replica, or since evicted)
         np.testing.assert_allclose(cli.evaluate(graph, 2.0, data), 2 * data.sum())
 
 
@@ -802,3 +799,18 @@ def test_hand_encoded_replies_equal_protobufs():
     fill_tensor(want.value, np.float64(3))
     fill_value(want.grad, (big,))
     assert pb.ValueAndGradResponse.FromString(reply.to_bytes()) == want
+
+
+def test_cache_is_byte_bounded_and_churn_stays_on_probation():
+    from gradserve.server.cache import ByteLRU
+    cache = ByteLRU(100_000)
+    cache.put("g-graph", "graph", 10_000)
+    cache.put("t-data", "data", 10_000, probation=True)
+    assert cache.get("t-data") == "data"                 # used again: protected
+    for i in range(200):                                # weights that change every call
+        cache.put(f"t-weights-{i}", i, 5_000, probation=True)
+        assert cache.nbytes <= 100_000
+    assert cache.get("g-graph") == "graph" and cache.get("t-data") == "data"
+    for i in range(50):                                 # more protected entries than fit
+        cache.put(f"g-{i}", i, 10_000)
+    assert cache.nbytes <= 100_000 and cache.get("g-graph") is None
