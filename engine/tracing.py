@@ -161,7 +161,10 @@ def current_builder() -> Builder | None:
 def bind(op: str, *args, **attrs):
     prim = PRIMITIVES[op]
     if any(isinstance(a, Tracer) for a in args):
-        builder = current_builder() or next(a.builder for a in args if isinstance(a, Tracer))
+        builder = current_builder()
+        if builder is None:
+            raise GraphError("a traced value was used after the function that traced it "
+                             "returned; compute with it inside the traced function", "tracing")
         return builder.add(prim, args, attrs)
     if not args and current_builder() is not None:  # `full` inside a trace: a node, not data
         return current_builder().add(prim, args, attrs)
