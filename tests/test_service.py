@@ -814,3 +814,30 @@ def test_cache_is_byte_bounded_and_churn_stays_on_probation():
     for i in range(50):                                 # more protected entries than fit
         cache.put(f"g-{i}", i, 10_000)
     assert cache.nbytes <= 100_000 and cache.get("g-graph") is None
+
+
+def test_tape_in_use_gauge_during_a_call(server):
+    """gradserve_tape_bytes_in_use shows the tape of a call while it computes, 0 after."""
+    n = 300
+
+    def chain(x, W):
+        for _ in range(25):
+            x = gnp.tanh(x @ W)
+        return gnp.sum(x)
+
+    rng = np.random.default_rng(4)
+    x, W = rng.random((n, n)), rng.random((n, n)) / n
+    graph = gs.trace(chain, x, W)
+    with gs.Client(server.address, timeout=120) as cli:
+        cli.grad(graph, x, W)                       # the plan and its tape size are now known
+        tape = cli.last_stats.tape_bytes
+        assert tape > 0
+        seen = []
+        t = threading.Thread(target=lambda: cli.grad(graph, x, W))
+        t.start()
+        while t.is_alive():
+            seen.append(sample(scrape(server), "gradserve_tape_bytes_in_use"))
+            time.sleep(0.02)
+        t.join()
+    assert tape in seen, (tape, sorted(set(seen)))
+    assert sample(scrape(server), "gradserve_tape_bytes_in_use") == 0
