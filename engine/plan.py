@@ -31,45 +31,72 @@ class Stats(NamedTuple):
 
 
 def rematerialize(nodes, boundary, outputs):
-    """Move cheap elementwise forward nodes whose results only the backward pass reads to just
-    before their first backward use, when their own inputs stay alive into the backward pass
-    anyway. Nothing is computed twice; what changes is that their results are not held on
-    the tape (tanh's 1 - y**2 is recomputed from y, which the matmul's transpose keeps)."""
+    """Move chains of cheap elementwise forward nodes whose results only the backward pass
+    reads to just before their first backward use, when what they start from stays alive into
+    the backward pass anyway (a graph input or constant, a view of one, or a value the backward
+    pass reads). Nothing is computed twice; what changes is that their results are not held on
+    the tape: tanh's `1 - y*y` (two nodes) is recomputed from y, which the matmul's transpose
+    keeps."""
     forward, backward = list(nodes[:boundary]), list(nodes[boundary:])
-    position = {id(n): (i, 0) for i, n in enumerate(backward)}
-    forward_uses: dict = {}
-    for node in forward:
+    producer = {o: n for n in forward for o in n.outputs}
+    users: dict = {}
+    for node in nodes:
         for name in node.inputs:
-            forward_uses[name] = forward_uses.get(name, 0) + 1
-    first_backward_use: dict = {}
+            users.setdefault(name, []).append(node)
+    position = {id(n): (i, 0, 0) for i, n in enumerate(backward)}
+    first_use: dict = {}  # value -> position of its first reader in the backward pass
     for node in backward:
         for name in node.inputs:
-            first_backward_use.setdefault(name, position[id(node)])
-    defined_forward = {o for n in forward for o in n.outputs}
+            first_use.setdefault(name, position[id(node)])
     outputs = set(outputs)
+
+    def in_backward(node):
+        return id(node) in position
+
+    def free(name):
+        """Holding it costs the tape nothing: an input, a constant or a view of one, or a value
+        the backward pass reads anyway."""
+        while name in producer and PRIMITIVES[producer[name].op].view:
+            if name in first_use:
+                return True
+            name = producer[name].inputs[0]
+        return name not in producer or name in first_use
+
+    def cone(node, chain):
+        """`node` and the forward producers it alone needs, in order; None if it cannot move."""
+        if not PRIMITIVES[node.op].elementwise or any(o in outputs for o in node.outputs):
+            return None
+        if any(not in_backward(u) and id(u) not in chain for o in node.outputs
+               for u in users.get(o, [])):
+            return None
+        part = []
+        for name in node.inputs:
+            if free(name):
+                continue
+            sub = cone(producer[name], chain | {id(node)})
+            if sub is None:
+                return None
+            part += [n for n in sub if n not in part]
+        return part + [node]
+
     counter = 0
-    moved = []
     for node in reversed(forward):
-        if not PRIMITIVES[node.op].elementwise:
+        if in_backward(node) or not all(o in first_use for o in node.outputs):
             continue
-        if any(forward_uses.get(o) or o in outputs or o not in first_backward_use
-               for o in node.outputs):
-            continue
-        if any(name in defined_forward and name not in first_backward_use for name in node.inputs):
+        chain = cone(node, set())
+        if chain is None:
             continue
         counter += 1
-        at = min(first_backward_use[o] for o in node.outputs)
-        position[id(node)] = (at[0], -counter)
-        moved.append(node)
-        for name in node.inputs:
-            forward_uses[name] -= 1
-            first_backward_use[name] = min(first_backward_use.get(name, at), position[id(node)])
-    if not moved:
+        at = min(first_use[o] for n in chain for o in n.outputs if o in first_use)[0]
+        for j, moved in enumerate(chain):
+            position[id(moved)] = (at, -counter, j)
+            for name in moved.inputs:
+                first_use[name] = min(first_use.get(name, position[id(moved)]), position[id(moved)])
+    if counter == 0:
         return list(nodes), boundary
-    moved_ids = {id(n) for n in moved}
-    forward = [n for n in forward if id(n) not in moved_ids]
-    backward = sorted(backward + moved, key=lambda n: position[id(n)])
-    return forward + backward, len(forward)
+    kept = [n for n in forward if not in_backward(n)]
+    moved = [n for n in forward if in_backward(n)]
+    return kept + sorted(backward + moved, key=lambda n: position[id(n)]), len(kept)
 
 
 # Ops whose NumPy implementation always returns a new, writable array that it owns: their
