@@ -324,9 +324,15 @@ def test_tape_limit_is_resource_exhausted_with_a_message(limited):
     big = gs.trace(lambda x: gnp.sum(gnp.sin(gnp.exp(x)) * x), np.ones(200_000))  # 1.6 MB args
     small = np.ones(1000)
     with gs.Client(limited.address, timeout=30) as cli:
-        g = gs.trace(lambda x: gnp.sum(gnp.sin(gnp.exp(gnp.cos(x)))), np.ones(100_000))
+        def chain(x, W):                          # each matmul keeps its input: 3.2 MB of tape
+            for _ in range(10):
+                x = gnp.tanh(x @ W)
+            return gnp.sum(x)
+
+        x = np.full((200, 200), 0.01)
+        g = gs.trace(chain, x, x)
         with pytest.raises(gs.LimitError, match="tape"):
-            cli.grad(g, np.ones(100_000))         # 1.6 MB of tape > 1 MiB
+            cli.grad(g, x, x)                      # > --max-tape-bytes 1MiB
         with pytest.raises(gs.LimitError):       # over --max-message-bytes 1MiB
             cli.evaluate(big, np.ones(200_000))
         with pytest.raises(gs.LimitError):       # over --max-elements 10^6
