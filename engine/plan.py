@@ -11,6 +11,7 @@ storage; a storage is alive while any value on it is.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from typing import NamedTuple
 
@@ -116,6 +117,31 @@ def _into(ufunc, position):
     return step
 
 
+# Buffer pool: a large array that dies inside a call goes back to its plan's pool (one per
+# thread), and a later elementwise op of that shape and dtype, in this call or the next,
+# writes into it instead of asking malloc, which would fault fresh pages in on every call.
+POOL_MIN_ELEMENTS = 4096
+_POOL_DTYPES = ("float64", "float32", "complex128", "int64", "int32", "bool")
+_ONLY_THE_CALL_HOLDS_IT = 4  # sys.getrefcount inside _recycler: the env slot, the step's
+#                              argument list and tuple, and getrefcount's own argument
+
+
+def _from_pool(ufunc, key, pools):
+    def step(*args):
+        free = pools.__dict__.get(key)
+        return ufunc(*args, out=free.pop()) if free else ufunc(*args)
+    return step
+
+
+def _recycler(key, pools):
+    def step(array):
+        # Only an array nothing else refers to (no view, no loop tape, no caller) is reused.
+        if type(array) is np.ndarray and array.base is None and \
+                sys.getrefcount(array) <= _ONLY_THE_CALL_HOLDS_IT:
+            pools.__dict__.setdefault(key, []).append(array)
+    return step
+
+
 class Plan:
     def __init__(self, program: Program):
         graph = program.graph
@@ -157,18 +183,29 @@ class Plan:
             frees[k].extend(o for o in node.outputs if o not in last_use and o not in keep)
 
         donations = self._walk(nodes, boundary, frees, keep)
+        pools = threading.local()
+        scratch = len(self.template)
+        self.template.append(None)
         self.steps = []
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
+            spec = graph.avals[node.outputs[0]]
             if k in donations:
                 fn = _into(prim.ufunc, donations[k]) if prim.ufunc is not None else prim.inplace
+            elif prim.ufunc is not None and spec.size >= POOL_MIN_ELEMENTS:
+                fn = _from_pool(prim.ufunc, (spec.shape, spec.dtype), pools)
             else:
                 fn = prim.impl
             fn = functools.partial(fn, **node.attrs) if node.attrs else fn
             outs = tuple(slot[n] for n in node.outputs)
+            recycled = [n for n in frees[k] if n in self._poolable]
             self.steps.append((fn, tuple(slot[n] for n in node.inputs),
                                outs if prim.multiple_results else outs[0],
-                               tuple(slot[n] for n in frees[k])))
+                               tuple(slot[n] for n in frees[k] if n not in recycled)))
+            for name in recycled:
+                aval = graph.avals[name]
+                self.steps.append((_recycler((aval.shape, aval.dtype), pools), (slot[name],),
+                                   scratch, (slot[name],)))
 
     def _walk(self, nodes, boundary, frees, keep):
         """One pass over the schedule with the storage each value lives on: decides which
@@ -235,6 +272,10 @@ class Plan:
                         residual.discard(owner)
                         tape -= size[owner]
         self.stats = Stats(tape_peak, entries, peak, 0)
+        # values that own a fresh buffer worth reusing (checked again at run time)
+        self._poolable = {name for name in fresh if storage.get(name) == name
+                          and graph.avals[name].size >= POOL_MIN_ELEMENTS
+                          and graph.avals[name].dtype in _POOL_DTYPES}
         return donations
 
     def run(self, args, should_stop=None):
