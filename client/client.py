@@ -118,7 +118,7 @@ class _Tensors:
 
     def __init__(self, client, arrays):
         self.client = client
-        self.arrays = arrays
+        self.arrays = arrays = [None if a is None else canonical_array(a) for a in arrays]
         self.digests = [None] * len(arrays)
         self.large = [a is not None and a.nbytes >= client.digest_min_bytes for a in arrays]
         todo = [i for i, a in enumerate(arrays) if self.large[i] and client._seen_before(a)]
@@ -196,7 +196,8 @@ class Client:
             raise TypeError("gs.Client takes a target string ('host:port') or a grpc.Channel, "
                             f"got {type(target_or_channel).__name__}")
         if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+            raise ValueError("timeout must be a positive number of seconds or None, "
+                             f"got {timeout!r}")
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = float(backoff)
@@ -229,8 +230,8 @@ class Client:
         _check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
-        reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [("args", args)], timeout,
-                           lambda g: pb.ValueAndGradRequest(graph=g, argnums=nums))
+        reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [("args", args)],
+                           timeout, lambda g: pb.ValueAndGradRequest(graph=g, argnums=nums))
         return writable_array(from_tensor(reply.value)), from_value(reply.grad)
 
     def grad(self, graph: Graph, *args, argnums=0, timeout=None):
@@ -239,14 +240,16 @@ class Client:
     def vjp(self, graph: Graph, primals, cotangents, timeout=None):
         _check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
-        cotangents = (cotangents,) if len(graph.outputs) == 1 and not isinstance(cotangents, tuple) \
-            else tuple(cotangents)
+        single = len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
+        cotangents = (cotangents,) if single else tuple(cotangents)
         if len(cotangents) != len(graph.outputs):
-            raise TypeError(f"the graph has {len(graph.outputs)} outputs, got {len(cotangents)} cotangents")
+            raise TypeError(f"the graph has {len(graph.outputs)} outputs, "
+                            f"got {len(cotangents)} cotangents")
         cts = [coerce(c, p.spec, f"cotangent of output {k}")
                if dtypes.is_differentiable(p.spec.dtype) else None
                for k, (c, p) in enumerate(zip(cotangents, graph.outputs))]
-        reply = self._call("Vjp", pb.VjpResponse, graph, [("primals", primals), ("cotangents", cts)], timeout,
+        reply = self._call("Vjp", pb.VjpResponse, graph,
+                           [("primals", primals), ("cotangents", cts)], timeout,
                            lambda g: pb.VjpRequest(graph=g))
         return from_value(reply.outputs), tuple(writable_array(from_tensor(t))
                                                 for t in reply.input_cotangents)
@@ -255,7 +258,8 @@ class Client:
         _check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
-        reply = self._call("Jvp", pb.JvpResponse, graph, [("primals", primals), ("tangents", tangents)], timeout,
+        reply = self._call("Jvp", pb.JvpResponse, graph,
+                           [("primals", primals), ("tangents", tangents)], timeout,
                            lambda g: pb.JvpRequest(graph=g))
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
@@ -273,7 +277,8 @@ class Client:
         _check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
-        reply = self._call("Hvp", pb.HvpResponse, graph, [("primals", primals), ("tangents", tangents)], timeout,
+        reply = self._call("Hvp", pb.HvpResponse, graph,
+                           [("primals", primals), ("tangents", tangents)], timeout,
                            lambda g: pb.HvpRequest(graph=g))
         return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
 
@@ -288,7 +293,8 @@ class Client:
     def check_grad(self, graph: Graph, *args, method="central", timeout=None):
         args = _arguments(graph, args)
         if not isinstance(method, str):
-            raise ValueError(f"method must be one of ['central', 'complex', 'forward'], got {method!r}")
+            raise ValueError("method must be one of ['central', 'complex', 'forward'], "
+                             f"got {method!r}")
         reply = self._call("CheckGrad", pb.CheckGradResponse, graph, [("args", args)], timeout,
                            lambda g: pb.CheckGradRequest(graph=g, method=method))
         return GradCheck(reply.method, reply.max_abs_error, reply.max_rel_error, reply.ok,
@@ -361,7 +367,8 @@ class Client:
         tensors = [(field, _Tensors(self, list(group))) for field, group in groups]
         force_inline: set = set()
         for attempt in (0, 1):
-            graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
+            graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body \
+                else pb.GraphRef(digest=digest)
             request = build(graph_ref)
             if any(t.any_large() for _, t in tensors):
                 # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
@@ -493,5 +500,6 @@ def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
         return kind(f"gradserve {method}: {code.name}: {message}", code)
     if issubclass(cls, GraphError):
         prefix = f"{where}: "
-        return cls(message[len(prefix):] if message.startswith(prefix) else message, where or "graph")
+        reason = message[len(prefix):] if message.startswith(prefix) else message
+        return cls(reason, where or "graph")
     return cls(message)

@@ -32,7 +32,8 @@ def main():
             value, (g1, g2) = cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
             print(f"f(2, 5) = {float(value):.6f}   grad = ({float(g1):.6f}, {float(g2):.6f})")
             print("hessian:\n", np.array(cli.hessian(graph, 2.0, 5.0, argnums=(0, 1))))
-            print("check_grad (complex step):", cli.check_grad(graph, 2.0, 5.0, method="complex").ok)
+            report = cli.check_grad(graph, 2.0, 5.0, method="complex")
+            print("check_grad (complex step):", report.ok, report.max_abs_error)
             print("server stats of the last call:", cli.last_stats,
                   f"compute {cli.last_stats.compute_seconds * 1e3:.2f} ms")
             try:
