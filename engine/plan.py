@@ -122,8 +122,8 @@ def _into(ufunc, position):
 # writes into it instead of asking malloc, which would fault fresh pages in on every call.
 POOL_MIN_ELEMENTS = 4096
 _POOL_DTYPES = ("float64", "float32", "complex128", "int64", "int32", "bool")
-_ONLY_THE_CALL_HOLDS_IT = 4  # sys.getrefcount inside _recycler: the env slot, the step's
-#                              argument list and tuple, and getrefcount's own argument
+_ONLY_THE_CALL_HOLDS_IT = 3  # sys.getrefcount inside _recycler: the plan's local variable,
+#                              the parameter, and getrefcount's own argument
 
 
 def _from_pool(ufunc, key, pools):
@@ -165,7 +165,8 @@ class Plan:
                 slot[name] = len(slot)
         self.template = [None] * len(slot)
         for name, value in list(graph.constants.items()) + list(self.precomputed.items()):
-            self.template[slot[name]] = value
+            # a 0-d array as a NumPy scalar: arithmetic on scalars is several times faster
+            self.template[slot[name]] = value[()] if value.ndim == 0 else value
         self.input_slots = [slot[n] for n in graph.input_names]
         self.output_slots = [slot[n] for n in graph.output_names]
 
@@ -289,19 +290,41 @@ class Plan:
             _running.should_stop = outer
 
     def _run(self, args, should_stop):
-        env = self.template.copy()
-        for s, a in zip(self.input_slots, args):
-            env[s] = a
+        args = [a[()] if type(a) is np.ndarray and a.ndim == 0 else a for a in args]
         with np.errstate(all="ignore"):
-            for fn, ins, out, frees in self.steps:
-                if should_stop is not None:
-                    should_stop()
-                if type(out) is int:
-                    env[out] = fn(*[env[i] for i in ins])
-                else:  # several outputs
-                    for o, value in zip(out, fn(*[env[i] for i in ins])):
-                        env[o] = value
-                for f in frees:
-                    env[f] = None
-        return [env[s] for s in self.output_slots]
+            if should_stop is None:
+                return self._straight(*args)
+            return self._checked(should_stop, *args)
 
+    def _generate(self, checked: bool):
+        """The plan as straight-line Python: one local variable per slot, `del` at last use.
+        Running it costs a call per op and no interpreter loop. The source holds only names
+        made here (v<slot>, F<step>, K<slot>); functions and constants come in through the
+        namespace, never as text, so nothing a request sent is ever compiled."""
+        namespace = {}
+        params = (["stop"] if checked else []) + [f"v{s}" for s in self.input_slots]
+        lines = [f"def run({', '.join(params)}):"]
+        for s, value in enumerate(self.template):
+            if value is not None:
+                namespace[f"K{s}"] = value
+                lines.append(f"    v{s} = K{s}")
+        for k, (fn, ins, out, frees) in enumerate(self.steps):
+            namespace[f"F{k}"] = fn
+            if checked:
+                lines.append("    stop()")
+            call = f"F{k}({', '.join(f'v{i}' for i in ins)})"
+            target = f"v{out}" if type(out) is int else "".join(f"v{o}, " for o in out)
+            lines.append(f"    {target} = {call}")
+            if frees:
+                lines.append(f"    del {', '.join(f'v{f}' for f in frees)}")
+        lines.append(f"    return [{', '.join(f'v{s}' for s in self.output_slots)}]")
+        exec(compile("\n".join(lines), f"<plan {self.graph.digest[:12]}>", "exec"), namespace)
+        return namespace["run"]
+
+    @functools.cached_property
+    def _straight(self):
+        return self._generate(checked=False)
+
+    @functools.cached_property
+    def _checked(self):
+        return self._generate(checked=True)

@@ -8,6 +8,7 @@ cotangent into sqrt's rule and gets 0, not 0 * inf = nan.
 Complex step: the non-holomorphic ops get the standard extensions (abs(z) = z * sign(Re z);
 sign, comparisons, maximum and minimum look at the real part).
 """
+import math
 import operator
 
 import numpy as np
@@ -122,7 +123,9 @@ def _select_real(take_x):
 def _mul_or_zero(t, d):
     """t * d, but 0 wherever t or d is 0 (0 * inf and 0 * nan are 0): only a non-finite
     product can be one of those."""
-    out = np.multiply(t, d)
+    out = t * d
+    if type(out) is np.float64:  # the scalar case, kept cheap
+        return out if math.isfinite(out) or (t != 0 and d != 0) else np.float64(0.0)
     bad = ~np.isfinite(out)
     if bad.any():
         out = np.where(bad & ((np.asarray(t) == 0) | (np.asarray(d) == 0)), 0, out)
@@ -131,7 +134,9 @@ def _mul_or_zero(t, d):
 
 def _div_or_zero(t, d):
     """t / d, but 0 wherever t is 0 (0 / 0 is 0)."""
-    out = np.divide(t, d)
+    out = t / d
+    if type(out) is np.float64:
+        return out if math.isfinite(out) or t != 0 else np.float64(0.0)
     bad = ~np.isfinite(out)
     if bad.any():
         out = np.where(bad & (np.asarray(t) == 0), 0, out)
