@@ -111,17 +111,25 @@ def _hash_pool():
 
 
 class _Tensors:
-    """How one call sends its arrays. Small ones inline. A large one (>= digest_min_bytes)
-    inline with `remember` the first time it is seen (the server hashes and keeps it; the
-    client does not hash it); from the second time on, by its digest (the client hashes it
-    then). A NOT_FOUND answer sends it inline again (Client._missed)."""
+    """How one call sends its arrays. Small ones inline. A large one (>= digest_min_bytes):
+    - by its digest once it was sent with `remember` (the client hashes it then; a NOT_FOUND
+      answer gets it inline again, see Client._missed);
+    - else inline, with `remember` (the server hashes and keeps it) unless it sits where the
+      previous call of this graph had a different array that was never seen again: weights
+      that change every call are neither hashed nor kept, data held fixed travels once."""
 
-    def __init__(self, client, arrays):
+    def __init__(self, client, graph_digest, field, arrays):
         self.client = client
         self.arrays = arrays = [None if a is None else canonical_array(a) for a in arrays]
         self.digests = [None] * len(arrays)
         self.large = [a is not None and a.nbytes >= client.digest_min_bytes for a in arrays]
-        todo = [i for i, a in enumerate(arrays) if self.large[i] and client._seen_before(a)]
+        self.remember = [False] * len(arrays)
+        todo = []
+        for i, a in enumerate(arrays):
+            if not self.large[i]:
+                continue
+            if client._sent_before(a, (graph_digest, field, i), self.remember, i):
+                todo.append(i)
         if len(todo) > 1 and sum(arrays[i].nbytes for i in todo) >= 1 << 20:
             # sha256 releases the GIL: hash megabytes on several cores at once.
             digests = _hash_pool().map(array_digest, [arrays[i] for i in todo])
@@ -129,6 +137,7 @@ class _Tensors:
             digests = [array_digest(arrays[i]) for i in todo]
         for i, d in zip(todo, digests):
             self.digests[i] = d
+            self.remember[i] = True       # if it has to go inline after all (NOT_FOUND)
 
     def _choices(self, force_inline):
         """Per array: "none", "digest" or "inline"."""
@@ -146,14 +155,14 @@ class _Tensors:
     def fill(self, repeated, force_inline=frozenset()):
         """Add the TensorRefs to the request's repeated field, in place (small arrays:
         cheaper than hand encoding)."""
-        for a, d, big, how in zip(self.arrays, self.digests, self.large,
-                                  self._choices(force_inline)):
+        for a, d, remember, how in zip(self.arrays, self.digests, self.remember,
+                                       self._choices(force_inline)):
             ref = repeated.add()
             if how == "digest":
                 ref.digest = d
             elif how == "inline":
                 fill_tensor(ref.tensor, a)
-                ref.remember = big
+                ref.remember = remember
 
     def any_large(self) -> bool:
         return any(a is not None and a.nbytes >= 16384 for a in self.arrays)
@@ -161,12 +170,12 @@ class _Tensors:
     def encode(self, field: int, force_inline=frozenset()) -> list:
         """The TensorRefs of repeated field number `field`, hand-encoded (codec)."""
         parts = []
-        for a, d, big, how in zip(self.arrays, self.digests, self.large,
-                                  self._choices(force_inline)):
+        for a, d, remember, how in zip(self.arrays, self.digests, self.remember,
+                                       self._choices(force_inline)):
             if how == "digest":
                 parts += tensor_ref_parts(field, digest=d)
             elif how == "inline":
-                parts += tensor_ref_parts(field, a, remember=big)
+                parts += tensor_ref_parts(field, a, remember=remember)
             else:
                 parts += tensor_ref_parts(field)
         return parts
@@ -208,7 +217,9 @@ class Client:
                                     "Hessian", "CheckGrad")}
         self._lock = threading.Lock()
         self._known_graphs = _LruSet(4096)      # graph digests the server has
-        self._fingerprints = _LruSet(4096)      # large arrays seen once (cheap fingerprints)
+        self._fingerprints = _LruSet(4096)      # large arrays seen (cheap fingerprints)
+        self._remembered = _LruSet(4096)        # ... and sent with `remember`
+        self._positions: dict = {}              # (graph, field, index) -> last fingerprint
         self._inline_budget: dict = {}          # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
         self._closed = False
@@ -321,18 +332,27 @@ class Client:
 
     # ---- the protocol -----------------------------------------------------------------------
 
-    def _seen_before(self, array) -> bool:
-        """Whether this large array was seen before, by a cheap fingerprint of sampled
-        elements (only then is it hashed): an array that changes every call (weights in an
-        optimisation loop) is never hashed, one held fixed is hashed from its second call."""
+    def _sent_before(self, array, position, remember, i) -> bool:
+        """True when this large array (by a cheap fingerprint of sampled elements) was sent
+        with `remember` before: then it is hashed and named by digest. Otherwise sets
+        remember[i] (see _Tensors) and records the array as seen at `position`."""
         flat = array.reshape(-1)
         step = max(1, flat.size // _FINGERPRINT_SAMPLES)
         fingerprint = (array.dtype.str, array.shape, flat[::step][:_FINGERPRINT_SAMPLES].tobytes())
         with self._lock:
-            seen = fingerprint in self._fingerprints
-            if not seen:
-                self._fingerprints.add(fingerprint)
-        return seen
+            if fingerprint in self._remembered:
+                self._positions[position] = fingerprint
+                return True
+            last = self._positions.get(position)
+            keep = last is None or last == fingerprint or fingerprint in self._fingerprints
+            self._positions[position] = fingerprint
+            if len(self._positions) > 4096:
+                self._positions.pop(next(iter(self._positions)))
+            self._fingerprints.add(fingerprint)
+            if keep:
+                self._remembered.add(fingerprint)
+            remember[i] = keep
+            return False
 
     def _by_digest(self, key) -> bool:
         """Whether to name this graph ("g", digest) or tensor ("t", digest) by its digest:
@@ -364,7 +384,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         digest = graph.digest
         send_body = not self._by_digest(("g", digest))
-        tensors = [(field, _Tensors(self, list(group))) for field, group in groups]
+        tensors = [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
         force_inline: set = set()
         for attempt in (0, 1):
             graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body \

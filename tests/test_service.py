@@ -341,7 +341,8 @@ def test_client_resends_an_evicted_tensor(server):
     data = np.random.default_rng(1).standard_normal(20000)
     graph = gs.trace(lambda a, b: gnp.sum(a * b), 1.0, data)
     with gs.Client(server.address) as cli:
-        cli._seen_before(data)  # as if sent before (to a replica, or since evicted)
+        # as if sent before with `remember` (to another replica, or since evicted)
+        cli._sent_before(data, ("elsewhere",), [False], 0)
         np.testing.assert_allclose(cli.evaluate(graph, 2.0, data), 2 * data.sum())
 
 
@@ -1121,3 +1122,30 @@ def test_non_contiguous_large_arguments(remote):
         want_out, (want_ct,) = eng.vjp(graph, (x,), ct)
         np.testing.assert_array_equal(out, want_out)
         np.testing.assert_array_equal(x_ct, want_ct)
+
+
+def test_changing_large_arguments_are_not_kept_fixed_ones_travel_once(server):
+    """In a loop, a large argument that changes every call (weights) travels inline without
+    `remember` from the second call on (the server neither hashes nor keeps it); one held
+    fixed (data) travels once, then by digest."""
+    requests = []
+
+    class Keep(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            requests.append(pb.ValueAndGradRequest.FromString(request))
+            return continuation(details, request)
+
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.address), Keep())
+    data = np.random.default_rng(5).standard_normal(20000)
+    graph = gs.trace(lambda w, d: gnp.sum((w * d) ** 2), data, data)
+    with gs.Client(channel) as cli:
+        for step in range(5):
+            w = np.full(20000, 0.1 * (step + 1))
+            np.testing.assert_allclose(cli.grad(graph, w, data), 2 * w * data**2)
+    channel.close()
+    w_refs = [r.args[0] for r in requests]
+    d_refs = [r.args[1] for r in requests]
+    assert [r.WhichOneof("ref") for r in d_refs] == ["tensor"] + ["digest"] * 4
+    assert d_refs[0].remember
+    assert [r.WhichOneof("ref") for r in w_refs] == ["tensor"] * 5
+    assert [r.remember for r in w_refs] == [True] + [False] * 4
