@@ -4,6 +4,7 @@ Every method turns (graph, method, argnums) into a Program by graph transformati
 it once into a Plan (cached by the graph's digest), and runs the plan on the arguments."""
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import LimitError
-from .graph import Graph, Spec
+from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
 from .ops.control import tape_mode
 from .plan import Plan, Stats
@@ -243,7 +244,7 @@ class Engine:
                     return batch(tangent_program, [False] * n_in + [True], size)
 
                 plan = self._plan(graph, key + ("fwd", i), build)
-                basis = np.eye(size, dtype=spec.dtype).reshape((size,) + spec.shape)
+                basis = _basis(spec)
                 for k, column in enumerate(self._run(plan, args + [basis], should_stop=should_stop)):
                     blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
                 stats.append(self.last_stats)
@@ -257,7 +258,7 @@ class Engine:
                     return batch(row_program, [False] * n_in + [True], size)
 
                 plan = self._plan(graph, key + ("rev", k, nums), build)
-                basis = np.eye(size, dtype=out_spec.dtype).reshape((size,) + out_spec.shape)
+                basis = _basis(out_spec)
                 for j, rows in enumerate(self._run(plan, args + [basis], should_stop=should_stop)):
                     spec = graph.inputs[nums[j]].spec
                     blocks[k][j] = rows.reshape(out_spec.shape + spec.shape)
@@ -272,6 +273,12 @@ class Engine:
 
 
 _NUMPY_DTYPES = {name: np.dtype(name) for name in dtypes.SUPPORTED}
+
+
+@functools.lru_cache(maxsize=64)
+def _basis(spec: Spec) -> np.ndarray:
+    """The identity as a batch of one-hot arrays of `spec` (read-only, made once)."""
+    return readonly(np.eye(spec.size, dtype=spec.dtype).reshape((spec.size,) + spec.shape))
 
 
 def coerce(value, spec: Spec, what: str) -> np.ndarray:

@@ -226,18 +226,21 @@ class Plan:
         live = sum(graph.avals[n].nbytes for n in graph.input_names)
         peak, tape, tape_peak = live, 0, 0
         fresh = set()
+        producers = {o: n for n in nodes for o in n.outputs}
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
             spec = graph.avals[node.outputs[0]]
             dying = set(frees[k])
             if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
-                for i in positions:
-                    name = node.inputs[i]
-                    if (name in fresh and name in dying and refs.get(name) == 1
-                            and graph.avals[name] == spec):
-                        donations[k] = i
-                        break
+                candidates = [i for i in positions if node.inputs[i] in fresh
+                              and node.inputs[i] in dying and refs.get(node.inputs[i]) == 1
+                              and graph.avals[node.inputs[i]] == spec]
+                # Prefer a buffer that could not go back to the pool anyway (an einsum's):
+                # a pooled one given up here might leave the call as an output.
+                candidates.sort(key=lambda i: PRIMITIVES[producers[node.inputs[i]].op].ufunc is not None)
+                if candidates:
+                    donations[k] = candidates[0]
             base = node.inputs[0] if prim.view else None
             for out in node.outputs:
                 if k in donations:
