@@ -14,6 +14,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 import grpc
@@ -130,6 +131,12 @@ class _Tensors:
                 continue
             if client._sent_before(a, (graph_digest, field, i), self.remember, i):
                 todo.append(i)
+        for i in list(todo):
+            known = client._digest_of_readonly(arrays[i])
+            if known is not None:
+                self.digests[i] = known
+                self.remember[i] = True
+                todo.remove(i)
         if len(todo) > 1 and sum(arrays[i].nbytes for i in todo) >= 1 << 20:
             # sha256 releases the GIL: hash megabytes on several cores at once.
             digests = _hash_pool().map(array_digest, [arrays[i] for i in todo])
@@ -138,6 +145,7 @@ class _Tensors:
         for i, d in zip(todo, digests):
             self.digests[i] = d
             self.remember[i] = True       # if it has to go inline after all (NOT_FOUND)
+            client._note_readonly(arrays[i], d)
 
     def _choices(self, force_inline):
         """Per array: "none", "digest" or "inline"."""
@@ -220,6 +228,7 @@ class Client:
         self._fingerprints = _LruSet(4096)      # large arrays seen (cheap fingerprints)
         self._remembered = _LruSet(4096)        # ... and sent with `remember`
         self._positions: dict = {}              # (graph, field, index) -> last fingerprint
+        self._readonly_digests: dict = {}       # id -> (weakref, digest) of read-only arrays
         self._inline_budget: dict = {}          # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
         self._closed = False
@@ -353,6 +362,23 @@ class Client:
                 self._remembered.add(fingerprint)
             remember[i] = keep
             return False
+
+    def _digest_of_readonly(self, array):
+        """The digest of a read-only array that owns its data, hashed before: nothing can
+        change such an array, so it is hashed once (gs.minimize passes its fixed data so)."""
+        if array.flags.writeable or array.base is not None:
+            return None
+        with self._lock:
+            entry = self._readonly_digests.get(id(array))
+        return entry[1] if entry is not None and entry[0]() is array else None
+
+    def _note_readonly(self, array, digest):
+        if array.flags.writeable or array.base is not None:
+            return
+        with self._lock:
+            self._readonly_digests[id(array)] = (weakref.ref(array), digest)
+            if len(self._readonly_digests) > 4096:
+                self._readonly_digests.pop(next(iter(self._readonly_digests)))
 
     def _by_digest(self, key) -> bool:
         """Whether to name this graph ("g", digest) or tensor ("t", digest) by its digest:

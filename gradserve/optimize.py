@@ -90,11 +90,11 @@ def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=N
     if x0.size != variable.spec.size:
         raise ValueError(f"x0 for input {variable.name!r} needs {variable.spec.size} elements "
                          f"(shape {variable.spec.shape}), got shape {x0.shape}")
-    # Convert the fixed inputs once, to C-contiguous arrays of the input's dtype: the same
-    # arrays then go to every call, so a Client neither converts (copies) them on each step nor
-    # resends them (it names a large one by its digest). A Fortran-ordered data matrix (as
-    # pandas often gives) would otherwise be copied on every call.
-    fixed = tuple(np.ascontiguousarray(coerce(a, p.spec, f"argument {p.name!r}"))
+    # Copy the fixed inputs once, to read-only C-contiguous arrays of the input's dtype that
+    # own their data: the same arrays then go to every call, so a Client neither converts them
+    # on each step nor resends them, and since nothing can change them it hashes each large one
+    # only once (it names it by its digest afterwards).
+    fixed = tuple(_readonly(np.array(coerce(a, p.spec, f"argument {p.name!r}"), order="C"))
                   for a, p in zip(args, graph.inputs[1:]))
     if backend is None:
         from gradserve.engine import Engine

@@ -303,9 +303,6 @@ def test_newton_cg_remote_sends_data_and_zero_tangents_by_digest(server):
     assert sum(n >= X.nbytes for n in hvp) <= 2 and max(hvp[2:]) < 2 * y.nbytes + 4000
 
 
-@pytest.mark.xfail(reason="gs.Client sends a large array inline twice (first sight, then with "
-                          "`remember`) before naming it by digest; issue 6 asks for once",
-                   strict=False)
 def test_data_matrix_travels_exactly_once(server):
     X, y = logistic_data(4000, 20, seed=321)
     _, calls = _remote_run(server, X, y, options={"maxiter": 10})
