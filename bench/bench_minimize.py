@@ -12,8 +12,9 @@ Each round runs the whole loop from w = 0 to convergence once in-process and onc
 interleaved so that load from other processes hits both alike; the figure per side is the
 median over rounds of (iterations / wall seconds). Both loops take the same steps (checked).
 A per-call breakdown follows: value_and_grad latency in-process and remote, the round trip of
-a trivial graph (the transport's floor), and the client's sha256 of the data matrix (the
-client re-hashes a large array it has seen before on every call, to name it by digest).
+a trivial graph (the transport's floor), and the client's sha256 of the data matrix (it
+hashes a read-only array that owns its data once, as gs.minimize passes fixed data, and a
+writable one on every call, to name it by digest).
 """
 from __future__ import annotations
 
@@ -120,26 +121,6 @@ def step_request_bytes(address, graph, w, X, y):
     return rec.sizes[-1]
 
 
-class MemoClient(gs.Client):
-    """What-if: a Client that remembers the digest of a read-only array it has hashed (by
-    identity), instead of hashing it again on every call. Not gradserve's Client."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._memo = {}
-
-    def _digest_if_seen(self, array):
-        if array.flags.writeable:
-            return super()._digest_if_seen(array)
-        hit = self._memo.get(id(array))
-        if hit is not None and hit[0] is array:
-            return hit[1]
-        digest = super()._digest_if_seen(array)
-        if digest is not None:
-            self._memo[id(array)] = (array, digest)
-        return digest
-
-
 def per_call_ms(fn, repeat=200):
     for _ in range(5):
         fn()
@@ -184,39 +165,20 @@ def main(argv=None):
         far, _ = run(client)                      # warm-up: graph and data reach the server
         assert far.nit == ref.nit and np.allclose(far.x, ref.x, rtol=1e-10, atol=1e-12), \
             (far.nit, ref.nit)
-        # What-if: the same loop with read-only copies of the data and a Client that does
-        # not re-hash them on every call.
-        # (Only while the Client has the private hook this subclass overrides.)
-        memo = MemoClient(address, timeout=120) if hasattr(gs.Client, "_digest_if_seen") else None
-        Xr, yr = X.copy(), y.copy()
-        Xr.flags.writeable = yr.flags.writeable = False
-
-        def run_memo():
-            t = time.perf_counter()
-            res = gs.minimize(graph, w0, Xr, yr, backend=memo, method=args.method,
-                              options=options, progress=False)
-            return res, time.perf_counter() - t
-
-        if memo is not None:
-            run_memo()
-        local_rates, remote_rates, memo_rates = [], [], []
+        local_rates, remote_rates = [], []
         for _ in range(args.rounds):
             res, dt = run(engine)
             local_rates.append(res.nit / dt)
             res, dt = run(client)
             remote_rates.append(res.nit / dt)
-            if memo is not None:
-                res, dt = run_memo()
-                memo_rates.append(res.nit / dt)
         local = statistics.median(local_rates)
         remote = statistics.median(remote_rates)
-        remote_memo = statistics.median(memo_rates) if memo_rates else None
-        if memo is not None:
-            memo.close()
 
         w = ref.x
         local_call = per_call_ms(lambda: engine.value_and_grad(graph, w, X, y))
-        remote_call = per_call_ms(lambda: client.value_and_grad(graph, w, X, y))
+        fixed_X, fixed_y = X.copy(), y.copy()   # as gs.minimize passes them: read-only copies
+        fixed_X.flags.writeable = fixed_y.flags.writeable = False
+        remote_call = per_call_ms(lambda: client.value_and_grad(graph, w, fixed_X, fixed_y))
         tiny = gs.trace(lambda v: gnp.sum(v * v), gs.Spec((args.d,)))
         floor = per_call_ms(lambda: client.value_and_grad(tiny, w))
         from gradserve.client.codec import array_digest
@@ -239,13 +201,11 @@ def main(argv=None):
     print(f"{'in-process (gs.Engine)':34s}{local:10.0f}")
     print(f"{'remote (gs.Client, loopback)':34s}{remote:10.0f}")
     print(f"{'ratio remote / local':34s}{remote / local:10.2f}   (target >= 0.70)")
-    if remote_memo is not None:
-        print(f"{'what-if: no re-hash of fixed data':34s}{remote_memo:10.0f}   "
-              f"ratio {remote_memo / local:.2f}  (MemoClient, not gradserve's Client)")
     rows = [("value_and_grad in-process", local_call, ""),
             ("value_and_grad remote", remote_call, ""),
             ("remote round trip, trivial graph", floor, "gradserve's per-call floor"),
-            (f"client sha256 of X ({X.nbytes / 1e6:.1f} MB)", hashing, "on every remote call"),
+            (f"client sha256 of X ({X.nbytes / 1e6:.1f} MB)", hashing,
+             "once per read-only array; every call for a writable one"),
             ("raw gRPC echo, 600 B", echo_small, "transport floor, no gradserve"),
             (f"raw gRPC echo, {step_bytes} B", echo_step, "a step's request size, measured")]
     print("per call (median ms):")
