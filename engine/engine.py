@@ -21,7 +21,12 @@ from .transforms import Program, batch, jvp, select_outputs, vjp
 
 
 def _as_tuple(argnums):
-    return (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    return (argnums,) if _single(argnums) else tuple(argnums)
+
+
+def _single(argnums) -> bool:
+    """argnums names one input (an int, NumPy's included) rather than a sequence of them."""
+    return isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool)
 
 
 def _single_or_tuple(items, single):
@@ -90,9 +95,14 @@ class Engine:
         return [coerce(a, p.spec, f"{what[:-1]} {p.name!r}") for a, p in zip(args, graph.inputs)]
 
     def _argnums(self, graph: Graph, argnums):
-        key = (graph.digest, argnums)
+        try:
+            key = (graph.digest, int(argnums) if _single(argnums) else tuple(argnums))
+        except TypeError:
+            raise TypeError(f"argnums must be an int or a sequence of ints, got {argnums!r}") from None
         cached = self._argnums_cache.get(key)
         if cached is None:
+            if len(self._argnums_cache) >= 4096:
+                self._argnums_cache.clear()
             cached = self._argnums_cache[key] = self._check_argnums(graph, argnums)
         return cached
 
@@ -135,7 +145,7 @@ class Engine:
         args = self._arguments(graph, args)
         plan = self._plan(graph, ("grad", nums), lambda: vjp(Program(graph), nums, seed_ones=True))
         value, *grads = self._run(plan, args, should_stop=should_stop)
-        return value, _single_or_tuple(grads, isinstance(argnums, int))
+        return value, _single_or_tuple(grads, _single(argnums))
 
     def grad(self, graph: Graph, *args, argnums=0, should_stop=None):
         return self.value_and_grad(graph, *args, argnums=argnums, should_stop=should_stop)[1]
@@ -177,7 +187,7 @@ class Engine:
         mode = self._mode(mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs])
         blocks = self._jacobian_blocks(graph, lambda: Program(graph), [p.spec for p in graph.outputs],
                                        ("jacobian",), args, nums, mode, should_stop)
-        return self._nest(blocks, len(graph.outputs) == 1, isinstance(argnums, int))
+        return self._nest(blocks, len(graph.outputs) == 1, _single(argnums))
 
     def hvp(self, graph: Graph, primals, tangents, should_stop=None):
         self._check_graph(graph)
@@ -209,11 +219,11 @@ class Engine:
 
         blocks = self._jacobian_blocks(graph, gradient, [graph.inputs[i].spec for i in nums],
                                        ("hessian", nums), args, nums, "fwd", should_stop)
-        return self._nest(blocks, isinstance(argnums, int), isinstance(argnums, int))
+        return self._nest(blocks, _single(argnums), _single(argnums))
 
-    def check_grad(self, graph: Graph, *args, method="central"):
+    def check_grad(self, graph: Graph, *args, method="central", should_stop=None):
         from .numerical import check_grad
-        return check_grad(self, graph, args, method)
+        return check_grad(self, graph, args, method, should_stop)
 
     # ---- Jacobians: a batch of tangents (forward) or cotangents (reverse) in one pass --------
 

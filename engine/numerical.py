@@ -38,14 +38,14 @@ class GradCheck:
     numeric: tuple
 
 
-def check_grad(engine, graph, args, method="central") -> GradCheck:
+def check_grad(engine, graph, args, method="central", should_stop=None) -> GradCheck:
     # At a singular point the gradients and differences are inf or nan: the report says so
     # (ok is False); NumPy's warnings about it must not reach the user.
     with np.errstate(all="ignore"):
-        return _check_grad(engine, graph, args, method)
+        return _check_grad(engine, graph, args, method, should_stop)
 
 
-def _check_grad(engine, graph, args, method) -> GradCheck:
+def _check_grad(engine, graph, args, method, should_stop) -> GradCheck:
     engine._check_graph(graph)
     engine._scalar_output(graph, "check_grad")
     args = engine._arguments(graph, args)
@@ -57,9 +57,10 @@ def _check_grad(engine, graph, args, method) -> GradCheck:
     wrt = tuple(i for i, p in enumerate(graph.inputs) if p.spec.dtype in ("float64", "float32"))
     if not wrt:
         raise TypeError("check_grad needs at least one real floating-point input")
-    value, analytic = engine.value_and_grad(graph, *args, argnums=wrt)
+    value, analytic = engine.value_and_grad(graph, *args, argnums=wrt, should_stop=should_stop)
     scale = max(1.0, float(abs(value)))
-    numeric = tuple(_numeric_gradient(engine, graph, args, i, method, relative_step) for i in wrt)
+    numeric = tuple(_numeric_gradient(engine, graph, args, i, method, relative_step, should_stop)
+                    for i in wrt)
     abs_err = max((float(np.max(np.abs(a - n), initial=0.0)) for a, n in zip(analytic, numeric)),
                   default=0.0)
     rel_err = 0.0
@@ -72,7 +73,7 @@ def _check_grad(engine, graph, args, method) -> GradCheck:
     return GradCheck(method, abs_err, rel_err, ok, analytic, numeric)
 
 
-def _numeric_gradient(engine, graph, args, i, method, relative_step):
+def _numeric_gradient(engine, graph, args, i, method, relative_step, should_stop):
     x = args[i]
     flat = x.ravel()
     n = flat.size
@@ -98,13 +99,13 @@ def _numeric_gradient(engine, graph, args, i, method, relative_step):
             idx = np.arange(start, start + chunk) % n
             perturbed = np.repeat(flat[None, :].astype(dtype), chunk, axis=0)
             perturbed[np.arange(chunk), idx] += offsets[idx]
-            values = engine._run(plan, args[:i] + [perturbed.reshape((chunk,) + x.shape)]
-                                 + args[i + 1:], tape=False)[0]
+            batch_args = args[:i] + [perturbed.reshape((chunk,) + x.shape)] + args[i + 1:]
+            values = engine._run(plan, batch_args, tape=False, should_stop=should_stop)[0]
             out[idx[:min(chunk, n - start)]] = values[:min(chunk, n - start)]
         return out
 
     if method == "forward":
-        base = float(engine.evaluate(graph, *args))
+        base = float(engine.evaluate(graph, *args, should_stop=should_stop))
         grad = (evaluate(h).real - base) / h
     elif method == "central":
         grad = (evaluate(h).real - evaluate(-h).real) / (2 * h)
