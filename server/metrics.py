@@ -27,6 +27,9 @@ TAPE_ENTRIES = Histogram("gradserve_tape_entries",
 TAPE_IN_USE = Gauge("gradserve_tape_bytes_in_use",
                     "Tape bytes of the requests computing now (tapes alive).")
 INFLIGHT = Gauge("gradserve_inflight_requests", "Requests being handled now.")
+RECOMPUTED_OPS = Counter("gradserve_recomputed_ops",
+                         "Ops run again by checkpointed loops under the tape budget "
+                         "(--max-tape-bytes) instead of being held on the tape.", ["method"])
 CACHE_ENTRIES = Gauge("gradserve_graph_cache_entries",
                       "Entries (graphs and large tensors) in the digest cache.")
 CACHE_BYTES = Gauge("gradserve_graph_cache_bytes", "Bytes charged to the digest cache.")
@@ -44,6 +47,7 @@ class _Series:
         self.duration = DURATION.labels(method)
         self.tape_bytes = TAPE_BYTES.labels(method)
         self.tape_entries = TAPE_ENTRIES.labels(method)
+        self.recomputed_ops = RECOMPUTED_OPS.labels(method)
         self.ok = REQUESTS.labels(method, "OK")
 
 
@@ -68,4 +72,5 @@ def initialise():
         DURATION.labels(method)
         TAPE_BYTES.labels(method)
         TAPE_ENTRIES.labels(method)
+        RECOMPUTED_OPS.labels(method)
         REQUESTS.labels(method, "OK")

@@ -308,6 +308,8 @@ class Servicer:
             series = m.series(method)
             series.tape_bytes.observe(call.stats.tape_bytes)
             series.tape_entries.observe(call.stats.tape_entries)
+            if call.stats.recomputed_ops:
+                series.recomputed_ops.inc(call.stats.recomputed_ops)
             return reply.to_bytes()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             if isinstance(exc, Stopped):
