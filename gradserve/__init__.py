@@ -12,12 +12,15 @@ from gradserve.engine.control import checkpoint, cond, fori_loop, scan, while_lo
 from gradserve.optimize import minimize  # noqa: F401  (gs.minimize; imports SciPy when called)
 
 __all__ = ["Engine", "Graph", "GraphError", "LimitError", "Limits", "Port", "Spec", "Stats",
-           "TracerBoolError", "trace", "nn", "cond", "while_loop", "fori_loop", "scan", "checkpoint"]
+           "TracerBoolError", "trace", "nn", "cond", "while_loop", "fori_loop", "scan", "checkpoint",
+           "minimize", "Client", "DeadlineExceeded", "ServiceError", "ServiceUnavailable"]
+
+_CLIENT_NAMES = ("Client", "DeadlineExceeded", "ServiceError", "ServiceUnavailable")
 
 
 def __getattr__(name):
     # The client pulls in grpc; import it only when asked for.
-    if name == "Client":
-        from gradserve.client import Client
-        return Client
+    if name in _CLIENT_NAMES:
+        from gradserve import client
+        return getattr(client, name)
     raise AttributeError(f"module 'gradserve' has no attribute {name!r}")
