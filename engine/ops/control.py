@@ -250,46 +250,30 @@ def _with_carries_out(body: Graph, num_consts, num_carry) -> Graph:
 
 
 def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, reverse):
-    if getattr(_mode, "on", False):
-        return _scan_jvp_with_tape(primals, tangents, body, length, num_consts, num_carry, reverse)
-    from ..transforms import inline
+    """The primal scan also stacks the carry entering every iteration (the tape); a second
+    scan, linear in the tangents, reads it. Under a tape budget the carries go on a loop tape
+    instead (`scan_record`, `loop_tape`), which can keep checkpoints only."""
     consts, carry, xs = _split(primals, num_consts, num_carry)
     t_consts, t_carry, t_xs = _split(tangents, num_consts, num_carry)
-    n_out = len(body.outputs)
-    aug = bind("scan", *primals, body=_with_carries_out(body, num_consts, num_carry),
-               length=length, num_consts=num_consts, num_carry=num_carry, reverse=reverse)
-    outs, carries = aug[:n_out], aug[n_out:]
+    if getattr(_mode, "on", False):
+        recorded = bind("scan_record", *primals, body=body, length=length, num_consts=num_consts,
+                        num_carry=num_carry, reverse=reverse)
+        outs, tape = recorded[:-1], recorded[-1]
 
-    which_consts = [i for i, t in enumerate(t_consts) if t is not None]
-    diff_carry = [i for i, c in enumerate(carry) if _differentiable(c.spec)]
-    which_xs = [i for i, t in enumerate(t_xs) if t is not None]
-    wrt = ([i for i in which_consts] + [num_consts + i for i in diff_carry]
-           + [num_consts + num_carry + i for i in which_xs])
-    tangent_graph = _tangent_body(body, wrt)
-    n_c, n_tc, n_tcarry = len(consts), len(which_consts), len(diff_carry)
+        def tangent_loop(consts_, init, xs_, step):
+            return bind("loop_tape", *consts_, *init, *xs_, tape, body=step, length=length,
+                        num_consts=len(consts_), num_carry=len(init), num_tape=num_carry,
+                        backward=False, reverse=reverse)
+    else:
+        n_out = len(body.outputs)
+        stacked = bind("scan", *primals, body=_with_carries_out(body, num_consts, num_carry),
+                       length=length, num_consts=num_consts, num_carry=num_carry, reverse=reverse)
+        outs, carries = stacked[:n_out], stacked[n_out:]
 
-    def step(*args):
-        p_consts, tc, tcarry = args[:n_c], args[n_c:n_c + n_tc], args[n_c + n_tc:n_c + n_tc + n_tcarry]
-        rest = args[n_c + n_tc + n_tcarry:]
-        p_carry, p_x, tx = rest[:num_carry], rest[num_carry:num_carry + len(xs)], rest[num_carry + len(xs):]
-        t_out = inline(tangent_graph, list(p_consts) + list(p_carry) + list(p_x) + list(tc)
-                       + list(tcarry) + list(tx))
-        return tuple(t_out[i] for i in diff_carry) + t_out[num_carry:]
-
-    specs = ([c.spec for c in consts] + [t_consts[i].spec for i in which_consts]
-             + [carry[i].spec for i in diff_carry] + [c.spec for c in carry]
-             + [Spec(x.shape[1:], x.dtype) for x in xs] + [Spec(xs[i].shape[1:], xs[i].dtype) for i in which_xs])
-    tangent_step = trace_closed(step, specs)
-    init = [t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
-            for i in diff_carry]
-    t_outs = bind("scan", *consts, *[t_consts[i] for i in which_consts], *init, *carries, *xs,
-                  *[t_xs[i] for i in which_xs], body=tangent_step, length=length,
-                  num_consts=n_c + n_tc, num_carry=n_tcarry, reverse=reverse)
-    t_carry_out = [None] * num_carry
-    for j, i in enumerate(diff_carry):
-        t_carry_out[i] = t_outs[j]
-    t_ys = [t if _differentiable(t.spec) else None for t in t_outs[n_tcarry:]]
-    return tuple(outs), tuple(t_carry_out + t_ys)
+        def tangent_loop(consts_, init, xs_, step):
+            return bind("scan", *consts_, *init, *carries, *xs_, body=step, length=length,
+                        num_consts=len(consts_), num_carry=len(init), reverse=reverse)
+    return tuple(outs), _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop)
 
 
 def _scan_jvp(primals, tangents, outs, **attrs):
@@ -652,58 +636,40 @@ primitive("loop_tape", impl=_loop_tape_impl, shape=_loop_tape_shape, arity=(1, N
           transpose=_loop_tape_transpose, batch=_loop_tape_batch)
 
 
-def _tangent_loop(tangent_graph, consts, t_consts, carry, diff_carry, xs, t_xs, tape, *,
-                  length, reverse, num_outputs_carry):
-    """The loop_tape node that carries the tangents of a recorded loop forward."""
+def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop):
+    """The tangents of a loop's outputs, from a second loop linear in the tangents whose body
+    reads the primal carry of each iteration. `tangent_loop(consts, init, xs, step)` binds that
+    loop: a scan over the stacked carries, or a loop_tape over a recorded tape; either way the
+    step gets (consts, tangent consts, tangent carry, primal carry, x, tangent x)."""
     from ..transforms import inline
-    n_c, n_tc, n_t = len(consts), len(t_consts), len(diff_carry)
-
-    def step(*a):
-        pc, tc, tcarry = a[:n_c], a[n_c:n_c + n_tc], a[n_c + n_tc:n_c + n_tc + n_t]
-        rest = a[n_c + n_tc + n_t:]
-        p_carry, p_x, tx = rest[:len(carry)], rest[len(carry):len(carry) + len(xs)], rest[len(carry) + len(xs):]
-        t_out = inline(tangent_graph, list(pc) + list(p_carry) + list(p_x) + list(tc)
-                       + list(tcarry) + list(tx))
-        return tuple(t_out[i] for i in diff_carry) + t_out[num_outputs_carry:]
-
-    return step
-
-
-def _scan_jvp_with_tape(primals, tangents, body, length, num_consts, num_carry, reverse):
-    consts, carry, xs = _split(primals, num_consts, num_carry)
-    t_consts, t_carry, t_xs = _split(tangents, num_consts, num_carry)
-    recorded = bind("scan_record", *primals, body=body, length=length, num_consts=num_consts,
-                    num_carry=num_carry, reverse=reverse)
-    outs, tape = recorded[:-1], recorded[-1]
-    return outs, _tangents_from_tape(body, consts, t_consts, carry, t_carry, xs, t_xs, tape,
-                                     length=length, reverse=reverse)
-
-
-def _tangents_from_tape(body, consts, t_consts, carry, t_carry, xs, t_xs, tape, *, length, reverse):
     num_consts, num_carry = len(consts), len(carry)
     which_consts = [i for i, t in enumerate(t_consts) if t is not None]
     diff_carry = [i for i, c in enumerate(carry) if _differentiable(c.spec)]
     which_xs = [i for i, t in enumerate(t_xs) if t is not None]
-    wrt = (which_consts + [num_consts + i for i in diff_carry]
-           + [num_consts + num_carry + i for i in which_xs])
-    tangent_graph = _tangent_body(body, wrt)
-    step = _tangent_loop(tangent_graph, consts, [t_consts[i] for i in which_consts], carry,
-                         diff_carry, xs, [t_xs[i] for i in which_xs], tape, length=length,
-                         reverse=reverse, num_outputs_carry=num_carry)
+    tangent_graph = _tangent_body(body, which_consts + [num_consts + i for i in diff_carry]
+                                  + [num_consts + num_carry + i for i in which_xs])
+    n_c, n_tc, n_t, n_x = num_consts, len(which_consts), len(diff_carry), len(xs)
+
+    def step(*a):
+        pc, tc, tcarry = a[:n_c], a[n_c:n_c + n_tc], a[n_c + n_tc:n_c + n_tc + n_t]
+        rest = a[n_c + n_tc + n_t:]
+        p_carry, p_x, tx = rest[:num_carry], rest[num_carry:num_carry + n_x], rest[num_carry + n_x:]
+        t_out = inline(tangent_graph, list(pc) + list(p_carry) + list(p_x) + list(tc)
+                       + list(tcarry) + list(tx))
+        return tuple(t_out[i] for i in diff_carry) + t_out[num_carry:]
+
     specs = ([c.spec for c in consts] + [t_consts[i].spec for i in which_consts]
              + [carry[i].spec for i in diff_carry] + [c.spec for c in carry]
              + [Spec(x.shape[1:], x.dtype) for x in xs]
              + [Spec(xs[i].shape[1:], xs[i].dtype) for i in which_xs])
     init = [t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
             for i in diff_carry]
-    t_outs = bind("loop_tape", *consts, *[t_consts[i] for i in which_consts], *init, *xs,
-                  *[t_xs[i] for i in which_xs], tape, body=trace_closed(step, specs),
-                  length=length, num_consts=len(consts) + len(which_consts),
-                  num_carry=len(diff_carry), num_tape=num_carry, backward=False, reverse=reverse)
+    t_outs = tangent_loop(list(consts) + [t_consts[i] for i in which_consts], init,
+                          list(xs) + [t_xs[i] for i in which_xs], trace_closed(step, specs))
     t_carry_out = [None] * num_carry
     for j, i in enumerate(diff_carry):
         t_carry_out[i] = t_outs[j]
-    t_ys = [t if _differentiable(t.spec) else None for t in t_outs[len(diff_carry):]]
+    t_ys = [t if _differentiable(t.spec) else None for t in t_outs[n_t:]]
     return tuple(t_carry_out + t_ys)
 
 
@@ -715,5 +681,9 @@ def _while_jvp_full(primals, tangents, cond, body, num_cond_consts, num_body_con
                     num_cond_consts=num_cond_consts, num_body_consts=num_body_consts,
                     max_iterations=max_iterations)
     outs, tape = recorded[:-1], recorded[-1]
-    return outs, _tangents_from_tape(body, bc, t_bc, carry, t_carry, [], [], tape, length=-1,
-                                     reverse=False)
+
+    def tangent_loop(consts, init, xs, step):
+        return bind("loop_tape", *consts, *init, *xs, tape, body=step, length=-1,
+                    num_consts=len(consts), num_carry=len(init), num_tape=len(carry),
+                    backward=False, reverse=False)
+    return outs, _tangents(body, bc, t_bc, carry, t_carry, [], [], tangent_loop)
