@@ -18,12 +18,12 @@ import weakref
 from collections import OrderedDict
 
 import grpc
-import numpy as np
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from gradserve.engine import GraphError, LimitError, dtypes
-from gradserve.engine.engine import coerce
+from gradserve.engine.arguments import (argnums_key, arguments, check_argnums, check_graph,
+                                        coerce, single)
 from gradserve.engine.graph import Graph
 from gradserve.engine.numerical import GradCheck
 from gradserve.engine.plan import Stats
@@ -247,7 +247,7 @@ class Client:
         return from_value(reply.outputs)
 
     def value_and_grad(self, graph: Graph, *args, argnums=0, timeout=None):
-        _check_graph(graph)
+        check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
         reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [("args", args)],
@@ -258,7 +258,7 @@ class Client:
         return self.value_and_grad(graph, *args, argnums=argnums, timeout=timeout)[1]
 
     def vjp(self, graph: Graph, primals, cotangents, timeout=None):
-        _check_graph(graph)
+        check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         single = len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
         cotangents = (cotangents,) if single else tuple(cotangents)
@@ -275,7 +275,7 @@ class Client:
                                                 for t in reply.input_cotangents)
 
     def jvp(self, graph: Graph, primals, tangents, timeout=None):
-        _check_graph(graph)
+        check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
         reply = self._call("Jvp", pb.JvpResponse, graph,
@@ -284,7 +284,7 @@ class Client:
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
     def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", timeout=None):
-        _check_graph(graph)
+        check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
         if not isinstance(mode, str):
@@ -294,7 +294,7 @@ class Client:
         return from_value(reply.jacobian)
 
     def hvp(self, graph: Graph, primals, tangents, timeout=None):
-        _check_graph(graph)
+        check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
         reply = self._call("Hvp", pb.HvpResponse, graph,
@@ -303,7 +303,7 @@ class Client:
         return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
 
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
-        _check_graph(graph)
+        check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
         reply = self._call("Hessian", pb.HessianResponse, graph, [("args", args)], timeout,
@@ -477,31 +477,17 @@ class Client:
 
 # ---- argument handling, as the engine does it ---------------------------------------------
 
-def _check_graph(graph):
-    if not isinstance(graph, Graph):
-        raise TypeError(f"expected a gs.Graph, got {type(graph).__name__}")
-
-
 def _arguments(graph, args, what="arguments"):
-    _check_graph(graph)
-    if len(args) != len(graph.inputs):
-        names = ", ".join(p.name for p in graph.inputs)
-        raise TypeError(f"the graph takes {len(graph.inputs)} {what} ({names}), got {len(args)}")
-    return [canonical_array(coerce(a, p.spec, f"{what[:-1]} {p.name!r}"))
-            for a, p in zip(args, graph.inputs)]
+    return [canonical_array(a) for a in arguments(graph, args, what)]
 
 
 def _encode_argnums(argnums, graph) -> pb.Argnums:
-    if isinstance(argnums, (int, np.integer)):
-        return pb.Argnums(indices=[int(argnums)], is_tuple=False)
-    try:
-        items = tuple(argnums)
-    except TypeError:
-        raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}") from None
-    for i in items:
-        if not isinstance(i, (int, np.integer)):
-            raise ValueError(f"argnums {argnums!r} out of range for {len(graph.inputs)} inputs")
-    return pb.Argnums(indices=[int(i) for i in items], is_tuple=True)
+    """argnums as sent; checked as the engine checks them (the same exceptions)."""
+    check_argnums(graph, argnums)
+    key = argnums_key(argnums)
+    if single(argnums):
+        return pb.Argnums(indices=[key], is_tuple=False)
+    return pb.Argnums(indices=list(key), is_tuple=True)
 
 
 # ---- errors ---------------------------------------------------------------------------------

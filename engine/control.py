@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import numpy as gnp
-from .ops.control import trace_closed  # noqa: F401  (re-exported for the ops' own use)
 from .pytree import flatten, unflatten
 from .tracing import Builder, Tracer, bind, current_builder, spec_of
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import dtypes
+from .arguments import argnums_key, arguments, check_argnums, check_graph, coerce, single
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
@@ -20,17 +21,8 @@ from .tape import meter
 from .transforms import Program, batch, jvp, select_outputs, vjp
 
 
-def _as_tuple(argnums):
-    return (argnums,) if _single(argnums) else tuple(argnums)
-
-
-def _single(argnums) -> bool:
-    """argnums names one input (an int, NumPy's included) rather than a sequence of them."""
-    return isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool)
-
-
-def _single_or_tuple(items, single):
-    return items[0] if single else tuple(items)
+def _single_or_tuple(items, one):
+    return items[0] if one else tuple(items)
 
 
 class Engine:
@@ -82,42 +74,19 @@ class Engine:
                                   stats.peak_bytes + loops, meter.recomputed_ops)
         return [np.asarray(o) for o in out]
 
-    @staticmethod
-    def _check_graph(graph):
-        if not isinstance(graph, Graph):
-            raise TypeError(f"expected a gs.Graph, got {type(graph).__name__}")
+    _check_graph = staticmethod(check_graph)
 
     def _arguments(self, graph: Graph, args, what="arguments"):
-        self._check_graph(graph)
-        if len(args) != len(graph.inputs):
-            names = ", ".join(p.name for p in graph.inputs)
-            raise TypeError(f"the graph takes {len(graph.inputs)} {what} ({names}), got {len(args)}")
-        return [coerce(a, p.spec, f"{what[:-1]} {p.name!r}") for a, p in zip(args, graph.inputs)]
+        return arguments(graph, args, what)
 
     def _argnums(self, graph: Graph, argnums):
-        try:
-            key = (graph.digest, int(argnums) if _single(argnums) else tuple(argnums))
-        except TypeError:
-            raise TypeError(f"argnums must be an int or a sequence of ints, got {argnums!r}") from None
+        key = (graph.digest, argnums_key(argnums))
         cached = self._argnums_cache.get(key)
         if cached is None:
             if len(self._argnums_cache) >= 4096:
                 self._argnums_cache.clear()
-            cached = self._argnums_cache[key] = self._check_argnums(graph, argnums)
+            cached = self._argnums_cache[key] = check_argnums(graph, argnums)
         return cached
-
-    def _check_argnums(self, graph: Graph, argnums):
-        nums = _as_tuple(argnums)
-        for i in nums:
-            if not isinstance(i, (int, np.integer)) or not -len(graph.inputs) <= i < len(graph.inputs):
-                raise ValueError(f"argnums {argnums!r} out of range for {len(graph.inputs)} inputs")
-        nums = tuple(int(i) % len(graph.inputs) for i in nums)
-        for i in nums:
-            spec = graph.inputs[i].spec
-            if not dtypes.is_differentiable(spec.dtype):
-                raise TypeError(f"input {graph.inputs[i].name!r} has dtype {spec.dtype} and is not "
-                                "differentiable (only float and complex inputs are)")
-        return nums
 
     @staticmethod
     def _scalar_output(graph: Graph, method):
@@ -145,7 +114,7 @@ class Engine:
         args = self._arguments(graph, args)
         plan = self._plan(graph, ("grad", nums), lambda: vjp(Program(graph), nums, seed_ones=True))
         value, *grads = self._run(plan, args, should_stop=should_stop)
-        return value, _single_or_tuple(grads, _single(argnums))
+        return value, _single_or_tuple(grads, single(argnums))
 
     def grad(self, graph: Graph, *args, argnums=0, should_stop=None):
         return self.value_and_grad(graph, *args, argnums=argnums, should_stop=should_stop)[1]
@@ -187,7 +156,7 @@ class Engine:
         mode = self._mode(mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs])
         blocks = self._jacobian_blocks(graph, lambda: Program(graph), [p.spec for p in graph.outputs],
                                        ("jacobian",), args, nums, mode, should_stop)
-        return self._nest(blocks, len(graph.outputs) == 1, _single(argnums))
+        return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
     def hvp(self, graph: Graph, primals, tangents, should_stop=None):
         self._check_graph(graph)
@@ -219,7 +188,7 @@ class Engine:
 
         blocks = self._jacobian_blocks(graph, gradient, [graph.inputs[i].spec for i in nums],
                                        ("hessian", nums), args, nums, "fwd", should_stop)
-        return self._nest(blocks, _single(argnums), _single(argnums))
+        return self._nest(blocks, single(argnums), single(argnums))
 
     def check_grad(self, graph: Graph, *args, method="central", should_stop=None):
         from .numerical import check_grad
@@ -282,29 +251,7 @@ class Engine:
         return rows[0] if single_output else tuple(rows)
 
 
-_NUMPY_DTYPES = {name: np.dtype(name) for name in dtypes.SUPPORTED}
-
-
 @functools.lru_cache(maxsize=64)
 def _basis(spec: Spec) -> np.ndarray:
     """The identity as a batch of one-hot arrays of `spec` (read-only, made once)."""
     return readonly(np.eye(spec.size, dtype=spec.dtype).reshape((spec.size,) + spec.shape))
-
-
-def coerce(value, spec: Spec, what: str) -> np.ndarray:
-    """An argument as an array of `spec`: a ValueError for a wrong shape, a TypeError for a
-    dtype that does not convert safely (float to int, complex to float)."""
-    try:
-        array = value if type(value) is np.ndarray else np.asarray(value)
-    except Exception as exc:  # noqa: BLE001 - any object; report what it was
-        raise TypeError(f"{what}: cannot convert {type(value).__name__} to an array ({exc})") from None
-    if array.shape != spec.shape:
-        raise ValueError(f"{what} expects shape {spec.shape}, got {array.shape}")
-    want = _NUMPY_DTYPES[spec.dtype]
-    if array.dtype != want:
-        if array.dtype.kind not in "biufc":
-            raise TypeError(f"{what}: unsupported dtype {array.dtype}")
-        if not np.can_cast(array.dtype, want, casting="same_kind"):
-            raise TypeError(f"{what} expects {spec.dtype}, got {array.dtype.name}")
-        array = array.astype(want)
-    return array

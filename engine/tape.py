@@ -14,7 +14,6 @@ reads after each call.
 from __future__ import annotations
 
 import threading
-from math import ceil
 
 from .errors import LimitError
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from . import dtypes
 from . import numpy as gnp
 from .graph import Graph, Spec

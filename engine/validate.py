@@ -2,9 +2,6 @@
 dtype inference, sizes within limits. Every failure is a GraphError naming the node or field."""
 from __future__ import annotations
 
-import numpy as np
-
-from . import dtypes
 from .errors import GraphError, LimitError
 from .primitive import ATTR_KINDS, PRIMITIVES
 

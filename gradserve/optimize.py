@@ -27,7 +27,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from gradserve.engine.engine import coerce
+from gradserve.engine.arguments import coerce
 from gradserve.engine.graph import Graph
 
 __all__ = ["minimize", "FIRST_ORDER_METHODS"]
