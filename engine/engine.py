@@ -39,6 +39,13 @@ class Engine:
     # ---- plumbing ----------------------------------------------------------------------
 
     @property
+    def tape_bytes_in_use(self) -> int:
+        """The tape this thread's call in progress holds at most (its plan's residuals) plus
+        what its loop tapes hold now; 0 between calls. A should_stop callback may read it."""
+        running = getattr(self._local, "running", None)
+        return 0 if running is None else running + meter.held
+
+    @property
     def last_stats(self) -> Stats:
         """Memory figures of this thread's most recent call."""
         return getattr(self._local, "stats", Stats())
@@ -67,7 +74,11 @@ class Engine:
                              f"over the budget of {budget} (max_tape_bytes)", "tape")
         # Loop tapes (engine/tape.py) get what the static residuals leave of the budget.
         meter.reset(None if budget is None else budget - stats.tape_bytes)
-        out = plan.run(args, should_stop)
+        self._local.running = stats.tape_bytes if tape else 0
+        try:
+            out = plan.run(args, should_stop)
+        finally:
+            self._local.running = None
         loops = meter.peak
         self._local.stats = Stats((stats.tape_bytes if tape else 0) + loops,
                                   (stats.tape_entries if tape else 0) + meter.tapes,

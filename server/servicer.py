@@ -7,7 +7,6 @@ exception escaping into grpc (which would answer UNKNOWN or INTERNAL)."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import re
 import threading
@@ -42,6 +41,7 @@ class _Call:
         self.deadline = None
         self.compute_seconds = 0.0
         self.stats = None
+        self.held = 0                 # tape bytes this call has added to the in-use gauge
         self.pending = []             # (digest future, array) of tensors sent with `remember`
         try:
             remaining = context.time_remaining()
@@ -58,7 +58,12 @@ class _Call:
         self.cancelled = True
 
     def __call__(self):
-        """The engine's should_stop: called between ops."""
+        """The engine's should_stop: called between ops. Also keeps gradserve_tape_bytes_in_use
+        up to date with what this call's tape holds."""
+        held = self.servicer.engine.tape_bytes_in_use
+        if held != self.held:
+            m.TAPE_IN_USE.inc(held - self.held)
+            self.held = held
         if self.cancelled:
             raise Stopped("the call was cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -81,29 +86,20 @@ class _Call:
 
     # -- running ------------------------------------------------------------------------------
 
-    def run(self, fn, graph, *args, key=(), **kwargs):
+    def run(self, fn, graph, *args, **kwargs):
         servicer = self.servicer
         slots = servicer.slots
         while not slots.acquire(timeout=0.05):   # queued: still honour deadline/cancellation
             self()
-        predicted_key = (self.method, graph.digest) + key
-        predicted = servicer.predicted_tape.get(predicted_key, 0)
-        m.TAPE_IN_USE.inc(predicted)
         start = time.perf_counter()
         try:
-            if servicer.stop_kw.get(fn.__name__, True):
-                kwargs["should_stop"] = self
-            else:
-                self()
-            result = fn(graph, *args, **kwargs)
+            result = fn(graph, *args, should_stop=self, **kwargs)
             self.stats = servicer.engine.last_stats
         finally:
             self.compute_seconds = time.perf_counter() - start
-            m.TAPE_IN_USE.dec(predicted)
+            m.TAPE_IN_USE.dec(self.held)
+            self.held = 0
             slots.release()
-        if len(servicer.predicted_tape) > 10000:
-            servicer.predicted_tape.clear()
-        servicer.predicted_tape[predicted_key] = self.stats.tape_bytes
         return result
 
     def call_stats(self) -> pb.CallStats:
@@ -165,12 +161,8 @@ class Servicer:
         self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
         self.slots = threading.BoundedSemaphore(workers)
         self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradserve-hash")
-        self.predicted_tape: dict = {}
         self.inflight = 0                     # Gradients calls being handled (for draining)
         self._inflight_lock = threading.Lock()
-        self.stop_kw = {name: "should_stop" in inspect.signature(getattr(Engine, name)).parameters
-                        for name in ("evaluate", "value_and_grad", "vjp", "jvp", "jacobian", "hvp",
-                                     "hessian", "check_grad")}
         m.initialise()
 
     # -- the cache ----------------------------------------------------------------------------
@@ -235,8 +227,7 @@ class Servicer:
     def value_and_grad(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
-        value, grad = call.run(self.engine.value_and_grad, graph, *args, argnums=argnums,
-                               key=(argnums,))
+        value, grad = call.run(self.engine.value_and_grad, graph, *args, argnums=argnums)
         return _Reply(pb.ValueAndGradResponse(), value=("tensor", value), grad=("value", grad))
 
     def vjp(self, req, call):
@@ -257,8 +248,7 @@ class Servicer:
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
         mode = req.mode if req.HasField("mode") else "auto"
-        jac = call.run(self.engine.jacobian, graph, *args, argnums=argnums, mode=mode,
-                       key=(argnums, mode))
+        jac = call.run(self.engine.jacobian, graph, *args, argnums=argnums, mode=mode)
         return _Reply(pb.JacobianResponse(), jacobian=("value", jac))
 
     def hvp(self, req, call):
@@ -270,13 +260,13 @@ class Servicer:
     def hessian(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         argnums = _argnums(req)
-        hess = call.run(self.engine.hessian, graph, *args, argnums=argnums, key=(argnums,))
+        hess = call.run(self.engine.hessian, graph, *args, argnums=argnums)
         return _Reply(pb.HessianResponse(), hessian=("value", hess))
 
     def check_grad(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         method = req.method if req.HasField("method") else "central"
-        report = call.run(self.engine.check_grad, graph, *args, method=method, key=(method,))
+        report = call.run(self.engine.check_grad, graph, *args, method=method)
         reply = pb.CheckGradResponse(method=report.method, max_abs_error=report.max_abs_error,
                                      max_rel_error=report.max_rel_error, ok=bool(report.ok))
         return _Reply(reply, analytic=("tensors", report.analytic),
