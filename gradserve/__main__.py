@@ -48,6 +48,8 @@ _SERVE_OPTIONS = [
                                 "shared by all clients"),
     ("grace-seconds", float, "on SIGTERM/SIGINT: time in-flight calls get to finish before they "
                              "are cancelled"),
+    ("shutdown-delay-seconds", float, "on SIGTERM/SIGINT: time health answers NOT_SERVING while "
+                                      "calls are still accepted, before the drain starts"),
 ]
 
 

@@ -59,6 +59,7 @@ class Config:
     max_message_bytes: int = 256 * MiB
     cache_bytes: int = 1024 * MiB
     grace_seconds: float = 10.0
+    shutdown_delay_seconds: float = 1.0
 
     def replace(self, **changes) -> "Config":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -69,8 +70,10 @@ class Config:
 class Running:
     """A started server: its ports, and stop()."""
 
-    def __init__(self, config, server, servicer, health_servicer, metrics_http, port, metrics_port):
+    def __init__(self, config, server, servicer, health_servicer, metrics_http, port, metrics_port,
+                 pools=()):
         self.config = config
+        self._pools = pools  # thread pools to shut down with the server
         self.servicer = servicer
         self.server = server
         self.health = health_servicer
@@ -84,6 +87,9 @@ class Running:
         grace period (then cancel them), stop the metrics server."""
         grace = self.config.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
+        # Health says NOT_SERVING while calls are still accepted, so that load balancers and
+        # probes that check now stop sending here before the listener closes.
+        time.sleep(max(0.0, min(self.config.shutdown_delay_seconds, grace)))
         log.info("shutting down: draining in-flight calls (grace %.1fs)", grace)
         done = self.server.stop(grace)     # new calls are refused from now on
         # Wait for the Gradients calls in flight, then end the rest at once: open health
@@ -96,6 +102,8 @@ class Running:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        for pool in self._pools:
+            pool.shutdown(wait=False)
         self._stopped.set()
         log.info("stopped")
 
@@ -118,9 +126,9 @@ def start(config: Config) -> Running:
         ("grpc.so_reuseport", 0),
     ])
     server.add_generic_rpc_handlers((servicer.handler(),))
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True,
-        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+    health_pool = futures.ThreadPoolExecutor(max_workers=1)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True,
+                                            experimental_thread_pool=health_pool)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -141,7 +149,8 @@ def start(config: Config) -> Running:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(config, server, servicer, health_servicer, metrics_http, port, metrics_port)
+    return Running(config, server, servicer, health_servicer, metrics_http, port, metrics_port,
+                   pools=(executor, health_pool))
 
 
 def serve(config: Config | None = None, *, block: bool = True, **overrides):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -182,6 +183,7 @@ def test_help_documents_every_flag_and_env_var():
         "max-message-bytes",
         "cache-bytes",
         "grace-seconds",
+        "shutdown-delay-seconds",
     ):
         assert f"--{flag}" in out
         assert "GRADSERVE_" + flag.upper().replace("-", "_") in out.replace("\n", "").replace(
@@ -762,6 +764,8 @@ def test_sigterm_drains_in_flight_calls_and_exits_0():
         while sample(scrape(proc), "gradserve_inflight_requests") < 1:
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.health() == "NOT_SERVING"  # a fresh check, during --shutdown-delay-seconds
         assert proc.terminate(timeout=60) == 0
         caller.join(30)
         watcher.join(30)
