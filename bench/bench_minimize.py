@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -59,15 +60,17 @@ def start_server(extra=()):
     """`python -m gradserve serve` on a free loopback port; (process, address)."""
     from gradserve.__main__ import health_check
     port = free_port()
+    log = tempfile.TemporaryFile()  # read only if it fails to start; a pipe could fill up
     proc = subprocess.Popen([sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
-                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             *extra], stdout=subprocess.DEVNULL, stderr=log)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while health_check(address, timeout=1.0) != "SERVING":
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise SystemExit("gradserve serve did not start:\n" + proc.stderr.read().decode())
+            log.seek(0)
+            raise SystemExit("gradserve serve did not start:\n" + log.read().decode(errors="replace"))
         time.sleep(0.1)
     return proc, address
 

@@ -263,7 +263,7 @@ def _call_user(callback, wants_result, x, f, g, extra=None, nit=None):
             r.nit = nit
         callback(intermediate_result=r)
     elif extra is not None and "constr_violation" in extra:    # trust-constr's (x, state)
-        callback(x, extra)
+        callback(x, _so().OptimizeResult(extra, x=x))
     else:
         callback(x)
 
