@@ -17,6 +17,7 @@ from .primitive import PRIMITIVES
 from .simplify import propagate, simplify, splat_of_constant, unbroadcast_operands
 
 _state = threading.local()
+_WIDEST = {"f": "float64", "i": "int64", "u": "int64", "c": "complex128"}
 
 CONTROL_FLOW_HINT = ("Python control flow on a traced value is not recorded in the graph; "
                      "use gs.cond, gs.while_loop, gs.fori_loop or gs.scan, or gnp.where")
@@ -75,10 +76,9 @@ class Builder:
         if isinstance(value, Tracer):
             return value
         array = np.asarray(value)
-        if array.dtype.name not in dtypes.SUPPORTED:
-            array = array.astype(dtypes.promote(array.dtype.name, "bool")) if array.dtype.kind in "iuf" \
-                else array
-        spec = Spec(array.shape, array.dtype)
+        if array.dtype.name not in dtypes.SUPPORTED and array.dtype.kind in _WIDEST:
+            array = array.astype(_WIDEST[array.dtype.kind])  # float16, uint8, ...: widened
+        spec = Spec(array.shape, array.dtype)  # anything else: TypeError naming the dtype
         if array.size <= 16:
             key = (spec, array.tobytes())
             cache = self._small_constants
