@@ -57,7 +57,11 @@ class Engine:
             if plan is not None:
                 self._plans.move_to_end(full_key)
                 return plan
-        with tape_mode(self.max_tape_bytes is not None):
+        # Under a budget, scans are differentiated through loop tapes (which can checkpoint),
+        # except for second-order programs (hvp, hessian), which loop tapes do not support yet:
+        # there a scan stacks its carries and the budget is checked as for any residual.
+        second_order = key[0] in ("hvp", "hessian")
+        with tape_mode(self.max_tape_bytes is not None and not second_order):
             plan = Plan(build())
         with self._lock:
             self._plans[full_key] = plan

@@ -225,3 +225,17 @@ def test_should_stop_interrupts_a_running_loop():
     with pytest.raises(TimeoutError):
         ENG.evaluate(graph, 1.0, should_stop=should_stop)
     assert ENG.evaluate(graph, -1.0) == -1.0  # the next call is not affected
+
+
+def test_hvp_through_scan_under_a_tape_budget():
+    """Second order does not use loop tapes: under a budget it works while the stacked carries
+    fit, and is a LimitError when they do not."""
+    args = _rnn_inputs(hidden=6, steps=40)
+    graph = gs.trace(rnn_loss_in_carry, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    plain = ENG.hvp(graph, args, tangents)
+    budgeted = gs.Engine(max_tape_bytes=10 ** 7).hvp(graph, args, tangents)
+    for a, b in zip(plain, budgeted):
+        assert np.array_equal(a, b)
+    with pytest.raises(gs.LimitError, match="tape"):
+        gs.Engine(max_tape_bytes=100).hvp(graph, args, tangents)
