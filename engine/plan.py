@@ -121,6 +121,7 @@ def _into(ufunc, position):
 # thread), and a later elementwise op of that shape and dtype, in this call or the next,
 # writes into it instead of asking malloc, which would fault fresh pages in on every call.
 POOL_MIN_ELEMENTS = 4096
+STOP_CHECK_ELEMENTS = 1 << 16
 _POOL_DTYPES = ("float64", "float32", "complex128", "int64", "int32", "bool")
 _ONLY_THE_CALL_HOLDS_IT = 3  # sys.getrefcount inside _recycler: the plan's local variable,
 #                              the parameter, and getrefcount's own argument
@@ -167,6 +168,7 @@ class Plan:
         for name, value in list(graph.constants.items()) + list(self.precomputed.items()):
             # a 0-d array as a NumPy scalar: arithmetic on scalars is several times faster
             self.template[slot[name]] = value[()] if value.ndim == 0 else value
+        self._sizes = {slot[n]: graph.avals[n].size for n in slot}
         self.input_slots = [slot[n] for n in graph.input_names]
         self.output_slots = [slot[n] for n in graph.output_names]
 
@@ -311,10 +313,18 @@ class Plan:
             if value is not None:
                 namespace[f"K{s}"] = value
                 lines.append(f"    v{s} = K{s}")
+        work = STOP_CHECK_ELEMENTS  # check before the first step
         for k, (fn, ins, out, frees) in enumerate(self.steps):
             namespace[f"F{k}"] = fn
             if checked:
-                lines.append("    stop()")
+                # Check between ops, spaced by work: before an op once the elements read and
+                # written since the last check reach STOP_CHECK_ELEMENTS, and before every op
+                # that runs a loop or branch (whose bodies check too). Tiny ops skip the check.
+                outs = (out,) if type(out) is int else out
+                if work >= STOP_CHECK_ELEMENTS or type(out) is not int:
+                    lines.append("    stop()")
+                    work = 0
+                work += sum(self._sizes.get(v, 1) for v in tuple(ins) + outs)
             call = f"F{k}({', '.join(f'v{i}' for i in ins)})"
             target = f"v{out}" if type(out) is int else "".join(f"v{o}, " for o in out)
             lines.append(f"    {target} = {call}")
