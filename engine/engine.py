@@ -15,7 +15,7 @@ from .arguments import argnums_key, arguments, check_argnums, check_graph, coerc
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
-from .ops.control import tape_mode
+from .ops.loops import tape_mode
 from .plan import Plan, Stats
 from .tape import meter
 from .transforms import Program, batch, jvp, select_outputs, vjp

@@ -1,2 +1,2 @@
 """Importing this package registers every primitive."""
-from . import contraction, control, elementwise, indexing, reductions, shapes  # noqa: F401
+from . import contraction, control, elementwise, indexing, loops, reductions, shapes  # noqa: F401
