@@ -222,6 +222,14 @@ def test_docker_build_context_installs(tmp_path):
                         "--disable-pip-version-check", "--target", str(target), str(ctx)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    # Every module of the source tree is in the install (an editable install of this checkout
+    # would otherwise supply a missing one to the imports below).
+    for src, dst in (("engine", "gradserve/engine"), ("server", "gradserve/server"),
+                     ("client", "gradserve/client"), ("proto/gradserve/v1", "gradserve/v1"),
+                     ("gradserve", "gradserve")):
+        for f in (ROOT / src).rglob("*.py"):
+            rel = f.relative_to(ROOT / src)
+            assert (target / dst / rel).is_file(), f"{src}/{rel} is not installed"
     env = dict(os.environ, PYTHONPATH=str(target))
     for sub in ("serve", "health"):
         r = subprocess.run([sys.executable, "-m", "gradserve", sub, "--help"], cwd=tmp_path, env=env,
