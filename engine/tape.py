@@ -64,10 +64,12 @@ class _Meter(threading.local):
         self.held -= nbytes
 
     def slots(self, carry_bytes):
-        """How many carries of this size still fit in the budget (None: no budget)."""
+        """How many carries of this size a new loop tape may hold (None: no budget): half of
+        what the budget has left, so that loops nested in its body, whose tapes are recorded
+        while it is reversed, have the other half (and so on down)."""
         if self.budget is None or carry_bytes == 0:
             return None
-        return (self.budget - self.held) // carry_bytes
+        return (self.budget - self.held) // 2 // carry_bytes
 
 
 meter = _Meter()

@@ -79,17 +79,17 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
                         num_carry=num_carry, reverse=reverse)
         outs, tape = recorded[:-1], recorded[-1]
 
-        def tangent_loop(consts_, init, xs_, step):
+        def tangent_loop(consts_, init, xs_, step, linear):
             return bind("loop_tape", *consts_, *init, *xs_, tape, body=step, length=length,
                         num_consts=len(consts_), num_carry=len(init), num_tape=num_carry,
-                        backward=False, reverse=reverse)
+                        backward=False, reverse=reverse, linear=tuple(linear))
     else:
         n_out = len(body.outputs)
         stacked = bind("scan", *primals, body=_with_carries_out(body, num_consts, num_carry),
                        length=length, num_consts=num_consts, num_carry=num_carry, reverse=reverse)
         outs, carries = stacked[:n_out], stacked[n_out:]
 
-        def tangent_loop(consts_, init, xs_, step):
+        def tangent_loop(consts_, init, xs_, step, linear):
             return bind("scan", *consts_, *init, *carries, *xs_, body=step, length=length,
                         num_consts=len(consts_), num_carry=len(init), reverse=reverse)
     return tuple(outs), _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop)
@@ -136,8 +136,12 @@ def _transpose_loop(cts, consts, carry, xs, body, num_tape, run_backwards):
              + tape_specs + [Spec(x.shape[1:], x.dtype) for x in p_xs]
              + [Spec(ct_ys[j].shape[1:], ct_ys[j].dtype) for j in diff_ys])
     init = ct_carry + [gnp.zeros(consts[i].shape, consts[i].dtype) for i in lin_consts]
+    # the reversed loop is linear in its carry (cotangents and accumulators) and the ys' cotangents
+    n_init = num_carry + n_acc
+    linear = list(range(n_pc, n_pc + n_init)) + [n_pc + n_init + len(p_xs) + j
+                                                 for j in range(len(diff_ys))]
     back = run_backwards(p_consts, init, p_xs + [ct_ys[j] for j in diff_ys],
-                         trace_closed(step, specs), n_pc, num_carry + n_acc)
+                         trace_closed(step, specs), n_pc, n_init, linear)
     ct_consts, ct_xs = [None] * num_consts, [None] * len(xs)
     ct_init = [back[j] if isinstance(carry[j], Linear) else None for j in range(num_carry)]
     for j, i in enumerate(lin_consts):
@@ -150,7 +154,7 @@ def _transpose_loop(cts, consts, carry, xs, body, num_tape, run_backwards):
 def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse):
     consts, carry, xs = _split(args, num_consts, num_carry)
 
-    def run_backwards(p_consts, init, xs, step, n_consts, n_carry):
+    def run_backwards(p_consts, init, xs, step, n_consts, n_carry, linear):
         return bind("scan", *p_consts, *init, *xs, body=step, length=length, num_consts=n_consts,
                     num_carry=n_carry, reverse=not reverse)
 
@@ -368,8 +372,10 @@ primitive("while_record", impl=_while_record_impl, arity=(0, None), attrs=WHILE_
           shape=lambda *a, **k: _while_shape(*a, **k) + (Spec((), dtypes.TAPE),),
           multiple_results=True, jvp=_no_second_order)
 
+# `linear`: the inputs the loop is linear in (its carry, tangent consts and xs); a JVP along
+# those only is the same loop on the tangents (reverse mode of an enclosing loop needs it).
 LOOP_TAPE_ATTRS = {"body": "graph", "length": "int", "num_consts": "int", "num_carry": "int",
-                   "num_tape": "int", "backward": "bool", "reverse": "bool"}
+                   "num_tape": "int", "backward": "bool", "reverse": "bool", "linear": "ints"}
 
 
 def _loop_tape_split(args, num_consts, num_carry):
@@ -377,9 +383,12 @@ def _loop_tape_split(args, num_consts, num_carry):
     return consts, carry, rest[:-1], rest[-1]
 
 
-def _loop_tape_shape(*args, body, length, num_consts, num_carry, num_tape, backward, reverse):
+def _loop_tape_shape(*args, body, length, num_consts, num_carry, num_tape, backward, reverse,
+                     linear):
     if not args or args[-1].dtype != dtypes.TAPE:
         raise ShapeError("the last input of loop_tape must be a loop tape")
+    if any(not 0 <= i < len(args) - 1 for i in linear):
+        raise ShapeError(f"linear positions {linear} out of range")
     consts, carry, xs, _ = _loop_tape_split(args, num_consts, num_carry)
     if length < 0 and xs:
         raise ShapeError("a loop tape of unknown length cannot scan inputs")
@@ -396,7 +405,8 @@ def _loop_tape_shape(*args, body, length, num_consts, num_carry, num_tape, backw
     return tuple(carry + [Spec((length,) + s.shape, s.dtype) for s in outs[num_carry:]])
 
 
-def _loop_tape_impl(*args, body, length, num_consts, num_carry, num_tape, backward, reverse):
+def _loop_tape_impl(*args, body, length, num_consts, num_carry, num_tape, backward, reverse,
+                    linear):
     consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
     n = tape.length
     ys = [np.empty((n,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
@@ -410,13 +420,13 @@ def _loop_tape_impl(*args, body, length, num_consts, num_carry, num_tape, backwa
 
 
 def _loop_tape_transpose(cts, *args, body, length, num_consts, num_carry, num_tape, backward,
-                         reverse):
+                         reverse, linear):
     consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
 
-    def run_backwards(p_consts, init, xs, step, n_consts, n_carry):
+    def run_backwards(p_consts, init, xs, step, n_consts, n_carry, linear):
         return bind("loop_tape", *p_consts, *init, *xs, tape, body=step, length=length,
                     num_consts=n_consts, num_carry=n_carry, num_tape=num_tape,
-                    backward=not backward, reverse=reverse)
+                    backward=not backward, reverse=reverse, linear=tuple(linear))
 
     ct_consts, ct_carry, ct_xs = _transpose_loop(cts, consts, carry, xs, body, num_tape,
                                                  run_backwards)
@@ -424,7 +434,7 @@ def _loop_tape_transpose(cts, *args, body, length, num_consts, num_carry, num_ta
 
 
 def _loop_tape_batch(args, batched, body, length, num_consts, num_carry, num_tape, backward,
-                     reverse):
+                     reverse, linear):
     from ..transforms import Program, batch
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
     consts, carry, xs, tape = _loop_tape_split(list(args), num_consts, num_carry)
@@ -434,12 +444,23 @@ def _loop_tape_batch(args, batched, body, length, num_consts, num_carry, num_tap
     flags = b_consts + [True] * num_carry + [False] * num_tape + b_xs
     out = bind("loop_tape", *consts, *carry, *xs, tape, body=batch(Program(body), flags, size).graph,
                length=length, num_consts=num_consts, num_carry=num_carry, num_tape=num_tape,
-               backward=backward, reverse=reverse)
+               backward=backward, reverse=reverse, linear=linear)
     return tuple(out[:num_carry]) + tuple(gnp.moveaxis(y, 1, 0) for y in out[num_carry:])
 
 
+def _loop_tape_jvp(primals, tangents, outs, *, linear, **attrs):
+    """Along its linear inputs only, a loop_tape's JVP is the same loop on the tangents (zeros
+    for linear inputs without one). A tangent of the tape or of a primal input is second order."""
+    if any(t is not None and i not in linear for i, t in enumerate(tangents)):
+        _no_second_order()
+    args = [(t if t is not None else gnp.zeros(p.shape, p.dtype)) if i in linear else p
+            for i, (p, t) in enumerate(zip(primals, tangents))]
+    out = bind("loop_tape", *args, linear=linear, **attrs)
+    return tuple(o if differentiable(o.spec) else None for o in out)
+
+
 primitive("loop_tape", impl=_loop_tape_impl, shape=_loop_tape_shape, arity=(1, None),
-          attrs=LOOP_TAPE_ATTRS, multiple_results=True, jvp=_no_second_order,
+          attrs=LOOP_TAPE_ATTRS, multiple_results=True, jvp=_loop_tape_jvp,
           transpose=_loop_tape_transpose, batch=_loop_tape_batch)
 
 
@@ -471,8 +492,12 @@ def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop):
              + [Spec(xs[i].shape[1:], xs[i].dtype) for i in which_xs])
     init = [t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
             for i in diff_carry]
+    # the tangent loop is linear in the tangent consts, its carry and the tangent xs
+    linear = (list(range(n_c, n_c + n_tc)) + list(range(n_c + n_tc, n_c + n_tc + n_t))
+              + list(range(n_c + n_tc + n_t + n_x, n_c + n_tc + n_t + n_x + len(which_xs))))
     t_outs = tangent_loop(list(consts) + [t_consts[i] for i in which_consts], init,
-                          list(xs) + [t_xs[i] for i in which_xs], trace_closed(step, specs))
+                          list(xs) + [t_xs[i] for i in which_xs], trace_closed(step, specs),
+                          linear)
     t_carry_out = [None] * num_carry
     for j, i in enumerate(diff_carry):
         t_carry_out[i] = t_outs[j]
@@ -489,8 +514,8 @@ def _while_jvp_full(primals, tangents, cond, body, num_cond_consts, num_body_con
                     max_iterations=max_iterations)
     outs, tape = recorded[:-1], recorded[-1]
 
-    def tangent_loop(consts, init, xs, step):
+    def tangent_loop(consts, init, xs, step, linear):
         return bind("loop_tape", *consts, *init, *xs, tape, body=step, length=-1,
                     num_consts=len(consts), num_carry=len(init), num_tape=len(carry),
-                    backward=False, reverse=False)
+                    backward=False, reverse=False, linear=tuple(linear))
     return outs, _tangents(body, bc, t_bc, carry, t_carry, [], [], tangent_loop)
