@@ -100,6 +100,8 @@ def scan(f, init, xs, length=None, reverse=False):
     """carry, y = f(carry, x) over the leading axis of xs; returns (carry, stacked ys)."""
     carry_leaves, carry_def = _leaves_as_arrays(init)
     x_leaves, x_def = _leaves_as_arrays(xs) if xs is not None else ([], None)
+    if any(not spec_of(x).shape for x in x_leaves):
+        raise ValueError("scan: every array in xs needs a leading axis to scan over")
     lengths = {int(x.shape[0]) for x in x_leaves}
     if length is not None:
         lengths.add(int(length))

@@ -139,16 +139,23 @@ def _shape(x):
     return x.shape if _is_array(x) else _np.shape(x)
 
 
+def _axis(a, ndim):
+    """One axis, checked against ndim and made non-negative (NumPy's AxisError is a
+    ValueError)."""
+    if not isinstance(a, (int, _np.integer)) or isinstance(a, bool):
+        raise TypeError(f"an axis must be an integer, got {a!r}")
+    if not -ndim <= a < ndim:
+        raise ValueError(f"axis {a} is out of bounds for an array of dimension {ndim}")
+    return int(a) % ndim
+
+
 def _axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(f"axis {a} is out of bounds for an array of dimension {ndim}")
-        out.append(a % builtins.max(ndim, 1))
-    return tuple(sorted(set(out)))
+    axes = [_axis(a, ndim) for a in ((axis,) if isinstance(axis, (int, _np.integer)) else axis)]
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"repeated axis in {axis}")
+    return tuple(sorted(axes))
 
 
 def _reduce(name):
@@ -200,7 +207,7 @@ def cumsum(x, axis=None):
     (x,) = _operands(x)
     if axis is None:
         x, axis = ravel(x), 0
-    return bind("cumsum", x, axis=_axes(axis, _ndim(x))[0])
+    return bind("cumsum", x, axis=_axis(axis, _ndim(x)))
 
 
 # ---- shapes ------------------------------------------------------------------------------
@@ -235,23 +242,23 @@ def transpose(x, axes=None):
 
 def swapaxes(x, axis1, axis2):
     perm = list(range(_ndim(x)))
-    a, b = axis1 % _ndim(x), axis2 % _ndim(x)
+    a, b = _axis(axis1, _ndim(x)), _axis(axis2, _ndim(x))
     perm[a], perm[b] = perm[b], perm[a]
     return transpose(x, perm)
 
 
 def moveaxis(x, source, destination):
     ndim = _ndim(x)
-    source, destination = source % ndim, destination % ndim
+    source, destination = _axis(source, ndim), _axis(destination, ndim)
     perm = [i for i in range(ndim) if i != source]
     perm.insert(destination, source)
     return transpose(x, perm)
 
 
 def expand_dims(x, axis):
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, _np.integer)) else tuple(axis)
     ndim = _ndim(x) + len(axes)
-    axes = {a % ndim for a in axes}
+    axes = set(_axes(axes, ndim))
     dims = iter(_shape(x))
     return reshape(x, tuple(1 if i in axes else next(dims) for i in range(ndim)))
 
@@ -279,16 +286,20 @@ def flip(x, axis=None):
 
 
 def concatenate(arrays, axis=0):
+    if not len(arrays):
+        raise ValueError("need at least one array to concatenate")
     arrays = _operands(*arrays)
     if axis is None:
         arrays, axis = [ravel(a) for a in arrays], 0
-    return bind("concatenate", *arrays, axis=axis % builtins.max(_ndim(arrays[0]), 1))
+    return bind("concatenate", *arrays, axis=_axis(axis, _ndim(arrays[0])))
 
 
 def stack(arrays, axis=0):
+    if not len(arrays):
+        raise ValueError("need at least one array to stack")
     arrays = _operands(*arrays)
-    ndim = _ndim(arrays[0]) + 1
-    return concatenate([expand_dims(a, axis % ndim) for a in arrays], axis=axis % ndim)
+    axis = _axis(axis, _ndim(arrays[0]) + 1)
+    return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
 
 
 # ---- contractions ------------------------------------------------------------------------
@@ -303,6 +314,9 @@ def _fresh_letters(count, avoid=""):
 def einsum(subscripts, *operands):
     """NumPy's einsum, including implicit output and '...'; broadcasting of '...' axes is
     made explicit with broadcast_to."""
+    if not isinstance(subscripts, str):
+        raise TypeError("einsum takes a subscripts string first (the sublist form is not "
+                        f"supported), got {type(subscripts).__name__}")
     operands = _operands(*operands)
     subscripts = subscripts.replace(" ", "")
     lhs, arrow, out = subscripts.partition("->")
@@ -410,11 +424,24 @@ def ones_like(x, dtype=None):
     return full_like(x, 1.0, dtype)
 
 
+def _within_limits(count):
+    from .limits import DEFAULT_LIMITS
+    from .errors import LimitError
+    if count > DEFAULT_LIMITS.max_elements:
+        raise LimitError(f"{count} elements, over the limit of {DEFAULT_LIMITS.max_elements}",
+                         "tracing")
+
+
 def arange(*args, dtype=None):
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (tuple(args) + (1,))[:3]
+    if step == 0:
+        raise ValueError("arange: the step must not be zero")
+    _within_limits(builtins.max(0, int(_np.ceil((stop - start) / step))))
     return _np.arange(*args, dtype=dtype)
 
 
 def eye(N, M=None, k=0, dtype="float64"):
+    _within_limits(int(N) * int(N if M is None else M))
     return _np.eye(N, M, k, dtype=dtype)
 
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .graph import readonly
 from .primitive import PRIMITIVES
 from .transforms import Program
 
@@ -151,7 +152,8 @@ class Plan:
             nodes, boundary = rematerialize(nodes, boundary, graph.output_names)
         self.graph = graph
         # Small arrays made from nothing (`full`) are computed once, here, like constants.
-        self.precomputed = {n.outputs[0]: PRIMITIVES[n.op].impl(**n.attrs) for n in nodes
+        # Read-only, like constants: one array serves every call (and may be an output).
+        self.precomputed = {n.outputs[0]: readonly(PRIMITIVES[n.op].impl(**n.attrs)) for n in nodes
                             if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096}
         kept = [k for k, n in enumerate(nodes) if n.op != "full" or n.outputs[0] not in self.precomputed]
         if boundary is not None:

@@ -2,6 +2,8 @@
 
 
 def flatten(tree):
+    if tree is None:  # no arrays (a scan step's `None` output)
+        return [], "none"
     if isinstance(tree, (tuple, list)):
         leaves, shapes = [], []
         for item in tree:
@@ -21,6 +23,8 @@ def unflatten(treedef, leaves):
 
 
 def _build(treedef, leaves):
+    if treedef == "none":
+        return None
     if treedef is None:
         return leaves.pop(0)
     kind, children = treedef
