@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+import grpc
 import pytest
 
 import gradserve as gs
@@ -105,3 +106,14 @@ def backend(request):
     if request.param == "engine":
         return gs.Engine()
     return request.getfixturevalue("remote")
+
+
+class Recorder(grpc.UnaryUnaryClientInterceptor):
+    """Records (method, request bytes) of every call on a channel."""
+
+    def __init__(self):
+        self.calls = []
+
+    def intercept_unary_unary(self, continuation, details, request):
+        self.calls.append((details.method.rsplit("/", 1)[-1], len(request)))
+        return continuation(details, request)

@@ -13,6 +13,8 @@ import pytest
 import gradserve as gs
 import gradserve.numpy as gnp
 
+from conftest import Recorder
+
 
 def rosenbrock(x):
     return gnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
@@ -49,15 +51,6 @@ class Spy:
         return counted
 
 
-class Recorder(grpc.UnaryUnaryClientInterceptor):
-    """(method, request bytes) of every call on a channel."""
-
-    def __init__(self):
-        self.calls = []
-
-    def intercept_unary_unary(self, continuation, details, request):
-        self.calls.append((details.method.rsplit("/", 1)[-1], len(request)))
-        return continuation(details, request)
 
 
 # ---- SciPy's methods, in-process and remote -------------------------------------------------

@@ -30,7 +30,7 @@ from gradserve.client import DeadlineExceeded
 from gradserve.client.codec import array_digest, to_tensor
 from gradserve.v1 import graph_pb2, service_pb2 as pb
 
-from conftest import ServerProcess, free_port
+from conftest import Recorder, ServerProcess, free_port
 
 METHODS = ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "Hessian", "CheckGrad")
 # What malformed input may produce; INTERNAL and UNKNOWN never.
@@ -52,15 +52,6 @@ SEED = gs.trace(seed_f, 2.0, 5.0)
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-class Recorder(grpc.UnaryUnaryClientInterceptor):
-    """Records (method, request bytes) of every call on a channel."""
-
-    def __init__(self):
-        self.calls = []
-
-    def intercept_unary_unary(self, continuation, details, request):
-        self.calls.append((details.method.rsplit("/", 1)[-1], len(request)))
-        return continuation(details, request)
 
 
 def raw_call(address, method, data: bytes, timeout=30.0):

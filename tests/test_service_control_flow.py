@@ -17,6 +17,7 @@ import gradserve.numpy as gnp
 from gradserve.client import DeadlineExceeded
 
 from conftest import ServerProcess
+from test_control_flow import _rnn_inputs, rnn_loss_in_carry as rnn_loss
 
 BUDGET = 16 * 1024
 
@@ -26,21 +27,6 @@ def budgeted():
     proc = ServerProcess("--max-tape-bytes", str(BUDGET), "--workers", "2")
     yield proc
     proc.close()
-
-
-def rnn_loss(W, U, h0, xs):
-    def step(carry, x):
-        h, total = carry
-        h = gnp.tanh(W @ h + U @ x)
-        return (h, total + gnp.sum(h * h)), ()
-    (_, total), _ = gs.scan(step, (h0, 0.0), xs)
-    return total
-
-
-def rnn_inputs(hidden=16, steps=300, seed=3):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((hidden, hidden)) * 0.3, rng.standard_normal((hidden, 3)) * 0.3,
-            rng.standard_normal(hidden) * 0.1, rng.standard_normal((steps, 3)))
 
 
 def metric(server, name, **labels) -> float:
@@ -53,7 +39,7 @@ def metric(server, name, **labels) -> float:
 
 
 def test_budgeted_scan_gradient_is_the_plain_one_and_counts_recomputation(budgeted):
-    args = rnn_inputs()
+    args = _rnn_inputs(hidden=16, steps=300)
     graph = gs.trace(rnn_loss, *args)
     plain_engine = gs.Engine()
     plain = plain_engine.grad(graph, *args, argnums=(0, 1, 2))
