@@ -7,6 +7,7 @@ hand-written NumPy backprop through time as the baseline.
 
     OPENBLAS_NUM_THREADS=1 python bench/bench_control_flow.py [--steps 2000] [--repeat 5]
 """
+
 import argparse
 import time
 
@@ -21,6 +22,7 @@ def rnn_loss(W, U, h0, xs):
         h, total = carry
         h = gnp.tanh(W @ h + U @ x)
         return (h, total + gnp.sum(h * h)), ()
+
     (_, total), _ = gs.scan(step, (h0, 0.0), xs)
     return total
 
@@ -59,8 +61,12 @@ def main():
     opts = parser.parse_args()
     rng = np.random.default_rng(0)
     H, T = opts.hidden, opts.steps
-    args = (rng.standard_normal((H, H)) / np.sqrt(H), rng.standard_normal((H, 8)) / np.sqrt(8),
-            rng.standard_normal(H) * 0.1, rng.standard_normal((T, 8)))
+    args = (
+        rng.standard_normal((H, H)) / np.sqrt(H),
+        rng.standard_normal((H, 8)) / np.sqrt(8),
+        rng.standard_normal(H) * 0.1,
+        rng.standard_normal((T, 8)),
+    )
     graph = gs.trace(rnn_loss, *args)
     argnums = (0, 1, 2, 3)
 
@@ -74,11 +80,15 @@ def main():
     numpy_time = median_seconds(lambda: numpy_bptt(*args), opts.repeat)
 
     print(f"RNN {H} units, {T} steps; gradient w.r.t. W, U, h0 and xs")
-    print(f"{'run':<18}{'median ms':>11}{'x plain':>9}{'x numpy':>9}{'tape bytes':>12}"
-          f"{'budget':>11}{'recomputed ops':>16}  same gradient")
+    print(
+        f"{'run':<18}{'median ms':>11}{'x plain':>9}{'x numpy':>9}{'tape bytes':>12}"
+        f"{'budget':>11}{'recomputed ops':>16}  same gradient"
+    )
     print(f"{'numpy BPTT':<18}{numpy_time * 1e3:>11.1f}{numpy_time / plain_time:>9.2f}{1:>9.2f}")
-    print(f"{'plain':<18}{plain_time * 1e3:>11.1f}{1:>9.2f}{plain_time / numpy_time:>9.2f}"
-          f"{plain_tape:>12}{'-':>11}{0:>16}  -")
+    print(
+        f"{'plain':<18}{plain_time * 1e3:>11.1f}{1:>9.2f}{plain_time / numpy_time:>9.2f}"
+        f"{plain_tape:>12}{'-':>11}{0:>16}  -"
+    )
     for fraction in (4, 20, 100):
         budget = plain_tape // fraction
         engine = gs.Engine(max_tape_bytes=budget)
@@ -86,12 +96,16 @@ def main():
         same = all(np.array_equal(a, b) for a, b in zip(grads, reference))
         seconds = median_seconds(lambda: engine.grad(graph, *args, argnums=argnums), opts.repeat)
         stats = engine.last_stats
-        print(f"{'budget 1/' + str(fraction):<18}{seconds * 1e3:>11.1f}{seconds / plain_time:>9.2f}"
-              f"{seconds / numpy_time:>9.2f}{stats.tape_bytes:>12}{budget:>11}"
-              f"{stats.recomputed_ops:>16}  {'bit for bit' if same else 'DIFFERS'}")
+        print(
+            f"{'budget 1/' + str(fraction):<18}{seconds * 1e3:>11.1f}{seconds / plain_time:>9.2f}"
+            f"{seconds / numpy_time:>9.2f}{stats.tape_bytes:>12}{budget:>11}"
+            f"{stats.recomputed_ops:>16}  {'bit for bit' if same else 'DIFFERS'}"
+        )
         if fraction == 20:
-            print(f"{'':<18}target: 1/20 budget <= 3x plain time: "
-                  f"{'met' if seconds / plain_time <= 3 else 'missed'}")
+            print(
+                f"{'':<18}target: 1/20 budget <= 3x plain time: "
+                f"{'met' if seconds / plain_time <= 3 else 'missed'}"
+            )
 
 
 if __name__ == "__main__":

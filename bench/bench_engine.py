@@ -14,6 +14,7 @@ many repetitions (time.perf_counter, after warm-up, garbage collector off while 
 data allocations to it), as the peak traced bytes during one call above the bytes traced
 before it (the call's results included).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ import collections
 import cProfile
 import gc
 import io
+import itertools
 import math
 import platform
 import pstats
@@ -56,6 +58,7 @@ MiB = 1024.0 * 1024.0
 # Measuring
 # ---------------------------------------------------------------------------------------------
 
+
 class Timer:
     """Timing settings; `__call__` times one function alone (median wall time over repetitions
     that fill `budget` seconds, at least `min_reps`, at most `max_reps`, after `warmup` untimed
@@ -75,7 +78,8 @@ class Timer:
             faults = _minor_faults()
             deadline = time.perf_counter() + self.budget
             while len(times) < self.min_reps or (
-                    len(times) < self.max_reps and time.perf_counter() < deadline):
+                len(times) < self.max_reps and time.perf_counter() < deadline
+            ):
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
@@ -108,7 +112,8 @@ def time_interleaved(timer, fns):
         deadline = time.perf_counter() + timer.budget * len(fns)
         rounds = 0
         while rounds < timer.min_reps or (
-                rounds < timer.max_reps and time.perf_counter() < deadline):
+            rounds < timer.max_reps and time.perf_counter() < deadline
+        ):
             for j in range(len(fns)):
                 k = (j + rounds) % len(fns)
                 for _ in range(per_round[k]):
@@ -128,6 +133,7 @@ def _minor_faults():
     """Minor page faults of this process so far (first touches of freshly mapped memory)."""
     try:
         import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     except (ImportError, OSError):
         return 0
@@ -170,8 +176,11 @@ def peak_extra_bytes(fn) -> int:
 
 def tree_allclose(a, b, rtol, atol):
     if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(
-            tree_allclose(x, y, rtol, atol) for x, y in zip(a, b))
+        return (
+            isinstance(b, (tuple, list))
+            and len(a) == len(b)
+            and all(tree_allclose(x, y, rtol, atol) for x, y in zip(a, b))
+        )
     a, b = np.asarray(a), np.asarray(b)
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
@@ -196,13 +205,14 @@ def tree_max_rel_err(a, b):
 # W1: a chain of 2000 scalar ops, value and gradient
 # ---------------------------------------------------------------------------------------------
 
-W1_REPEATS = 200          # 10 ops each: 2000 ops
+W1_REPEATS = 200  # 10 ops each: 2000 ops
 W1_OPS = 10 * W1_REPEATS
 W1_X0 = 0.5
 
 
 def w1_chain(np_module):
     """The W1 chain written once, for gradserve.numpy or autograd.numpy."""
+
     def chain(x):
         for _ in range(W1_REPEATS):
             t = x * x
@@ -216,6 +226,7 @@ def w1_chain(np_module):
             x = s + t
             x = x + 0.05
         return x
+
     return chain
 
 
@@ -249,6 +260,7 @@ def w1_hand_value(x):
 # W2 / W4: Rosenbrock
 # ---------------------------------------------------------------------------------------------
 
+
 def rosenbrock_gs(x):
     return gnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
@@ -259,9 +271,9 @@ def rosenbrock_ag(x):
 
 def rosenbrock_hand_value(x):
     a = x[:-1]
-    d = x[1:] - a ** 2
+    d = x[1:] - a**2
     e = 1 - a
-    return np.sum(100 * d ** 2 + e ** 2)
+    return np.sum(100 * d**2 + e**2)
 
 
 def rosenbrock_hand_value_and_grad(x):
@@ -270,7 +282,7 @@ def rosenbrock_hand_value_and_grad(x):
     a = x[:-1]
     d = x[1:] - a * a
     e = 1 - a
-    value = np.sum(100 * d ** 2 + e ** 2)
+    value = np.sum(100 * d**2 + e**2)
     g = np.empty_like(x)
     g[:-1] = -400 * d * a - 2 * e
     g[-1] = 0.0
@@ -301,7 +313,7 @@ W3_BATCH = 256
 def w3_data():
     rng = np.random.default_rng(3)
     params = []
-    for fan_in, fan_out in zip(W3_SIZES[:-1], W3_SIZES[1:]):
+    for fan_in, fan_out in itertools.pairwise(W3_SIZES):
         params.append(rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in))
         params.append(rng.standard_normal(fan_out) * 0.1)
     X = rng.standard_normal((W3_BATCH, W3_SIZES[0]))
@@ -393,7 +405,7 @@ def w5_hand_jacobian(A, x):
     """Closed form: J = diag(tanh(Ax)) + (x * (1 - tanh(Ax)^2))[:, None] * A."""
     t = np.tanh(A @ x)
     J = (x * (1 - t * t))[:, None] * A
-    J.flat[::W5_N + 1] += t
+    J.flat[:: W5_N + 1] += t
     return J
 
 
@@ -401,11 +413,24 @@ def w5_hand_jacobian(A, x):
 # Runner
 # ---------------------------------------------------------------------------------------------
 
+
 class Row:
     """One line of the summary: a measured quantity and its target."""
 
-    def __init__(self, workload, metric, gs_value, hand_value, ag_value, unit, target_text, met,
-                 ratio=None, gs_best=None, best_ratio=None):
+    def __init__(
+        self,
+        workload,
+        metric,
+        gs_value,
+        hand_value,
+        ag_value,
+        unit,
+        target_text,
+        met,
+        ratio=None,
+        gs_best=None,
+        best_ratio=None,
+    ):
         self.workload, self.metric = workload, metric
         self.gs_best, self.best_ratio = gs_best, best_ratio
         self.gs_value, self.hand_value, self.ag_value = gs_value, hand_value, ag_value
@@ -435,9 +460,12 @@ class Bench:
         kept = _tree_copy(first)
         call()
         ok = tree_allclose(first, kept, 0.0, 0.0) and all(
-            np.array_equal(a, b) for a, b in zip(inputs, before))
-        print(f"  check {name + ' stable':<34s} {'ok' if ok else 'WRONG':5s} "
-              "(results survive the next call, inputs untouched)")
+            np.array_equal(a, b) for a, b in zip(inputs, before)
+        )
+        print(
+            f"  check {name + ' stable':<34s} {'ok' if ok else 'WRONG':5s} "
+            "(results survive the next call, inputs untouched)"
+        )
         return ok
 
     def time_group(self, entries, scale=1.0, unit="ms"):
@@ -452,9 +480,11 @@ class Bench:
             if t is None:
                 out[label] = None
                 continue
-            print(f"  time  {label:<34s} {t.median * factor / scale:10.3f} {unit}"
-                  f"  (median of {t.reps}, best {t.best * factor / scale:.3f}; "
-                  f"{t.faults:.0f} page faults per call)")
+            print(
+                f"  time  {label:<34s} {t.median * factor / scale:10.3f} {unit}"
+                f"  (median of {t.reps}, best {t.best * factor / scale:.3f}; "
+                f"{t.faults:.0f} page faults per call)"
+            )
             out[label] = Measured(t.median / scale, t.best / scale)
         return out
 
@@ -468,7 +498,7 @@ class Bench:
             for key, plan in new:
                 ops = collections.Counter(node.op for node in plan.nodes)
                 out.append((key[1:], len(plan.steps), ops, plan.stats))
-        except Exception:  # noqa: BLE001 - diagnostics only; engine internals may change
+        except Exception:
             out = []
         self.profiles.setdefault(label, {})["plans"] = out
 
@@ -506,24 +536,38 @@ class Bench:
             ag = autograd.value_and_grad(w1_chain(anp))
             if not self.check("autograd value_and_grad", ag(W1_X0), want, rtol=1e-9):
                 ag = None
-        t = self.time_group({
-            "hand-written (math) value+grad": lambda: w1_hand_value_and_grad(W1_X0),
-            "gradserve value+grad": gs_call if ok else None,
-            "gradserve evaluate": (lambda: eng.evaluate(graph, W1_X0)) if ok else None,
-            "autograd value+grad": (lambda: ag(W1_X0)) if ag else None,
-        }, scale=W1_OPS, unit="us")
+        t = self.time_group(
+            {
+                "hand-written (math) value+grad": lambda: w1_hand_value_and_grad(W1_X0),
+                "gradserve value+grad": gs_call if ok else None,
+                "gradserve evaluate": (lambda: eng.evaluate(graph, W1_X0)) if ok else None,
+                "autograd value+grad": (lambda: ag(W1_X0)) if ag else None,
+            },
+            scale=W1_OPS,
+            unit="us",
+        )
         t_hand, t_gs = t["hand-written (math) value+grad"], t["gradserve value+grad"]
         t_gs_val, t_ag = t["gradserve evaluate"], t["autograd value+grad"]
         self.plan_summary("W1", keys)
         self.profile_call("W1", gs_call, 20)
         us = lambda t: None if t is None else t * 1e6  # noqa: E731
-        self.rows.append(Row("W1", "value+grad, µs per op", us(t_gs), us(t_hand), us(t_ag), "µs",
-                             "<= 3 µs/op", None if t_gs is None else t_gs * 1e6 <= 3.0,
-                             gs_best=best_of(t_gs, 1e6)))
+        self.rows.append(
+            Row(
+                "W1",
+                "value+grad, µs per op",
+                us(t_gs),
+                us(t_hand),
+                us(t_ag),
+                "µs",
+                "<= 3 µs/op",
+                None if t_gs is None else t_gs * 1e6 <= 3.0,
+                gs_best=best_of(t_gs, 1e6),
+            )
+        )
         self.rows.append(Row("W1", "evaluate, µs per op", us(t_gs_val), None, None, "µs", "", None))
 
     def w2(self):
-        n = 10 ** 6
+        n = 10**6
         print(f"W2: Rosenbrock value+grad, n = {n}")
         keys = self.plan_keys()
         x = np.random.default_rng(2).uniform(-1.5, 2.0, n)
@@ -538,24 +582,32 @@ class Bench:
             ag = autograd.value_and_grad(rosenbrock_ag)
             if not self.check("autograd value_and_grad", ag(x), want, rtol=1e-9, atol=1e-9):
                 ag = None
-        t = self.time_group({
-            "hand-written value+grad": lambda: rosenbrock_hand_value_and_grad(x),
-            "hand-written value only": lambda: rosenbrock_hand_value(x),
-            "gradserve value+grad": gs_call if ok else None,
-            "gradserve evaluate": (lambda: eng.evaluate(graph, x)) if ok else None,
-            "autograd value+grad": (lambda: ag(x)) if ag else None,
-        })
-        t_hand, t_gs, t_ag = t["hand-written value+grad"], t["gradserve value+grad"], \
-            t["autograd value+grad"]
+        t = self.time_group(
+            {
+                "hand-written value+grad": lambda: rosenbrock_hand_value_and_grad(x),
+                "hand-written value only": lambda: rosenbrock_hand_value(x),
+                "gradserve value+grad": gs_call if ok else None,
+                "gradserve evaluate": (lambda: eng.evaluate(graph, x)) if ok else None,
+                "autograd value+grad": (lambda: ag(x)) if ag else None,
+            }
+        )
+        t_hand, t_gs, t_ag = (
+            t["hand-written value+grad"],
+            t["gradserve value+grad"],
+            t["autograd value+grad"],
+        )
         mem_gs = peak_extra_bytes(gs_call) if ok else None
         mem_hand = peak_extra_bytes(lambda: rosenbrock_hand_value_and_grad(x))
-        print(f"  peak extra memory: gradserve {fmt_mib(mem_gs)}, hand-written {fmt_mib(mem_hand)}"
-              f"; engine stats {eng.last_stats}")
+        print(
+            f"  peak extra memory: gradserve {fmt_mib(mem_gs)}, hand-written {fmt_mib(mem_hand)}"
+            f"; engine stats {eng.last_stats}"
+        )
         self.plan_summary("W2", keys)
         self.profile_call("W2", gs_call, 10)
         self.rows.append(ratio_row("W2", "value+grad", t_gs, t_hand, t_ag, 1.5))
-        self.rows.append(Row("W2", "peak extra memory", mib(mem_gs), mib(mem_hand), None, "MiB",
-                             "", None))
+        self.rows.append(
+            Row("W2", "peak extra memory", mib(mem_gs), mib(mem_hand), None, "MiB", "", None)
+        )
 
     def w3(self):
         print("W3: MLP 784-512-512-10, tanh, batch 256, softmax cross-entropy; grad wrt 6 params")
@@ -579,40 +631,68 @@ class Bench:
             ag = autograd.value_and_grad(w3_ag_fn, argnum=argnums)
             if not self.check("autograd value_and_grad", ag(*args), want, rtol=1e-7, atol=1e-12):
                 ag = None
-        t = self.time_group({
-            "hand-written value+grad": lambda: w3_hand_value_and_grad(*args),
-            "hand-written value only": lambda: w3_hand_value(*args),
-            "gradserve value+grad": gs_call if ok else None,
-            "gradserve evaluate": (lambda: eng.evaluate(graph, *args)) if ok else None,
-            "autograd value+grad": (lambda: ag(*args)) if ag else None,
-            "autograd value only": (lambda: w3_ag_fn(*args)) if ag else None,
-        })
+        t = self.time_group(
+            {
+                "hand-written value+grad": lambda: w3_hand_value_and_grad(*args),
+                "hand-written value only": lambda: w3_hand_value(*args),
+                "gradserve value+grad": gs_call if ok else None,
+                "gradserve evaluate": (lambda: eng.evaluate(graph, *args)) if ok else None,
+                "autograd value+grad": (lambda: ag(*args)) if ag else None,
+                "autograd value only": (lambda: w3_ag_fn(*args)) if ag else None,
+            }
+        )
         t_hand, t_hand_val = t["hand-written value+grad"], t["hand-written value only"]
         t_gs, t_gs_val = t["gradserve value+grad"], t["gradserve evaluate"]
         t_ag, t_ag_val = t["autograd value+grad"], t["autograd value only"]
         mem_gs = peak_extra_bytes(gs_call) if ok else None
         mem_hand = peak_extra_bytes(lambda: w3_hand_value_and_grad(*args))
         mem_ag = peak_extra_bytes(lambda: ag(*args)) if ag else None
-        print(f"  tape: gradserve {tape_gs} B in {entries_gs} entries ({mib(tape_gs):.2f} MiB); "
-              f"hand-written keeps {tape_hand} B ({mib(tape_hand):.2f} MiB: h1, h2, softmax)")
-        print(f"  peak extra memory (tracemalloc): gradserve {fmt_mib(mem_gs)}, hand-written "
-              f"{fmt_mib(mem_hand)}, autograd {fmt_mib(mem_ag)}; gradserve peak_bytes stat "
-              f"{mib(peak_gs_stats):.2f} MiB")
+        print(
+            f"  tape: gradserve {tape_gs} B in {entries_gs} entries ({mib(tape_gs):.2f} MiB); "
+            f"hand-written keeps {tape_hand} B ({mib(tape_hand):.2f} MiB: h1, h2, softmax)"
+        )
+        print(
+            f"  peak extra memory (tracemalloc): gradserve {fmt_mib(mem_gs)}, hand-written "
+            f"{fmt_mib(mem_hand)}, autograd {fmt_mib(mem_ag)}; gradserve peak_bytes stat "
+            f"{mib(peak_gs_stats):.2f} MiB"
+        )
         self.plan_summary("W3", keys)
         self.profile_call("W3", gs_call, 10)
         if self.profile:
             self.profiles["W3"]["tape"] = tape_listing(graph, argnums)
         self.rows.append(ratio_row("W3", "value+grad", t_gs, t_hand, t_ag, 1.1))
         div = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
-        self.rows.append(Row("W3", "value+grad ÷ value", div(t_gs, t_gs_val), div(t_hand, t_hand_val),
-                             div(t_ag, t_ag_val), "x", "", None))
-        self.rows.append(Row("W3", "tape bytes (MiB)", mib(tape_gs), mib(tape_hand), None, "MiB",
-                             "<= hand-written", tape_gs <= tape_hand, ratio=tape_gs / tape_hand))
-        self.rows.append(Row("W3", "peak extra memory", mib(mem_gs), mib(mem_hand), mib(mem_ag),
-                             "MiB", "", None))
+        self.rows.append(
+            Row(
+                "W3",
+                "value+grad ÷ value",
+                div(t_gs, t_gs_val),
+                div(t_hand, t_hand_val),
+                div(t_ag, t_ag_val),
+                "x",
+                "",
+                None,
+            )
+        )
+        self.rows.append(
+            Row(
+                "W3",
+                "tape bytes (MiB)",
+                mib(tape_gs),
+                mib(tape_hand),
+                None,
+                "MiB",
+                "<= hand-written",
+                tape_gs <= tape_hand,
+                ratio=tape_gs / tape_hand,
+            )
+        )
+        self.rows.append(
+            Row("W3", "peak extra memory", mib(mem_gs), mib(mem_hand), mib(mem_ag), "MiB", "", None)
+        )
 
     def w4(self):
-        n = 10 ** 5
+        n = 10**5
         print(f"W4: Rosenbrock Hessian-vector product, n = {n}")
         keys = self.plan_keys()
         rng = np.random.default_rng(4)
@@ -628,12 +708,18 @@ class Bench:
             ag = autograd.hessian_vector_product(rosenbrock_ag)
             if not self.check("autograd hvp (rev-over-rev)", ag(x, v), want, rtol=1e-9, atol=1e-8):
                 ag = None
-        t = self.time_group({
-            "hand-written (closed form) hvp": lambda: rosenbrock_hand_hvp(x, v),
-            "gradserve hvp": gs_call if ok else None,
-            "autograd hvp": (lambda: ag(x, v)) if ag else None,
-        })
-        t_hand, t_gs, t_ag = t["hand-written (closed form) hvp"], t["gradserve hvp"], t["autograd hvp"]
+        t = self.time_group(
+            {
+                "hand-written (closed form) hvp": lambda: rosenbrock_hand_hvp(x, v),
+                "gradserve hvp": gs_call if ok else None,
+                "autograd hvp": (lambda: ag(x, v)) if ag else None,
+            }
+        )
+        t_hand, t_gs, t_ag = (
+            t["hand-written (closed form) hvp"],
+            t["gradserve hvp"],
+            t["autograd hvp"],
+        )
         self.plan_summary("W4", keys)
         self.profile_call("W4", gs_call, 20)
         self.rows.append(ratio_row("W4", "HVP", t_gs, t_hand, t_ag, 5.0))
@@ -654,11 +740,13 @@ class Bench:
             def forward_jacobian(x):  # forward mode: one JVP per basis vector
                 jvp = ag_make_jvp(f)(x)
                 return np.stack([jvp(e)[1] for e in basis], axis=1)
+
             fwd_jac = forward_jacobian
             if not self.check("autograd jacobian (rev)", jac(x), want, rtol=1e-9, atol=1e-12):
                 jac = None
-            if not self.check("autograd jacobian (fwd, make_jvp)", fwd_jac(x), want, rtol=1e-9,
-                              atol=1e-12):
+            if not self.check(
+                "autograd jacobian (fwd, make_jvp)", fwd_jac(x), want, rtol=1e-9, atol=1e-12
+            ):
                 fwd_jac = None
         calls = {}
         for mode in ("fwd", "rev"):
@@ -666,21 +754,33 @@ class Bench:
             ok = self.check(f"gradserve jacobian ({mode})", gs_call(), want, rtol=1e-9, atol=1e-12)
             ok = ok and self.check_stable(f"gradserve jacobian ({mode})", gs_call, [x])
             calls[mode] = gs_call if ok else None
-        t = self.time_group({
-            "hand-written (closed form)": lambda: w5_hand_jacobian(A, x),
-            "gradserve jacobian (fwd)": calls["fwd"],
-            "gradserve jacobian (rev)": calls["rev"],
-            "autograd jacobian (fwd)": (lambda: fwd_jac(x)) if fwd_jac else None,
-            "autograd jacobian (rev)": (lambda: jac(x)) if jac else None,
-        })
+        t = self.time_group(
+            {
+                "hand-written (closed form)": lambda: w5_hand_jacobian(A, x),
+                "gradserve jacobian (fwd)": calls["fwd"],
+                "gradserve jacobian (rev)": calls["rev"],
+                "autograd jacobian (fwd)": (lambda: fwd_jac(x)) if fwd_jac else None,
+                "autograd jacobian (rev)": (lambda: jac(x)) if jac else None,
+            }
+        )
         t_hand = t["hand-written (closed form)"]
         for mode in ("fwd", "rev"):
             t_gs, t_ag = t[f"gradserve jacobian ({mode})"], t[f"autograd jacobian ({mode})"]
-            self.rows.append(Row("W5", f"Jacobian ({mode})", ms(t_gs), ms(t_hand), ms(t_ag), "ms",
-                                 "<= 1 ms", None if t_gs is None else t_gs <= 1e-3,
-                                 ratio=None if t_gs is None else t_gs / t_hand,
-                                 gs_best=best_of(t_gs, 1e3),
-                                 best_ratio=None if t_gs is None else t_gs.best / t_hand.best))
+            self.rows.append(
+                Row(
+                    "W5",
+                    f"Jacobian ({mode})",
+                    ms(t_gs),
+                    ms(t_hand),
+                    ms(t_ag),
+                    "ms",
+                    "<= 1 ms",
+                    None if t_gs is None else t_gs <= 1e-3,
+                    ratio=None if t_gs is None else t_gs / t_hand,
+                    gs_best=best_of(t_gs, 1e3),
+                    best_ratio=None if t_gs is None else t_gs.best / t_hand.best,
+                )
+            )
         self.plan_summary("W5", keys)
         for mode, gs_call in calls.items():
             if gs_call is not None:
@@ -701,9 +801,19 @@ def fmt_mib(b):
 
 def ratio_row(workload, metric, t_gs, t_hand, t_ag, target):
     ratio = None if t_gs is None else t_gs / t_hand
-    return Row(workload, metric, ms(t_gs), ms(t_hand), ms(t_ag), "ms", f"<= {target}x hand",
-               None if ratio is None else ratio <= target, ratio=ratio, gs_best=best_of(t_gs, 1e3),
-               best_ratio=None if t_gs is None else t_gs.best / t_hand.best)
+    return Row(
+        workload,
+        metric,
+        ms(t_gs),
+        ms(t_hand),
+        ms(t_ag),
+        "ms",
+        f"<= {target}x hand",
+        None if ratio is None else ratio <= target,
+        ratio=ratio,
+        gs_best=best_of(t_gs, 1e3),
+        best_ratio=None if t_gs is None else t_gs.best / t_hand.best,
+    )
 
 
 def tape_listing(graph, argnums):
@@ -712,9 +822,11 @@ def tape_listing(graph, argnums):
     try:
         from gradserve.engine.plan import rematerialize
         from gradserve.engine.transforms import Program, vjp
+
         program = vjp(Program(graph), argnums, seed_ones=True)
-        nodes, boundary = rematerialize(list(program.graph.nodes), program.boundary,
-                                        program.graph.output_names)
+        nodes, boundary = rematerialize(
+            list(program.graph.nodes), program.boundary, program.graph.output_names
+        )
         made = {o: node for node in nodes[:boundary] for o in node.outputs}
         readers: dict = {}
         for node in nodes[boundary:]:
@@ -725,10 +837,12 @@ def tape_listing(graph, argnums):
         for name, ops in readers.items():
             spec = program.graph.avals[name]
             node = made[name]
-            out.append(f"{name} = {node.op}({', '.join(node.inputs)}) {spec.shape} "
-                       f"{spec.nbytes} B, read by {', '.join(ops)}")
+            out.append(
+                f"{name} = {node.op}({', '.join(node.inputs)}) {spec.shape} "
+                f"{spec.nbytes} B, read by {', '.join(ops)}"
+            )
         return out
-    except Exception as exc:  # noqa: BLE001 - diagnostics only
+    except Exception as exc:
         return [f"tape listing unavailable ({type(exc).__name__}: {exc})"]
 
 
@@ -750,6 +864,7 @@ def per_op_times(eng, fn, label):
                 finally:
                     totals[op] += time.perf_counter() - t0
                     counts[op] += 1
+
             return run
 
         n_runs = 10
@@ -758,8 +873,10 @@ def per_op_times(eng, fn, label):
             for plan in plans:
                 if len(plan.steps) != len(plan.nodes):
                     raise RuntimeError("steps and nodes do not line up")
-                plan.steps = [(timed(step[0], node.op),) + tuple(step[1:])
-                              for step, node in zip(plan.steps, plan.nodes)]
+                plan.steps = [
+                    (timed(step[0], node.op),) + tuple(step[1:])
+                    for step, node in zip(plan.steps, plan.nodes)
+                ]
             for _ in range(n_runs):
                 fn()
             # The executor's own cost: every step replaced by one returning the value it
@@ -770,14 +887,20 @@ def per_op_times(eng, fn, label):
                 def run(*args, **kwargs):
                     recorded[key] = value = step_fn(*args, **kwargs)
                     return value
+
                 return run
+
             for plan in plans:
-                plan.steps = [(recording(step[0], (id(plan), k)),) + tuple(step[1:])
-                              for k, step in enumerate(saved[id(plan)])]
+                plan.steps = [
+                    (recording(step[0], (id(plan), k)),) + tuple(step[1:])
+                    for k, step in enumerate(saved[id(plan)])
+                ]
             fn()
             for plan in plans:
-                plan.steps = [((lambda *a, _v=recorded.get((id(plan), k)), **kw: _v),) +
-                              tuple(step[1:]) for k, step in enumerate(saved[id(plan)])]
+                plan.steps = [
+                    ((lambda *a, _v=recorded.get((id(plan), k)), **kw: _v),) + tuple(step[1:])
+                    for k, step in enumerate(saved[id(plan)])
+                ]
             fn()
             times = []
             for _ in range(max(n_runs, 30)):
@@ -799,15 +922,20 @@ def per_op_times(eng, fn, label):
             a = time.perf_counter()
             overhead += time.perf_counter() - a
         overhead /= 10000
-        return ({op: (totals[op] / n_runs, counts[op] // n_runs) for op in totals}, overhead, wall,
-                bare)
-    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        return (
+            {op: (totals[op] / n_runs, counts[op] // n_runs) for op in totals},
+            overhead,
+            wall,
+            bare,
+        )
+    except Exception as exc:
         return f"per-op timing unavailable ({type(exc).__name__}: {exc})"
 
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------
+
 
 def fmt(v, unit):
     if v is None:
@@ -821,23 +949,44 @@ def fmt(v, unit):
 
 def print_summary(rows):
     print()
-    print("Summary (medians; ratio = gradserve / hand-written; targets judged on medians, bests "
-          "shown as a check against machine noise)")
-    header = ("workload", "metric", "gradserve", "hand-written", "autograd", "ratio", "target",
-              "status", "gradserve best", "ratio of bests")
+    print(
+        "Summary (medians; ratio = gradserve / hand-written; targets judged on medians, bests "
+        "shown as a check against machine noise)"
+    )
+    header = (
+        "workload",
+        "metric",
+        "gradserve",
+        "hand-written",
+        "autograd",
+        "ratio",
+        "target",
+        "status",
+        "gradserve best",
+        "ratio of bests",
+    )
     table = [header]
     for r in rows:
         unit = "" if r.unit == "x" else f" {r.unit}"
-        status = "" if r.met is None and not r.target_text else (
-            "WRONG/not run" if r.met is None else ("met" if r.met else "MISSED"))
-        table.append((r.workload, r.metric,
-                      fmt(r.gs_value, r.unit) + ("" if r.gs_value is None else unit),
-                      fmt(r.hand_value, r.unit) + ("" if r.hand_value is None else unit),
-                      fmt(r.ag_value, r.unit) + ("" if r.ag_value is None else unit),
-                      "—" if r.ratio is None else f"{r.ratio:.2f}x",
-                      r.target_text or "", status,
-                      "" if r.gs_best is None else fmt(r.gs_best, r.unit) + unit,
-                      "" if r.best_ratio is None else f"{r.best_ratio:.2f}x"))
+        status = (
+            ""
+            if r.met is None and not r.target_text
+            else ("WRONG/not run" if r.met is None else ("met" if r.met else "MISSED"))
+        )
+        table.append(
+            (
+                r.workload,
+                r.metric,
+                fmt(r.gs_value, r.unit) + ("" if r.gs_value is None else unit),
+                fmt(r.hand_value, r.unit) + ("" if r.hand_value is None else unit),
+                fmt(r.ag_value, r.unit) + ("" if r.ag_value is None else unit),
+                "—" if r.ratio is None else f"{r.ratio:.2f}x",
+                r.target_text or "",
+                status,
+                "" if r.gs_best is None else fmt(r.gs_best, r.unit) + unit,
+                "" if r.best_ratio is None else f"{r.best_ratio:.2f}x",
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for k, row in enumerate(table):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
@@ -851,8 +1000,10 @@ def print_profiles(profiles):
         print(f"=== profile {label} ===")
         for key, n_steps, ops, stats in info.get("plans", []):
             top = ", ".join(f"{op} {c}" for op, c in ops.most_common())
-            print(f"  plan {key}: {n_steps} steps; tape {stats.tape_bytes} B / "
-                  f"{stats.tape_entries} entries; peak {stats.peak_bytes} B")
+            print(
+                f"  plan {key}: {n_steps} steps; tape {stats.tape_bytes} B / "
+                f"{stats.tape_entries} entries; peak {stats.peak_bytes} B"
+            )
             print(f"    ops: {top}")
         if info.get("tape"):
             print("  tape entries (forward values the backward pass reads):")
@@ -863,11 +1014,15 @@ def print_profiles(profiles):
             table, overhead, wall, bare = per_op
             total = sum(t for t, _ in table.values())
             steps = sum(c for _, c in table.values())
-            print(f"  one call: {wall * 1e3:.3f} ms (median of 30); the same call with every step "
-                  f"replaced by a function returning its recorded result: {bare * 1e3:.3f} ms = "
-                  f"{bare / max(steps, 1) * 1e9:.0f} ns per step of executor loop and call overhead")
-            print(f"  time inside the steps, by op kind (a timer around each step, which adds "
-                  f"~{overhead * 1e9:.0f} ns; total {total * 1e3:.3f} ms):")
+            print(
+                f"  one call: {wall * 1e3:.3f} ms (median of 30); the same call with every step "
+                f"replaced by a function returning its recorded result: {bare * 1e3:.3f} ms = "
+                f"{bare / max(steps, 1) * 1e9:.0f} ns per step of executor loop and call overhead"
+            )
+            print(
+                f"  time inside the steps, by op kind (a timer around each step, which adds "
+                f"~{overhead * 1e9:.0f} ns; total {total * 1e3:.3f} ms):"
+            )
             for op, (t, c) in sorted(table.items(), key=lambda kv: -kv[1][0]):
                 print(f"    {op:<14s} {c:6d} steps  {t * 1e3:9.3f} ms  {t / c * 1e6:9.2f} µs/step")
         elif per_op:
@@ -877,7 +1032,7 @@ def print_profiles(profiles):
             print(f"  cProfile over {reps} calls (sorted by own time):")
             lines = [line for line in text.splitlines() if line.strip()]
             start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-            for line in lines[max(0, start - 1):]:
+            for line in lines[max(0, start - 1) :]:
                 print("    " + line)
 
 
@@ -898,6 +1053,7 @@ def run_isolated(wanted, opts):
     figures independent of order."""
     import json
     import subprocess
+
     rows = []
     for w in wanted:
         cmd = [sys.executable, os.path.abspath(__file__), "--only", w, "--child"]
@@ -906,7 +1062,7 @@ def run_isolated(wanted, opts):
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         for line in proc.stdout.splitlines():
             if line.startswith(ROWS_MARK):
-                rows.extend(Row(**d) for d in json.loads(line[len(ROWS_MARK):]))
+                rows.extend(Row(**d) for d in json.loads(line[len(ROWS_MARK) :]))
             else:
                 print(line)
         if proc.returncode:
@@ -919,33 +1075,49 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timing budget")
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print plan sizes, time per op kind and cProfile of gradserve")
-    parser.add_argument("--same-process", action="store_true",
-                        help="run all workloads in this process (default: one fresh process each)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print plan sizes, time per op kind and cProfile of gradserve",
+    )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run all workloads in this process (default: one fresh process each)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    wanted = [w.strip().upper() for w in opts.only.split(",") if w.strip()] or \
-        ["W1", "W2", "W3", "W4", "W5"]
+    wanted = [w.strip().upper() for w in opts.only.split(",") if w.strip()] or [
+        "W1",
+        "W2",
+        "W3",
+        "W4",
+        "W5",
+    ]
     unknown = set(wanted) - {"W1", "W2", "W3", "W4", "W5"}
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     if not opts.child:
-        print(f"python {platform.python_version()}, numpy {np.__version__}, "
-              f"autograd {getattr(autograd, '__version__', 'installed') if autograd else 'not installed'}, "
-              f"{platform.machine()}, {'quick' if opts.quick else 'full'} run, "
-              f"{'one process' if opts.same_process else 'a fresh process per workload'}, "
-              f"load average {load_average()}, OPENBLAS_NUM_THREADS="
-              f"{os.environ.get('OPENBLAS_NUM_THREADS')}, OPENBLAS_CORETYPE="
-              f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+        print(
+            f"python {platform.python_version()}, numpy {np.__version__}, "
+            f"autograd {getattr(autograd, '__version__', 'installed') if autograd else 'not installed'}, "
+            f"{platform.machine()}, {'quick' if opts.quick else 'full'} run, "
+            f"{'one process' if opts.same_process else 'a fresh process per workload'}, "
+            f"load average {load_average()}, OPENBLAS_NUM_THREADS="
+            f"{os.environ.get('OPENBLAS_NUM_THREADS')}, OPENBLAS_CORETYPE="
+            f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+        )
         print()
         sys.stdout.flush()
     if not opts.child and not opts.same_process:
         rows = run_isolated(wanted, opts)
         profiles = {}
     else:
-        timer = Timer(budget=0.3, min_reps=7, max_reps=2000, warmup=2) if opts.quick else \
-            Timer(budget=1.5, min_reps=21, max_reps=20000, warmup=5)
+        timer = (
+            Timer(budget=0.3, min_reps=7, max_reps=2000, warmup=2)
+            if opts.quick
+            else Timer(budget=1.5, min_reps=21, max_reps=20000, warmup=5)
+        )
         bench = Bench(timer, opts.profile)
         for w in wanted:
             getattr(bench, w.lower())()
@@ -956,11 +1128,14 @@ def main(argv=None):
             print_profiles(profiles)
             print()
         import json
+
         print(ROWS_MARK + json.dumps([vars(r) for r in rows]))
         return 0
     print_summary(rows)
-    print(f"load average at the end: {load_average()} (other processes on the machine widen the "
-          "spread between median and best; compare ratios from the same run)")
+    print(
+        f"load average at the end: {load_average()} (other processes on the machine widen the "
+        "spread between median and best; compare ratios from the same run)"
+    )
     if opts.profile and opts.same_process:
         print_profiles(profiles)
     return 0

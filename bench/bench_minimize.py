@@ -16,12 +16,13 @@ a trivial graph (the transport's floor), and the client's sha256 of the data mat
 hashes a read-only array that owns its data once, as gs.minimize passes fixed data, and a
 writable one on every call, to name it by digest).
 """
+
 from __future__ import annotations
 
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")      # one BLAS thread here and in the server we start
+    os.environ.setdefault(_var, "1")  # one BLAS thread here and in the server we start
 
 import argparse
 import platform
@@ -59,18 +60,37 @@ def free_port():
 def start_server(extra=()):
     """`python -m gradserve serve` on a free loopback port; (process, address)."""
     from gradserve.__main__ import health_check
+
     port = free_port()
     log = tempfile.TemporaryFile()  # read only if it fails to start; a pipe could fill up
-    proc = subprocess.Popen([sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
-                             *extra], stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gradserve",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while health_check(address, timeout=1.0) != "SERVING":
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             log.seek(0)
-            raise SystemExit("gradserve serve did not start:\n" + log.read().decode(errors="replace"))
+            raise SystemExit(
+                "gradserve serve did not start:\n" + log.read().decode(errors="replace")
+            )
         time.sleep(0.1)
     return proc, address
 
@@ -93,6 +113,7 @@ def grpc_floor_ms(payload_bytes):
     """Median round trip of a raw Python gRPC echo (another process, loopback): the transport's
     floor under any remote call, without gradserve."""
     import grpc
+
     proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE)
     try:
         port = int(proc.stdout.readline())
@@ -117,8 +138,10 @@ def step_request_bytes(address, graph, w, X, y):
             return continuation(details, request)
 
     rec = Recorder()
-    with grpc.insecure_channel(address) as channel, \
-            gs.Client(grpc.intercept_channel(channel, rec)) as cli:
+    with (
+        grpc.insecure_channel(address) as channel,
+        gs.Client(grpc.intercept_channel(channel, rec)) as cli,
+    ):
         for _ in range(3):
             cli.value_and_grad(graph, w, X, y)
     return rec.sizes[-1]
@@ -141,8 +164,11 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--d", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--method", default="L-BFGS-B",
-                    help="any gs.minimize method (the issue's figure is L-BFGS-B's)")
+    ap.add_argument(
+        "--method",
+        default="L-BFGS-B",
+        help="any gs.minimize method (the issue's figure is L-BFGS-B's)",
+    )
     args = ap.parse_args(argv)
 
     X, y = make_data(args.n, args.d)
@@ -160,14 +186,24 @@ def main(argv=None):
 
         def run(backend):
             t = time.perf_counter()
-            res = gs.minimize(graph, w0, X, y, backend=backend, method=args.method,
-                              options=options, progress=False)
+            res = gs.minimize(
+                graph,
+                w0,
+                X,
+                y,
+                backend=backend,
+                method=args.method,
+                options=options,
+                progress=False,
+            )
             return res, time.perf_counter() - t
 
         ref, _ = run(engine)
-        far, _ = run(client)                      # warm-up: graph and data reach the server
-        assert far.nit == ref.nit and np.allclose(far.x, ref.x, rtol=1e-10, atol=1e-12), \
-            (far.nit, ref.nit)
+        far, _ = run(client)  # warm-up: graph and data reach the server
+        assert far.nit == ref.nit and np.allclose(far.x, ref.x, rtol=1e-10, atol=1e-12), (
+            far.nit,
+            ref.nit,
+        )
         local_rates, remote_rates = [], []
         for _ in range(args.rounds):
             res, dt = run(engine)
@@ -179,12 +215,13 @@ def main(argv=None):
 
         w = ref.x
         local_call = per_call_ms(lambda: engine.value_and_grad(graph, w, X, y))
-        fixed_X, fixed_y = X.copy(), y.copy()   # as gs.minimize passes them: read-only copies
+        fixed_X, fixed_y = X.copy(), y.copy()  # as gs.minimize passes them: read-only copies
         fixed_X.flags.writeable = fixed_y.flags.writeable = False
         remote_call = per_call_ms(lambda: client.value_and_grad(graph, w, fixed_X, fixed_y))
         tiny = gs.trace(lambda v: gnp.sum(v * v), gs.Spec((args.d,)))
         floor = per_call_ms(lambda: client.value_and_grad(tiny, w))
         from gradserve.client.codec import array_digest
+
         hashing = per_call_ms(lambda: array_digest(X), repeat=50)
         client.close()
         echo_small = grpc_floor_ms(600)
@@ -195,22 +232,31 @@ def main(argv=None):
             proc.terminate()
             proc.wait(30)
 
-    print(f"# gs.minimize {args.method}, logistic regression n={args.n} d={args.d} "
-          f"({ref.nit} iterations, backend calls per loop {ref.backend_calls}, "
-          f"{args.rounds} rounds)")
-    print(f"# {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
-          f"server {'at ' + args.target if args.target else 'started on loopback'}")
+    print(
+        f"# gs.minimize {args.method}, logistic regression n={args.n} d={args.d} "
+        f"({ref.nit} iterations, backend calls per loop {ref.backend_calls}, "
+        f"{args.rounds} rounds)"
+    )
+    print(
+        f"# {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+        f"server {'at ' + args.target if args.target else 'started on loopback'}"
+    )
     print(f"{'':34s}{'steps/s':>10s}")
     print(f"{'in-process (gs.Engine)':34s}{local:10.0f}")
     print(f"{'remote (gs.Client, loopback)':34s}{remote:10.0f}")
     print(f"{'ratio remote / local':34s}{remote / local:10.2f}   (target >= 0.70)")
-    rows = [("value_and_grad in-process", local_call, ""),
-            ("value_and_grad remote", remote_call, ""),
-            ("remote round trip, trivial graph", floor, "gradserve's per-call floor"),
-            (f"client sha256 of X ({X.nbytes / 1e6:.1f} MB)", hashing,
-             "once per read-only array; every call for a writable one"),
-            ("raw gRPC echo, 600 B", echo_small, "transport floor, no gradserve"),
-            (f"raw gRPC echo, {step_bytes} B", echo_step, "a step's request size, measured")]
+    rows = [
+        ("value_and_grad in-process", local_call, ""),
+        ("value_and_grad remote", remote_call, ""),
+        ("remote round trip, trivial graph", floor, "gradserve's per-call floor"),
+        (
+            f"client sha256 of X ({X.nbytes / 1e6:.1f} MB)",
+            hashing,
+            "once per read-only array; every call for a writable one",
+        ),
+        ("raw gRPC echo, 600 B", echo_small, "transport floor, no gradserve"),
+        (f"raw gRPC echo, {step_bytes} B", echo_step, "a step's request size, measured"),
+    ]
     print("per call (median ms):")
     for label, ms, note in rows:
         print(f"  {label:34s}{ms:8.3f}   {note}".rstrip())

@@ -16,6 +16,7 @@ figure is a median of repeated timings.
     python bench/bench_service.py                  # everything (about a minute)
     python bench/bench_service.py --quick          # fewer repetitions
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import gc
+import itertools
 import socket
 import statistics
 import subprocess
@@ -47,6 +49,7 @@ def free_port() -> int:
 
 # ---- the echo server ----------------------------------------------------------------------------
 
+
 def run_echo_server(port: int, workers: int):
     """A bare grpcio server: `Set` stores a reply blob, `Echo` answers it to any request."""
     blob = [b""]
@@ -58,13 +61,21 @@ def run_echo_server(port: int, workers: int):
     def echo(request, context):
         return blob[0]
 
-    handler = grpc.method_handlers_generic_handler(ECHO_SERVICE, {
-        "Set": grpc.unary_unary_rpc_method_handler(set_reply),
-        "Echo": grpc.unary_unary_rpc_method_handler(echo),
-    })
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + 4), options=[
-        ("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 0)])
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE,
+        {
+            "Set": grpc.unary_unary_rpc_method_handler(set_reply),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        },
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers + 4),
+        options=[
+            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -86,6 +97,7 @@ def wait_port(port, proc, timeout=60):
 
 
 # ---- timing -------------------------------------------------------------------------------------
+
 
 def latencies(fn, n, warmup=50):
     for _ in range(warmup):
@@ -151,6 +163,7 @@ def ms(x):
 
 # ---- the benchmark ------------------------------------------------------------------------------
 
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -160,9 +173,10 @@ def main():
     if args.echo_server:
         return run_echo_server(args.echo_server, args.workers)
 
+    from gradserve.v1 import service_pb2 as pb
+
     import gradserve as gs
     import gradserve.numpy as gnp
-    from gradserve.v1 import service_pb2 as pb
 
     n_lat = 300 if args.quick else 2000
     seconds = 1.5 if args.quick else 4.0
@@ -171,11 +185,37 @@ def main():
     gs_port, gs_metrics, echo_port = free_port(), free_port(), free_port()
     env = dict(os.environ)
     servers = [
-        subprocess.Popen([sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1",
-                          "--port", str(gs_port), "--metrics-port", str(gs_metrics),
-                          "--workers", str(args.workers), "--log-level", "WARNING"], env=env),
-        subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port),
-                          "--workers", str(args.workers)], env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gradserve",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gs_port),
+                "--metrics-port",
+                str(gs_metrics),
+                "--workers",
+                str(args.workers),
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--echo-server",
+                str(echo_port),
+                "--workers",
+                str(args.workers),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        ),
     ]
     try:
         wait_port(gs_port, servers[0])
@@ -188,15 +228,18 @@ def main():
 
         graph = gs.trace(seed_f, 2.0, 5.0)
         cli = gs.Client(f"127.0.0.1:{gs_port}", timeout=60)
-        cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))      # graph now known by digest
+        cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))  # graph now known by digest
         # The same bytes for the echo server: the client's request and the server's reply.
         from gradserve.client.codec import to_tensor
+
         request = pb.ValueAndGradRequest(
             graph=pb.GraphRef(digest=graph.digest),
             args=[pb.TensorRef(tensor=to_tensor(np.float64(v))) for v in (2.0, 5.0)],
-            argnums=pb.Argnums(indices=[0, 1], is_tuple=True)).SerializeToString()
+            argnums=pb.Argnums(indices=[0, 1], is_tuple=True),
+        ).SerializeToString()
         raw_gs = grpc.insecure_channel(f"127.0.0.1:{gs_port}").unary_unary(
-            "/gradserve.v1.Gradients/ValueAndGrad")
+            "/gradserve.v1.Gradients/ValueAndGrad"
+        )
         reply = raw_gs(request, timeout=60)
         echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}")
         echo_channel.unary_unary(f"/{ECHO_SERVICE}/Set")(reply, timeout=60)
@@ -205,13 +248,16 @@ def main():
         print(f"seed example: request {len(request)} bytes, reply {len(reply)} bytes")
 
         lat_echo = statistics.median(latencies(lambda: echo(request, timeout=60), n_lat))
-        lat_gs = statistics.median(latencies(
-            lambda: cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1)), n_lat))
+        lat_gs = statistics.median(
+            latencies(lambda: cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1)), n_lat)
+        )
         lat_raw = statistics.median(latencies(lambda: raw_gs(request, timeout=60), n_lat))
         results["p50"] = (lat_gs, lat_echo)
-        print(f"p50 latency  echo {ms(lat_echo)}   gs.Client {ms(lat_gs)}   "
-              f"(raw stub to gradserve {ms(lat_raw)})   ratio {lat_gs / lat_echo:.2f}x "
-              f"(target <= 2x)")
+        print(
+            f"p50 latency  echo {ms(lat_echo)}   gs.Client {ms(lat_gs)}   "
+            f"(raw stub to gradserve {ms(lat_raw)})   ratio {lat_gs / lat_echo:.2f}x "
+            f"(target <= 2x)"
+        )
 
         # 2. throughput, 8 client threads ---------------------------------------------------------
         def make_echo():
@@ -225,14 +271,16 @@ def main():
         rps_echo = throughput(make_echo, 8, seconds)
         rps_gs = throughput(make_gs, 8, seconds)
         results["rps"] = (rps_gs, rps_echo)
-        print(f"8 threads    echo {rps_echo:8.0f} req/s   gs.Client {rps_gs:8.0f} req/s   "
-              f"ratio {rps_gs / rps_echo:.2f}x (target >= 0.5x)")
+        print(
+            f"8 threads    echo {rps_echo:8.0f} req/s   gs.Client {rps_gs:8.0f} req/s   "
+            f"ratio {rps_gs / rps_echo:.2f}x (target >= 0.5x)"
+        )
 
         # 3. W3 remote versus in-process -----------------------------------------------------------
         sizes, batch = (784, 512, 512, 10), 256
         rng = np.random.default_rng(3)
         params = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             params.append(rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in))
             params.append(rng.standard_normal(fan_out) * 0.1)
         X = rng.standard_normal((batch, sizes[0]))
@@ -250,7 +298,8 @@ def main():
         local = eng.value_and_grad(w3_graph, *params, X, Y, argnums=argnums)
         remote = cli.value_and_grad(w3_graph, *params, X, Y, argnums=argnums)
         assert np.allclose(local[0], remote[0]) and all(
-            np.allclose(a, b) for a, b in zip(local[1], remote[1]))
+            np.allclose(a, b) for a, b in zip(local[1], remote[1])
+        )
         # Local and remote calls alternate, so that load from elsewhere on the machine hits
         # both alike; medians of each.
         steps = [[p + 1e-3 * k for p in params] for k in range(8)]
@@ -266,24 +315,36 @@ def main():
             cli.value_and_grad(w3_graph, *params, X, Y, argnums=argnums)
             compute.append(cli.last_stats.compute_seconds)
 
-        t_local, t_same, t_loop_local, t_loop = interleaved([
-            lambda: eng.value_and_grad(w3_graph, *params, X, Y, argnums=argnums),
-            remote_same,
-            lambda: eng.value_and_grad(w3_graph, *next_weights(), X, Y, argnums=argnums),
-            lambda: cli.value_and_grad(w3_graph, *next_weights(), X, Y, argnums=argnums),
-        ], n_w3)
+        t_local, t_same, t_loop_local, t_loop = interleaved(
+            [
+                lambda: eng.value_and_grad(w3_graph, *params, X, Y, argnums=argnums),
+                remote_same,
+                lambda: eng.value_and_grad(w3_graph, *next_weights(), X, Y, argnums=argnums),
+                lambda: cli.value_and_grad(w3_graph, *next_weights(), X, Y, argnums=argnums),
+            ],
+            n_w3,
+        )
         results["w3"] = (t_same, t_local)
-        print(f"W3 value+grad  in-process {ms(t_local)}   remote, same args {ms(t_same)}   "
-              f"ratio {t_same / t_local:.2f}x (target <= 1.2x)   "
-              f"[server compute {ms(statistics.median(compute))}]")
-        print(f"W3 value+grad  in-process {ms(t_loop_local)}   remote, new weights each call "
-              f"{ms(t_loop)}   ratio {t_loop / t_loop_local:.2f}x")
+        print(
+            f"W3 value+grad  in-process {ms(t_local)}   remote, same args {ms(t_same)}   "
+            f"ratio {t_same / t_local:.2f}x (target <= 1.2x)   "
+            f"[server compute {ms(statistics.median(compute))}]"
+        )
+        print(
+            f"W3 value+grad  in-process {ms(t_loop_local)}   remote, new weights each call "
+            f"{ms(t_loop)}   ratio {t_loop / t_loop_local:.2f}x"
+        )
         cli.close()
         print()
-        print("summary: p50 {:.2f}x echo (<= 2), throughput {:.2f}x echo (>= 0.5), "
-              "W3 {:.2f}x / {:.2f}x in-process (<= 1.2)".format(
-                  results["p50"][0] / results["p50"][1], results["rps"][0] / results["rps"][1],
-                  t_same / t_local, t_loop / t_loop_local))
+        print(
+            "summary: p50 {:.2f}x echo (<= 2), throughput {:.2f}x echo (>= 0.5), "
+            "W3 {:.2f}x / {:.2f}x in-process (<= 1.2)".format(
+                results["p50"][0] / results["p50"][1],
+                results["rps"][0] / results["rps"][1],
+                t_same / t_local,
+                t_loop / t_loop_local,
+            )
+        )
     finally:
         for proc in servers:
             proc.terminate()

@@ -7,6 +7,7 @@ Arguments are checked and converted here exactly as the engine does (same except
 and messages); the server checks them again. Errors come back as the engine's exception
 classes (GraphError, LimitError, ValueError, TypeError); an exceeded deadline raises
 DeadlineExceeded (a TimeoutError)."""
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,32 @@ from collections import OrderedDict
 
 import grpc
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
 from gradserve.engine import GraphError, LimitError, dtypes
-from gradserve.engine.arguments import (argnums_key, arguments, check_argnums, check_graph,
-                                        coerce, single)
+from gradserve.engine.arguments import (
+    argnums_key,
+    arguments,
+    check_argnums,
+    check_graph,
+    coerce,
+    single,
+)
 from gradserve.engine.graph import Graph
 from gradserve.engine.numerical import GradCheck
 from gradserve.engine.plan import Stats
 from gradserve.v1 import service_pb2 as pb
+from grpc_status import rpc_status
 
-from .codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, array_digest, canonical_array, fill_tensor,
-                    from_tensor, from_value, tensor_ref_parts, writable_array)
+from .codec import (
+    GRAPH_RESOURCE,
+    TENSOR_RESOURCE,
+    array_digest,
+    canonical_array,
+    fill_tensor,
+    from_tensor,
+    from_value,
+    tensor_ref_parts,
+    writable_array,
+)
 
 SERVICE = "gradserve.v1.Gradients"
 # Tensors at least this big may travel as their digest once the server has them.
@@ -62,6 +77,7 @@ class ServiceUnavailable(ServiceError, ConnectionError):
 class RemoteStats(Stats):
     """gs.Stats of the server's computation (compares equal to the Engine's Stats), plus
     `compute_seconds`: the time the server spent in the engine."""
+
     compute_seconds: float = 0.0
 
 
@@ -86,8 +102,13 @@ class _LruSet:
         self._items.pop(key, None)
 
 
-_EXCEPTIONS = {"GraphError": GraphError, "LimitError": LimitError, "ValueError": ValueError,
-               "TypeError": TypeError, "MemoryError": LimitError}
+_EXCEPTIONS = {
+    "GraphError": GraphError,
+    "LimitError": LimitError,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "MemoryError": LimitError,
+}
 
 _DEFAULT_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
@@ -106,8 +127,10 @@ def _hash_pool():
     with _POOL_LOCK:
         if _POOL is None:
             from concurrent.futures import ThreadPoolExecutor
-            _POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
-                                       thread_name_prefix="gradserve-hash")
+
+            _POOL = ThreadPoolExecutor(
+                max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="gradserve-hash"
+            )
         return _POOL
 
 
@@ -144,7 +167,7 @@ class _Tensors:
             digests = [array_digest(arrays[i]) for i in todo]
         for i, d in zip(todo, digests):
             self.digests[i] = d
-            self.remember[i] = True       # if it has to go inline after all (NOT_FOUND)
+            self.remember[i] = True  # if it has to go inline after all (NOT_FOUND)
             client._note_readonly(arrays[i], d)
 
     def _choices(self, force_inline):
@@ -163,8 +186,9 @@ class _Tensors:
     def fill(self, repeated, force_inline=frozenset()):
         """Add the TensorRefs to the request's repeated field, in place (small arrays:
         cheaper than hand encoding)."""
-        for a, d, remember, how in zip(self.arrays, self.digests, self.remember,
-                                       self._choices(force_inline)):
+        for a, d, remember, how in zip(
+            self.arrays, self.digests, self.remember, self._choices(force_inline)
+        ):
             ref = repeated.add()
             if how == "digest":
                 ref.digest = d
@@ -178,8 +202,9 @@ class _Tensors:
     def encode(self, field: int, force_inline=frozenset()) -> list:
         """The TensorRefs of repeated field number `field`, hand-encoded (codec)."""
         parts = []
-        for a, d, remember, how in zip(self.arrays, self.digests, self.remember,
-                                       self._choices(force_inline)):
+        for a, d, remember, how in zip(
+            self.arrays, self.digests, self.remember, self._choices(force_inline)
+        ):
             if how == "digest":
                 parts += tensor_ref_parts(field, digest=d)
             elif how == "inline":
@@ -197,39 +222,61 @@ class Client:
     (including retries), None for no deadline; every method also takes `timeout=`.
     `retries`: attempts on UNAVAILABLE, with exponential backoff."""
 
-    def __init__(self, target_or_channel, timeout: float | None = None, *, retries: int = 5,
-                 backoff: float = 0.05, max_backoff: float = 2.0, options=None,
-                 digest_min_bytes: int = DIGEST_MIN_BYTES):
+    def __init__(
+        self,
+        target_or_channel,
+        timeout: float | None = None,
+        *,
+        retries: int = 5,
+        backoff: float = 0.05,
+        max_backoff: float = 2.0,
+        options=None,
+        digest_min_bytes: int = DIGEST_MIN_BYTES,
+    ):
         if isinstance(target_or_channel, grpc.Channel):
             self._channel = target_or_channel
             self._owns_channel = False
             self.target = getattr(target_or_channel, "target", None) or repr(target_or_channel)
         elif isinstance(target_or_channel, str):
-            self._channel = grpc.insecure_channel(target_or_channel,
-                                                  options=list(options or _DEFAULT_OPTIONS))
+            self._channel = grpc.insecure_channel(
+                target_or_channel, options=list(options or _DEFAULT_OPTIONS)
+            )
             self._owns_channel = True
             self.target = target_or_channel
         else:
-            raise TypeError("gs.Client takes a target string ('host:port') or a grpc.Channel, "
-                            f"got {type(target_or_channel).__name__}")
+            raise TypeError(
+                "gs.Client takes a target string ('host:port') or a grpc.Channel, "
+                f"got {type(target_or_channel).__name__}"
+            )
         if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be a positive number of seconds or None, "
-                             f"got {timeout!r}")
+            raise ValueError(
+                f"timeout must be a positive number of seconds or None, got {timeout!r}"
+            )
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.digest_min_bytes = int(digest_min_bytes)
-        self._stubs = {name: self._channel.unary_unary(f"/{SERVICE}/{name}")
-                       for name in ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp",
-                                    "Hessian", "CheckGrad")}
+        self._stubs = {
+            name: self._channel.unary_unary(f"/{SERVICE}/{name}")
+            for name in (
+                "Evaluate",
+                "ValueAndGrad",
+                "Vjp",
+                "Jvp",
+                "Jacobian",
+                "Hvp",
+                "Hessian",
+                "CheckGrad",
+            )
+        }
         self._lock = threading.Lock()
-        self._known_graphs = _LruSet(4096)      # graph digests the server has
-        self._fingerprints = _LruSet(4096)      # large arrays seen (cheap fingerprints)
-        self._remembered = _LruSet(4096)        # ... and sent with `remember`
-        self._positions: dict = {}              # (graph, field, index) -> last fingerprint
-        self._readonly_digests: dict = {}       # id -> (weakref, digest) of read-only arrays
-        self._inline_budget: dict = {}          # ("g"|"t", digest) -> inline sends left
+        self._known_graphs = _LruSet(4096)  # graph digests the server has
+        self._fingerprints = _LruSet(4096)  # large arrays seen (cheap fingerprints)
+        self._remembered = _LruSet(4096)  # ... and sent with `remember`
+        self._positions: dict = {}  # (graph, field, index) -> last fingerprint
+        self._readonly_digests: dict = {}  # id -> (weakref, digest) of read-only arrays
+        self._inline_budget: dict = {}  # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
         self._closed = False
 
@@ -242,16 +289,28 @@ class Client:
 
     def evaluate(self, graph: Graph, *args, timeout=None):
         args = _arguments(graph, args)
-        reply = self._call("Evaluate", pb.EvaluateResponse, graph, [("args", args)], timeout,
-                           lambda g: pb.EvaluateRequest(graph=g))
+        reply = self._call(
+            "Evaluate",
+            pb.EvaluateResponse,
+            graph,
+            [("args", args)],
+            timeout,
+            lambda g: pb.EvaluateRequest(graph=g),
+        )
         return from_value(reply.outputs)
 
     def value_and_grad(self, graph: Graph, *args, argnums=0, timeout=None):
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
-        reply = self._call("ValueAndGrad", pb.ValueAndGradResponse, graph, [("args", args)],
-                           timeout, lambda g: pb.ValueAndGradRequest(graph=g, argnums=nums))
+        reply = self._call(
+            "ValueAndGrad",
+            pb.ValueAndGradResponse,
+            graph,
+            [("args", args)],
+            timeout,
+            lambda g: pb.ValueAndGradRequest(graph=g, argnums=nums),
+        )
         return writable_array(from_tensor(reply.value)), from_value(reply.grad)
 
     def grad(self, graph: Graph, *args, argnums=0, timeout=None):
@@ -263,24 +322,39 @@ class Client:
         single = len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
         cotangents = (cotangents,) if single else tuple(cotangents)
         if len(cotangents) != len(graph.outputs):
-            raise TypeError(f"the graph has {len(graph.outputs)} outputs, "
-                            f"got {len(cotangents)} cotangents")
-        cts = [coerce(c, p.spec, f"cotangent of output {k}")
-               if dtypes.is_differentiable(p.spec.dtype) else None
-               for k, (c, p) in enumerate(zip(cotangents, graph.outputs))]
-        reply = self._call("Vjp", pb.VjpResponse, graph,
-                           [("primals", primals), ("cotangents", cts)], timeout,
-                           lambda g: pb.VjpRequest(graph=g))
-        return from_value(reply.outputs), tuple(writable_array(from_tensor(t))
-                                                for t in reply.input_cotangents)
+            raise TypeError(
+                f"the graph has {len(graph.outputs)} outputs, got {len(cotangents)} cotangents"
+            )
+        cts = [
+            coerce(c, p.spec, f"cotangent of output {k}")
+            if dtypes.is_differentiable(p.spec.dtype)
+            else None
+            for k, (c, p) in enumerate(zip(cotangents, graph.outputs))
+        ]
+        reply = self._call(
+            "Vjp",
+            pb.VjpResponse,
+            graph,
+            [("primals", primals), ("cotangents", cts)],
+            timeout,
+            lambda g: pb.VjpRequest(graph=g),
+        )
+        return from_value(reply.outputs), tuple(
+            writable_array(from_tensor(t)) for t in reply.input_cotangents
+        )
 
     def jvp(self, graph: Graph, primals, tangents, timeout=None):
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
-        reply = self._call("Jvp", pb.JvpResponse, graph,
-                           [("primals", primals), ("tangents", tangents)], timeout,
-                           lambda g: pb.JvpRequest(graph=g))
+        reply = self._call(
+            "Jvp",
+            pb.JvpResponse,
+            graph,
+            [("primals", primals), ("tangents", tangents)],
+            timeout,
+            lambda g: pb.JvpRequest(graph=g),
+        )
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
     def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", timeout=None):
@@ -289,37 +363,66 @@ class Client:
         args = _arguments(graph, args)
         if not isinstance(mode, str):
             raise ValueError(f"mode must be 'fwd', 'rev' or 'auto', got {mode!r}")
-        reply = self._call("Jacobian", pb.JacobianResponse, graph, [("args", args)], timeout,
-                           lambda g: pb.JacobianRequest(graph=g, argnums=nums, mode=mode))
+        reply = self._call(
+            "Jacobian",
+            pb.JacobianResponse,
+            graph,
+            [("args", args)],
+            timeout,
+            lambda g: pb.JacobianRequest(graph=g, argnums=nums, mode=mode),
+        )
         return from_value(reply.jacobian)
 
     def hvp(self, graph: Graph, primals, tangents, timeout=None):
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
-        reply = self._call("Hvp", pb.HvpResponse, graph,
-                           [("primals", primals), ("tangents", tangents)], timeout,
-                           lambda g: pb.HvpRequest(graph=g))
+        reply = self._call(
+            "Hvp",
+            pb.HvpResponse,
+            graph,
+            [("primals", primals), ("tangents", tangents)],
+            timeout,
+            lambda g: pb.HvpRequest(graph=g),
+        )
         return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
 
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
-        reply = self._call("Hessian", pb.HessianResponse, graph, [("args", args)], timeout,
-                           lambda g: pb.HessianRequest(graph=g, argnums=nums))
+        reply = self._call(
+            "Hessian",
+            pb.HessianResponse,
+            graph,
+            [("args", args)],
+            timeout,
+            lambda g: pb.HessianRequest(graph=g, argnums=nums),
+        )
         return from_value(reply.hessian)
 
     def check_grad(self, graph: Graph, *args, method="central", timeout=None):
         args = _arguments(graph, args)
         if not isinstance(method, str):
-            raise ValueError("method must be one of ['central', 'complex', 'forward'], "
-                             f"got {method!r}")
-        reply = self._call("CheckGrad", pb.CheckGradResponse, graph, [("args", args)], timeout,
-                           lambda g: pb.CheckGradRequest(graph=g, method=method))
-        return GradCheck(reply.method, reply.max_abs_error, reply.max_rel_error, reply.ok,
-                         tuple(writable_array(from_tensor(t)) for t in reply.analytic),
-                         tuple(writable_array(from_tensor(t)) for t in reply.numeric))
+            raise ValueError(
+                f"method must be one of ['central', 'complex', 'forward'], got {method!r}"
+            )
+        reply = self._call(
+            "CheckGrad",
+            pb.CheckGradResponse,
+            graph,
+            [("args", args)],
+            timeout,
+            lambda g: pb.CheckGradRequest(graph=g, method=method),
+        )
+        return GradCheck(
+            reply.method,
+            reply.max_abs_error,
+            reply.max_rel_error,
+            reply.ok,
+            tuple(writable_array(from_tensor(t)) for t in reply.analytic),
+            tuple(writable_array(from_tensor(t)) for t in reply.numeric),
+        )
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -413,8 +516,9 @@ class Client:
         tensors = [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
         force_inline: set = set()
         for attempt in (0, 1):
-            graph_ref = pb.GraphRef(body=graph.to_bytes()) if send_body \
-                else pb.GraphRef(digest=digest)
+            graph_ref = (
+                pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
+            )
             request = build(graph_ref)
             if any(t.any_large() for _, t in tensors):
                 # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
@@ -446,7 +550,7 @@ class Client:
             self._known_graphs.add(digest)
         try:
             reply = reply_cls.FromString(data)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ServiceError(f"{method}: the server's reply does not decode ({exc})") from None
         s = reply.stats
         stats = RemoteStats(s.tape_bytes, s.tape_entries, s.peak_bytes, s.recomputed_ops)
@@ -460,8 +564,10 @@ class Client:
         for attempt in range(self.retries + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise DeadlineExceeded(f"gradserve {method}: the deadline of {timeout} s passed "
-                                       f"while retrying an unavailable server ({self.target})")
+                raise DeadlineExceeded(
+                    f"gradserve {method}: the deadline of {timeout} s passed "
+                    f"while retrying an unavailable server ({self.target})"
+                )
             try:
                 return stub(data, timeout=remaining)
             except grpc.RpcError as err:
@@ -476,6 +582,7 @@ class Client:
 
 
 # ---- argument handling, as the engine does it ---------------------------------------------
+
 
 def _arguments(graph, args, what="arguments"):
     return [canonical_array(a) for a in arguments(graph, args, what)]
@@ -492,10 +599,11 @@ def _encode_argnums(argnums, graph) -> pb.Argnums:
 
 # ---- errors ---------------------------------------------------------------------------------
 
+
 def _details(err):
     try:
         status = rpc_status.from_call(err)
-    except Exception:  # noqa: BLE001 - malformed or mismatched trailers
+    except Exception:
         return []
     return [] if status is None else list(status.details)
 
@@ -515,8 +623,10 @@ def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
     code = err.code()
     message = err.details() or code.name
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"gradserve {method}: deadline exceeded (timeout {timeout} s); "
-                                f"the server stopped the computation ({message})")
+        return DeadlineExceeded(
+            f"gradserve {method}: deadline exceeded (timeout {timeout} s); "
+            f"the server stopped the computation ({message})"
+        )
     reason, where = "", ""
     for detail in _details(err):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -532,6 +642,6 @@ def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
         return kind(f"gradserve {method}: {code.name}: {message}", code)
     if issubclass(cls, GraphError):
         prefix = f"{where}: "
-        reason = message[len(prefix):] if message.startswith(prefix) else message
+        reason = message[len(prefix) :] if message.startswith(prefix) else message
         return cls(reason, where or "graph")
     return cls(message)

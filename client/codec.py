@@ -3,12 +3,12 @@
 A tensor's digest is the hex sha256 of ``dtype|shape|`` followed by its raw little-endian
 C-order bytes (see proto/gradserve/v1/service.proto); both sides compute it the same way,
 the client from the array (no copy), the server from the received message."""
+
 from __future__ import annotations
 
 import hashlib
 
 import numpy as np
-
 from gradserve.engine import dtypes
 from gradserve.engine.limits import Limits
 from gradserve.engine.wire import tensor_from_proto
@@ -143,6 +143,7 @@ def writable_array(array: np.ndarray) -> np.ndarray:
 # client encodes the repeated TensorRef fields itself and appends them to the rest of the
 # request (protobuf fields may come in any order; repeated ones keep theirs).
 
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
@@ -170,8 +171,9 @@ def tensor_parts(array) -> list:
     return parts
 
 
-def tensor_ref_parts(field: int, array=None, digest: str | None = None,
-                     remember: bool = False) -> list:
+def tensor_ref_parts(
+    field: int, array=None, digest: str | None = None, remember: bool = False
+) -> list:
     """One TensorRef as an element of repeated field number `field`: inline (`array`), by
     `digest`, or empty (neither)."""
     if digest is not None:
@@ -196,10 +198,10 @@ def value_parts(field: int, result) -> list:
     if isinstance(result, tuple):
         items = []
         for r in result:
-            items += value_parts(1, r)             # Values.items = 1
-        inner = _length_delimited(2, items)        # Value.tuple = 2
+            items += value_parts(1, r)  # Values.items = 1
+        inner = _length_delimited(2, items)  # Value.tuple = 2
     else:
-        inner = tensor_field_parts(1, result)      # Value.tensor = 1
+        inner = tensor_field_parts(1, result)  # Value.tensor = 1
     return _length_delimited(field, inner)
 
 

@@ -1,4 +1,5 @@
 """The gradserve engine: graph IR, tracing front end, transformations, planner, executor."""
+
 from . import ops  # noqa: F401  (registers every primitive)
 from .engine import Engine
 from .errors import GraphError, LimitError, TracerBoolError
@@ -7,5 +8,15 @@ from .limits import Limits
 from .plan import Stats
 from .tracing import trace
 
-__all__ = ["Engine", "Graph", "GraphError", "LimitError", "Limits", "Port", "Spec", "Stats",
-           "TracerBoolError", "trace"]
+__all__ = [
+    "Engine",
+    "Graph",
+    "GraphError",
+    "LimitError",
+    "Limits",
+    "Port",
+    "Spec",
+    "Stats",
+    "TracerBoolError",
+    "trace",
+]

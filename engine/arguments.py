@@ -1,5 +1,6 @@
 """Checking what a caller passes: the graph, the arguments, argnums. The Engine and the Client
 both use these, so the same bad input raises the same exception with the same message."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,10 @@ def coerce(value, spec: Spec, what: str) -> np.ndarray:
     dtype that does not convert safely (float to int, complex to float)."""
     try:
         array = value if type(value) is np.ndarray else np.asarray(value)
-    except Exception as exc:  # noqa: BLE001 - any object; report what it was
-        raise TypeError(f"{what}: cannot convert {type(value).__name__} to an array ({exc})") from None
+    except Exception as exc:
+        raise TypeError(
+            f"{what}: cannot convert {type(value).__name__} to an array ({exc})"
+        ) from None
     if array.shape != spec.shape:
         raise ValueError(f"{what} expects shape {spec.shape}, got {array.shape}")
     want = _NUMPY_DTYPES[spec.dtype]
@@ -68,6 +71,8 @@ def check_argnums(graph: Graph, argnums) -> tuple:
     for i in nums:
         spec = graph.inputs[i].spec
         if not dtypes.is_differentiable(spec.dtype):
-            raise TypeError(f"input {graph.inputs[i].name!r} has dtype {spec.dtype} and is not "
-                            "differentiable (only float and complex inputs are)")
+            raise TypeError(
+                f"input {graph.inputs[i].name!r} has dtype {spec.dtype} and is not "
+                "differentiable (only float and complex inputs are)"
+            )
     return nums

@@ -1,6 +1,7 @@
 """The control-flow front end, with JAX's semantics: `cond`, `while_loop`, `fori_loop`,
 `scan`, `checkpoint`. Each traces its functions into subgraphs; values the functions read from
 the enclosing trace become explicit inputs of the node (closure conversion)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,6 +30,7 @@ def _trace_body(fn, specs, treedef_in=None):
 def _with_extra_inputs(graph, specs):
     """The same graph with unused inputs appended (so two branches share a signature)."""
     from .graph import Graph, Port
+
     extra = [Port(f"unused:{i}", s) for i, s in enumerate(specs)]
     return Graph(list(graph.inputs) + extra, graph.constants, graph.nodes, graph.output_names)
 
@@ -57,14 +59,29 @@ def cond(pred, true_fn, false_fn, *operands):
     false_graph = _with_extra_inputs(false_graph, [spec_of(c) for c in true_cap])
     # false_graph's inputs: operands, its captures, then true's captures: reorder to match
     from .graph import Graph
+
     n = len(leaves)
-    order = list(range(n)) + [n + len(false_cap) + i for i in range(len(true_cap))] + \
-        [n + i for i in range(len(false_cap))]
-    false_graph = Graph([false_graph.inputs[i] for i in order], false_graph.constants,
-                        false_graph.nodes, false_graph.output_names)
+    order = (
+        list(range(n))
+        + [n + len(false_cap) + i for i in range(len(true_cap))]
+        + [n + i for i in range(len(false_cap))]
+    )
+    false_graph = Graph(
+        [false_graph.inputs[i] for i in order],
+        false_graph.constants,
+        false_graph.nodes,
+        false_graph.output_names,
+    )
     pred = gnp.not_equal(pred, 0) if spec_of(pred).dtype != "bool" else pred
-    out = bind("cond", pred, *leaves, *true_cap, *false_cap, true_branch=true_graph,
-               false_branch=false_graph)
+    out = bind(
+        "cond",
+        pred,
+        *leaves,
+        *true_cap,
+        *false_cap,
+        true_branch=true_graph,
+        false_branch=false_graph,
+    )
     return unflatten(out_def, out)
 
 
@@ -84,14 +101,23 @@ def while_loop(cond_fun, body_fun, init_val, *, max_iterations=DEFAULT_MAX_ITERA
         raise TypeError("while_loop: body_fun must return the structure it was given")
     cond_graph = _move_captures_first(cond_graph, len(leaves))
     body_graph = _move_captures_first(body_graph, len(leaves))
-    out = bind("while_loop", *cond_cap, *body_cap, *leaves, cond=cond_graph, body=body_graph,
-               num_cond_consts=len(cond_cap), num_body_consts=len(body_cap),
-               max_iterations=int(max_iterations))
+    out = bind(
+        "while_loop",
+        *cond_cap,
+        *body_cap,
+        *leaves,
+        cond=cond_graph,
+        body=body_graph,
+        num_cond_consts=len(cond_cap),
+        num_body_consts=len(body_cap),
+        max_iterations=int(max_iterations),
+    )
     return unflatten(treedef, out)
 
 
 def _move_captures_first(graph, n_carry):
     from .graph import Graph
+
     inputs = list(graph.inputs[n_carry:]) + list(graph.inputs[:n_carry])
     return Graph(inputs, graph.constants, graph.nodes, graph.output_names)
 
@@ -112,8 +138,8 @@ def scan(f, init, xs, length=None, reverse=False):
     x_specs = [type(spec_of(x))(spec_of(x).shape[1:], spec_of(x).dtype) for x in x_leaves]
 
     def body(flat):
-        carry = unflatten(carry_def, flat[:len(carry_leaves)])
-        x = unflatten(x_def, flat[len(carry_leaves):]) if xs is not None else None
+        carry = unflatten(carry_def, flat[: len(carry_leaves)])
+        x = unflatten(x_def, flat[len(carry_leaves) :]) if xs is not None else None
         new_carry, y = f(carry, x)
         new_leaves, new_def = flatten(new_carry)
         if new_def != carry_def:
@@ -124,21 +150,36 @@ def scan(f, init, xs, length=None, reverse=False):
 
     graph, captured, _ = _trace_body(lambda *a: body(list(a)), carry_specs + x_specs)
     graph = _move_captures_first(graph, len(carry_leaves) + len(x_leaves))
-    out = bind("scan", *captured, *carry_leaves, *x_leaves, body=graph, length=n,
-               num_consts=len(captured), num_carry=len(carry_leaves), reverse=bool(reverse))
-    carry = unflatten(carry_def, out[:len(carry_leaves)])
-    return carry, unflatten(body.y_def, out[len(carry_leaves):])
+    out = bind(
+        "scan",
+        *captured,
+        *carry_leaves,
+        *x_leaves,
+        body=graph,
+        length=n,
+        num_consts=len(captured),
+        num_carry=len(carry_leaves),
+        reverse=bool(reverse),
+    )
+    carry = unflatten(carry_def, out[: len(carry_leaves)])
+    return carry, unflatten(body.y_def, out[len(carry_leaves) :])
 
 
 def fori_loop(lower, upper, body_fun, init_val):
     """for i in range(lower, upper): val = body_fun(i, val). With Python-int bounds it is a
     scan (so reverse mode works); with traced bounds, a while_loop."""
     if isinstance(lower, (int, np.integer)) and isinstance(upper, (int, np.integer)):
+
         def step(carry, _):
             i, val = carry
             return (i + 1, body_fun(i, val)), ()
-        (_, val), _ = scan(step, (np.asarray(lower, np.int64), init_val), None,
-                           length=max(int(upper) - int(lower), 0))
+
+        (_, val), _ = scan(
+            step,
+            (np.asarray(lower, np.int64), init_val),
+            None,
+            length=max(int(upper) - int(lower), 0),
+        )
         return val
 
     def keep_going(carry):
@@ -148,19 +189,23 @@ def fori_loop(lower, upper, body_fun, init_val):
         i, stop, val = carry
         return i + 1, stop, body_fun(i, val)
 
-    _, _, val = while_loop(keep_going, step, (gnp.astype(lower, "int64"), gnp.astype(upper, "int64"),
-                                               init_val))
+    _, _, val = while_loop(
+        keep_going, step, (gnp.astype(lower, "int64"), gnp.astype(upper, "int64"), init_val)
+    )
     return val
 
 
 def checkpoint(fn):
     """fn, recorded so that the reverse pass keeps only its inputs and recomputes the rest."""
+
     def wrapped(*args):
         leaves, treedef = _leaves_as_arrays(args)
         if not _in_trace(leaves):
             return fn(*args)
-        graph, captured, out_def = _trace_body(lambda t: fn(*t), [spec_of(x) for x in leaves],
-                                              treedef)
+        graph, captured, out_def = _trace_body(
+            lambda t: fn(*t), [spec_of(x) for x in leaves], treedef
+        )
         out = bind("checkpoint", *leaves, *captured, body=graph)
         return unflatten(out_def, out)
+
     return wrapped

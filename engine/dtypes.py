@@ -1,4 +1,5 @@
 """The dtypes a graph may carry, and NumPy's promotion between them."""
+
 import numpy as np
 
 SUPPORTED = ("float64", "float32", "complex128", "int32", "int64", "bool")

@@ -2,6 +2,7 @@
 
 Every method turns (graph, method, argnums) into a Program by graph transformations, compiles
 it once into a Plan (cached by the graph's digest), and runs the plan on the arguments."""
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,13 @@ def _single_or_tuple(items, one):
 
 
 class Engine:
-    def __init__(self, max_tape_bytes: int | None = None, *, limits: Limits = DEFAULT_LIMITS,
-                 plan_cache_size: int = 512):
+    def __init__(
+        self,
+        max_tape_bytes: int | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        plan_cache_size: int = 512,
+    ):
         self.max_tape_bytes = max_tape_bytes
         self.limits = limits
         self._plans: OrderedDict = OrderedDict()
@@ -74,8 +80,11 @@ class Engine:
         budget = self.max_tape_bytes
         if tape and budget is not None and stats.tape_bytes > budget:
             # Known before anything runs: the schedule fixes what the reverse pass holds.
-            raise LimitError(f"the reverse pass would hold {stats.tape_bytes} bytes of tape, "
-                             f"over the budget of {budget} (max_tape_bytes)", "tape")
+            raise LimitError(
+                f"the reverse pass would hold {stats.tape_bytes} bytes of tape, "
+                f"over the budget of {budget} (max_tape_bytes)",
+                "tape",
+            )
         # Loop tapes (engine/tape.py) get what the static residuals leave of the budget.
         meter.reset(None if budget is None else budget - stats.tape_bytes)
         self._local.running = stats.tape_bytes if tape else 0
@@ -84,9 +93,12 @@ class Engine:
         finally:
             self._local.running = None
         loops = meter.peak
-        self._local.stats = Stats((stats.tape_bytes if tape else 0) + loops,
-                                  (stats.tape_entries if tape else 0) + meter.tapes,
-                                  stats.peak_bytes + loops, meter.recomputed_ops)
+        self._local.stats = Stats(
+            (stats.tape_bytes if tape else 0) + loops,
+            (stats.tape_entries if tape else 0) + meter.tapes,
+            stats.peak_bytes + loops,
+            meter.recomputed_ops,
+        )
         return [np.asarray(o) for o in out]
 
     _check_graph = staticmethod(check_graph)
@@ -105,14 +117,21 @@ class Engine:
 
     @staticmethod
     def _scalar_output(graph: Graph, method):
-        if len(graph.outputs) != 1 or graph.outputs[0].spec.shape != () or \
-                graph.outputs[0].spec.dtype not in ("float64", "float32"):
+        if (
+            len(graph.outputs) != 1
+            or graph.outputs[0].spec.shape != ()
+            or graph.outputs[0].spec.dtype not in ("float64", "float32")
+        ):
             got = ", ".join(str(p.spec) for p in graph.outputs)
-            raise TypeError(f"{method} needs a graph with one real scalar output; this one gives {got}")
+            raise TypeError(
+                f"{method} needs a graph with one real scalar output; this one gives {got}"
+            )
 
     @staticmethod
     def _differentiable(graph: Graph):
-        return tuple(i for i, p in enumerate(graph.inputs) if dtypes.is_differentiable(p.spec.dtype))
+        return tuple(
+            i for i, p in enumerate(graph.inputs) if dtypes.is_differentiable(p.spec.dtype)
+        )
 
     # ---- the API -----------------------------------------------------------------------
 
@@ -137,20 +156,29 @@ class Engine:
     def vjp(self, graph: Graph, primals, cotangents, should_stop=None):
         self._check_graph(graph)
         primals = self._arguments(graph, tuple(primals), "primals")
-        cotangents = (cotangents,) if len(graph.outputs) == 1 and not isinstance(cotangents, tuple) \
+        cotangents = (
+            (cotangents,)
+            if len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
             else tuple(cotangents)
+        )
         if len(cotangents) != len(graph.outputs):
-            raise TypeError(f"the graph has {len(graph.outputs)} outputs, got {len(cotangents)} cotangents")
-        cts = [coerce(c, p.spec, f"cotangent of output {k}")
-               for k, (c, p) in enumerate(zip(cotangents, graph.outputs))
-               if dtypes.is_differentiable(p.spec.dtype)]
+            raise TypeError(
+                f"the graph has {len(graph.outputs)} outputs, got {len(cotangents)} cotangents"
+            )
+        cts = [
+            coerce(c, p.spec, f"cotangent of output {k}")
+            for k, (c, p) in enumerate(zip(cotangents, graph.outputs))
+            if dtypes.is_differentiable(p.spec.dtype)
+        ]
         wrt = self._differentiable(graph)
         plan = self._plan(graph, ("vjp",), lambda: vjp(Program(graph), wrt))
         out = self._run(plan, primals + cts, should_stop=should_stop)
         n = len(graph.outputs)
         grads = dict(zip(wrt, out[n:]))
-        input_cts = tuple(grads[i] if i in grads else np.zeros(p.spec.shape, p.spec.dtype)
-                          for i, p in enumerate(graph.inputs))
+        input_cts = tuple(
+            grads[i] if i in grads else np.zeros(p.spec.shape, p.spec.dtype)
+            for i, p in enumerate(graph.inputs)
+        )
         return _single_or_tuple(out[:n], n == 1), input_cts
 
     def jvp(self, graph: Graph, primals, tangents, should_stop=None):
@@ -159,8 +187,9 @@ class Engine:
         tangents = self._arguments(graph, tuple(tangents), "tangents")
         wrt = self._differentiable(graph)
         plan = self._plan(graph, ("jvp",), lambda: jvp(Program(graph), wrt))
-        out = self._run(plan, primals + [tangents[i] for i in wrt], tape=False,
-                        should_stop=should_stop)
+        out = self._run(
+            plan, primals + [tangents[i] for i in wrt], tape=False, should_stop=should_stop
+        )
         n = len(graph.outputs)
         return _single_or_tuple(out[:n], n == 1), _single_or_tuple(out[n:], n == 1)
 
@@ -168,9 +197,19 @@ class Engine:
         self._check_graph(graph)
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
-        mode = self._mode(mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs])
-        blocks = self._jacobian_blocks(graph, lambda: Program(graph), [p.spec for p in graph.outputs],
-                                       ("jacobian",), args, nums, mode, should_stop)
+        mode = self._mode(
+            mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
+        )
+        blocks = self._jacobian_blocks(
+            graph,
+            lambda: Program(graph),
+            [p.spec for p in graph.outputs],
+            ("jacobian",),
+            args,
+            nums,
+            mode,
+            should_stop,
+        )
         return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
     def hvp(self, graph: Graph, primals, tangents, should_stop=None):
@@ -187,10 +226,13 @@ class Engine:
             return select_outputs(forward, range(n_wrt, 2 * n_wrt))
 
         plan = self._plan(graph, ("hvp",), build)
-        out = dict(zip(wrt, self._run(plan, primals + [tangents[i] for i in wrt],
-                                      should_stop=should_stop)))
-        return tuple(out[i] if i in out else np.zeros(p.spec.shape, p.spec.dtype)
-                     for i, p in enumerate(graph.inputs))
+        out = dict(
+            zip(wrt, self._run(plan, primals + [tangents[i] for i in wrt], should_stop=should_stop))
+        )
+        return tuple(
+            out[i] if i in out else np.zeros(p.spec.shape, p.spec.dtype)
+            for i, p in enumerate(graph.inputs)
+        )
 
     def hessian(self, graph: Graph, *args, argnums=0, should_stop=None):
         self._check_graph(graph)
@@ -199,14 +241,25 @@ class Engine:
         args = self._arguments(graph, args)
 
         def gradient():
-            return select_outputs(vjp(Program(graph), nums, seed_ones=True), range(1, 1 + len(nums)))
+            return select_outputs(
+                vjp(Program(graph), nums, seed_ones=True), range(1, 1 + len(nums))
+            )
 
-        blocks = self._jacobian_blocks(graph, gradient, [graph.inputs[i].spec for i in nums],
-                                       ("hessian", nums), args, nums, "fwd", should_stop)
+        blocks = self._jacobian_blocks(
+            graph,
+            gradient,
+            [graph.inputs[i].spec for i in nums],
+            ("hessian", nums),
+            args,
+            nums,
+            "fwd",
+            should_stop,
+        )
         return self._nest(blocks, single(argnums), single(argnums))
 
     def check_grad(self, graph: Graph, *args, method="central", should_stop=None):
         from .numerical import check_grad
+
         return check_grad(self, graph, args, method, should_stop)
 
     # ---- Jacobians: a batch of tangents (forward) or cotangents (reverse) in one pass --------
@@ -233,13 +286,16 @@ class Engine:
                 size = spec.size
 
                 def build(i=i, size=size):
-                    tangent_program = select_outputs(jvp(make_program(), (i,)),
-                                                     range(len(outs), 2 * len(outs)))
+                    tangent_program = select_outputs(
+                        jvp(make_program(), (i,)), range(len(outs), 2 * len(outs))
+                    )
                     return batch(tangent_program, [False] * n_in + [True], size)
 
                 plan = self._plan(graph, key + ("fwd", i), build)
                 basis = _basis(spec)
-                for k, column in enumerate(self._run(plan, args + [basis], should_stop=should_stop)):
+                for k, column in enumerate(
+                    self._run(plan, args + [basis], should_stop=should_stop)
+                ):
                     blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
                 stats.append(self.last_stats)
         else:
@@ -247,8 +303,9 @@ class Engine:
                 size = out_spec.size
 
                 def build(k=k, size=size):
-                    row_program = select_outputs(vjp(select_outputs(make_program(), (k,)), nums),
-                                                 range(1, 1 + len(nums)))
+                    row_program = select_outputs(
+                        vjp(select_outputs(make_program(), (k,)), nums), range(1, 1 + len(nums))
+                    )
                     return batch(row_program, [False] * n_in + [True], size)
 
                 plan = self._plan(graph, key + ("rev", k, nums), build)

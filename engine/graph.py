@@ -3,11 +3,13 @@
 A Graph is immutable and always valid: the constructor runs the checker, so a Graph object
 that exists has passed it. Encoding to and from the protobuf wire message lives in wire.py.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from .limits import DEFAULT_LIMITS, Limits
 @dataclass(frozen=True)
 class Spec:
     """An abstract array: shape and dtype."""
+
     shape: tuple
     dtype: str = "float64"
 
@@ -28,7 +31,9 @@ class Spec:
         if any(d < 0 for d in shape):
             raise ValueError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "dtype", dtype if dtype == dtypes.TAPE else dtypes.canonical(dtype))
+        object.__setattr__(
+            self, "dtype", dtype if dtype == dtypes.TAPE else dtypes.canonical(dtype)
+        )
 
     @property
     def ndim(self) -> int:
@@ -49,6 +54,7 @@ class Spec:
 
 class Port(NamedTuple):
     """A graph input or output: its value name and spec."""
+
     name: str
     spec: Spec
 
@@ -57,6 +63,7 @@ class Port(NamedTuple):
 class Node:
     """One equation: `outputs = op(inputs; attrs)`. Attribute values are ints, floats, strs,
     bools, tuples of ints or floats, or Graphs (subgraphs)."""
+
     op: str
     inputs: tuple
     outputs: tuple
@@ -75,17 +82,32 @@ def readonly(array: np.ndarray) -> np.ndarray:
 class Graph:
     """An immutable, validated computation graph."""
 
-    def __init__(self, inputs: Sequence[Port], constants: Mapping[str, np.ndarray],
-                 nodes: Sequence[Node], outputs: Sequence[str], *,
-                 declared_outputs: Sequence[Spec] | None = None, limits: Limits = DEFAULT_LIMITS,
-                 outer: Mapping[str, Spec] | None = None):
+    def __init__(
+        self,
+        inputs: Sequence[Port],
+        constants: Mapping[str, np.ndarray],
+        nodes: Sequence[Node],
+        outputs: Sequence[str],
+        *,
+        declared_outputs: Sequence[Spec] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        outer: Mapping[str, Spec] | None = None,
+    ):
         from .validate import check_graph
+
         self.inputs = tuple(Port(n, s) for n, s in inputs)
         self.constants = {name: readonly(value) for name, value in constants.items()}
         self.nodes = tuple(nodes)
         output_names = tuple(outputs)
-        self.avals = check_graph(self.inputs, self.constants, self.nodes, output_names,
-                                 declared_outputs, limits, outer or {})
+        self.avals = check_graph(
+            self.inputs,
+            self.constants,
+            self.nodes,
+            output_names,
+            declared_outputs,
+            limits,
+            outer or {},
+        )
         self.outputs = tuple(Port(n, self.avals[n]) for n in output_names)
         self._digest = None
 
@@ -99,11 +121,13 @@ class Graph:
 
     def to_bytes(self) -> bytes:
         from .wire import graph_to_proto
+
         return graph_to_proto(self).SerializeToString(deterministic=True)
 
     @staticmethod
-    def from_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> "Graph":
+    def from_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Graph:
         from .wire import graph_from_bytes
+
         return graph_from_bytes(data, limits)
 
     @property

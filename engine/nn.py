@@ -1,4 +1,5 @@
 """`gs.nn`: neural-network functions, numerically stable in value and gradient."""
+
 from . import numpy as gnp
 from .numpy import _axes, _inexact, _ndim, _operands
 from .tracing import bind

@@ -3,6 +3,7 @@ complex step, each with its standard step scaled by max(1, |x|), compared with t
 
 All perturbations of one input are evaluated in one batched pass (the `batch` transform), in
 chunks, so a check costs a few graph evaluations rather than one per element."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,10 +60,12 @@ def _check_grad(engine, graph, args, method, should_stop) -> GradCheck:
         raise TypeError("check_grad needs at least one real floating-point input")
     value, analytic = engine.value_and_grad(graph, *args, argnums=wrt, should_stop=should_stop)
     scale = max(1.0, float(abs(value)))
-    numeric = tuple(_numeric_gradient(engine, graph, args, i, method, relative_step, should_stop)
-                    for i in wrt)
-    abs_err = max((float(np.max(np.abs(a - n), initial=0.0)) for a, n in zip(analytic, numeric)),
-                  default=0.0)
+    numeric = tuple(
+        _numeric_gradient(engine, graph, args, i, method, relative_step, should_stop) for i in wrt
+    )
+    abs_err = max(
+        (float(np.max(np.abs(a - n), initial=0.0)) for a, n in zip(analytic, numeric)), default=0.0
+    )
     rel_err = 0.0
     ok = True
     for a, n in zip(analytic, numeric):
@@ -99,9 +102,9 @@ def _numeric_gradient(engine, graph, args, i, method, relative_step, should_stop
             idx = np.arange(start, start + chunk) % n
             perturbed = np.repeat(flat[None, :].astype(dtype), chunk, axis=0)
             perturbed[np.arange(chunk), idx] += offsets[idx]
-            batch_args = args[:i] + [perturbed.reshape((chunk,) + x.shape)] + args[i + 1:]
+            batch_args = args[:i] + [perturbed.reshape((chunk,) + x.shape)] + args[i + 1 :]
             values = engine._run(plan, batch_args, tape=False, should_stop=should_stop)[0]
-            out[idx[:min(chunk, n - start)]] = values[:min(chunk, n - start)]
+            out[idx[: min(chunk, n - start)]] = values[: min(chunk, n - start)]
         return out
 
     if method == "forward":

@@ -1,5 +1,6 @@
 """`gradserve.numpy`: NumPy's names, signatures, broadcasting and dtype promotion. On traced
 values each function records a node; on concrete arrays it computes with NumPy at once."""
+
 from __future__ import annotations
 
 import builtins
@@ -45,27 +46,32 @@ def astype(x, dtype):
 
 # ---- elementwise -------------------------------------------------------------------------
 
+
 def _unary(name, *, inexact=True):
     def fn(x):
         (x,) = _operands(x)
         return bind(name, _inexact(x) if inexact else x)
+
     fn.__name__ = name
     return fn
 
 
 exp, expm1, log, log1p, sqrt = (_unary(n) for n in ("exp", "expm1", "log", "log1p", "sqrt"))
 sin, cos, tan, arcsin, arccos, arctan = (
-    _unary(n) for n in ("sin", "cos", "tan", "arcsin", "arccos", "arctan"))
+    _unary(n) for n in ("sin", "cos", "tan", "arcsin", "arccos", "arctan")
+)
 sinh, cosh, tanh = (_unary(n) for n in ("sinh", "cosh", "tanh"))
 negative, square, sign, absolute, isfinite, logical_not = (
-    _unary(n, inexact=False) for n in ("negative", "square", "sign", "abs", "isfinite", "logical_not"))
+    _unary(n, inexact=False)
+    for n in ("negative", "square", "sign", "abs", "isfinite", "logical_not")
+)
 floor, ceil = _unary("floor", inexact=False), _unary("ceil", inexact=False)
 abs = absolute
 
 
 def round(x, decimals=0):
     if decimals != 0:
-        scale = 10.0 ** decimals
+        scale = 10.0**decimals
         return bind("round", _inexact(x) * scale) / scale
     return bind("round", x)
 
@@ -79,6 +85,7 @@ def _binary(name, *, inexact=False):
         if inexact:
             x, y = _inexact(x), _inexact(y)
         return bind(name, x, y)
+
     fn.__name__ = name
     return fn
 
@@ -92,13 +99,16 @@ def multiply(x, y):
         return square(x)
     return _multiply(x, y)
 
+
 divide = true_divide = _binary("divide", inexact=True)
 maximum, minimum = _binary("maximum"), _binary("minimum")
 logaddexp = _binary("logaddexp", inexact=True)
 less, less_equal, greater, greater_equal, equal, not_equal = (
-    _binary(n) for n in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal"))
+    _binary(n) for n in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal")
+)
 logical_and, logical_or, logical_xor = (
-    _binary(n) for n in ("logical_and", "logical_or", "logical_xor"))
+    _binary(n) for n in ("logical_and", "logical_or", "logical_xor")
+)
 # t * d (0 where t or d is 0) and t / d (0 where t is 0), even where the other is inf or
 # nan: derivative rules use these where a factor can be infinite.
 mul_or_zero = _binary("mul_or_zero", inexact=True)
@@ -131,6 +141,7 @@ def clip(x, a_min=None, a_max=None):
 
 # ---- reductions --------------------------------------------------------------------------
 
+
 def _ndim(x):
     return x.ndim if _is_array(x) else _np.ndim(x)
 
@@ -162,11 +173,14 @@ def _reduce(name):
     def fn(x, axis=None, keepdims=False):
         (x,) = _operands(x)
         return bind(name, x, axes=_axes(axis, _ndim(x)), keepdims=bool(keepdims))
+
     fn.__name__ = name
     return fn
 
 
-sum, max, min, prod = (_reduce(n) for n in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod"))
+sum, max, min, prod = (
+    _reduce(n) for n in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod")
+)
 amax, amin = max, min
 
 
@@ -194,8 +208,10 @@ def std(x, axis=None, keepdims=False, ddof=0):
 def _arg(name):
     def fn(x, axis=None, keepdims=False):
         (x,) = _operands(x)
-        return bind(name, x, axes=() if axis is None else _axes(axis, _ndim(x)),
-                    keepdims=bool(keepdims))
+        return bind(
+            name, x, axes=() if axis is None else _axes(axis, _ndim(x)), keepdims=bool(keepdims)
+        )
+
     fn.__name__ = name
     return fn
 
@@ -211,6 +227,7 @@ def cumsum(x, axis=None):
 
 
 # ---- shapes ------------------------------------------------------------------------------
+
 
 def reshape(x, shape, *more):
     (x,) = _operands(x)
@@ -234,7 +251,9 @@ def ravel(x):
 def transpose(x, axes=None):
     (x,) = _operands(x)
     ndim = _ndim(x)
-    perm = tuple(range(ndim))[::-1] if axes is None else tuple(a % builtins.max(ndim, 1) for a in axes)
+    perm = (
+        tuple(range(ndim))[::-1] if axes is None else tuple(a % builtins.max(ndim, 1) for a in axes)
+    )
     if perm == tuple(range(ndim)):
         return x
     return bind("transpose", x, perm=perm)
@@ -304,6 +323,7 @@ def stack(arrays, axis=0):
 
 # ---- contractions ------------------------------------------------------------------------
 
+
 def _fresh_letters(count, avoid=""):
     letters = [c for c in string.ascii_letters if c not in avoid]
     if count > len(letters):
@@ -315,8 +335,10 @@ def einsum(subscripts, *operands):
     """NumPy's einsum, including implicit output and '...'; broadcasting of '...' axes is
     made explicit with broadcast_to."""
     if not isinstance(subscripts, str):
-        raise TypeError("einsum takes a subscripts string first (the sublist form is not "
-                        f"supported), got {type(subscripts).__name__}")
+        raise TypeError(
+            "einsum takes a subscripts string first (the sublist form is not "
+            f"supported), got {type(subscripts).__name__}"
+        )
     operands = _operands(*operands)
     subscripts = subscripts.replace(" ", "")
     lhs, arrow, out = subscripts.partition("->")
@@ -328,16 +350,17 @@ def einsum(subscripts, *operands):
         ranks = [_ndim(op) - len(s.replace("...", "")) for s, op in zip(ins, operands)]
         width = builtins.max([r for r, s in zip(ranks, ins) if "..." in s], default=0)
         ell = _fresh_letters(width, named)
-        batch = _np.broadcast_shapes(*[_shape(op)[:r] if "..." in s else () for s, op, r
-                                       in zip(ins, operands, ranks)])
+        batch = _np.broadcast_shapes(
+            *[_shape(op)[:r] if "..." in s else () for s, op, r in zip(ins, operands, ranks)]
+        )
         new_ins, new_ops = [], []
         for s, op, r in zip(ins, operands, ranks):
             if "..." in s:
                 head, tail = s.split("...")
-                want = tuple(batch[width - r:]) + tuple(_shape(op)[r:])
-                if tuple(_shape(op)[:r]) != tuple(batch[width - r:]):
+                want = tuple(batch[width - r :]) + tuple(_shape(op)[r:])
+                if tuple(_shape(op)[:r]) != tuple(batch[width - r :]):
                     op = broadcast_to(op, want[:r] + tuple(_shape(op)[r:]))
-                s = head + ell[width - r:] + tail
+                s = head + ell[width - r :] + tail
             new_ins.append(s)
             new_ops.append(op)
         ins, operands = new_ins, new_ops
@@ -358,12 +381,12 @@ def matmul(a, b):
         raise ValueError("matmul: operands must have at least one dimension; use multiply")
     batch = _np.broadcast_shapes(sa[:-2], sb[:-2])
     letters = _fresh_letters(len(batch), "mkn")
-    for_a = letters[len(batch) - len(sa[:-2]):]
-    for_b = letters[len(batch) - len(sb[:-2]):]
-    if sa[:-2] != batch[len(batch) - len(sa[:-2]):]:
-        a = broadcast_to(a, batch[len(batch) - len(sa[:-2]):] + sa[-2:])
-    if sb[:-2] != batch[len(batch) - len(sb[:-2]):]:
-        b = broadcast_to(b, batch[len(batch) - len(sb[:-2]):] + sb[-2:])
+    for_a = letters[len(batch) - len(sa[:-2]) :]
+    for_b = letters[len(batch) - len(sb[:-2]) :]
+    if sa[:-2] != batch[len(batch) - len(sa[:-2]) :]:
+        a = broadcast_to(a, batch[len(batch) - len(sa[:-2]) :] + sa[-2:])
+    if sb[:-2] != batch[len(batch) - len(sb[:-2]) :]:
+        b = broadcast_to(b, batch[len(batch) - len(sb[:-2]) :] + sb[-2:])
     sub_a = for_a + ("mk" if len(sa) > 1 else "k")
     sub_b = for_b + ("kn" if len(sb) > 1 else "k")
     out = letters + ("m" if len(sa) > 1 else "") + ("n" if len(sb) > 1 else "")
@@ -376,11 +399,11 @@ def dot(a, b):
     if na == 0 or nb == 0:
         return multiply(a, b)
     letters = _fresh_letters(na + nb - 1, "z")
-    sub_a = letters[:na - 1] + "z"
+    sub_a = letters[: na - 1] + "z"
     if nb == 1:
         sub_b, out = "z", sub_a[:-1]
     else:
-        rest = letters[na - 1:na - 1 + nb - 1]
+        rest = letters[na - 1 : na - 1 + nb - 1]
         sub_b = rest[:-1] + "z" + rest[-1]
         out = sub_a[:-1] + rest
     return bind("einsum", a, b, subscripts=f"{sub_a},{sub_b}->{out}")
@@ -391,10 +414,13 @@ def outer(a, b):
 
 
 def inner(a, b):
-    return einsum("...i,...i->...", a, b) if _ndim(a) == _ndim(b) == 1 else dot(a, swapaxes(b, -1, -2))
+    return (
+        einsum("...i,...i->...", a, b) if _ndim(a) == _ndim(b) == 1 else dot(a, swapaxes(b, -1, -2))
+    )
 
 
 # ---- creation ----------------------------------------------------------------------------
+
 
 def full(shape, fill_value, dtype=None):
     shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
@@ -425,11 +451,13 @@ def ones_like(x, dtype=None):
 
 
 def _within_limits(count):
-    from .limits import DEFAULT_LIMITS
     from .errors import LimitError
+    from .limits import DEFAULT_LIMITS
+
     if count > DEFAULT_LIMITS.max_elements:
-        raise LimitError(f"{count} elements, over the limit of {DEFAULT_LIMITS.max_elements}",
-                         "tracing")
+        raise LimitError(
+            f"{count} elements, over the limit of {DEFAULT_LIMITS.max_elements}", "tracing"
+        )
 
 
 def arange(*args, dtype=None):
@@ -463,8 +491,10 @@ asarray = array
 
 # ---- indexing ----------------------------------------------------------------------------
 
+
 def _index_entries(x, key):
     from .ops.indexing import ARRAY, INT, NEWAXIS, SLICE
+
     key = key if isinstance(key, tuple) else (key,)
     key = tuple(_np.asarray(k) if isinstance(k, list) else k for k in key)
     shape = _shape(x)
@@ -474,8 +504,8 @@ def _index_entries(x, key):
     if builtins.sum(1 for k in key if k is Ellipsis) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     if Ellipsis in [k for k in key if not _is_array(k)]:
-        at = [i for i, k in enumerate(key) if k is Ellipsis and not _is_array(k)][0]
-        key = key[:at] + (slice(None),) * (len(shape) - consumed) + key[at + 1:]
+        at = next(i for i, k in enumerate(key) if k is Ellipsis and not _is_array(k))
+        key = key[:at] + (slice(None),) * (len(shape) - consumed) + key[at + 1 :]
     else:
         key = key + (slice(None),) * (len(shape) - consumed)
     arrays = [k for k in key if isinstance(k, (Tracer, _np.ndarray))]
@@ -505,7 +535,9 @@ def _index_entries(x, key):
                 entries += [INT, int(k) % n, 0, 0]
         elif isinstance(k, (Tracer, _np.ndarray)):
             if isinstance(k, _np.ndarray) and k.size and (k.min() < -n or k.max() >= n):
-                raise IndexError(f"index array has entries out of bounds for axis {axis} with size {n}")
+                raise IndexError(
+                    f"index array has entries out of bounds for axis {axis} with size {n}"
+                )
             entries += [ARRAY, len(used), 0, 0]
             used.append(k)
         else:
@@ -521,19 +553,37 @@ def getitem(x, key):
 
 # ---- the Tracer's operators and methods -----------------------------------------------------
 
+
 def _swap(fn):
     return lambda self, other: fn(other, self)
 
 
 for _name, _fn in {
-    "__add__": add, "__sub__": subtract, "__mul__": multiply, "__truediv__": divide,
-    "__pow__": power, "__matmul__": matmul, "__lt__": less, "__le__": less_equal,
-    "__gt__": greater, "__ge__": greater_equal, "__eq__": equal, "__ne__": not_equal,
-    "__and__": logical_and, "__or__": logical_or, "__xor__": logical_xor,
+    "__add__": add,
+    "__sub__": subtract,
+    "__mul__": multiply,
+    "__truediv__": divide,
+    "__pow__": power,
+    "__matmul__": matmul,
+    "__lt__": less,
+    "__le__": less_equal,
+    "__gt__": greater,
+    "__ge__": greater_equal,
+    "__eq__": equal,
+    "__ne__": not_equal,
+    "__and__": logical_and,
+    "__or__": logical_or,
+    "__xor__": logical_xor,
 }.items():
     setattr(Tracer, _name, _fn)
-for _name, _fn in {"__radd__": add, "__rsub__": subtract, "__rmul__": multiply,
-                   "__rtruediv__": divide, "__rpow__": power, "__rmatmul__": matmul}.items():
+for _name, _fn in {
+    "__radd__": add,
+    "__rsub__": subtract,
+    "__rmul__": multiply,
+    "__rtruediv__": divide,
+    "__rpow__": power,
+    "__rmatmul__": matmul,
+}.items():
     setattr(Tracer, _name, _swap(_fn))
 Tracer.__neg__ = negative
 Tracer.__pos__ = lambda self: self
@@ -542,11 +592,18 @@ Tracer.__invert__ = logical_not
 Tracer.__getitem__ = getitem
 Tracer.T = property(transpose)
 Tracer.sum, Tracer.mean, Tracer.max, Tracer.min, Tracer.prod = sum, mean, max, min, prod
-Tracer.var, Tracer.std, Tracer.argmax, Tracer.argmin, Tracer.cumsum = var, std, argmax, argmin, cumsum
+Tracer.var, Tracer.std, Tracer.argmax, Tracer.argmin, Tracer.cumsum = (
+    var,
+    std,
+    argmax,
+    argmin,
+    cumsum,
+)
 Tracer.ravel = Tracer.flatten = ravel
 Tracer.reshape = reshape
 Tracer.astype = astype
 Tracer.squeeze = squeeze
 Tracer.dot = dot
 Tracer.transpose = lambda self, *axes: transpose(
-    self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None))
+    self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None)
+)

@@ -8,6 +8,7 @@ storage; a storage is alive while any value on it is.
   `tape_bytes` is their largest total alive at once, `tape_entries` their number.
 - peak: every array alive, inputs included (graph constants are the graph's, not the call's).
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,6 @@ import numpy as np
 from .graph import readonly
 from .primitive import PRIMITIVES
 from .transforms import Program
-
 
 _running = threading.local()  # the should_stop of the call in progress, for nested plans
 
@@ -68,8 +68,11 @@ def rematerialize(nodes, boundary, outputs):
         """`node` and the forward producers it alone needs, in order; None if it cannot move."""
         if not PRIMITIVES[node.op].elementwise or any(o in outputs for o in node.outputs):
             return None
-        if any(not in_backward(u) and id(u) not in chain for o in node.outputs
-               for u in users.get(o, [])):
+        if any(
+            not in_backward(u) and id(u) not in chain
+            for o in node.outputs
+            for u in users.get(o, [])
+        ):
             return None
         part = []
         for name in node.inputs:
@@ -103,18 +106,30 @@ def rematerialize(nodes, boundary, outputs):
 
 # Ops whose NumPy implementation always returns a new, writable array that it owns: their
 # outputs may be donated (overwritten in place by a later op, at the value's last use).
-FRESH = {"scatter_add", "add_at", "concatenate", "cumsum", "select", "full", "logsumexp",
-         "mul_or_zero", "div_or_zero"}
+FRESH = {
+    "scatter_add",
+    "add_at",
+    "concatenate",
+    "cumsum",
+    "select",
+    "full",
+    "logsumexp",
+    "mul_or_zero",
+    "div_or_zero",
+}
 
 
 def _owns_fresh_buffer(node) -> bool:
     prim = PRIMITIVES[node.op]
-    return prim.ufunc is not None or node.op in FRESH or (node.op == "einsum" and len(node.inputs) > 1)
+    return (
+        prim.ufunc is not None or node.op in FRESH or (node.op == "einsum" and len(node.inputs) > 1)
+    )
 
 
 def _into(ufunc, position):
     def step(*args):
         return ufunc(*args, out=args[position])
+
     return step
 
 
@@ -132,15 +147,20 @@ def _from_pool(ufunc, key, pools):
     def step(*args):
         free = pools.__dict__.get(key)
         return ufunc(*args, out=free.pop()) if free else ufunc(*args)
+
     return step
 
 
 def _recycler(key, pools):
     def step(array):
         # Only an array nothing else refers to (no view, no loop tape, no caller) is reused.
-        if type(array) is np.ndarray and array.base is None and \
-                sys.getrefcount(array) <= _ONLY_THE_CALL_HOLDS_IT:
+        if (
+            type(array) is np.ndarray
+            and array.base is None
+            and sys.getrefcount(array) <= _ONLY_THE_CALL_HOLDS_IT
+        ):
             pools.__dict__.setdefault(key, []).append(array)
+
     return step
 
 
@@ -153,9 +173,14 @@ class Plan:
         self.graph = graph
         # Small arrays made from nothing (`full`) are computed once, here, like constants.
         # Read-only, like constants: one array serves every call (and may be an output).
-        self.precomputed = {n.outputs[0]: readonly(PRIMITIVES[n.op].impl(**n.attrs)) for n in nodes
-                            if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096}
-        kept = [k for k, n in enumerate(nodes) if n.op != "full" or n.outputs[0] not in self.precomputed]
+        self.precomputed = {
+            n.outputs[0]: readonly(PRIMITIVES[n.op].impl(**n.attrs))
+            for n in nodes
+            if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096
+        }
+        kept = [
+            k for k, n in enumerate(nodes) if n.op != "full" or n.outputs[0] not in self.precomputed
+        ]
         if boundary is not None:
             boundary = sum(1 for k in kept if k < boundary)
         nodes = [nodes[k] for k in kept]
@@ -178,8 +203,12 @@ class Plan:
         for k, node in enumerate(nodes):
             for name in node.inputs:
                 last_use[name] = k
-        keep = set(graph.output_names) | set(graph.input_names) | set(graph.constants) | \
-            set(self.precomputed)
+        keep = (
+            set(graph.output_names)
+            | set(graph.input_names)
+            | set(graph.constants)
+            | set(self.precomputed)
+        )
         frees = [[] for _ in nodes]
         for name, k in last_use.items():
             if name not in keep:
@@ -204,13 +233,24 @@ class Plan:
             fn = functools.partial(fn, **node.attrs) if node.attrs else fn
             outs = tuple(slot[n] for n in node.outputs)
             recycled = [n for n in frees[k] if n in self._poolable]
-            self.steps.append((fn, tuple(slot[n] for n in node.inputs),
-                               outs if prim.multiple_results else outs[0],
-                               tuple(slot[n] for n in frees[k] if n not in recycled)))
+            self.steps.append(
+                (
+                    fn,
+                    tuple(slot[n] for n in node.inputs),
+                    outs if prim.multiple_results else outs[0],
+                    tuple(slot[n] for n in frees[k] if n not in recycled),
+                )
+            )
             for name in recycled:
                 aval = graph.avals[name]
-                self.steps.append((_recycler((aval.shape, aval.dtype), pools), (slot[name],),
-                                   scratch, (slot[name],)))
+                self.steps.append(
+                    (
+                        _recycler((aval.shape, aval.dtype), pools),
+                        (slot[name],),
+                        scratch,
+                        (slot[name],),
+                    )
+                )
 
     def _walk(self, nodes, boundary, frees, keep):
         """One pass over the schedule with the storage each value lives on: decides which
@@ -237,12 +277,19 @@ class Plan:
             dying = set(frees[k])
             if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
-                candidates = [i for i in positions if node.inputs[i] in fresh
-                              and node.inputs[i] in dying and refs.get(node.inputs[i]) == 1
-                              and graph.avals[node.inputs[i]] == spec]
+                candidates = [
+                    i
+                    for i in positions
+                    if node.inputs[i] in fresh
+                    and node.inputs[i] in dying
+                    and refs.get(node.inputs[i]) == 1
+                    and graph.avals[node.inputs[i]] == spec
+                ]
                 # Prefer a buffer that could not go back to the pool anyway (an einsum's):
                 # a pooled one given up here might leave the call as an output.
-                candidates.sort(key=lambda i: PRIMITIVES[producers[node.inputs[i]].op].ufunc is not None)
+                candidates.sort(
+                    key=lambda i: PRIMITIVES[producers[node.inputs[i]].op].ufunc is not None
+                )
                 if candidates:
                     donations[k] = candidates[0]
             base = node.inputs[0] if prim.view else None
@@ -281,9 +328,13 @@ class Plan:
                         tape -= size[owner]
         self.stats = Stats(tape_peak, entries, peak, 0)
         # values that own a fresh buffer worth reusing (checked again at run time)
-        self._poolable = {name for name in fresh if storage.get(name) == name
-                          and graph.avals[name].size >= POOL_MIN_ELEMENTS
-                          and graph.avals[name].dtype in _POOL_DTYPES}
+        self._poolable = {
+            name
+            for name in fresh
+            if storage.get(name) == name
+            and graph.avals[name].size >= POOL_MIN_ELEMENTS
+            and graph.avals[name].dtype in _POOL_DTYPES
+        }
         return donations
 
     def run(self, args, should_stop=None):

@@ -8,9 +8,11 @@
   the linear inputs arrive as `Linear` placeholders; reverse mode is JVP plus transposition;
 - `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass).
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .graph import Graph
 
@@ -19,7 +21,9 @@ ATTR_KINDS = {
     "float": lambda v: isinstance(v, float),
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
-    "ints": lambda v: isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+    "ints": lambda v: (
+        isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ),
     "floats": lambda v: isinstance(v, tuple) and all(isinstance(x, float) for x in v),
     "graph": lambda v: isinstance(v, Graph),
 }
@@ -31,6 +35,7 @@ class ShapeError(ValueError):
 
 class Linear(NamedTuple):
     """Stands for a linear input in a transpose rule: only its spec is known."""
+
     spec: object
 
     @property
@@ -43,10 +48,25 @@ class Linear(NamedTuple):
 
 
 class Primitive:
-    def __init__(self, name: str, *, impl: Callable, shape: Callable, arity=1, attrs=None,
-                 jvp=None, transpose=None, batch=None, view: bool = False,
-                 elementwise: bool = False, ufunc=None, inplace=None,
-                 multiple_results: bool = False, jvp_full=None, retype=None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        impl: Callable,
+        shape: Callable,
+        arity=1,
+        attrs=None,
+        jvp=None,
+        transpose=None,
+        batch=None,
+        view: bool = False,
+        elementwise: bool = False,
+        ufunc=None,
+        inplace=None,
+        multiple_results: bool = False,
+        jvp_full=None,
+        retype=None,
+    ):
         self.name = name
         self.impl = impl
         self.shape = shape

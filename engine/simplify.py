@@ -1,6 +1,7 @@
 """Algebraic simplification while a graph is built, so that derivative graphs do not multiply
 by ones or add zeros. Values known to hold one number everywhere ("splats": `full`, small
 uniform constants, and their broadcasts, reshapes and conversions) are tracked by name."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ gradient is the same to the last bit.
 Bytes held and iterations recomputed are counted per thread by `meter`, which the engine
 reads after each call.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,8 +26,9 @@ def _segment_lengths(length: int, room: int) -> list[int]:
     recomputation (reach(r, 0) = r; reach(r, d) = reach(r - 1, d) + reach(r, d - 1), a
     binomial count as in Griewank's revolve), take the fewest levels that reach `length`."""
     if room < 2:
-        raise LimitError(f"a tape budget of {room} carries cannot reverse {length} iterations",
-                         "tape")
+        raise LimitError(
+            f"a tape budget of {room} carries cannot reverse {length} iterations", "tape"
+        )
     previous = list(range(room + 1))  # reach(r, 0) for r = 0..room
     for _ in range(64):
         current = [0] * (room + 1)
@@ -41,8 +43,7 @@ def _segment_lengths(length: int, room: int) -> list[int]:
                 left -= lengths[-1]
             return lengths
         previous = current
-    raise LimitError(f"a tape budget of {room} carries cannot reverse {length} iterations",
-                     "tape")
+    raise LimitError(f"a tape budget of {room} carries cannot reverse {length} iterations", "tape")
 
 
 class _Meter(threading.local):
@@ -50,7 +51,7 @@ class _Meter(threading.local):
         self.reset(None)
 
     def reset(self, budget):
-        self.budget = budget   # bytes loop tapes may hold, or None
+        self.budget = budget  # bytes loop tapes may hold, or None
         self.held = 0
         self.peak = 0
         self.recomputed_ops = 0
@@ -84,8 +85,11 @@ class LoopTape:
         self.body_ops = body_ops
         self.slots = meter.slots(carry_bytes)
         if self.slots is not None and self.slots < 2:
-            raise LimitError(f"a loop tape needs room for at least two carries of {carry_bytes} "
-                             f"bytes; the tape budget leaves {max(self.slots, 0)}", "tape")
+            raise LimitError(
+                f"a loop tape needs room for at least two carries of {carry_bytes} "
+                f"bytes; the tape budget leaves {max(self.slots, 0)}",
+                "tape",
+            )
         self.stride = 1
         self.saved = {}
         self.length = 0
@@ -146,12 +150,15 @@ class LoopTape:
         lengths = _segment_lengths(length, room)
         checkpoints = [carry]
         for j in range(1, len(lengths)):
-            checkpoints.append(self._advance_many(start + sum(lengths[:j - 1]), checkpoints[-1],
-                                                  lengths[j - 1]))
+            checkpoints.append(
+                self._advance_many(start + sum(lengths[: j - 1]), checkpoints[-1], lengths[j - 1])
+            )
         self._keep(len(checkpoints) - 1)
         for j in range(len(lengths) - 1, -1, -1):
             seg_start = start + sum(lengths[:j])
-            yield from self._reverse(seg_start, checkpoints.pop(), lengths[j], room - len(checkpoints))
+            yield from self._reverse(
+                seg_start, checkpoints.pop(), lengths[j], room - len(checkpoints)
+            )
             if j:
                 self._drop(1)
 

@@ -3,6 +3,7 @@
 `bind(op, *args, **attrs)` is the one door to every primitive: with a Tracer among the args
 it records a node in the innermost open Builder, otherwise it computes with NumPy at once.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -19,8 +20,10 @@ from .simplify import propagate, simplify, splat_of_constant, unbroadcast_operan
 _state = threading.local()
 _WIDEST = {"f": "float64", "i": "int64", "u": "int64", "c": "complex128"}
 
-CONTROL_FLOW_HINT = ("Python control flow on a traced value is not recorded in the graph; "
-                     "use gs.cond, gs.while_loop, gs.fori_loop or gs.scan, or gnp.where")
+CONTROL_FLOW_HINT = (
+    "Python control flow on a traced value is not recorded in the graph; "
+    "use gs.cond, gs.while_loop, gs.fori_loop or gs.scan, or gnp.where"
+)
 
 
 def _stack() -> list:
@@ -32,18 +35,18 @@ def _stack() -> list:
 class Builder:
     """Collects inputs, constants and nodes; `build(outputs)` makes the Graph."""
 
-    def __init__(self, parent: "Builder | None" = None):
+    def __init__(self, parent: Builder | None = None):
         self.parent = parent
         self.inputs: list[Port] = []
         self.constants: dict[str, np.ndarray] = {}
         self.nodes: list[Node] = []
         self._small_constants: dict = {}
         self._big_constants: dict = {}
-        self.specs: dict[str, Spec] = {}       # every value's spec, by name
-        self.producer: dict[str, Node] = {}    # the node that defines each value
-        self.splats: dict[str, float] = {}     # values known to be one number everywhere
-        self._computed: dict = {}              # (op, inputs, attrs) -> outputs, to share work
-        self.captured: dict = {}               # enclosing builders' values read here
+        self.specs: dict[str, Spec] = {}  # every value's spec, by name
+        self.producer: dict[str, Node] = {}  # the node that defines each value
+        self.splats: dict[str, float] = {}  # values known to be one number everywhere
+        self._computed: dict = {}  # (op, inputs, attrs) -> outputs, to share work
+        self.captured: dict = {}  # enclosing builders' values read here
         self._count = 0
 
     def __enter__(self):
@@ -57,22 +60,24 @@ class Builder:
         self._count += 1
         return f"{prefix}{self._count - 1}"
 
-    def input(self, name: str, spec: Spec) -> "Tracer":
+    def input(self, name: str, spec: Spec) -> Tracer:
         self.inputs.append(Port(name, spec))
         self.specs[name] = spec
         return Tracer(self, name, spec)
 
-    def tracer(self, name: str) -> "Tracer":
+    def tracer(self, name: str) -> Tracer:
         return Tracer(self, name, self.specs[name])
 
-    def splat(self, spec: Spec, value: float) -> "Tracer":
+    def splat(self, spec: Spec, value: float) -> Tracer:
         """An array of `spec` filled with `value`: one scalar, broadcast (a view)."""
-        scalar = self.add(PRIMITIVES["full"], (), {"shape": (), "dtype": spec.dtype, "value": float(value)})
+        scalar = self.add(
+            PRIMITIVES["full"], (), {"shape": (), "dtype": spec.dtype, "value": float(value)}
+        )
         if spec.shape == ():
             return scalar
         return self.add(PRIMITIVES["broadcast_to"], (scalar,), {"shape": spec.shape})
 
-    def constant(self, value) -> "Tracer":
+    def constant(self, value) -> Tracer:
         if isinstance(value, Tracer):
             return value
         array = np.asarray(value)
@@ -95,7 +100,7 @@ class Builder:
             cache[key] = (Tracer(self, name, spec), value)
         return cache[key][0]
 
-    def add(self, prim, args, attrs) -> "Tracer | tuple":
+    def add(self, prim, args, attrs) -> Tracer | tuple:
         names = []
         specs = []
         for arg in args:
@@ -128,7 +133,7 @@ class Builder:
         self._computed[key] = result
         return result
 
-    def capture(self, value) -> "Tracer":
+    def capture(self, value) -> Tracer:
         """A value from outside this builder: a constant, or a Tracer of an enclosing builder.
         A subgraph reads an enclosing value through an extra input of its own (closure
         conversion); the control-flow node passes the value in."""
@@ -140,8 +145,10 @@ class Builder:
         while builder is not None and builder is not value.builder:
             builder = builder.parent
         if builder is None:
-            raise GraphError("a traced value escaped the function that traced it "
-                             "(it belongs to another trace)", "tracing")
+            raise GraphError(
+                "a traced value escaped the function that traced it (it belongs to another trace)",
+                "tracing",
+            )
         key = (id(value.builder), value.name)
         if key not in self.captured:
             self.captured[key] = (value, self.input(f"captured:{len(self.captured)}", value.spec))
@@ -163,8 +170,11 @@ def bind(op: str, *args, **attrs):
     if any(isinstance(a, Tracer) for a in args):
         builder = current_builder()
         if builder is None:
-            raise GraphError("a traced value was used after the function that traced it "
-                             "returned; compute with it inside the traced function", "tracing")
+            raise GraphError(
+                "a traced value was used after the function that traced it "
+                "returned; compute with it inside the traced function",
+                "tracing",
+            )
         return builder.add(prim, args, attrs)
     if not args and current_builder() is not None:  # `full` inside a trace: a node, not data
         return current_builder().add(prim, args, attrs)
@@ -187,8 +197,10 @@ def spec_of(value) -> Spec:
         return Spec((), "complex128")
     if isinstance(value, (np.ndarray, np.generic)):
         return Spec(value.shape, value.dtype)
-    raise TypeError(f"cannot trace with an argument of type {type(value).__name__}; "
-                    "give a number, a NumPy array or a gs.Spec")
+    raise TypeError(
+        f"cannot trace with an argument of type {type(value).__name__}; "
+        "give a number, a NumPy array or a gs.Spec"
+    )
 
 
 def parameter_names(fn, count: int) -> list[str]:
@@ -211,13 +223,15 @@ def trace(fn, *example_args) -> Graph:
     """Record `fn` applied to inputs shaped like `example_args` as a Graph."""
     specs = [spec_of(a) for a in example_args]
     with Builder() as builder:
-        inputs = [builder.input(name, spec)
-                  for name, spec in zip(parameter_names(fn, len(specs)), specs)]
+        inputs = [
+            builder.input(name, spec) for name, spec in zip(parameter_names(fn, len(specs)), specs)
+        ]
         return builder.build(fn(*inputs))
 
 
 class Tracer:
     """A value inside a function being traced. Supports NumPy's operators and methods."""
+
     __slots__ = ("builder", "name", "spec")
     __array_priority__ = 1000
 
@@ -238,8 +252,9 @@ class Tracer:
         raise TracerBoolError(f"bool() of traced value {self.name}. {CONTROL_FLOW_HINT}")
 
     def _concrete(self, *_):
-        raise TracerBoolError(f"a traced value {self.name} has no concrete value while tracing. "
-                              f"{CONTROL_FLOW_HINT}")
+        raise TracerBoolError(
+            f"a traced value {self.name} has no concrete value while tracing. {CONTROL_FLOW_HINT}"
+        )
 
     __float__ = __int__ = __index__ = __complex__ = __array__ = _concrete
 

@@ -11,6 +11,7 @@ a Jacobian of a gradient; an HVP is a JVP of a gradient).
 
 A Program is a graph with its forward/backward boundary (None when there is no tape).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -80,15 +81,17 @@ def jvp(program: Program, wrt) -> Program:
                 outs = _replay_node(node, args)
                 out_t = None
                 if differentiated:
-                    out_t = prim.jvp(args, ins, outs if prim.multiple_results else outs[0],
-                                     **node.attrs)
+                    out_t = prim.jvp(
+                        args, ins, outs if prim.multiple_results else outs[0], **node.attrs
+                    )
             env.update(zip(node.outputs, outs))
             if out_t is not None:
                 out_t = out_t if isinstance(out_t, tuple) else (out_t,)
                 tangents.update((n, t) for n, t in zip(node.outputs, out_t) if t is not None)
         primal_out = [env[p.name] for p in graph.outputs]
-        tangent_out = [tangents[p.name] if p.name in tangents else _zeros(p.spec)
-                       for p in graph.outputs]
+        tangent_out = [
+            tangents[p.name] if p.name in tangents else _zeros(p.spec) for p in graph.outputs
+        ]
         if new_boundary is None and boundary is not None:
             new_boundary = len(builder.nodes)
         return Program(builder.build(primal_out + tangent_out), new_boundary)
@@ -101,7 +104,7 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
     graph = program.graph
     linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt))).graph  # argnums may repeat
     n_out = len(graph.outputs)
-    linear = {p.name for p in linearized.inputs[len(graph.inputs):]}
+    linear = {p.name for p in linearized.inputs[len(graph.inputs) :]}
     for node in linearized.nodes:
         if any(n in linear for n in node.inputs):
             linear.update(node.outputs)
@@ -139,8 +142,11 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
         for k, (port, tangent_port) in enumerate(zip(graph.outputs, linearized.outputs[n_out:])):
             if not dtypes.is_differentiable(port.spec.dtype):
                 continue
-            seed = gnp.ones(port.spec.shape, port.spec.dtype) if seed_ones else \
-                builder.input(f"cotangent:{k}", port.spec)
+            seed = (
+                gnp.ones(port.spec.shape, port.spec.dtype)
+                if seed_ones
+                else builder.input(f"cotangent:{k}", port.spec)
+            )
             if tangent_port.name in linear:
                 accumulate(tangent_port.name, seed)
 
@@ -151,10 +157,14 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
             if not PRIMITIVES[node.op].multiple_results:
                 ct = cts[0]
             else:  # several outputs: the rule gets one cotangent each, zeros made explicit
-                ct = tuple(_zeros(linearized.avals[n]) if c is None else c
-                           for n, c in zip(node.outputs, cts))
+                ct = tuple(
+                    _zeros(linearized.avals[n]) if c is None else c
+                    for n, c in zip(node.outputs, cts)
+                )
             args = [Linear(linearized.avals[n]) if n in linear else env[n] for n in node.inputs]
-            for name, ct_in in zip(node.inputs, PRIMITIVES[node.op].transpose(ct, *args, **node.attrs)):
+            for name, ct_in in zip(
+                node.inputs, PRIMITIVES[node.op].transpose(ct, *args, **node.attrs)
+            ):
                 if ct_in is not None and name in linear:
                     accumulate(name, ct_in)
 
@@ -168,8 +178,10 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
     """The same computation over a leading axis of `size` on the inputs flagged in
     `batched_inputs`; every output gets that leading axis."""
     graph, boundary = program
-    specs = [Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
-             for p, b in zip(graph.inputs, batched_inputs)]
+    specs = [
+        Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
+        for p, b in zip(graph.inputs, batched_inputs)
+    ]
     with Builder() as builder:
         env = _start(graph, builder, specs)
         batched = {p.name for p, b in zip(graph.inputs, batched_inputs) if b}
@@ -189,15 +201,19 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
         outs = []
         for port in graph.outputs:
             value = env[port.name]
-            outs.append(value if port.name in batched else
-                        gnp.broadcast_to(value, (size,) + port.spec.shape))
+            outs.append(
+                value
+                if port.name in batched
+                else gnp.broadcast_to(value, (size,) + port.spec.shape)
+            )
         return Program(builder.build(outs), new_boundary)
 
 
 def select_outputs(program: Program, indices) -> Program:
     graph = program.graph
-    pruned = Graph(graph.inputs, graph.constants, graph.nodes,
-                   [graph.outputs[i].name for i in indices])
+    pruned = Graph(
+        graph.inputs, graph.constants, graph.nodes, [graph.outputs[i].name for i in indices]
+    )
     return prune(Program(pruned, program.boundary))
 
 
@@ -223,7 +239,7 @@ def prune(program: Program) -> Program:
 def retype(program: Program, specs) -> Program:
     """The same graph traced again for inputs of other specs (complex inputs for the complex
     step): every shape and dtype rule runs anew."""
-    graph, boundary = program
+    graph, _boundary = program
     with Builder() as builder:
         env = _start(graph, builder, specs)
         for node in graph.nodes:

@@ -1,5 +1,6 @@
 """The graph checker: known ops, typed attributes, arity, SSA, topological order, shape and
 dtype inference, sizes within limits. Every failure is a GraphError naming the node or field."""
+
 from __future__ import annotations
 
 from .errors import GraphError, LimitError
@@ -20,12 +21,15 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
         if name in avals:
             raise GraphError(f"value {name!r} is defined twice (each value is defined once)", where)
         if spec.size > limits.max_elements:
-            raise LimitError(f"value {name!r} has {spec.size} elements, over the limit of "
-                             f"{limits.max_elements}", where)
+            raise LimitError(
+                f"value {name!r} has {spec.size} elements, over the limit of {limits.max_elements}",
+                where,
+            )
         avals[name] = spec
         local.add(name)
 
     from .graph import Spec
+
     for i, (name, spec) in enumerate(inputs):
         define(name, spec, f"inputs[{i}] {name!r}")
     for name, value in constants.items():
@@ -49,8 +53,11 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
             raise GraphError(f"takes {want} inputs, got {len(node.inputs)}", where)
         for name in node.inputs:
             if name not in avals:
-                why = "is used before it is defined (nodes must be in topological order)" \
-                    if name in defined_later else "is not defined"
+                why = (
+                    "is used before it is defined (nodes must be in topological order)"
+                    if name in defined_later
+                    else "is not defined"
+                )
                 raise GraphError(f"input {name!r} {why}", where)
         try:
             out = prim.shape(*[avals[n] for n in node.inputs], **node.attrs)
@@ -70,8 +77,10 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
             raise GraphError("declared output count differs", "outputs")
         for i, (name, spec) in enumerate(zip(outputs, declared)):
             if avals[name] != spec:
-                raise GraphError(f"declared {spec} but the graph computes {avals[name]}",
-                                 f"outputs[{i}] {name!r}")
+                raise GraphError(
+                    f"declared {spec} but the graph computes {avals[name]}",
+                    f"outputs[{i}] {name!r}",
+                )
     return {name: avals[name] for name in local | set(outputs)}
 
 
@@ -82,4 +91,6 @@ def _check_attrs(prim, attrs, where):
         raise GraphError(f"attributes: missing {missing}, unexpected {extra}", where)
     for name, kind in prim.attrs.items():
         if not ATTR_KINDS[kind](attrs[name]):
-            raise GraphError(f"attribute {name!r} must be {kind}, got {type(attrs[name]).__name__}", where)
+            raise GraphError(
+                f"attribute {name!r} must be {kind}, got {type(attrs[name]).__name__}", where
+            )

@@ -3,11 +3,11 @@
 Decoding checks every size before it allocates: a tensor's byte length must equal
 prod(shape) * itemsize, and prod(shape) must be within the limits. Whatever the bytes, the
 only exception that comes out is GraphError."""
+
 from __future__ import annotations
 
 import numpy as np
 from google.protobuf.message import DecodeError
-
 from gradserve.v1 import graph_pb2 as pb
 
 from . import dtypes
@@ -35,12 +35,16 @@ def tensor_from_proto(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: st
     for d in shape:
         size *= d
     if size > limits.max_elements:
-        raise LimitError(f"shape {shape} has {size} elements, over the limit of "
-                         f"{limits.max_elements}", f"{where}.shape")
+        raise LimitError(
+            f"shape {shape} has {size} elements, over the limit of {limits.max_elements}",
+            f"{where}.shape",
+        )
     want = size * np.dtype(dtype).itemsize
     if len(msg.data) != want:
-        raise GraphError(f"data has {len(msg.data)} bytes, shape {shape} of {dtype} needs {want}",
-                         f"{where}.data")
+        raise GraphError(
+            f"data has {len(msg.data)} bytes, shape {shape} of {dtype} needs {want}",
+            f"{where}.data",
+        )
     array = np.frombuffer(msg.data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
     return array.astype(dtype, copy=False)
 
@@ -63,12 +67,24 @@ def _attr_to_proto(name, value) -> pb.Attribute:
 
 def graph_to_proto(graph: Graph) -> pb.Graph:
     return pb.Graph(
-        inputs=[pb.ValueInfo(name=p.name, dtype=p.spec.dtype, shape=p.spec.shape) for p in graph.inputs],
-        constants=[pb.Constant(name=n, value=tensor_to_proto(v)) for n, v in graph.constants.items()],
-        nodes=[pb.Node(op=n.op, inputs=n.inputs, outputs=n.outputs,
-                       attributes=[_attr_to_proto(k, v) for k, v in sorted(n.attrs.items())])
-               for n in graph.nodes],
-        outputs=[pb.ValueInfo(name=p.name, dtype=p.spec.dtype, shape=p.spec.shape) for p in graph.outputs],
+        inputs=[
+            pb.ValueInfo(name=p.name, dtype=p.spec.dtype, shape=p.spec.shape) for p in graph.inputs
+        ],
+        constants=[
+            pb.Constant(name=n, value=tensor_to_proto(v)) for n, v in graph.constants.items()
+        ],
+        nodes=[
+            pb.Node(
+                op=n.op,
+                inputs=n.inputs,
+                outputs=n.outputs,
+                attributes=[_attr_to_proto(k, v) for k, v in sorted(n.attrs.items())],
+            )
+            for n in graph.nodes
+        ],
+        outputs=[
+            pb.ValueInfo(name=p.name, dtype=p.spec.dtype, shape=p.spec.shape) for p in graph.outputs
+        ],
     )
 
 
@@ -113,15 +129,24 @@ def graph_from_proto(msg: pb.Graph, limits: Limits = DEFAULT_LIMITS, outer=None)
             attrs[a.name] = _attr_from_proto(a, limits, outer, where)
         nodes.append(Node(n.op, tuple(n.inputs), tuple(n.outputs), attrs))
     declared = [_spec(o, f"outputs[{k}] {o.name!r}") for k, o in enumerate(msg.outputs)]
-    return Graph(inputs, constants, nodes, [o.name for o in msg.outputs],
-                 declared_outputs=declared, limits=limits, outer=outer)
+    return Graph(
+        inputs,
+        constants,
+        nodes,
+        [o.name for o in msg.outputs],
+        declared_outputs=declared,
+        limits=limits,
+        outer=outer,
+    )
 
 
 def graph_from_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Graph:
     try:
         msg = pb.Graph.FromString(data)
     except (DecodeError, RecursionError, ValueError, TypeError) as exc:
-        raise GraphError(f"the bytes are not a gradserve.v1.Graph message ({exc})", "bytes") from None
+        raise GraphError(
+            f"the bytes are not a gradserve.v1.Graph message ({exc})", "bytes"
+        ) from None
     try:
         return graph_from_proto(msg, limits)
     except GraphError:

@@ -12,6 +12,7 @@ and Adam. Prints the held-out accuracy of each and saves a convergence plot.
 The graph is traced once; the data (training matrix and labels) are inputs held fixed, so the
 Client sends them once and names them by digest afterwards; each step sends only the weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,11 +53,26 @@ def server(target):
             yield client
         return
     from gradserve.__main__ import health_check
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gradserve",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -79,9 +95,11 @@ def server(target):
 def load():
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
+
     X, y = load_breast_cancer(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y.astype(np.float64), test_size=0.25,
-                                                        stratify=y, random_state=0)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y.astype(np.float64), test_size=0.25, stratify=y, random_state=0
+    )
     mean, std = X_train.mean(axis=0), X_train.std(axis=0)
     return (X_train - mean) / std, (X_test - mean) / std, y_train, y_test
 
@@ -94,8 +112,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", help="host:port of a gradserve server (default: start one)")
     ap.add_argument("--local", action="store_true", help="use an in-process gs.Engine instead")
-    ap.add_argument("--plot", default=str(DOCS / "logistic_regression.png"),
-                    help="where to save the convergence plot (PNG)")
+    ap.add_argument(
+        "--plot",
+        default=str(DOCS / "logistic_regression.png"),
+        help="where to save the convergence plot (PNG)",
+    )
     args = ap.parse_args(argv)
 
     X_train, X_test, y_train, y_test = load()
@@ -103,24 +124,30 @@ def main(argv=None):
     graph = gs.trace(loss, gs.Spec((d + 1,)), gs.Spec((n, d)), gs.Spec((n,)))
     theta0 = np.zeros(d + 1)
     runs = {
-        "L-BFGS-B": dict(method="L-BFGS-B", options={"gtol": 1e-9, "ftol": 1e-14}),
-        "Newton-CG": dict(method="Newton-CG", options={"xtol": 1e-10}),
-        "Adam (lr 0.05)": dict(method="adam", options={"learning_rate": 0.05, "maxiter": 600,
-                                                       "gtol": 1e-6}),
+        "L-BFGS-B": {"method": "L-BFGS-B", "options": {"gtol": 1e-9, "ftol": 1e-14}},
+        "Newton-CG": {"method": "Newton-CG", "options": {"xtol": 1e-10}},
+        "Adam (lr 0.05)": {
+            "method": "adam",
+            "options": {"learning_rate": 0.05, "maxiter": 600, "gtol": 1e-6},
+        },
     }
     results = {}
     backend = contextlib.nullcontext(gs.Engine()) if args.local else server(args.target)
     with backend as be:
-        print(f"breast cancer: {n} training / {len(y_test)} held-out samples, {d} features; "
-              f"backend {be!r}")
+        print(
+            f"breast cancer: {n} training / {len(y_test)} held-out samples, {d} features; "
+            f"backend {be!r}"
+        )
         for name, kw in runs.items():
             t = time.perf_counter()
             res = gs.minimize(graph, theta0, X_train, y_train, backend=be, **kw)
             seconds = time.perf_counter() - t
             results[name] = res
             calls = ", ".join(f"{k} {v}" for k, v in res.backend_calls.items())
-            print(f"{name:15s} loss {res.fun:.6f}  steps {res.nit:4d}  ({calls}; {seconds:.2f} s)  "
-                  f"held-out accuracy {accuracy(res.x, X_test, y_test):.3f}")
+            print(
+                f"{name:15s} loss {res.fun:.6f}  steps {res.nit:4d}  ({calls}; {seconds:.2f} s)  "
+                f"held-out accuracy {accuracy(res.x, X_test, y_test):.3f}"
+            )
     best = min(r.fun for r in results.values())
     plot(results, args.plot, f"Logistic regression, breast cancer (n={n}, d={d})", best=best)
     print(f"saved {args.plot}")
@@ -130,8 +157,10 @@ def plot(results, path, title, best=None):
     """Loss against step and against wall time, one line per method: the gap to `best`
     (convex problems) or, without `best`, the loss itself."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, res in results.items():
         h = res.history

@@ -13,6 +13,7 @@ gs.minimize optimises one input, so the weights and biases travel as one flat ve
 traced function slices and reshapes; the images and one-hot labels are inputs held fixed (sent
 once, then named by digest).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,15 +25,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import contextlib
+import itertools
 import time
 from pathlib import Path
 
 import numpy as np
+from logistic_regression import plot, server
 
 import gradserve as gs
 import gradserve.numpy as gnp
-
-from logistic_regression import plot, server  # noqa: E402  (same directory)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SIZES = (64, 32, 10)
@@ -41,7 +42,7 @@ L2 = 1e-4
 
 def shapes():
     out = []
-    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+    for fan_in, fan_out in itertools.pairwise(SIZES):
         out += [(fan_in, fan_out), (fan_out,)]
     return out
 
@@ -51,7 +52,7 @@ def unpack(theta):
     params, start = [], 0
     for shape in shapes():
         size = int(np.prod(shape))
-        params.append(theta[start:start + size].reshape(shape))
+        params.append(theta[start : start + size].reshape(shape))
         start += size
     return params
 
@@ -82,9 +83,11 @@ def loss(theta, X, Y):
 def load():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25,
-                                                        stratify=y, random_state=0)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X / 16.0, y, test_size=0.25, stratify=y, random_state=0
+    )
     mean = X_train.mean(axis=0)
     return X_train - mean, X_test - mean, y_train, y_test
 
@@ -94,8 +97,9 @@ def main(argv=None):
     ap.add_argument("--target", help="host:port of a gradserve server (default: start one)")
     ap.add_argument("--local", action="store_true", help="use an in-process gs.Engine instead")
     ap.add_argument("--steps", type=int, default=300, help="iterations per method")
-    ap.add_argument("--plot", default=str(DOCS / "mlp.png"),
-                    help="where to save the convergence plot (PNG)")
+    ap.add_argument(
+        "--plot", default=str(DOCS / "mlp.png"), help="where to save the convergence plot (PNG)"
+    )
     args = ap.parse_args(argv)
 
     X_train, X_test, y_train, y_test = load()
@@ -103,27 +107,43 @@ def main(argv=None):
     theta0 = init()
     graph = gs.trace(loss, gs.Spec(theta0.shape), gs.Spec(X_train.shape), gs.Spec(Y_train.shape))
     runs = {
-        "L-BFGS-B": dict(method="L-BFGS-B", options={"maxiter": args.steps}),
-        "Adam (lr 0.01)": dict(method="adam", options={"learning_rate": 0.01,
-                                                       "maxiter": args.steps}),
-        "SGD, Nesterov (lr 0.5)": dict(method="sgd", options={
-            "learning_rate": 0.5, "momentum": 0.9, "nesterov": True, "maxiter": args.steps}),
+        "L-BFGS-B": {"method": "L-BFGS-B", "options": {"maxiter": args.steps}},
+        "Adam (lr 0.01)": {
+            "method": "adam",
+            "options": {"learning_rate": 0.01, "maxiter": args.steps},
+        },
+        "SGD, Nesterov (lr 0.5)": {
+            "method": "sgd",
+            "options": {
+                "learning_rate": 0.5,
+                "momentum": 0.9,
+                "nesterov": True,
+                "maxiter": args.steps,
+            },
+        },
     }
     results = {}
     backend = contextlib.nullcontext(gs.Engine()) if args.local else server(args.target)
     with backend as be:
-        print(f"digits: {len(y_train)} training / {len(y_test)} held-out images, MLP "
-              f"{'-'.join(map(str, SIZES))} ({theta0.size} parameters); backend {be!r}")
+        print(
+            f"digits: {len(y_train)} training / {len(y_test)} held-out images, MLP "
+            f"{'-'.join(map(str, SIZES))} ({theta0.size} parameters); backend {be!r}"
+        )
         for name, kw in runs.items():
             t = time.perf_counter()
             res = gs.minimize(graph, theta0, X_train, Y_train, backend=be, **kw)
             seconds = time.perf_counter() - t
             results[name] = res
             acc = float(np.mean(logits(res.x, X_test, np).argmax(axis=1) == y_test))
-            print(f"{name:23s} loss {res.fun:.5f}  steps {res.nit:4d}  ({res.nfev} evaluations, "
-                  f"{seconds:.2f} s, {res.nit / seconds:.0f} steps/s)  held-out accuracy {acc:.3f}")
-    plot(results, args.plot, f"MLP {'-'.join(map(str, SIZES))}, digits "
-                                   f"(n={len(y_train)}, {theta0.size} parameters)")
+            print(
+                f"{name:23s} loss {res.fun:.5f}  steps {res.nit:4d}  ({res.nfev} evaluations, "
+                f"{seconds:.2f} s, {res.nit / seconds:.0f} steps/s)  held-out accuracy {acc:.3f}"
+            )
+    plot(
+        results,
+        args.plot,
+        f"MLP {'-'.join(map(str, SIZES))}, digits (n={len(y_train)}, {theta0.size} parameters)",
+    )
     print(f"saved {args.plot}")
 
 

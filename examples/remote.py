@@ -4,6 +4,7 @@
     python examples/remote.py                               # or: --target HOST:PORT
 
 Without --target it starts a server in this process on a free port (so it runs anywhere)."""
+
 import argparse
 
 import numpy as np
@@ -24,21 +25,25 @@ def main():
     target = args.target
     if target is None:
         from gradserve.server import serve
+
         running = serve(block=False, host="127.0.0.1", port=0, metrics_port=-1)
         target = f"127.0.0.1:{running.port}"
     try:
         graph = gs.trace(f, 2.0, 5.0)
-        with gs.Client(target, timeout=30) as cli:           # instead of gs.Engine()
+        with gs.Client(target, timeout=30) as cli:  # instead of gs.Engine()
             value, (g1, g2) = cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
             print(f"f(2, 5) = {float(value):.6f}   grad = ({float(g1):.6f}, {float(g2):.6f})")
             print("hessian:\n", np.array(cli.hessian(graph, 2.0, 5.0, argnums=(0, 1))))
             report = cli.check_grad(graph, 2.0, 5.0, method="complex")
             print("check_grad (complex step):", report.ok, report.max_abs_error)
-            print("server stats of the last call:", cli.last_stats,
-                  f"compute {cli.last_stats.compute_seconds * 1e3:.2f} ms")
+            print(
+                "server stats of the last call:",
+                cli.last_stats,
+                f"compute {cli.last_stats.compute_seconds * 1e3:.2f} ms",
+            )
             try:
                 cli.evaluate(graph, np.ones(3), 5.0)
-            except ValueError as exc:                        # the engine's exception class
+            except ValueError as exc:  # the engine's exception class
                 print("bad argument ->", type(exc).__name__, exc)
     finally:
         if running is not None:

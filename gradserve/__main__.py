@@ -6,6 +6,7 @@
 Every `serve` flag can also be set by the environment variable GRADSERVE_<FLAG> (upper case,
 dashes as underscores: --max-tape-bytes -> GRADSERVE_MAX_TAPE_BYTES); a flag given on the
 command line wins. Sizes take an optional suffix: 256MiB, 1GiB, 64KiB, 500MB, 2G."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def parse_size(text) -> int:
     number, unit, binary = match.groups()
     base = 1024 if binary else 1000
     power = " kmgt".index(unit.lower()) if unit else 0
-    return int(float(number) * base ** power)
+    return int(float(number) * base**power)
 
 
 def parse_optional_size(text):
@@ -37,19 +38,35 @@ _SERVE_OPTIONS = [
     ("port", int, "gRPC port (0: pick a free one)"),
     ("metrics-port", int, "Prometheus /metrics HTTP port (0: pick a free one; -1: disabled)"),
     ("workers", int, "computations run at once (0: max(4, 2 x CPUs)); further calls queue"),
-    ("max-tape-bytes", parse_optional_size,
-     "bound on the tape (residuals) one call may hold; loops recompute (checkpoint) to fit, a "
-     "call that cannot fit fails with RESOURCE_EXHAUSTED (none/0: unbounded)"),
+    (
+        "max-tape-bytes",
+        parse_optional_size,
+        "bound on the tape (residuals) one call may hold; loops recompute (checkpoint) to fit, a "
+        "call that cannot fit fails with RESOURCE_EXHAUSTED (none/0: unbounded)",
+    ),
     ("max-nodes", int, "nodes in one graph, subgraphs included (beyond: RESOURCE_EXHAUSTED)"),
-    ("max-elements", int, "elements of any one array in a graph or request (beyond: "
-                          "RESOURCE_EXHAUSTED)"),
+    (
+        "max-elements",
+        int,
+        "elements of any one array in a graph or request (beyond: RESOURCE_EXHAUSTED)",
+    ),
     ("max-message-bytes", parse_size, "largest request accepted (beyond: RESOURCE_EXHAUSTED)"),
-    ("cache-bytes", parse_size, "bound of the LRU cache of graphs and large tensors by digest, "
-                                "shared by all clients"),
-    ("grace-seconds", float, "on SIGTERM/SIGINT: time in-flight calls get to finish before they "
-                             "are cancelled"),
-    ("shutdown-delay-seconds", float, "on SIGTERM/SIGINT: time health answers NOT_SERVING while "
-                                      "calls are still accepted, before the drain starts"),
+    (
+        "cache-bytes",
+        parse_size,
+        "bound of the LRU cache of graphs and large tensors by digest, shared by all clients",
+    ),
+    (
+        "grace-seconds",
+        float,
+        "on SIGTERM/SIGINT: time in-flight calls get to finish before they are cancelled",
+    ),
+    (
+        "shutdown-delay-seconds",
+        float,
+        "on SIGTERM/SIGINT: time health answers NOT_SERVING while "
+        "calls are still accepted, before the drain starts",
+    ),
 ]
 
 
@@ -59,20 +76,24 @@ def _env_name(flag):
 
 def build_parser() -> argparse.ArgumentParser:
     from gradserve.server.server import Config  # light: no grpc server started
+
     defaults = Config()
     parser = argparse.ArgumentParser(
-        prog="gradserve", description="gradserve: values and derivatives of serialized "
-        "computation graphs over gRPC.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="gradserve",
+        description="gradserve: values and derivatives of serialized computation graphs over gRPC.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the gRPC server (health, reflection, Prometheus metrics)",
+        "serve",
+        help="run the gRPC server (health, reflection, Prometheus metrics)",
         description="Run the gradserve gRPC server: the gradserve.v1.Gradients service, the "
         "standard grpc.health.v1 health service and server reflection, with Prometheus metrics "
         "at http://HOST:METRICS_PORT/metrics. Each flag may instead be set by the environment "
         "variable shown; the flag wins. SIGTERM stops accepting calls, drains in-flight calls "
         "within --grace-seconds and exits 0.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     for flag, kind, text in _SERVE_OPTIONS:
         attr = flag.replace("-", "_")
         default = getattr(defaults, attr)
@@ -82,21 +103,34 @@ def build_parser() -> argparse.ArgumentParser:
                 default = kind(os.environ[env])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"{env}={os.environ[env]!r}: {exc}")
-        serve.add_argument(f"--{flag}", type=kind, default=default, metavar=attr.upper(),
-                           help=f"{text} [env {env}]")
-    serve.add_argument("--log-level", default=os.environ.get("GRADSERVE_LOG_LEVEL", "INFO"),
-                       help="logging level (one line per failed call at WARNING) "
-                            "[env GRADSERVE_LOG_LEVEL]")
+        serve.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=default,
+            metavar=attr.upper(),
+            help=f"{text} [env {env}]",
+        )
+    serve.add_argument(
+        "--log-level",
+        default=os.environ.get("GRADSERVE_LOG_LEVEL", "INFO"),
+        help="logging level (one line per failed call at WARNING) [env GRADSERVE_LOG_LEVEL]",
+    )
     health = commands.add_parser(
-        "health", help="check a server with the standard gRPC health check",
+        "health",
+        help="check a server with the standard gRPC health check",
         description="Call grpc.health.v1.Health/Check on TARGET. Exit status 0 only when the "
         "server answers SERVING; 1 otherwise (NOT_SERVING, unreachable, timeout).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    health.add_argument("--target", default=os.environ.get("GRADSERVE_TARGET", "localhost:50051"),
-                        help="HOST:PORT of the server [env GRADSERVE_TARGET]")
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    health.add_argument(
+        "--target",
+        default=os.environ.get("GRADSERVE_TARGET", "localhost:50051"),
+        help="HOST:PORT of the server [env GRADSERVE_TARGET]",
+    )
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    health.add_argument("--service", default="",
-                        help="service name to check ('' = the whole server)")
+    health.add_argument(
+        "--service", default="", help="service name to check ('' = the whole server)"
+    )
     return parser
 
 
@@ -104,11 +138,13 @@ def health_check(target: str, timeout: float = 3.0, service: str = "") -> str:
     """The status name ("SERVING", "NOT_SERVING", ...) or a description of the failure."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
-                               wait_for_ready=True)
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True
+            )
         except grpc.RpcError as err:
             return f"{err.code().name}: {err.details()}"
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -120,11 +156,19 @@ def main(argv=None) -> int:
         status = health_check(args.target, args.timeout, args.service)
         print(status)
         return 0 if status == "SERVING" else 1
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from gradserve.server import Config, serve
-    config = Config(**{flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
-                       for flag, _, _ in _SERVE_OPTIONS})
+
+    config = Config(
+        **{
+            flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
+            for flag, _, _ in _SERVE_OPTIONS
+        }
+    )
     try:
         return serve(config)
     except OSError as exc:

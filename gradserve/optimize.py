@@ -15,6 +15,7 @@ Nesterov) and "adam".
 
 The inputs held fixed (`args`) are the same array objects on every call, so a Client sends a
 large one once and names it by its digest afterwards (see gs.Client)."""
+
 from __future__ import annotations
 
 import inspect
@@ -30,13 +31,15 @@ import numpy as np
 from gradserve.engine.arguments import coerce
 from gradserve.engine.graph import Graph
 
-__all__ = ["minimize", "FIRST_ORDER_METHODS"]
+__all__ = ["FIRST_ORDER_METHODS", "minimize"]
 
 
 def _so():
     # scipy.optimize takes about a second to import: only when minimize runs.
     import scipy.optimize
+
     return scipy.optimize
+
 
 FIRST_ORDER_METHODS = ("adam", "sgd")
 _HESSP_METHODS = frozenset({"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"})
@@ -45,8 +48,9 @@ _GRADIENT_FREE = frozenset({"nelder-mead", "powell", "cobyla", "cobyqa"})
 _HISTORY_FIELDS = ("step", "loss", "grad_norm", "time", "nfev")
 
 
-def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=None,
-             progress=None, **kwargs):
+def minimize(
+    graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=None, progress=None, **kwargs
+):
     """Minimise the scalar output of `graph` over its first input, starting at `x0`, with the
     other inputs held at `args`.
 
@@ -80,24 +84,33 @@ def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=N
         raise TypeError("gs.minimize: the graph has no inputs to optimise")
     variable = graph.inputs[0]
     if variable.spec.dtype not in ("float64", "float32"):
-        raise TypeError(f"gs.minimize optimises the first input {variable.name!r}, which must be "
-                        f"real floating point, got {variable.spec.dtype}")
+        raise TypeError(
+            f"gs.minimize optimises the first input {variable.name!r}, which must be "
+            f"real floating point, got {variable.spec.dtype}"
+        )
     if len(args) != len(graph.inputs) - 1:
         names = ", ".join(p.name for p in graph.inputs[1:]) or "none"
-        raise TypeError(f"gs.minimize: the graph's inputs after {variable.name!r} are held fixed "
-                        f"and need {len(graph.inputs) - 1} arguments ({names}), got {len(args)}")
+        raise TypeError(
+            f"gs.minimize: the graph's inputs after {variable.name!r} are held fixed "
+            f"and need {len(graph.inputs) - 1} arguments ({names}), got {len(args)}"
+        )
     x0 = np.array(x0, dtype=np.float64)
     if x0.size != variable.spec.size:
-        raise ValueError(f"x0 for input {variable.name!r} needs {variable.spec.size} elements "
-                         f"(shape {variable.spec.shape}), got shape {x0.shape}")
+        raise ValueError(
+            f"x0 for input {variable.name!r} needs {variable.spec.size} elements "
+            f"(shape {variable.spec.shape}), got shape {x0.shape}"
+        )
     # Copy the fixed inputs once, to read-only C-contiguous arrays of the input's dtype that
     # own their data: the same arrays then go to every call, so a Client neither converts them
     # on each step nor resends them, and since nothing can change them it hashes each large one
     # only once (it names it by its digest afterwards).
-    fixed = tuple(_readonly(np.array(coerce(a, p.spec, f"argument {p.name!r}"), order="C"))
-                  for a, p in zip(args, graph.inputs[1:]))
+    fixed = tuple(
+        _readonly(np.array(coerce(a, p.spec, f"argument {p.name!r}"), order="C"))
+        for a, p in zip(args, graph.inputs[1:])
+    )
     if backend is None:
         from gradserve.engine import Engine
+
         backend = Engine()
     options = dict(options or {})
     name = method.lower() if isinstance(method, str) else None
@@ -118,6 +131,7 @@ def minimize(graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=N
 
 # ---- evaluations -------------------------------------------------------------------------
 
+
 class _Objective:
     """The backend calls, the record of evaluations (for the per-step history) and the steps."""
 
@@ -130,7 +144,7 @@ class _Objective:
         self._zero_tangents = None
         self.calls: dict[str, int] = {}
         self.nfev = 0
-        self._seen: OrderedDict = OrderedDict()   # x bytes -> (loss, gradient or None)
+        self._seen: OrderedDict = OrderedDict()  # x bytes -> (loss, gradient or None)
         self.start = time.perf_counter()
         self.history = {k: [] for k in _HISTORY_FIELDS}
         self.bar = None
@@ -149,12 +163,13 @@ class _Objective:
         while len(self._seen) > 16:
             self._seen.popitem(last=False)
         if not self.history["step"]:
-            self.record(f, g)                       # step 0: the first point evaluated
+            self.record(f, g)  # step 0: the first point evaluated
 
     def value_and_grad(self, xflat):
         self._count("value_and_grad")
-        value, grad = self.backend.value_and_grad(self.graph, self._x(xflat), *self.fixed,
-                                                  argnums=0)
+        value, grad = self.backend.value_and_grad(
+            self.graph, self._x(xflat), *self.fixed, argnums=0
+        )
         f = float(value)
         g = np.asarray(grad, dtype=np.float64).reshape(-1)
         self._remember(xflat, f, g)
@@ -170,10 +185,12 @@ class _Objective:
         self._count("hvp")
         if self._zero_tangents is None:
             # One zero array per fixed input, reused: a Client sends each large one once.
-            self._zero_tangents = tuple(_readonly(np.zeros(q.spec.shape, q.spec.dtype))
-                                        for q in self.graph.inputs[1:])
-        out = self.backend.hvp(self.graph, (self._x(xflat),) + self.fixed,
-                               (self._x(p),) + self._zero_tangents)
+            self._zero_tangents = tuple(
+                _readonly(np.zeros(q.spec.shape, q.spec.dtype)) for q in self.graph.inputs[1:]
+            )
+        out = self.backend.hvp(
+            self.graph, (self._x(xflat),) + self.fixed, (self._x(p),) + self._zero_tangents
+        )
         return np.asarray(out[0], dtype=np.float64).reshape(-1)
 
     def hess(self, xflat):
@@ -188,7 +205,7 @@ class _Objective:
         hit = self._seen.get(key)
         if hit is not None and (hit[1] is not None or self.calls.get("value_and_grad", 0) == 0):
             return hit
-        if self.calls.get("value_and_grad", 0) == 0:     # a gradient-free method
+        if self.calls.get("value_and_grad", 0) == 0:  # a gradient-free method
             return self.value(xflat), None
         return self.value_and_grad(xflat)
 
@@ -213,14 +230,19 @@ def _readonly(a):
 
 def _check_scalar_output(graph):
     outs = graph.outputs
-    if len(outs) != 1 or outs[0].spec.shape != () or \
-            outs[0].spec.dtype not in ("float64", "float32"):
+    if (
+        len(outs) != 1
+        or outs[0].spec.shape != ()
+        or outs[0].spec.dtype not in ("float64", "float32")
+    ):
         got = ", ".join(str(p.spec) for p in outs) or "no outputs"
-        raise TypeError("gs.minimize needs a graph with one real scalar output; "
-                        f"this one gives {got}")
+        raise TypeError(
+            f"gs.minimize needs a graph with one real scalar output; this one gives {got}"
+        )
 
 
 # ---- progress --------------------------------------------------------------------------
+
 
 def _progress_bar(progress, maxiter, desc):
     if progress is False:
@@ -232,17 +254,25 @@ def _progress_bar(progress, maxiter, desc):
     if not interactive:
         return None
     from tqdm import tqdm
+
     try:
         size = os.get_terminal_size(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):
         size = os.terminal_size((0, 0))
     # A terminal that reports no size (a bare pty) would hide the bar: assume 100 x 24.
-    return tqdm(total=maxiter if isinstance(maxiter, (int, np.integer)) else None, desc=desc,
-                unit="step", file=sys.stderr, leave=True,
-                ncols=None if size.columns > 0 else 100, nrows=None if size.lines > 0 else 24)
+    return tqdm(
+        total=maxiter if isinstance(maxiter, (int, np.integer)) else None,
+        desc=desc,
+        unit="step",
+        file=sys.stderr,
+        leave=True,
+        ncols=None if size.columns > 0 else 100,
+        nrows=None if size.lines > 0 else 24,
+    )
 
 
 # ---- user callbacks ----------------------------------------------------------------------
+
 
 def _wants_result(callback) -> bool:
     try:
@@ -262,13 +292,14 @@ def _call_user(callback, wants_result, x, f, g, extra=None, nit=None):
         if nit is not None:
             r.nit = nit
         callback(intermediate_result=r)
-    elif extra is not None and "constr_violation" in extra:    # trust-constr's (x, state)
+    elif extra is not None and "constr_violation" in extra:  # trust-constr's (x, state)
         callback(x, _so().OptimizeResult(extra, x=x))
     else:
         callback(x)
 
 
 # ---- SciPy ------------------------------------------------------------------------------
+
 
 def _scipy(method, name, obj: _Objective, x0, options, bar, **kwargs):
     if "jac" in kwargs:
@@ -288,8 +319,14 @@ def _scipy(method, name, obj: _Objective, x0, options, bar, **kwargs):
             extra = dict(r) if isinstance(r, _so().OptimizeResult) else None
             if extra is not None:
                 extra.pop("x", None)
-            _call_user(user_callback, wants_result, x.reshape(obj.shape), f,
-                       None if g is None else g.reshape(obj.shape), extra)
+            _call_user(
+                user_callback,
+                wants_result,
+                x.reshape(obj.shape),
+                f,
+                None if g is None else g.reshape(obj.shape),
+                extra,
+            )
 
     if name in _GRADIENT_FREE:
         fun, jac = obj.value, None
@@ -299,17 +336,22 @@ def _scipy(method, name, obj: _Objective, x0, options, bar, **kwargs):
         kwargs["hessp"] = obj.hessp
     if name in _HESS_METHODS and "hess" not in kwargs and "hessp" not in kwargs:
         kwargs["hess"] = obj.hess
-    return _so().minimize(fun, x0, method=method, jac=jac, callback=step,
-                                   options=options or None, **kwargs)
+    return _so().minimize(
+        fun, x0, method=method, jac=jac, callback=step, options=options or None, **kwargs
+    )
 
 
 # ---- first-order loops -------------------------------------------------------------------
 
-def _first_order(name, obj: _Objective, x, options, bar, *, bounds=None, tol=None,
-                 callback=None, **kwargs):
+
+def _first_order(
+    name, obj: _Objective, x, options, bar, *, bounds=None, tol=None, callback=None, **kwargs
+):
     if kwargs:
-        raise TypeError(f"method {name!r} does not take {', '.join(sorted(kwargs))} "
-                        "(it takes options, bounds, tol and callback)")
+        raise TypeError(
+            f"method {name!r} does not take {', '.join(sorted(kwargs))} "
+            "(it takes options, bounds, tol and callback)"
+        )
     opts = dict(options)
     maxiter = int(opts.pop("maxiter", 1000))
     lr = opts.pop("learning_rate", 1e-3 if name == "adam" else 1e-2)
@@ -323,8 +365,11 @@ def _first_order(name, obj: _Objective, x, options, bar, *, bounds=None, tol=Non
         eps = float(opts.pop("eps", 1e-8))
     opts.pop("disp", None)
     if opts:
-        warnings.warn(f"Unknown solver options: {', '.join(sorted(opts))}", _so().OptimizeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"Unknown solver options: {', '.join(sorted(opts))}",
+            _so().OptimizeWarning,
+            stacklevel=3,
+        )
     if maxiter < 0:
         raise ValueError(f"maxiter must be >= 0, got {maxiter}")
     learning_rate = lr if callable(lr) else (lambda k, lr=float(lr): lr)
@@ -348,8 +393,14 @@ def _first_order(name, obj: _Objective, x, options, bar, *, bounds=None, tol=Non
             break
         if k:
             try:
-                _call_user(callback, wants_result, x.reshape(obj.shape).copy(), f,
-                           g.reshape(obj.shape).copy(), nit=nit)
+                _call_user(
+                    callback,
+                    wants_result,
+                    x.reshape(obj.shape).copy(),
+                    f,
+                    g.reshape(obj.shape).copy(),
+                    nit=nit,
+                )
             except StopIteration:
                 status, message = 99, "`callback` raised `StopIteration`."
                 break
@@ -360,7 +411,7 @@ def _first_order(name, obj: _Objective, x, options, bar, *, bounds=None, tol=Non
         if k == maxiter:
             break
         rate = float(learning_rate(k))
-        with np.errstate(over="ignore", invalid="ignore"):   # divergence: status 3 next step
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence: status 3 next step
             if name == "sgd":
                 velocity = momentum * velocity - rate * g
                 x = x + (momentum * velocity - rate * g if nesterov else velocity)
@@ -368,14 +419,23 @@ def _first_order(name, obj: _Objective, x, options, bar, *, bounds=None, tol=Non
                 t = k + 1
                 m = beta1 * m + (1 - beta1) * g
                 v = beta2 * v + (1 - beta2) * (g * g)
-                m_hat = m / (1 - beta1 ** t)
-                v_hat = v / (1 - beta2 ** t)
+                m_hat = m / (1 - beta1**t)
+                v_hat = v / (1 - beta2**t)
                 x = x - rate * m_hat / (np.sqrt(v_hat) + eps)
             if lower is not None:
                 x = np.clip(x, lower, upper)
         nit += 1
-    return _so().OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=obj.nfev, njev=obj.nfev,
-                          status=status, success=status == 0, message=message)
+    return _so().OptimizeResult(
+        x=x,
+        fun=f,
+        jac=g,
+        nit=nit,
+        nfev=obj.nfev,
+        njev=obj.nfev,
+        status=status,
+        success=status == 0,
+        message=message,
+    )
 
 
 def _bounds(bounds, n):
@@ -396,6 +456,7 @@ def _bounds(bounds, n):
 
 # ---- the result --------------------------------------------------------------------------
 
+
 def _finish(res, obj: _Objective):
     shape = obj.shape
     x = np.asarray(res.x, dtype=np.float64)
@@ -406,7 +467,9 @@ def _finish(res, obj: _Objective):
         res.jac = jac.reshape(shape)
     if "fun" in res:
         res.fun = float(np.asarray(res.fun))
-    res.history = {k: np.asarray(v, dtype=np.int64 if k in ("step", "nfev") else np.float64)
-                   for k, v in obj.history.items()}
+    res.history = {
+        k: np.asarray(v, dtype=np.int64 if k in ("step", "nfev") else np.float64)
+        for k, v in obj.history.items()
+    }
     res.backend_calls = dict(obj.calls)
     return res

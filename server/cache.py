@@ -4,6 +4,7 @@ Segmented LRU: an entry put "on probation" (a tensor seen for the first time) li
 probation segment of at most a quarter of the bytes, and moves to the protected segment when
 it is used again. A client whose large arguments change on every call (weights in a training
 loop) then only churns the probation segment; graphs and data that repeat stay."""
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,7 @@ class ByteLRU:
     def __init__(self, max_bytes: int, on_change=None, probation_fraction: float = 0.25):
         self.max_bytes = int(max_bytes)
         self.max_probation_bytes = int(max_bytes * probation_fraction)
-        self._protected: OrderedDict = OrderedDict()   # key -> (value, nbytes)
+        self._protected: OrderedDict = OrderedDict()  # key -> (value, nbytes)
         self._probation: OrderedDict = OrderedDict()
         self._bytes = 0
         self._probation_bytes = 0
@@ -33,7 +34,7 @@ class ByteLRU:
             if item is None:
                 return None
             self._probation_bytes -= item[1]
-            self._protected[key] = item              # used again: promoted
+            self._protected[key] = item  # used again: promoted
             self._evict()
             entries, total = len(self), self._bytes
         self._on_change(entries, total)

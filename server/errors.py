@@ -3,6 +3,7 @@
 Every failure carries an ErrorInfo whose `reason` is the Python exception class the engine
 raised (the client re-raises that class) and, when something can be named, a BadRequest
 field violation naming the node, field or input."""
+
 from __future__ import annotations
 
 import re
@@ -10,23 +11,23 @@ import re
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
 from gradserve.client.codec import ERROR_DOMAIN
 from gradserve.engine import GraphError, LimitError
+from grpc_status import rpc_status
 
 
 class Failure(Exception):
     """A request that fails with `code`; raised inside the servicer and turned into a status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", where: str = "",
-                 missing=()):
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str = "", where: str = "", missing=()
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
         self.where = where
-        self.missing = tuple(missing)   # (resource_type, digest) pairs for NOT_FOUND
+        self.missing = tuple(missing)  # (resource_type, digest) pairs for NOT_FOUND
 
 
 class Stopped(Exception):
@@ -34,8 +35,13 @@ class Stopped(Exception):
 
 
 _ARGUMENT = re.compile(r"^((?:argument|primal|tangent|input) '[^']*'|cotangent of output \d+)")
-_PREFIXES = (("argnums", "argnums"), ("mode must", "mode"), ("method must", "method"),
-             ("the graph takes", "args"), ("the graph has", "cotangents"))
+_PREFIXES = (
+    ("argnums", "argnums"),
+    ("mode must", "mode"),
+    ("method must", "method"),
+    ("the graph takes", "args"),
+    ("the graph has", "cotangents"),
+)
 
 
 def argument_field(message: str) -> str:
@@ -58,13 +64,19 @@ def failure_from_exception(exc: BaseException) -> Failure:
     if isinstance(exc, GraphError):
         return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "GraphError", exc.where)
     if isinstance(exc, MemoryError):
-        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"the server ran out of memory for this request ({exc})", "MemoryError")
+        return Failure(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server ran out of memory for this request ({exc})",
+            "MemoryError",
+        )
     if isinstance(exc, (TypeError, ValueError)):
         kind = "TypeError" if isinstance(exc, TypeError) else "ValueError"
         return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc), kind, argument_field(str(exc)))
-    return Failure(grpc.StatusCode.INTERNAL,
-                   f"internal error ({type(exc).__name__}: {exc})", type(exc).__name__)
+    return Failure(
+        grpc.StatusCode.INTERNAL,
+        f"internal error ({type(exc).__name__}: {exc})",
+        type(exc).__name__,
+    )
 
 
 def _pack(message) -> any_pb2.Any:
@@ -77,18 +89,31 @@ def to_status(failure: Failure) -> grpc.Status:
     details = []
     if failure.reason:
         metadata = {"where": failure.where} if failure.where else {}
-        details.append(_pack(error_details_pb2.ErrorInfo(reason=failure.reason,
-                                                         domain=ERROR_DOMAIN, metadata=metadata)))
+        details.append(
+            _pack(
+                error_details_pb2.ErrorInfo(
+                    reason=failure.reason, domain=ERROR_DOMAIN, metadata=metadata
+                )
+            )
+        )
     if failure.where:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=failure.where,
-                                                                description=failure.message)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=failure.where, description=failure.message
+        )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     for resource_type, name in failure.missing:
-        details.append(_pack(error_details_pb2.ResourceInfo(
-            resource_type=resource_type, resource_name=name,
-            description="unknown digest: send the body")))
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=resource_type,
+                    resource_name=name,
+                    description="unknown digest: send the body",
+                )
+            )
+        )
     message = failure.message
     if len(message) > 4000:
         message = message[:4000] + " ..."
-    return rpc_status.to_status(status_pb2.Status(code=failure.code.value[0], message=message,
-                                                  details=details))
+    return rpc_status.to_status(
+        status_pb2.Status(code=failure.code.value[0], message=message, details=details)
+    )

@@ -2,6 +2,7 @@
 
 They live in the default registry, next to the client library's process/platform/GC
 collectors, and are served by prometheus_client's own HTTP server on --metrics-port."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
@@ -10,32 +11,66 @@ disable_created_metrics()  # no *_created series: they double the scrape for not
 
 _BYTE_BUCKETS = tuple(float(1 << k) for k in range(10, 36, 2))  # 1 KiB .. 16 GiB, x4
 _ENTRY_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000, 1000000)
-_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
-                    10, 30, 60, 120)
+_SECONDS_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
 
-REQUESTS = Counter("gradserve_requests", "Requests by RPC method and gRPC status code.",
-                   ["method", "code"])
-DURATION = Histogram("gradserve_request_duration_seconds",
-                     "Wall time of a request in the server, decoding to reply.", ["method"],
-                     buckets=_SECONDS_BUCKETS)
-TAPE_BYTES = Histogram("gradserve_tape_bytes",
-                       "Largest bytes of residuals a request's reverse pass held (one observation "
-                       "per successful request).", ["method"], buckets=_BYTE_BUCKETS)
-TAPE_ENTRIES = Histogram("gradserve_tape_entries",
-                         "Residual arrays held for a request's reverse pass (one observation per "
-                         "successful request).", ["method"], buckets=_ENTRY_BUCKETS)
-TAPE_IN_USE = Gauge("gradserve_tape_bytes_in_use",
-                    "Tape bytes of the requests computing now (tapes alive).")
+REQUESTS = Counter(
+    "gradserve_requests", "Requests by RPC method and gRPC status code.", ["method", "code"]
+)
+DURATION = Histogram(
+    "gradserve_request_duration_seconds",
+    "Wall time of a request in the server, decoding to reply.",
+    ["method"],
+    buckets=_SECONDS_BUCKETS,
+)
+TAPE_BYTES = Histogram(
+    "gradserve_tape_bytes",
+    "Largest bytes of residuals a request's reverse pass held (one observation "
+    "per successful request).",
+    ["method"],
+    buckets=_BYTE_BUCKETS,
+)
+TAPE_ENTRIES = Histogram(
+    "gradserve_tape_entries",
+    "Residual arrays held for a request's reverse pass (one observation per successful request).",
+    ["method"],
+    buckets=_ENTRY_BUCKETS,
+)
+TAPE_IN_USE = Gauge(
+    "gradserve_tape_bytes_in_use", "Tape bytes of the requests computing now (tapes alive)."
+)
 INFLIGHT = Gauge("gradserve_inflight_requests", "Requests being handled now.")
-RECOMPUTED_OPS = Counter("gradserve_recomputed_ops",
-                         "Ops run again by checkpointed loops under the tape budget "
-                         "(--max-tape-bytes) instead of being held on the tape.", ["method"])
-CACHE_ENTRIES = Gauge("gradserve_graph_cache_entries",
-                      "Entries (graphs and large tensors) in the digest cache.")
+RECOMPUTED_OPS = Counter(
+    "gradserve_recomputed_ops",
+    "Ops run again by checkpointed loops under the tape budget "
+    "(--max-tape-bytes) instead of being held on the tape.",
+    ["method"],
+)
+CACHE_ENTRIES = Gauge(
+    "gradserve_graph_cache_entries", "Entries (graphs and large tensors) in the digest cache."
+)
 CACHE_BYTES = Gauge("gradserve_graph_cache_bytes", "Bytes charged to the digest cache.")
 CACHE_HITS = Counter("gradserve_graph_cache_hits", "Digests found in the cache.")
-CACHE_MISSES = Counter("gradserve_graph_cache_misses",
-                       "Digests not found in the cache (answered NOT_FOUND).")
+CACHE_MISSES = Counter(
+    "gradserve_graph_cache_misses", "Digests not found in the cache (answered NOT_FOUND)."
+)
 
 METHODS = ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "Hessian", "CheckGrad")
 

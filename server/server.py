@@ -1,4 +1,5 @@
 """Starting and stopping the gRPC server: `serve(Config(...))` or `gradserve serve`."""
+
 from __future__ import annotations
 
 import logging
@@ -11,12 +12,11 @@ from concurrent import futures
 from dataclasses import dataclass, fields
 
 import grpc
+from gradserve.engine import Engine, Limits
+from gradserve.engine.limits import DEFAULT_LIMITS
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-
-from gradserve.engine import Engine, Limits
-from gradserve.engine.limits import DEFAULT_LIMITS
 
 from .servicer import SERVICE_NAME, Servicer
 
@@ -34,10 +34,12 @@ def tune_malloc():
         return False
     try:
         import ctypes
+
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * MiB)) and \
-            bool(libc.mallopt(M_TRIM_THRESHOLD, 512 * MiB))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * MiB)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, 512 * MiB)
+        )
     except (OSError, AttributeError):
         return False
 
@@ -49,11 +51,12 @@ def default_workers() -> int:
 @dataclass
 class Config:
     """Server settings; each is the flag --NAME (dashes) and the env var GRADSERVE_NAME."""
+
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 9464
-    workers: int = 0                    # 0: max(4, 2 x CPUs)
-    max_tape_bytes: int | None = None   # None: unbounded
+    workers: int = 0  # 0: max(4, 2 x CPUs)
+    max_tape_bytes: int | None = None  # None: unbounded
     max_nodes: int = DEFAULT_LIMITS.max_nodes
     max_elements: int = DEFAULT_LIMITS.max_elements
     max_message_bytes: int = 256 * MiB
@@ -61,7 +64,7 @@ class Config:
     grace_seconds: float = 10.0
     shutdown_delay_seconds: float = 1.0
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return Config(**values)
@@ -70,8 +73,9 @@ class Config:
 class Running:
     """A started server: its ports, and stop()."""
 
-    def __init__(self, config, server, servicer, health_servicer, metrics_http, port, metrics_port,
-                 pools=()):
+    def __init__(
+        self, config, server, servicer, health_servicer, metrics_http, port, metrics_port, pools=()
+    ):
         self.config = config
         self._pools = pools  # thread pools to shut down with the server
         self.servicer = servicer
@@ -91,7 +95,7 @@ class Running:
         # probes that check now stop sending here before the listener closes.
         time.sleep(max(0.0, min(self.config.shutdown_delay_seconds, grace)))
         log.info("shutting down: draining in-flight calls (grace %.1fs)", grace)
-        done = self.server.stop(grace)     # new calls are refused from now on
+        done = self.server.stop(grace)  # new calls are refused from now on
         # Wait for the Gradients calls in flight, then end the rest at once: open health
         # Watch streams (load balancers, probes) would otherwise hold the whole grace period.
         deadline = time.monotonic() + grace
@@ -114,26 +118,36 @@ class Running:
 def start(config: Config) -> Running:
     workers = config.workers or default_workers()
     tune_malloc()
-    engine = Engine(max_tape_bytes=config.max_tape_bytes,
-                    limits=Limits(max_nodes=config.max_nodes, max_elements=config.max_elements))
+    engine = Engine(
+        max_tape_bytes=config.max_tape_bytes,
+        limits=Limits(max_nodes=config.max_nodes, max_elements=config.max_elements),
+    )
     servicer = Servicer(engine, config.cache_bytes, workers)
     # More threads than compute slots: health checks and reflection answer while every compute
     # slot is busy (the servicer's semaphore bounds concurrent computations to `workers`).
     executor = futures.ThreadPoolExecutor(max_workers=workers + 4, thread_name_prefix="gradserve")
-    server = grpc.server(executor, options=[
-        ("grpc.max_receive_message_length", int(config.max_message_bytes)),
-        ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.server(
+        executor,
+        options=[
+            ("grpc.max_receive_message_length", int(config.max_message_bytes)),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_pool = futures.ThreadPoolExecutor(max_workers=1)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True,
-                                            experimental_thread_pool=health_pool)
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True, experimental_thread_pool=health_pool
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}" if ":" not in config.host \
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = (
+        f"{config.host}:{config.port}"
+        if ":" not in config.host
         else f"[{config.host.strip('[]')}]:{config.port}"
+    )
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -149,8 +163,16 @@ def start(config: Config) -> Running:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(config, server, servicer, health_servicer, metrics_http, port, metrics_port,
-                   pools=(executor, health_pool))
+    return Running(
+        config,
+        server,
+        servicer,
+        health_servicer,
+        metrics_http,
+        port,
+        metrics_port,
+        pools=(executor, health_pool),
+    )
 
 
 def serve(config: Config | None = None, *, block: bool = True, **overrides):
@@ -158,12 +180,22 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
     with block=False return the Running server at once."""
     config = (config or Config()).replace(**overrides) if overrides else (config or Config())
     running = start(config)
-    metrics = (f", metrics http://{config.host}:{running.metrics_port}/metrics"
-               if running.metrics_port else "")
-    log.info("gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
-             "max tape %s)", config.host, running.port, metrics,
-             config.workers or default_workers(), config.max_message_bytes, config.cache_bytes,
-             config.max_tape_bytes)
+    metrics = (
+        f", metrics http://{config.host}:{running.metrics_port}/metrics"
+        if running.metrics_port
+        else ""
+    )
+    log.info(
+        "gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
+        "max tape %s)",
+        config.host,
+        running.port,
+        metrics,
+        config.workers or default_workers(),
+        config.max_message_bytes,
+        config.cache_bytes,
+        config.max_tape_bytes,
+    )
     if not block:
         return running
     stop = threading.Event()

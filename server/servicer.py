@@ -4,6 +4,7 @@ Handlers are registered with no (de)serializers, so they receive the raw request
 decode them themselves: whatever the bytes, the reply is a status code from the documented set
 (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, NOT_FOUND, DEADLINE_EXCEEDED, CANCELLED), never an
 exception escaping into grpc (which would answer UNKNOWN or INTERNAL)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-
-from gradserve.client.codec import (GRAPH_RESOURCE, TENSOR_RESOURCE, fill_tensor, fill_tensors,
-                                    fill_value, from_tensor, proto_digest, result_nbytes,
-                                    tensor_field_parts, value_parts)
+from gradserve.client.codec import (
+    GRAPH_RESOURCE,
+    TENSOR_RESOURCE,
+    fill_tensor,
+    fill_tensors,
+    fill_value,
+    from_tensor,
+    proto_digest,
+    result_nbytes,
+    tensor_field_parts,
+    value_parts,
+)
 from gradserve.engine import Engine, Graph
 from gradserve.v1 import service_pb2 as pb
 
@@ -41,11 +50,11 @@ class _Call:
         self.deadline = None
         self.compute_seconds = 0.0
         self.stats = None
-        self.held = 0                 # tape bytes this call has added to the in-use gauge
-        self.pending = []             # (digest future, array) of tensors sent with `remember`
+        self.held = 0  # tape bytes this call has added to the in-use gauge
+        self.pending = []  # (digest future, array) of tensors sent with `remember`
         try:
             remaining = context.time_remaining()
-        except Exception:  # noqa: BLE001 - no deadline
+        except Exception:
             remaining = None
         if remaining is not None and remaining < 1e8:
             self.deadline = time.monotonic() + remaining
@@ -76,12 +85,21 @@ class _Call:
         empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
         missing = []
         graph = self.servicer.graph(graph_ref, missing)
-        arrays = [[self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending)
-                   for i, ref in enumerate(refs)] for name, refs in fields]
+        arrays = [
+            [
+                self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending)
+                for i, ref in enumerate(refs)
+            ]
+            for name, refs in fields
+        ]
         if missing:
-            raise Failure(grpc.StatusCode.NOT_FOUND,
-                          f"unknown digest(s): {', '.join(d[:12] + '...' for _, d in missing)}; "
-                          "send the body", "NotFound", missing=missing)
+            raise Failure(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown digest(s): {', '.join(d[:12] + '...' for _, d in missing)}; "
+                "send the body",
+                "NotFound",
+                missing=missing,
+            )
         return graph, arrays
 
     # -- running ------------------------------------------------------------------------------
@@ -89,7 +107,7 @@ class _Call:
     def run(self, fn, graph, *args, **kwargs):
         servicer = self.servicer
         slots = servicer.slots
-        while not slots.acquire(timeout=0.05):   # queued: still honour deadline/cancellation
+        while not slots.acquire(timeout=0.05):  # queued: still honour deadline/cancellation
             self()
         start = time.perf_counter()
         try:
@@ -104,9 +122,13 @@ class _Call:
 
     def call_stats(self) -> pb.CallStats:
         s = self.stats
-        return pb.CallStats(tape_bytes=s.tape_bytes, tape_entries=s.tape_entries,
-                            peak_bytes=s.peak_bytes, recomputed_ops=s.recomputed_ops,
-                            compute_seconds=self.compute_seconds)
+        return pb.CallStats(
+            tape_bytes=s.tape_bytes,
+            tape_entries=s.tape_entries,
+            peak_bytes=s.peak_bytes,
+            recomputed_ops=s.recomputed_ops,
+            compute_seconds=self.compute_seconds,
+        )
 
 
 class _Reply:
@@ -115,7 +137,7 @@ class _Reply:
 
     def __init__(self, msg, **fields):
         self.msg = msg
-        self.fields = fields          # name -> ("value" | "tensor" | "tensors", result)
+        self.fields = fields  # name -> ("value" | "tensor" | "tensors", result)
 
     def to_bytes(self) -> bytes:
         msg = self.msg
@@ -149,8 +171,12 @@ def _argnums(req):
     if req.argnums.is_tuple:
         return indices
     if len(indices) != 1:
-        raise Failure(_INVALID, f"argnums is an int but carries {len(indices)} indices",
-                      "ValueError", "argnums")
+        raise Failure(
+            _INVALID,
+            f"argnums is an int but carries {len(indices)} indices",
+            "ValueError",
+            "argnums",
+        )
     return indices[0]
 
 
@@ -161,7 +187,7 @@ class Servicer:
         self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
         self.slots = threading.BoundedSemaphore(workers)
         self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradserve-hash")
-        self.inflight = 0                     # Gradients calls being handled (for draining)
+        self.inflight = 0  # Gradients calls being handled (for draining)
         self._inflight_lock = threading.Lock()
         m.initialise()
 
@@ -169,9 +195,12 @@ class Servicer:
 
     def _lookup(self, kind, digest, resource, missing):
         if not _DIGEST.match(digest):
-            raise Failure(_INVALID, f"{digest[:80]!r} is not a lowercase hex sha256 digest",
-                          "GraphError" if kind == "g" else "ValueError",
-                          "graph.digest" if kind == "g" else "tensor digest")
+            raise Failure(
+                _INVALID,
+                f"{digest[:80]!r} is not a lowercase hex sha256 digest",
+                "GraphError" if kind == "g" else "ValueError",
+                "graph.digest" if kind == "g" else "tensor digest",
+            )
         value = self.cache.get(kind + digest)
         if value is None:
             m.CACHE_MISSES.inc()
@@ -185,8 +214,12 @@ class Servicer:
         if kind == "digest":
             return self._lookup("g", ref.digest, GRAPH_RESOURCE, missing)
         if kind != "body":
-            raise Failure(_INVALID, "graph: the request names no graph (neither body nor digest)",
-                          "GraphError", "graph")
+            raise Failure(
+                _INVALID,
+                "graph: the request names no graph (neither body nor digest)",
+                "GraphError",
+                "graph",
+            )
         body = ref.body
         key = "g" + hashlib.sha256(body).hexdigest()
         graph = self.cache.get(key)
@@ -213,7 +246,7 @@ class Servicer:
         for future, array in pending:
             try:
                 digest = future.result()
-            except Exception:  # noqa: BLE001 - cannot happen for a decoded tensor; never fatal
+            except Exception:
                 continue
             self.cache.put("t" + digest, array, array.nbytes, probation=True)
 
@@ -231,18 +264,22 @@ class Servicer:
         return _Reply(pb.ValueAndGradResponse(), value=("tensor", value), grad=("value", grad))
 
     def vjp(self, req, call):
-        graph, (primals, cts) = call.resolve(req.graph, ("primals", req.primals),
-                                             ("cotangents", req.cotangents))
+        graph, (primals, cts) = call.resolve(
+            req.graph, ("primals", req.primals), ("cotangents", req.cotangents)
+        )
         out, input_cts = call.run(self.engine.vjp, graph, tuple(primals), tuple(cts))
-        return _Reply(pb.VjpResponse(), outputs=("value", out),
-                      input_cotangents=("tensors", input_cts))
+        return _Reply(
+            pb.VjpResponse(), outputs=("value", out), input_cotangents=("tensors", input_cts)
+        )
 
     def jvp(self, req, call):
-        graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
-                                                  ("tangents", req.tangents))
+        graph, (primals, tangents) = call.resolve(
+            req.graph, ("primals", req.primals), ("tangents", req.tangents)
+        )
         out, out_tangents = call.run(self.engine.jvp, graph, tuple(primals), tuple(tangents))
-        return _Reply(pb.JvpResponse(), outputs=("value", out),
-                      output_tangents=("value", out_tangents))
+        return _Reply(
+            pb.JvpResponse(), outputs=("value", out), output_tangents=("value", out_tangents)
+        )
 
     def jacobian(self, req, call):
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
@@ -252,8 +289,9 @@ class Servicer:
         return _Reply(pb.JacobianResponse(), jacobian=("value", jac))
 
     def hvp(self, req, call):
-        graph, (primals, tangents) = call.resolve(req.graph, ("primals", req.primals),
-                                                  ("tangents", req.tangents))
+        graph, (primals, tangents) = call.resolve(
+            req.graph, ("primals", req.primals), ("tangents", req.tangents)
+        )
         out = call.run(self.engine.hvp, graph, tuple(primals), tuple(tangents))
         return _Reply(pb.HvpResponse(), tangents=("tensors", out))
 
@@ -267,10 +305,15 @@ class Servicer:
         graph, (args,) = call.resolve(req.graph, ("args", req.args))
         method = req.method if req.HasField("method") else "central"
         report = call.run(self.engine.check_grad, graph, *args, method=method)
-        reply = pb.CheckGradResponse(method=report.method, max_abs_error=report.max_abs_error,
-                                     max_rel_error=report.max_rel_error, ok=bool(report.ok))
-        return _Reply(reply, analytic=("tensors", report.analytic),
-                      numeric=("tensors", report.numeric))
+        reply = pb.CheckGradResponse(
+            method=report.method,
+            max_abs_error=report.max_abs_error,
+            max_rel_error=report.max_rel_error,
+            ok=bool(report.ok),
+        )
+        return _Reply(
+            reply, analytic=("tensors", report.analytic), numeric=("tensors", report.numeric)
+        )
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -283,10 +326,14 @@ class Servicer:
         try:
             try:
                 request = request_cls.FromString(request_bytes)
-            except Exception as exc:  # noqa: BLE001 - DecodeError, RecursionError, ...
-                raise Failure(_INVALID, f"the request is not a valid gradserve.v1."
-                              f"{request_cls.__name__} message ({exc})", "ValueError",
-                              "request") from None
+            except Exception as exc:
+                raise Failure(
+                    _INVALID,
+                    f"the request is not a valid gradserve.v1."
+                    f"{request_cls.__name__} message ({exc})",
+                    "ValueError",
+                    "request",
+                ) from None
             call = _Call(self, method, context)
             try:
                 reply = compute(request, call)
@@ -301,22 +348,31 @@ class Servicer:
             if call.stats.recomputed_ops:
                 series.recomputed_ops.inc(call.stats.recomputed_ops)
             return reply.to_bytes()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        except Exception as exc:
             if isinstance(exc, Stopped):
                 deadline = "deadline" in str(exc)
-                failure = Failure(grpc.StatusCode.DEADLINE_EXCEEDED if deadline
-                                  else grpc.StatusCode.CANCELLED,
-                                  f"{method}: {exc}; the computation was stopped",
-                                  "DeadlineExceeded" if deadline else "Cancelled")
+                failure = Failure(
+                    grpc.StatusCode.DEADLINE_EXCEEDED if deadline else grpc.StatusCode.CANCELLED,
+                    f"{method}: {exc}; the computation was stopped",
+                    "DeadlineExceeded" if deadline else "Cancelled",
+                )
             else:
                 failure = failure_from_exception(exc)
             code = failure.code.name
             level = logging.INFO if code == "NOT_FOUND" else logging.WARNING
             if code == "INTERNAL":
-                log.exception("%s INTERNAL peer=%s: unexpected server error", method,
-                              context.peer())
-            log.log(level, "%s %s peer=%s %.1fms: %s", method, code, context.peer(),
-                    (time.perf_counter() - start) * 1e3, failure.message[:500])
+                log.exception(
+                    "%s INTERNAL peer=%s: unexpected server error", method, context.peer()
+                )
+            log.log(
+                level,
+                "%s %s peer=%s %.1fms: %s",
+                method,
+                code,
+                context.peer(),
+                (time.perf_counter() - start) * 1e3,
+                failure.message[:500],
+            )
             context.abort_with_status(to_status(failure))
         finally:
             with self._inflight_lock:
@@ -341,7 +397,9 @@ class Servicer:
         def make(method, request_cls, compute):
             def handle(request_bytes, context):
                 return self._handle(method, request_cls, compute, request_bytes, context)
+
             return grpc.unary_unary_rpc_method_handler(handle)
 
         return grpc.method_handlers_generic_handler(
-            SERVICE_NAME, {name: make(name, cls, fn) for name, (cls, fn) in table.items()})
+            SERVICE_NAME, {name: make(name, cls, fn) for name, (cls, fn) in table.items()}
+        )

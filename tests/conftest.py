@@ -1,8 +1,10 @@
 """Shared fixtures. `backend` runs the contract tests against every implementation of the
 API: the in-process Engine, and a Client talking to a live server on loopback, started the way
 a user starts it (`python -m gradserve serve --port ... --metrics-port ...` in a subprocess)."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -29,21 +31,37 @@ class ServerProcess:
 
     def __init__(self, *flags, env=None, ready_timeout=60.0):
         from gradserve.__main__ import health_check
+
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log = tempfile.NamedTemporaryFile(prefix="gradserve-", suffix=".log", delete=False)
-        self.command = [sys.executable, "-m", "gradserve", "serve", "--host", "127.0.0.1",
-                        "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                        *map(str, flags)]
-        self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.command = [
+            sys.executable,
+            "-m",
+            "gradserve",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *map(str, flags),
+        ]
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gradserve serve exited with {self.proc.returncode}:\n"
-                                   + self.output())
+                raise RuntimeError(
+                    f"gradserve serve exited with {self.proc.returncode}:\n" + self.output()
+                )
             if health_check(self.address, timeout=1.0) == "SERVING":
                 break
             if time.monotonic() > deadline:
@@ -53,6 +71,7 @@ class ServerProcess:
 
     def health(self, timeout=5.0) -> str:
         from gradserve.__main__ import health_check
+
         return health_check(self.address, timeout=timeout)
 
     def output(self) -> str:
@@ -77,13 +96,11 @@ class ServerProcess:
     def close(self):
         try:
             self.terminate()
-        except Exception:  # noqa: BLE001 - cleanup
+        except Exception:
             self.kill()
         self.log.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.log.name)
-        except OSError:
-            pass
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 in-process Engine, and a Client talking to a live server when the service adds it). These tests
 use only the public API on `backend`: expected values are closed forms, identities, or finite
 differences computed here from `backend.evaluate` / `backend.grad`."""
+
 import math
 import warnings
 
@@ -26,8 +27,8 @@ def fd_gradient(backend, graph, args, i, h=1e-6):
         plus, minus = x.copy(), x.copy()
         plus[j] += step
         minus[j] -= step
-        f_plus = backend.evaluate(graph, *args[:i], plus, *args[i + 1:])
-        f_minus = backend.evaluate(graph, *args[:i], minus, *args[i + 1:])
+        f_plus = backend.evaluate(graph, *args[:i], plus, *args[i + 1 :])
+        f_minus = backend.evaluate(graph, *args[:i], minus, *args[i + 1 :])
         grad[j] = (f_plus - f_minus) / (2 * step)
     return grad
 
@@ -47,8 +48,9 @@ def fd_jacobian(backend, graph, args, i, output=None, h=1e-6):
         plus, minus = x.copy(), x.copy()
         plus[j] += step
         minus[j] -= step
-        jac[(Ellipsis,) + j] = (f(*args[:i], plus, *args[i + 1:]) - f(*args[:i], minus, *args[i + 1:])) \
-            / (2 * step)
+        jac[(Ellipsis,) + j] = (
+            f(*args[:i], plus, *args[i + 1 :]) - f(*args[:i], minus, *args[i + 1 :])
+        ) / (2 * step)
     return jac
 
 
@@ -62,8 +64,8 @@ def fd_hessian(backend, graph, args, i, h=1e-5):
         plus, minus = x.copy(), x.copy()
         plus[j] += step
         minus[j] -= step
-        g_plus = backend.grad(graph, *args[:i], plus, *args[i + 1:], argnums=i)
-        g_minus = backend.grad(graph, *args[:i], minus, *args[i + 1:], argnums=i)
+        g_plus = backend.grad(graph, *args[:i], plus, *args[i + 1 :], argnums=i)
+        g_minus = backend.grad(graph, *args[:i], minus, *args[i + 1 :], argnums=i)
         hess[(Ellipsis,) + j] = (g_plus - g_minus) / (2 * step)
     return hess
 
@@ -74,14 +76,21 @@ SEED_VALUE = math.log(2.0) + 10.0 - math.sin(5.0)
 SEED_GRAD = (5.5, 2.0 - math.cos(5.0))
 
 
-@pytest.mark.parametrize("specs", [(2.0, 5.0), (gs.Spec((), "float64"), gs.Spec((), "float64")),
-                                   (np.float64(2.0), np.array(5.0))], ids=["numbers", "specs", "numpy"])
+@pytest.mark.parametrize(
+    "specs",
+    [
+        (2.0, 5.0),
+        (gs.Spec((), "float64"), gs.Spec((), "float64")),
+        (np.float64(2.0), np.array(5.0)),
+    ],
+    ids=["numbers", "specs", "numpy"],
+)
 def test_seed_example(backend, specs):
     graph = gs.trace(seed_f, *specs)
     assert [p.name for p in graph.inputs] == ["x1", "x2"]
     value = backend.evaluate(graph, 2.0, 5.0)
     assert float(value) == pytest.approx(SEED_VALUE, rel=1e-14)
-    assert SEED_VALUE == pytest.approx(11.652071455223084)
+    assert pytest.approx(11.652071455223084) == SEED_VALUE
     value, (g1, g2) = backend.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
     assert float(value) == pytest.approx(SEED_VALUE, rel=1e-14)
     assert float(g1) == pytest.approx(SEED_GRAD[0], rel=1e-14)
@@ -123,8 +132,11 @@ def test_sin_x1_plus_x1_x2(backend, x1, x2):
     assert float(g1) == pytest.approx(math.cos(x1) + x2, abs=1e-15)
     assert float(g2) == pytest.approx(x1, abs=1e-15)
     hess = backend.hessian(graph, x1, x2, argnums=(0, 1))
-    np.testing.assert_allclose(np.array([[float(h) for h in row] for row in hess]),
-                               [[-math.sin(x1), 1.0], [1.0, 0.0]], atol=1e-15)
+    np.testing.assert_allclose(
+        np.array([[float(h) for h in row] for row in hess]),
+        [[-math.sin(x1), 1.0], [1.0, 0.0]],
+        atol=1e-15,
+    )
 
 
 # ---- evaluate / grad / value_and_grad on arrays -----------------------------------------------
@@ -174,6 +186,7 @@ def test_grad_of_non_scalar_output_is_an_error(backend):
 
 # ---- vjp / jvp ---------------------------------------------------------------------------------
 
+
 def two_outputs(x, y):
     return gnp.sin(x) * y[:, None], gnp.sum(x * x) + y[0]
 
@@ -203,7 +216,9 @@ def test_vjp_jvp_several_outputs(backend):
 
     u = (rng.normal(size=3), rng.normal(size=2))
     outs, (t0, t1) = backend.jvp(graph, (x, y), u)
-    np.testing.assert_allclose(t0, np.cos(x) * u[0] * y[:, None] + np.sin(x) * u[1][:, None], rtol=1e-12)
+    np.testing.assert_allclose(
+        t0, np.cos(x) * u[0] * y[:, None] + np.sin(x) * u[1][:, None], rtol=1e-12
+    )
     assert float(t1) == pytest.approx(2 * x @ u[0] + u[1][0])
     # <v, J u> = <J^T v, u>
     lhs = np.sum(v0 * t0) + v1 * float(t1)
@@ -222,12 +237,13 @@ def test_jvp_single_output_returns_arrays(backend):
 
 def test_vjp_gives_zero_cotangent_for_integer_input(backend):
     graph = gs.trace(lambda x, n: x * n, np.ones(2), np.array([1, 2]))
-    out, (cx, cn) = backend.vjp(graph, (np.array([1.5, 2.5]), np.array([3, 4])), np.ones(2))
+    _out, (cx, cn) = backend.vjp(graph, (np.array([1.5, 2.5]), np.array([3, 4])), np.ones(2))
     np.testing.assert_allclose(cx, [3.0, 4.0])
     assert np.shape(cn) == (2,) and not np.any(cn)
 
 
 # ---- jacobian ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["fwd", "rev", "auto"])
 def test_jacobian_closed_form(backend, mode):
@@ -269,8 +285,9 @@ def test_jacobian_tuples(backend, mode):
     assert jac[1][0].shape == (3,) and jac[1][1].shape == (2,)
     for k in range(2):
         for i in range(2):
-            np.testing.assert_allclose(jac[k][i], fd_jacobian(backend, graph, [x, y], i, output=k),
-                                       rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(
+                jac[k][i], fd_jacobian(backend, graph, [x, y], i, output=k), rtol=1e-6, atol=1e-8
+            )
     # int argnums: one block per output
     by_x = backend.jacobian(graph, x, y, mode=mode)
     assert isinstance(by_x, tuple) and len(by_x) == 2
@@ -279,8 +296,12 @@ def test_jacobian_tuples(backend, mode):
     # a single output with tuple argnums: a tuple of blocks
     single = gs.trace(lambda x, y: gnp.outer(x, y), x, y)
     blocks = backend.jacobian(single, x, y, argnums=(0, 1), mode=mode)
-    assert isinstance(blocks, tuple) and blocks[0].shape == (3, 2, 3) and blocks[1].shape == (3, 2, 2)
-    np.testing.assert_allclose(blocks[1], fd_jacobian(backend, single, [x, y], 1), rtol=1e-6, atol=1e-8)
+    assert (
+        isinstance(blocks, tuple) and blocks[0].shape == (3, 2, 3) and blocks[1].shape == (3, 2, 2)
+    )
+    np.testing.assert_allclose(
+        blocks[1], fd_jacobian(backend, single, [x, y], 1), rtol=1e-6, atol=1e-8
+    )
 
 
 def test_jacobian_scalar_in_scalar_out(backend):
@@ -297,6 +318,7 @@ def test_jacobian_bad_mode(backend):
 
 
 # ---- hvp / hessian ---------------------------------------------------------------------------------
+
 
 def rosenbrock(x):
     return gnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
@@ -334,7 +356,7 @@ def test_hessian_against_finite_differences_of_gradient(backend):
 
 
 def test_hessian_tuple_argnums(backend):
-    graph = gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y) + gnp.sum(y ** 3), np.ones(2), np.ones(2))
+    graph = gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y) + gnp.sum(y**3), np.ones(2), np.ones(2))
     x, y = np.array([0.3, 1.1]), np.array([-0.5, 2.0])
     hess = backend.hessian(graph, x, y, argnums=(0, 1))
     assert isinstance(hess, tuple) and all(isinstance(row, tuple) for row in hess)
@@ -364,27 +386,39 @@ def test_hvp_several_inputs(backend):
     assert float(hv[0]) == pytest.approx(-0.25 + 2.0)
     assert float(hv[1]) == pytest.approx(1.0 + 2.0 * math.sin(5.0))
     hess = backend.hessian(graph, 2.0, 5.0, argnums=(0, 1))
-    np.testing.assert_allclose([[float(h) for h in row] for row in hess],
-                               [[-0.25, 1.0], [1.0, math.sin(5.0)]], rtol=1e-14)
+    np.testing.assert_allclose(
+        [[float(h) for h in row] for row in hess], [[-0.25, 1.0], [1.0, math.sin(5.0)]], rtol=1e-14
+    )
 
 
 # ---- check_grad ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["forward", "central", "complex"])
 def test_check_grad_ok_on_correct_graphs(backend, method):
     graphs = [
         (gs.trace(seed_f, 2.0, 5.0), (2.0, 5.0)),
         (gs.trace(rosenbrock, np.ones(4)), (np.array([-1.2, 1.0, 0.7, 0.3]),)),
-        (gs.trace(lambda x, y: gnp.sum(gnp.abs(x) * gnp.maximum(x, y)) + gs.nn.logsumexp(x),
-                  np.ones(3), np.ones(3)),
-         (np.array([0.5, -1.5, 2.0]), np.array([1.0, -2.0, 1.0]))),
+        (
+            gs.trace(
+                lambda x, y: gnp.sum(gnp.abs(x) * gnp.maximum(x, y)) + gs.nn.logsumexp(x),
+                np.ones(3),
+                np.ones(3),
+            ),
+            (np.array([0.5, -1.5, 2.0]), np.array([1.0, -2.0, 1.0])),
+        ),
     ]
     for graph, args in graphs:
         report = backend.check_grad(graph, *args, method=method)
         assert report.ok
         # errors relative to the gradient's size (rosenbrock's is about 200)
-        scale = max(1.0, *(float(np.max(np.abs(backend.grad(graph, *args, argnums=i))))
-                           for i in range(len(args))))
+        scale = max(
+            1.0,
+            *(
+                float(np.max(np.abs(backend.grad(graph, *args, argnums=i))))
+                for i in range(len(args))
+            ),
+        )
         tolerance = {"forward": 1e-6, "central": 1e-9, "complex": 1e-14}[method]
         assert 0 <= report.max_abs_error < tolerance * scale
         assert 0 <= report.max_rel_error < max(tolerance, 1e-15) * 10
@@ -401,8 +435,10 @@ def test_check_grad_at_a_singular_point_is_not_ok(backend):
 def test_check_grad_method_accuracy_ordering(backend):
     graph = gs.trace(lambda x: gnp.sum(gnp.exp(gnp.sin(x)) * x), np.ones(3))
     x = np.array([0.3, 1.7, -2.2])
-    errors = {m: backend.check_grad(graph, x, method=m).max_abs_error
-              for m in ("forward", "central", "complex")}
+    errors = {
+        m: backend.check_grad(graph, x, method=m).max_abs_error
+        for m in ("forward", "central", "complex")
+    }
     assert errors["complex"] <= errors["central"] < errors["forward"]
     assert errors["complex"] < 1e-13
 
@@ -418,8 +454,9 @@ def test_check_grad_ok_with_large_higher_derivatives(backend, method):
 
 
 def test_check_grad_complex_step_through_logaddexp_and_softplus(backend):
-    graph = gs.trace(lambda x, y: gnp.sum(gnp.logaddexp(x, y) + gs.nn.softplus(x * y)),
-                     np.ones(3), np.ones(3))
+    graph = gs.trace(
+        lambda x, y: gnp.sum(gnp.logaddexp(x, y) + gs.nn.softplus(x * y)), np.ones(3), np.ones(3)
+    )
     x, y = np.array([0.5, -3.0, 2.0]), np.array([1.0, 0.2, -7.0])
     report = backend.check_grad(graph, x, y, method="complex")
     assert report.ok and report.max_rel_error < 1e-12
@@ -432,6 +469,7 @@ def test_check_grad_bad_method(backend):
 
 
 # ---- NaN safety ------------------------------------------------------------------------------------
+
 
 def test_sqrt_behind_where_at_zero(backend):
     graph = gs.trace(lambda x: gnp.where(x > 0, gnp.sqrt(x), 0.0), 1.0)
@@ -484,7 +522,10 @@ def test_logsumexp_all_minus_inf(backend):
     value, grad = backend.value_and_grad(graph, rows)
     assert float(value) == pytest.approx(np.log(4.0))
     np.testing.assert_allclose(grad, [[0.0, 0.0], [0.25, 0.75]])
-    keep = gs.trace(lambda x: gnp.sum(gs.nn.logsumexp(x, axis=-1, keepdims=True) * np.array([[0.0], [1.0]])), rows)
+    keep = gs.trace(
+        lambda x: gnp.sum(gs.nn.logsumexp(x, axis=-1, keepdims=True) * np.array([[0.0], [1.0]])),
+        rows,
+    )
     value, grad = backend.value_and_grad(keep, rows)
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad, [[0.0, 0.0], [0.25, 0.75]])
@@ -504,6 +545,7 @@ def test_maximum_minimum_at_ties(backend):
 
 # ---- NumPy's warnings never leak ------------------------------------------------------------------
 
+
 def test_no_numpy_warnings_leak(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -514,7 +556,7 @@ def test_no_numpy_warnings_leak(backend):
             (lambda x: gnp.sqrt(x), -1.0),
             (lambda x: gnp.exp(x), 1000.0),
             (lambda x: gnp.arcsin(x), 2.0),
-            (lambda x: x ** 0.5, -1.0),
+            (lambda x: x**0.5, -1.0),
             (lambda x: gnp.where(x > 0, gnp.log(x), 0.0), 0.0),
             (lambda x: gnp.where(x > 0, gnp.sqrt(x), 0.0), 0.0),
             (lambda x: gs.nn.logsumexp(gnp.stack([x, x])), -np.inf),
@@ -533,6 +575,7 @@ def test_no_numpy_warnings_leak(backend):
 
 
 # ---- bad arguments ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def xy_graph():
@@ -596,6 +639,7 @@ def test_not_a_graph(backend):
 
 # ---- float32 over the API ---------------------------------------------------------------------------
 
+
 def test_float32_round_trip(backend):
     x = np.array([0.5, 1.5], np.float32)
     graph = gs.trace(lambda x: gnp.sum(gnp.sin(x) * x), x)
@@ -605,6 +649,7 @@ def test_float32_round_trip(backend):
 
 
 # ---- last_stats -----------------------------------------------------------------------------------------
+
 
 def test_last_stats(backend):
     x = np.random.default_rng(0).normal(size=200)
@@ -620,6 +665,7 @@ def test_last_stats(backend):
 
 
 # ---- edge cases -------------------------------------------------------------------------------------
+
 
 def test_identity_and_constant_outputs(backend):
     ident = gs.trace(lambda x: x, 2.0)
@@ -644,7 +690,7 @@ def test_same_value_output_twice(backend):
 
 
 def test_zero_size_input(backend):
-    graph = gs.trace(lambda x, y: gnp.sum(x ** 2) + y * y, np.ones(0), 1.0)
+    graph = gs.trace(lambda x, y: gnp.sum(x**2) + y * y, np.ones(0), 1.0)
     value, (gx, gy) = backend.value_and_grad(graph, np.ones(0), 3.0, argnums=(0, 1))
     assert float(value) == 9.0 and gx.shape == (0,) and float(gy) == 6.0
     for mode in ("fwd", "rev"):

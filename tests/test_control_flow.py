@@ -1,6 +1,7 @@
 """Control flow in graphs: cond, fori_loop, scan, while_loop and checkpoint, each checked
 against the same computation unrolled in plain Python (differentiated by the engine) and
 against finite differences."""
+
 import numpy as np
 import pytest
 
@@ -18,15 +19,16 @@ def central_difference(graph, args, i, h=1e-6):
         up, down = x.copy(), x.copy()
         up[j] += h
         down[j] -= h
-        plus = float(ENG.evaluate(graph, *args[:i], up, *args[i + 1:]))
-        minus = float(ENG.evaluate(graph, *args[:i], down, *args[i + 1:]))
+        plus = float(ENG.evaluate(graph, *args[:i], up, *args[i + 1 :]))
+        minus = float(ENG.evaluate(graph, *args[:i], down, *args[i + 1 :]))
         grad[j] = (plus - minus) / (2 * h)
     return grad
 
 
 def test_cond_takes_each_branch_with_its_own_derivative():
-    graph = gs.trace(lambda x, y: gs.cond(x > 0, lambda a: gnp.sin(a) * y, lambda a: a * a, x),
-                     1.0, 2.0)
+    graph = gs.trace(
+        lambda x, y: gs.cond(x > 0, lambda a: gnp.sin(a) * y, lambda a: a * a, x), 1.0, 2.0
+    )
     value, (dx, dy) = ENG.value_and_grad(graph, 0.5, 2.0, argnums=(0, 1))
     assert value == pytest.approx(np.sin(0.5) * 2)
     assert (dx, dy) == (pytest.approx(2 * np.cos(0.5)), pytest.approx(np.sin(0.5)))
@@ -42,24 +44,28 @@ def test_newton_sqrt_in_fori_loop():
     value, grad = ENG.value_and_grad(graph, 2.0)
     assert value == pytest.approx(np.sqrt(2.0), rel=1e-14)
     assert grad == pytest.approx(0.5 / np.sqrt(2.0), rel=1e-12)
-    assert ENG.hessian(graph, 2.0) == pytest.approx(-0.25 * 2.0 ** -1.5, rel=1e-8)
+    assert ENG.hessian(graph, 2.0) == pytest.approx(-0.25 * 2.0**-1.5, rel=1e-8)
 
 
 def _rnn_inputs(hidden=8, steps=30):
-    return (RNG.standard_normal((hidden, hidden)) * 0.3, RNG.standard_normal((hidden, 3)) * 0.3,
-            RNG.standard_normal(hidden) * 0.1, RNG.standard_normal((steps, 3)))
+    return (
+        RNG.standard_normal((hidden, hidden)) * 0.3,
+        RNG.standard_normal((hidden, 3)) * 0.3,
+        RNG.standard_normal(hidden) * 0.1,
+        RNG.standard_normal((steps, 3)),
+    )
 
 
 def rnn_scan(W, U, h0, xs):
     _, hs = gs.scan(lambda h, x: (gnp.tanh(W @ h + U @ x),) * 2, h0, xs)
-    return gnp.sum(hs ** 2)
+    return gnp.sum(hs**2)
 
 
 def rnn_unrolled(W, U, h0, xs):
     h, total = h0, 0.0
     for t in range(xs.shape[0]):
         h = gnp.tanh(W @ h + U @ xs[t])
-        total = total + gnp.sum(h ** 2)
+        total = total + gnp.sum(h**2)
     return total
 
 
@@ -71,7 +77,9 @@ def test_rnn_scan_matches_unrolled_and_finite_differences():
     assert v1 == pytest.approx(v2, rel=1e-12)
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(g1[2], central_difference(scanned, list(args), 2), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        g1[2], central_difference(scanned, list(args), 2), rtol=1e-6, atol=1e-8
+    )
     assert ENG.check_grad(scanned, *args, method="complex").ok
 
 
@@ -82,7 +90,9 @@ def test_hvp_and_jacobian_through_scan():
     for a, b in zip(ENG.hvp(scanned, args, tangents), ENG.hvp(unrolled, args, tangents)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     W, U, h0, xs = args
-    states = gs.trace(lambda h0: gs.scan(lambda h, x: (gnp.tanh(W @ h + U @ x),) * 2, h0, xs)[1], h0)
+    states = gs.trace(
+        lambda h0: gs.scan(lambda h, x: (gnp.tanh(W @ h + U @ x),) * 2, h0, xs)[1], h0
+    )
     forward, reverse = ENG.jacobian(states, h0, mode="fwd"), ENG.jacobian(states, h0, mode="rev")
     assert forward.shape == (7, 5, 5)
     np.testing.assert_allclose(forward, reverse, rtol=1e-12, atol=1e-14)
@@ -101,7 +111,9 @@ def test_scan_tape_grows_linearly_with_steps():
 
 def test_while_loop_with_data_dependent_trip_count():
     def halve(x):
-        return gs.while_loop(lambda c: c[0] > 1.0, lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0])), (x, x))[1]
+        return gs.while_loop(
+            lambda c: c[0] > 1.0, lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0])), (x, x)
+        )[1]
 
     def reference(x):
         c0, c1 = x, x
@@ -120,8 +132,9 @@ def test_while_loop_with_data_dependent_trip_count():
 
 def test_while_loop_reverse_mode_stores_each_iteration():
     def halve(x, w):
-        return gs.while_loop(lambda c: c[0] > 1.0,
-                             lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0] * w)), (x, x))[1]
+        return gs.while_loop(
+            lambda c: c[0] > 1.0, lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0] * w)), (x, x)
+        )[1]
 
     graph = gs.trace(halve, 10.0, 1.0)
     tapes = []
@@ -138,7 +151,8 @@ def rnn_loss_in_carry(W, U, h0, xs):
     def step(carry, x):
         h, total = carry
         h = gnp.tanh(W @ h + U @ x)
-        return (h, total + gnp.sum(h ** 2)), ()
+        return (h, total + gnp.sum(h**2)), ()
+
     (_, total), _ = gs.scan(step, (h0, 0.0), xs)
     return total
 
@@ -162,19 +176,22 @@ def test_tape_budget_recomputes_and_gives_the_same_gradient_bit_for_bit():
 
 
 def test_while_loop_iteration_cap():
-    graph = gs.trace(lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x,
-                                             max_iterations=50), 1.0)
+    graph = gs.trace(
+        lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x, max_iterations=50), 1.0
+    )
     with pytest.raises(gs.LimitError, match="50 iterations"):
         ENG.evaluate(graph, 1.0)
     assert ENG.evaluate(graph, -1.0) == -1.0
 
 
 def test_nested_loops():
-    graph = gs.trace(lambda a: gs.fori_loop(
-        0, 3, lambda i, x: gs.fori_loop(0, 2, lambda j, y: y * a, x), 1.0), 1.1)
+    graph = gs.trace(
+        lambda a: gs.fori_loop(0, 3, lambda i, x: gs.fori_loop(0, 2, lambda j, y: y * a, x), 1.0),
+        1.1,
+    )
     value, grad = ENG.value_and_grad(graph, 1.1)
-    assert value == pytest.approx(1.1 ** 6)
-    assert grad == pytest.approx(6 * 1.1 ** 5)
+    assert value == pytest.approx(1.1**6)
+    assert grad == pytest.approx(6 * 1.1**5)
 
 
 def test_checkpoint_keeps_only_its_inputs():
@@ -204,6 +221,7 @@ def test_control_flow_graphs_round_trip_and_validate():
     assert ENG.evaluate(again, *args) == pytest.approx(ENG.evaluate(graph, *args))
 
     from gradserve.v1 import graph_pb2
+
     message = graph_pb2.Graph.FromString(graph.to_bytes())
     scan_node = next(n for n in message.nodes if n.op == "scan")
     body = next(a for a in scan_node.attributes if a.name == "body").graph
@@ -213,8 +231,9 @@ def test_control_flow_graphs_round_trip_and_validate():
 
 
 def test_should_stop_interrupts_a_running_loop():
-    graph = gs.trace(lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x,
-                                             max_iterations=10 ** 9), 1.0)
+    graph = gs.trace(
+        lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x, max_iterations=10**9), 1.0
+    )
     calls = []
 
     def should_stop():
@@ -234,7 +253,7 @@ def test_hvp_through_scan_under_a_tape_budget():
     graph = gs.trace(rnn_loss_in_carry, *args)
     tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
     plain = ENG.hvp(graph, args, tangents)
-    budgeted = gs.Engine(max_tape_bytes=10 ** 7).hvp(graph, args, tangents)
+    budgeted = gs.Engine(max_tape_bytes=10**7).hvp(graph, args, tangents)
     for a, b in zip(plain, budgeted):
         assert np.array_equal(a, b)
     with pytest.raises(gs.LimitError, match="tape"):
@@ -243,13 +262,19 @@ def test_hvp_through_scan_under_a_tape_budget():
 
 def test_reverse_mode_through_a_while_loop_inside_a_scan():
     rng = np.random.default_rng(11)
-    x0, W, xs = rng.standard_normal(3), rng.standard_normal((3, 3)) * 0.5, rng.standard_normal((5, 3))
+    x0, W, xs = (
+        rng.standard_normal(3),
+        rng.standard_normal((3, 3)) * 0.5,
+        rng.standard_normal((5, 3)),
+    )
 
     def nested(x, w):
         def outer(c, xi):
-            c = gs.while_loop(lambda d: d[1] < 3, lambda d: (gnp.sin(w @ d[0]) + xi, d[1] + 1),
-                              (c, 0))[0]
+            c = gs.while_loop(
+                lambda d: d[1] < 3, lambda d: (gnp.sin(w @ d[0]) + xi, d[1] + 1), (c, 0)
+            )[0]
             return c, gnp.sum(c)
+
         return gnp.sum(gs.scan(outer, x, xs)[1] ** 2)
 
     def unrolled(x, w):
@@ -268,11 +293,16 @@ def test_reverse_mode_through_a_while_loop_inside_a_scan():
 
 def test_nested_scans_under_a_tape_budget_give_the_same_gradient():
     rng = np.random.default_rng(12)
-    x0, W, xs = rng.standard_normal(8), rng.standard_normal((8, 8)) * 0.3, rng.standard_normal((60, 8))
+    x0, W, xs = (
+        rng.standard_normal(8),
+        rng.standard_normal((8, 8)) * 0.3,
+        rng.standard_normal((60, 8)),
+    )
 
     def nested(x, w):
         def outer(c, xi):
             return gs.scan(lambda h, _: (gnp.tanh(w @ h + xi), ()), c, None, length=10)[0], ()
+
         return gnp.sum(gs.scan(outer, x, xs)[0] ** 2)
 
     graph = gs.trace(nested, x0, W)

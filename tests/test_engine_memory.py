@@ -1,6 +1,7 @@
 """Tape accounting of the in-process Engine (`last_stats`): the residuals the reverse pass
 holds, their count, and the peak of all live arrays. Expected sizes come from the arrays the
 program necessarily creates, computed here from shapes."""
+
 import threading
 
 import numpy as np
@@ -19,8 +20,11 @@ def mlp(x, W1, W2):
 @pytest.fixture(scope="module")
 def mlp_case():
     rng = np.random.default_rng(0)
-    args = (rng.normal(size=(B, D_IN)), rng.normal(size=(D_IN, D_HID)) * 0.1,
-            rng.normal(size=(D_HID, D_OUT)))
+    args = (
+        rng.normal(size=(B, D_IN)),
+        rng.normal(size=(D_IN, D_HID)) * 0.1,
+        rng.normal(size=(D_HID, D_OUT)),
+    )
     return gs.trace(mlp, *args), args
 
 
@@ -29,7 +33,7 @@ def test_mlp_value_and_grad_tape(mlp_case):
     eng = gs.Engine()
     value, (g1, g2) = eng.value_and_grad(graph, *args, argnums=(1, 2))
     stats = eng.last_stats
-    activation = B * D_HID * 8      # one (B, D_HID) float64 array: x @ W1, or tanh of it
+    activation = B * D_HID * 8  # one (B, D_HID) float64 array: x @ W1, or tanh of it
     # the reverse pass needs tanh(x @ W1) (for W2's gradient and tanh's derivative): at least
     # one activation; it never needs more than the forward pass's two intermediates
     assert stats.tape_bytes >= activation
@@ -64,6 +68,7 @@ def sin_chain(n):
         for _ in range(n):
             v = gnp.sin(v)
         return gnp.sum(v)
+
     return f
 
 
@@ -72,7 +77,7 @@ def test_tape_of_a_sin_chain_holds_one_array_per_op(n):
     x = np.linspace(-1, 1, 1000)
     eng = gs.Engine()
     graph = gs.trace(sin_chain(n), x)
-    value, grad = eng.value_and_grad(graph, x)
+    _value, grad = eng.value_and_grad(graph, x)
     stats = eng.last_stats
     # every sin after the first reads an intermediate (its cos is needed): n - 1 arrays of
     # 8000 bytes must be held, or n if cos of the input is held as well
@@ -152,6 +157,7 @@ def test_max_tape_bytes(n):
 
 # ---- compile once: the plan is cached by digest -----------------------------------------------
 
+
 def _long_chain(x):
     for _ in range(100):
         x = gnp.sin(x) * 1.01 + 0.1
@@ -161,6 +167,7 @@ def _long_chain(x):
 @pytest.mark.parametrize("method", ["value_and_grad", "hessian", "jacobian"])
 def test_compiled_once(method):
     import time
+
     x = np.linspace(0.1, 1.0, 4)
     graph = gs.trace(_long_chain, x)
     eng = gs.Engine()
@@ -180,13 +187,16 @@ def test_compiled_once(method):
     retrace_time = time.perf_counter() - start
     assert np.median(times) < compile_and_run / 5
     assert retrace_time < compile_and_run / 3
-    for a, b in zip(np.atleast_1d(first[1] if method == "value_and_grad" else first),
-                    np.atleast_1d(again[1] if method == "value_and_grad" else again)):
+    for a, b in zip(
+        np.atleast_1d(first[1] if method == "value_and_grad" else first),
+        np.atleast_1d(again[1] if method == "value_and_grad" else again),
+    ):
         np.testing.assert_array_equal(a, b)
 
 
 def test_concurrent_calls_on_one_engine():
     from concurrent.futures import ThreadPoolExecutor
+
     eng = gs.Engine()
     graph = gs.trace(lambda x, w: gnp.sum(gnp.tanh(x @ w) ** 2), np.ones((8, 5)), np.ones((5, 3)))
     rng = np.random.default_rng(3)
@@ -202,7 +212,7 @@ def test_concurrent_calls_on_one_engine():
     for (x, w), (value, gx, gw, tape) in zip(cases, results):
         h = np.tanh(x @ w)
         d = 2 * h * (1 - h * h)
-        assert float(value) == pytest.approx(np.sum(h ** 2), rel=1e-12)
+        assert float(value) == pytest.approx(np.sum(h**2), rel=1e-12)
         np.testing.assert_allclose(gx, d @ w.T, rtol=1e-10)
         np.testing.assert_allclose(gw, x.T @ d, rtol=1e-10)
         assert tape > 0

@@ -1,6 +1,7 @@
 """Bad input to the NumPy front end and the control-flow functions: NumPy's own error class
 (ValueError/TypeError) or gs.LimitError, raised while tracing, before anything is allocated;
 and results the engine hands out are not shared buffers a caller could corrupt."""
+
 import numpy as np
 import pytest
 
@@ -20,8 +21,8 @@ BAD = [
     ("stack nothing", lambda a: gnp.stack([]), ValueError),
     ("einsum sublist form", lambda a: gnp.einsum(a, [0, 1], [1]), TypeError),
     ("arange with step 0", lambda a: gnp.arange(0, 5, 0) + a[0, 0], ValueError),
-    ("eye too large to allocate", lambda a: gnp.eye(10 ** 7) + a[0, 0], gs.LimitError),
-    ("arange too large to allocate", lambda a: gnp.arange(10 ** 12) + a[0, 0], gs.LimitError),
+    ("eye too large to allocate", lambda a: gnp.eye(10**7) + a[0, 0], gs.LimitError),
+    ("arange too large to allocate", lambda a: gnp.arange(10**12) + a[0, 0], gs.LimitError),
     ("scan over a scalar", lambda a: gs.scan(lambda c, x: (c, x), a, 3.0), ValueError),
 ]
 

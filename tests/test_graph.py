@@ -1,26 +1,27 @@
 """The graph: tracing, the wire format (exact round trip, stable digest), and validation of
 every graph that comes in as bytes: each failure is a GraphError naming the node or field,
 and nothing but GraphError ever comes out of Graph.from_bytes."""
+
 import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
+from gradserve.v1 import graph_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradserve as gs
 import gradserve.numpy as gnp
-from gradserve.v1 import graph_pb2 as pb
 
 ENG = gs.Engine()
 W = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]])
 
 
 def model(x, bias, idx):
-    h = gnp.tanh(W @ x + bias)                        # constant W, einsum, add, tanh
-    picked = h[idx]                                   # integer-array index input
-    z = gnp.concatenate([picked, h[::-1]], axis=0)    # slice with a negative step
+    h = gnp.tanh(W @ x + bias)  # constant W, einsum, add, tanh
+    picked = h[idx]  # integer-array index input
+    z = gnp.concatenate([picked, h[::-1]], axis=0)  # slice with a negative step
     return gnp.sum(gs.nn.softmax(z) * gnp.arange(z.shape[0])), gnp.max(h, keepdims=True)
 
 
@@ -53,6 +54,7 @@ def expect_graph_error(msg, *where_parts):
 
 # ---- tracing -----------------------------------------------------------------------------------
 
+
 def test_inputs_are_named_after_parameters():
     def f(alpha, beta, *rest):
         return alpha * beta + rest[0] + rest[1]
@@ -69,11 +71,16 @@ def test_inputs_are_named_after_parameters():
 
 
 def test_spec_and_example_dtypes():
-    graph = gs.trace(lambda a, b, c, d, e: a, gs.Spec((2, 3), "float32"), 1, True,
-                     np.zeros(2, np.int32), 1.5)
-    assert [p.spec for p in graph.inputs] == [gs.Spec((2, 3), "float32"), gs.Spec((), "int64"),
-                                              gs.Spec((), "bool"), gs.Spec((2,), "int32"),
-                                              gs.Spec((), "float64")]
+    graph = gs.trace(
+        lambda a, b, c, d, e: a, gs.Spec((2, 3), "float32"), 1, True, np.zeros(2, np.int32), 1.5
+    )
+    assert [p.spec for p in graph.inputs] == [
+        gs.Spec((2, 3), "float32"),
+        gs.Spec((), "int64"),
+        gs.Spec((), "bool"),
+        gs.Spec((2,), "int32"),
+        gs.Spec((), "float64"),
+    ]
     with pytest.raises(TypeError):
         gs.trace(lambda a: a, "text")
     with pytest.raises(TypeError):
@@ -84,14 +91,18 @@ def test_closures_become_constants():
     table = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     graph = gs.trace(lambda x: gnp.sum(table @ x), np.ones(2))
     assert [p.name for p in graph.inputs] == ["x"]
-    constants = [np.frombuffer(c.value.data, dtype=c.value.dtype).reshape(tuple(c.value.shape))
-                 for c in message(graph).constants]
+    constants = [
+        np.frombuffer(c.value.data, dtype=c.value.dtype).reshape(tuple(c.value.shape))
+        for c in message(graph).constants
+    ]
     assert any(c.shape == table.shape and np.array_equal(c, table) for c in constants)
     x = np.array([0.5, -1.0])
     assert float(ENG.evaluate(graph, x)) == pytest.approx(np.sum(table @ x))
     # the constant is captured at trace time: later mutation of the array does not change it
     table[0, 0] = 100.0
-    assert float(ENG.evaluate(graph, x)) == pytest.approx(np.sum(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]) @ x))
+    assert float(ENG.evaluate(graph, x)) == pytest.approx(
+        np.sum(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]) @ x)
+    )
 
 
 def test_python_numbers_in_closures_become_constants():
@@ -101,15 +112,19 @@ def test_python_numbers_in_closures_become_constants():
     assert float(ENG.evaluate(graph, 2.0)) == 6.0
 
 
-@pytest.mark.parametrize("fn", [
-    lambda x: x if x > 0 else -x,
-    lambda x: bool(x),
-    lambda x: float(x),
-    lambda x: int(x),
-    lambda x: [x for _ in range(int(x))],
-    lambda x: x * (1 if x == 0 else 2),
-    lambda x: np.asarray(x),
-], ids=["if", "bool", "float", "int", "range", "ternary_eq", "asarray"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x if x > 0 else -x,
+        lambda x: bool(x),
+        lambda x: float(x),
+        lambda x: int(x),
+        lambda x: [x for _ in range(int(x))],
+        lambda x: x * (1 if x == 0 else 2),
+        lambda x: np.asarray(x),
+    ],
+    ids=["if", "bool", "float", "int", "range", "ternary_eq", "asarray"],
+)
 def test_python_control_flow_on_traced_values_is_an_error(fn):
     with pytest.raises(TypeError) as info:
         gs.trace(fn, 1.0)
@@ -137,6 +152,7 @@ def test_shape_errors_at_trace_time_are_graph_errors():
 
 # ---- wire round trip and digest ----------------------------------------------------------------
 
+
 def test_round_trip_exact():
     graph = model_graph()
     data = graph.to_bytes()
@@ -159,8 +175,11 @@ def test_round_trip_exact():
 @pytest.mark.parametrize("dtype", ["float64", "float32", "complex128", "int32", "int64", "bool"])
 def test_round_trip_constants_of_every_dtype(dtype):
     rng = np.random.default_rng(0)
-    value = (rng.normal(size=(2, 3)) * 10).astype(dtype) if dtype != "complex128" else \
-        rng.normal(size=(2, 3)) + 1j * rng.normal(size=(2, 3))
+    value = (
+        (rng.normal(size=(2, 3)) * 10).astype(dtype)
+        if dtype != "complex128"
+        else rng.normal(size=(2, 3)) + 1j * rng.normal(size=(2, 3))
+    )
     value = value.astype(dtype)
     graph = gs.trace(lambda x: (x, value, x), np.zeros((2, 3), dtype))
     again = gs.Graph.from_bytes(graph.to_bytes())
@@ -205,8 +224,11 @@ def test_digest_stable_and_content_addressed():
 def test_digest_same_in_another_process():
     import subprocess
     import sys
-    code = ("import numpy as np, gradserve as gs, gradserve.numpy as gnp\n"
-            "print(gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y + np.arange(3.0)), np.ones(3), 1.0).digest)")
+
+    code = (
+        "import numpy as np, gradserve as gs, gradserve.numpy as gnp\n"
+        "print(gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y + np.arange(3.0)), np.ones(3), 1.0).digest)"
+    )
     here = gs.trace(lambda x, y: gnp.sum(gnp.sin(x) * y + np.arange(3.0)), np.ones(3), 1.0).digest
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert there.stdout.strip() == here
@@ -222,13 +244,16 @@ def test_str_lists_the_program():
 
 # ---- validation: every failure is a GraphError naming the node or field --------------------------
 
+
 def seed_message():
     return message(gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0))
 
 
 def test_valid_message_decodes():
-    assert decode(seed_message()).digest == gs.trace(
-        lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0).digest
+    assert (
+        decode(seed_message()).digest
+        == gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0).digest
+    )
 
 
 def test_unknown_op():
@@ -363,8 +388,11 @@ def test_huge_shape_with_tiny_data_is_rejected_without_allocating():
         tracemalloc.stop()
     assert peak < 50 * 2**20  # nothing near 8 TB (or even 8 MB of it) was allocated
     assert "constants[0]" in info.value.where
-    assert isinstance(info.value, gs.LimitError) or "limit" in str(info.value).lower() \
+    assert (
+        isinstance(info.value, gs.LimitError)
+        or "limit" in str(info.value).lower()
         or "bytes" in str(info.value)
+    )
 
 
 def test_limit_error_is_a_graph_error():
@@ -395,13 +423,17 @@ def reduce_message():
     return message(gs.trace(lambda x: gnp.sum(x, axis=1, keepdims=True), np.ones((2, 3))))
 
 
-@pytest.mark.parametrize("attr, mutate", [
-    ("axes", lambda a: a.ClearField("ints") or setattr(a, "f", 1.0)),     # ints given as a float
-    ("axes", lambda a: a.ClearField("ints") or setattr(a, "s", "1")),     # ints given as a string
-    ("keepdims", lambda a: setattr(a, "i", 1)),                           # bool given as an int
-    ("keepdims", lambda a: a.ClearField("b")),                            # no value at all
-    ("axes", lambda a: a.ints.values.append(7)),                          # right type, bad value
-], ids=["axes_float", "axes_str", "keepdims_int", "keepdims_missing_value", "axes_out_of_range"])
+@pytest.mark.parametrize(
+    "attr, mutate",
+    [
+        ("axes", lambda a: a.ClearField("ints") or setattr(a, "f", 1.0)),  # ints given as a float
+        ("axes", lambda a: a.ClearField("ints") or setattr(a, "s", "1")),  # ints given as a string
+        ("keepdims", lambda a: setattr(a, "i", 1)),  # bool given as an int
+        ("keepdims", lambda a: a.ClearField("b")),  # no value at all
+        ("axes", lambda a: a.ints.values.append(7)),  # right type, bad value
+    ],
+    ids=["axes_float", "axes_str", "keepdims_int", "keepdims_missing_value", "axes_out_of_range"],
+)
 def test_bad_attribute(attr, mutate):
     msg = reduce_message()
     (a,) = [a for a in msg.nodes[0].attributes if a.name == attr]
@@ -438,8 +470,16 @@ def test_wrong_output_count():
     expect_graph_error(msg, "node 0")
 
 
-@pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x0a\xff", b"\x0a\x05abc", b"garbage that is not protobuf",
-                                  bytes(range(256))])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xff\xff",
+        b"\x0a\xff",
+        b"\x0a\x05abc",
+        b"garbage that is not protobuf",
+        bytes(range(256)),
+    ],
+)
 def test_undecodable_bytes(data):
     with pytest.raises(gs.GraphError) as info:
         gs.Graph.from_bytes(data)
@@ -450,9 +490,9 @@ def test_deeply_nested_message_is_a_graph_error():
     # an attribute holding a graph holding an attribute ... 10000 levels deep
     inner = b""
     for _ in range(2000):
-        attr = b"\x42" + _varint(len(inner)) + inner            # Attribute.graph (field 8)
-        node = b"\x22" + _varint(len(attr)) + attr              # Node.attributes (field 4)
-        inner = b"\x1a" + _varint(len(node)) + node             # Graph.nodes (field 3)
+        attr = b"\x42" + _varint(len(inner)) + inner  # Attribute.graph (field 8)
+        node = b"\x22" + _varint(len(attr)) + attr  # Node.attributes (field 4)
+        inner = b"\x1a" + _varint(len(node)) + node  # Graph.nodes (field 3)
     with pytest.raises(gs.GraphError):
         gs.Graph.from_bytes(inner)
 
@@ -522,8 +562,14 @@ def corpus():
         CORPUS = [
             model_graph().to_bytes(),
             gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0).to_bytes(),
-            gs.trace(lambda x: (gnp.cumsum(x, axis=0)[:, None] * np.ones((1, 2), np.float32),
-                                gnp.argmax(x), x.T @ x), np.ones((3, 2), np.float32)).to_bytes(),
+            gs.trace(
+                lambda x: (
+                    gnp.cumsum(x, axis=0)[:, None] * np.ones((1, 2), np.float32),
+                    gnp.argmax(x),
+                    x.T @ x,
+                ),
+                np.ones((3, 2), np.float32),
+            ).to_bytes(),
             control_flow_graph().to_bytes(),
         ]
     return CORPUS
@@ -542,7 +588,7 @@ def corruptions(draw):
         elif kind == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
         elif kind == "delete" and data:
-            del data[at:at + draw(st.integers(1, 8))]
+            del data[at : at + draw(st.integers(1, 8))]
         elif kind == "truncate":
             del data[at:]
     return bytes(data)
@@ -579,8 +625,23 @@ def test_random_corruption_only_graph_error(data):
             assert out.shape == port.spec.shape and out.dtype == np.dtype(port.spec.dtype)
 
 
-OPS_TO_TRY = ["add", "multiply", "sin", "log", "reduce_sum", "reshape", "transpose", "einsum",
-              "getitem", "concatenate", "select", "broadcast_to", "convert", "nonexistent", ""]
+OPS_TO_TRY = [
+    "add",
+    "multiply",
+    "sin",
+    "log",
+    "reduce_sum",
+    "reshape",
+    "transpose",
+    "einsum",
+    "getitem",
+    "concatenate",
+    "select",
+    "broadcast_to",
+    "convert",
+    "nonexistent",
+    "",
+]
 
 
 @st.composite
@@ -588,12 +649,30 @@ def field_mutations(draw):
     """Structured edits of a valid message: other ops, other value names, other attribute
     values, other declared types."""
     msg = pb.Graph.FromString(corpus()[draw(st.integers(0, len(corpus()) - 1))])
-    names = [i.name for i in msg.inputs] + [c.name for c in msg.constants] + \
-        [o for n in msg.nodes for o in n.outputs] + ["", "zzz"]
+    names = (
+        [i.name for i in msg.inputs]
+        + [c.name for c in msg.constants]
+        + [o for n in msg.nodes for o in n.outputs]
+        + ["", "zzz"]
+    )
     for _ in range(draw(st.integers(1, 3))):
         node = msg.nodes[draw(st.integers(0, len(msg.nodes) - 1))]
-        kind = draw(st.sampled_from(["op", "input", "output", "attr_int", "attr_ints", "attr_str",
-                                     "out_shape", "out_dtype", "in_shape", "const_shape"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "op",
+                    "input",
+                    "output",
+                    "attr_int",
+                    "attr_ints",
+                    "attr_str",
+                    "out_shape",
+                    "out_dtype",
+                    "in_shape",
+                    "const_shape",
+                ]
+            )
+        )
         if kind == "op":
             node.op = draw(st.sampled_from(OPS_TO_TRY))
         elif kind == "input" and node.inputs:
@@ -608,11 +687,17 @@ def field_mutations(draw):
             attr.ints.values[:] = draw(st.lists(st.integers(-3, 12), max_size=9))
         elif kind == "attr_str" and node.attributes:
             attr = node.attributes[draw(st.integers(0, len(node.attributes) - 1))]
-            attr.s = draw(st.sampled_from(["ij->", "i,i->i", "->", "ab,bc->ac", "float64", "int8", "", "a->aa"]))
+            attr.s = draw(
+                st.sampled_from(
+                    ["ij->", "i,i->i", "->", "ab,bc->ac", "float64", "int8", "", "a->aa"]
+                )
+            )
         elif kind == "out_shape":
             msg.outputs[0].shape[:] = draw(st.lists(st.integers(-1, 4), max_size=3))
         elif kind == "out_dtype":
-            msg.outputs[0].dtype = draw(st.sampled_from(["float64", "float32", "int64", "bool", "x"]))
+            msg.outputs[0].dtype = draw(
+                st.sampled_from(["float64", "float32", "int64", "bool", "x"])
+            )
         elif kind == "in_shape":
             msg.inputs[0].shape[:] = draw(st.lists(st.integers(0, 4), max_size=3))
         elif kind == "const_shape" and msg.constants:
@@ -633,9 +718,21 @@ from gradserve.engine.primitive import PRIMITIVES  # noqa: E402
 
 GEN_OPS = sorted(n for n, p in PRIMITIVES.items() if "graph" not in p.attrs.values())
 GEN_DTYPES = ["float64", "float32", "int64", "int32", "bool", "complex128"]
-GEN_STRS = {"dtype": GEN_DTYPES + ["float16"],
-            "subscripts": ["ij->ji", "i->", "ij,jk->ik", "i,i->", "ii->i", "i,j->ij", "ab->b", "->",
-                           "a,a->a", "ij->i"]}
+GEN_STRS = {
+    "dtype": GEN_DTYPES + ["float16"],
+    "subscripts": [
+        "ij->ji",
+        "i->",
+        "ij,jk->ik",
+        "i,i->",
+        "ii->i",
+        "i,j->ij",
+        "ab->b",
+        "->",
+        "a,a->a",
+        "ij->i",
+    ],
+}
 
 
 @st.composite
@@ -644,12 +741,16 @@ def generated_graphs(draw):
     (often wrong) values: the shape rules decide."""
     inputs = []
     for k in range(draw(st.integers(1, 3))):
-        spec = Spec(tuple(draw(st.lists(st.integers(0, 3), max_size=3))), draw(st.sampled_from(GEN_DTYPES)))
+        spec = Spec(
+            tuple(draw(st.lists(st.integers(0, 3), max_size=3))), draw(st.sampled_from(GEN_DTYPES))
+        )
         inputs.append(Port(f"in{k}", spec))
     constants = {}
     if draw(st.booleans()):
-        constants["c0"] = np.array(draw(st.lists(st.integers(0, 2), min_size=1, max_size=3)),
-                                   dtype=draw(st.sampled_from(["int64", "float64"])))
+        constants["c0"] = np.array(
+            draw(st.lists(st.integers(0, 2), min_size=1, max_size=3)),
+            dtype=draw(st.sampled_from(["int64", "float64"])),
+        )
     names = [p.name for p in inputs] + list(constants)
     nodes = []
     for k in range(draw(st.integers(1, 4))):
@@ -671,8 +772,12 @@ def generated_graphs(draw):
             elif kind == "ints" and name == "index":
                 entries = []
                 for _ in range(draw(st.integers(0, 3))):
-                    entries += [draw(st.integers(0, 3)), draw(st.integers(-1, 3)), draw(st.integers(-1, 3)),
-                                draw(st.sampled_from([1, -1, 2]))]
+                    entries += [
+                        draw(st.integers(0, 3)),
+                        draw(st.integers(-1, 3)),
+                        draw(st.integers(-1, 3)),
+                        draw(st.sampled_from([1, -1, 2])),
+                    ]
                 attrs[name] = tuple(entries)
             elif kind == "ints":
                 attrs[name] = tuple(draw(st.lists(st.integers(-1, 3), max_size=3)))
@@ -708,8 +813,9 @@ def test_generated_graphs_run_as_declared(parts):
         assert out.dtype == np.dtype(graph.outputs[0].spec.dtype), str(graph)
         assert gs.Graph.from_bytes(graph.to_bytes()).digest == graph.digest
         out_spec = graph.outputs[0].spec
-        if out_spec.dtype in ("float64", "float32", "complex128") and \
-                any(p.spec.dtype in ("float64", "float32", "complex128") for p in graph.inputs):
+        if out_spec.dtype in ("float64", "float32", "complex128") and any(
+            p.spec.dtype in ("float64", "float32", "complex128") for p in graph.inputs
+        ):
             tangents = [_sample_for(p.spec, rng) for p in graph.inputs]
             _, tangent = ENG.jvp(graph, args, tangents)
             assert tangent.shape == out_spec.shape
@@ -719,27 +825,44 @@ def test_generated_graphs_run_as_declared(parts):
 
 # regressions the generated graphs found
 
+
 def test_logsumexp_of_integers_is_rejected():
     with pytest.raises(gs.GraphError):
-        Graph([Port("n", Spec((3,), "int64"))], {}, [Node("logsumexp", ("n",), ("y",),
-                                                          {"axes": (0,), "keepdims": False})], ["y"])
+        Graph(
+            [Port("n", Spec((3,), "int64"))],
+            {},
+            [Node("logsumexp", ("n",), ("y",), {"axes": (0,), "keepdims": False})],
+            ["y"],
+        )
 
 
 def test_add_at_dtype_mismatch_is_rejected():
     with pytest.raises(gs.GraphError):
-        Graph([Port("u", Spec((), "float64"))], {"c": np.array([0])},
-              [Node("add_at", ("c", "u"), ("y",), {"index": (1, 0, 0, 0)})], ["y"])
+        Graph(
+            [Port("u", Spec((), "float64"))],
+            {"c": np.array([0])},
+            [Node("add_at", ("c", "u"), ("y",), {"index": (1, 0, 0, 0)})],
+            ["y"],
+        )
 
 
 def test_add_at_on_a_scalar_result():
-    graph = Graph([Port("x", Spec((), "float64"))], {},
-                  [Node("abs", ("x",), ("a",), {}), Node("add_at", ("a", "x"), ("y",), {"index": ()})], ["y"])
+    graph = Graph(
+        [Port("x", Spec((), "float64"))],
+        {},
+        [Node("abs", ("x",), ("a",), {}), Node("add_at", ("a", "x"), ("y",), {"index": ()})],
+        ["y"],
+    )
     assert float(ENG.evaluate(graph, -2.0)) == 0.0
 
 
 def test_complex_extremum_of_zero_size():
-    graph = Graph([Port("z", Spec((0, 0, 1), "complex128"))], {},
-                  [Node("reduce_max", ("z",), ("y",), {"axes": (2,), "keepdims": False})], ["y"])
+    graph = Graph(
+        [Port("z", Spec((0, 0, 1), "complex128"))],
+        {},
+        [Node("reduce_max", ("z",), ("y",), {"axes": (2,), "keepdims": False})],
+        ["y"],
+    )
     assert ENG.evaluate(graph, np.zeros((0, 0, 1), complex)).shape == (0, 0)
 
 
@@ -774,8 +897,10 @@ def test_huge_intermediate_values_are_rejected_before_running(make):
     elif make == "broadcast_to":
         nodes = [Node("broadcast_to", ("x",), ("y",), {"shape": huge})]
     else:
-        nodes = [Node("broadcast_to", ("x",), ("b",), {"shape": (10**6,)}),
-                 Node("einsum", ("b", "b"), ("y",), {"subscripts": "i,j->ij"})]
+        nodes = [
+            Node("broadcast_to", ("x",), ("b",), {"shape": (10**6,)}),
+            Node("einsum", ("b", "b"), ("y",), {"subscripts": "i,j->ij"}),
+        ]
     tracemalloc.start()
     try:
         with pytest.raises(gs.LimitError) as info:

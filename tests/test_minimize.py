@@ -2,6 +2,7 @@
 Client of a live server (the `backend`, `server` fixtures of conftest.py), the per-step
 history and progress bar, and the request sizes of a remote loop (fixed data travels by its
 digest, not on every step)."""
+
 from __future__ import annotations
 
 import io
@@ -9,11 +10,10 @@ import io
 import grpc
 import numpy as np
 import pytest
+from conftest import Recorder
 
 import gradserve as gs
 import gradserve.numpy as gnp
-
-from conftest import Recorder
 
 
 def rosenbrock(x):
@@ -48,12 +48,12 @@ class Spy:
         def counted(*args, **kwargs):
             self.calls[name] = self.calls.get(name, 0) + 1
             return method(*args, **kwargs)
+
         return counted
 
 
-
-
 # ---- SciPy's methods, in-process and remote -------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["L-BFGS-B", "BFGS", "CG", "Newton-CG"])
 def test_rosenbrock_reaches_the_optimum(backend, method):
@@ -66,14 +66,14 @@ def test_rosenbrock_reaches_the_optimum(backend, method):
     assert spy.calls["value_and_grad"] == res.nfev
     assert set(spy.calls) <= {"value_and_grad", "hvp"}
     if method == "Newton-CG":
-        assert spy.calls["hvp"] == res.nhev > 0            # hessp comes from the backend's hvp
+        assert spy.calls["hvp"] == res.nhev > 0  # hessp comes from the backend's hvp
     else:
         assert "hvp" not in spy.calls
     assert res.backend_calls == spy.calls
     # History: one entry per step, step 0 being x0.
     h = res.history
     assert len(h["loss"]) == res.nit + 1 == len(h["grad_norm"]) == len(h["time"])
-    assert h["loss"][0] == pytest.approx(9.0)              # f(0) for n = 10
+    assert h["loss"][0] == pytest.approx(9.0)  # f(0) for n = 10
     assert h["loss"][-1] == pytest.approx(res.fun, abs=1e-12)
     assert np.all(np.diff(h["time"]) >= 0) and np.all(np.diff(h["step"]) == 1)
 
@@ -120,9 +120,10 @@ def test_remote_and_local_runs_take_the_same_steps(remote):
 
 # ---- SciPy pass-through -----------------------------------------------------------------------
 
+
 def test_any_shape_of_x0_and_of_the_input():
     graph = gs.trace(lambda x: rosenbrock(x.reshape(10)), gs.Spec((2, 5)))
-    res = gs.minimize(graph, np.zeros(10), progress=False)   # flat x0 for a (2, 5) input
+    res = gs.minimize(graph, np.zeros(10), progress=False)  # flat x0 for a (2, 5) input
     assert res.x.shape == (2, 5) and res.jac.shape == (2, 5)
     np.testing.assert_allclose(res.x, np.ones((2, 5)), atol=1e-4)
     with pytest.raises(ValueError, match="x0 for input 'x' needs 10 elements"):
@@ -143,8 +144,15 @@ def test_bounds_tol_options_and_callback_pass_through():
         seen.append(x.copy())
 
     bounds = [(None, 0.5)] * 10
-    res = gs.minimize(ROSEN, np.zeros(10), bounds=bounds, tol=1e-12, callback=callback,
-                      options={"maxiter": 500}, progress=False)
+    res = gs.minimize(
+        ROSEN,
+        np.zeros(10),
+        bounds=bounds,
+        tol=1e-12,
+        callback=callback,
+        options={"maxiter": 500},
+        progress=False,
+    )
     assert res.success
     assert np.all(res.x <= 0.5 + 1e-12) and res.x[0] == pytest.approx(0.5)
     assert len(seen) == res.nit and seen[-1].shape == (10,)
@@ -189,12 +197,21 @@ def test_argument_errors():
 
 # ---- first-order loops ------------------------------------------------------------------------
 
+
 def test_adam_reaches_the_lbfgs_loss_on_logistic_regression(backend):
     X, y = logistic_data(400, 8, seed=1)
     graph = gs.trace(logistic_loss, gs.Spec((8,)), gs.Spec((400, 8)), gs.Spec((400,)))
     ref = gs.minimize(graph, np.zeros(8), X, y, backend=backend, progress=False)
-    res = gs.minimize(graph, np.zeros(8), X, y, method="adam", backend=backend, progress=False,
-                      options={"learning_rate": 0.05, "maxiter": 2000, "gtol": 1e-6})
+    res = gs.minimize(
+        graph,
+        np.zeros(8),
+        X,
+        y,
+        method="adam",
+        backend=backend,
+        progress=False,
+        options={"learning_rate": 0.05, "maxiter": 2000, "gtol": 1e-6},
+    )
     assert res.success, res.message
     assert res.fun == pytest.approx(ref.fun, rel=1e-6)
     np.testing.assert_allclose(res.x, ref.x, atol=1e-4)
@@ -207,9 +224,21 @@ def test_sgd_with_momentum_and_nesterov():
     graph = gs.trace(logistic_loss, gs.Spec((8,)), X, y)
     ref = gs.minimize(graph, np.zeros(8), X, y, progress=False)
     for nesterov in (False, True):
-        res = gs.minimize(graph, np.zeros(8), X, y, method="sgd", progress=False,
-                          options={"learning_rate": 0.5, "momentum": 0.8, "nesterov": nesterov,
-                                   "maxiter": 2000, "gtol": 1e-7})
+        res = gs.minimize(
+            graph,
+            np.zeros(8),
+            X,
+            y,
+            method="sgd",
+            progress=False,
+            options={
+                "learning_rate": 0.5,
+                "momentum": 0.8,
+                "nesterov": nesterov,
+                "maxiter": 2000,
+                "gtol": 1e-7,
+            },
+        )
         assert res.success and res.fun == pytest.approx(ref.fun, rel=1e-8)
 
 
@@ -218,8 +247,14 @@ def test_first_order_maxiter_bounds_schedule_and_callback():
     assert not res.success and res.status == 1 and res.nit == 7
     assert len(res.history["loss"]) == 8 and res.nfev == 8
     # Bounds are projected onto; the stopping test uses the projected gradient.
-    res = gs.minimize(ROSEN, np.zeros(10), method="adam", bounds=[(-1.0, 0.3)] * 10,
-                      options={"learning_rate": 0.02, "maxiter": 3000}, progress=False)
+    res = gs.minimize(
+        ROSEN,
+        np.zeros(10),
+        method="adam",
+        bounds=[(-1.0, 0.3)] * 10,
+        options={"learning_rate": 0.02, "maxiter": 3000},
+        progress=False,
+    )
     assert np.all(res.x <= 0.3) and res.x[0] == pytest.approx(0.3)
     # A learning-rate schedule and a callback that stops the loop.
     rates = []
@@ -228,19 +263,27 @@ def test_first_order_maxiter_bounds_schedule_and_callback():
         if len(rates) == 4:
             raise StopIteration
 
-    res = gs.minimize(ROSEN, np.zeros(10), method="sgd", progress=False,
-                      options={"learning_rate": lambda k: rates.append(k) or 1e-4},
-                      callback=stop_after_four)
+    res = gs.minimize(
+        ROSEN,
+        np.zeros(10),
+        method="sgd",
+        progress=False,
+        options={"learning_rate": lambda k: rates.append(k) or 1e-4},
+        callback=stop_after_four,
+    )
     assert res.status == 99 and res.nit == 4 and rates == [0, 1, 2, 3]
-    res = gs.minimize(ROSEN, np.zeros(10), method="sgd", options={"learning_rate": 1.0},
-                      progress=False)
-    assert res.status == 3 and not res.success           # diverged to inf/nan: stops
+    res = gs.minimize(
+        ROSEN, np.zeros(10), method="sgd", options={"learning_rate": 1.0}, progress=False
+    )
+    assert res.status == 3 and not res.success  # diverged to inf/nan: stops
     with pytest.warns(Warning, match="Unknown solver options: lr"):
-        gs.minimize(ROSEN, np.zeros(10), method="adam", options={"lr": 1, "maxiter": 1},
-                    progress=False)
+        gs.minimize(
+            ROSEN, np.zeros(10), method="adam", options={"lr": 1, "maxiter": 1}, progress=False
+        )
 
 
 # ---- progress -----------------------------------------------------------------------------
+
 
 class FakeTerminal(io.StringIO):
     def isatty(self):
@@ -249,7 +292,7 @@ class FakeTerminal(io.StringIO):
 
 def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     gs.minimize(ROSEN, np.zeros(10), options={"maxiter": 20})
-    assert capsys.readouterr().err == ""                  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
     term = FakeTerminal()
     monkeypatch.setattr("sys.stderr", term)
     gs.minimize(ROSEN, np.zeros(10), progress=False)
@@ -262,6 +305,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
 
 # ---- what travels ---------------------------------------------------------------------------
 
+
 def _remote_run(server, X, y, **kwargs):
     rec = Recorder()
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), rec)
@@ -273,22 +317,22 @@ def _remote_run(server, X, y, **kwargs):
 
 
 def test_fixed_data_is_not_resent_every_step(server):
-    X, y = logistic_data(4000, 20, seed=123)          # X: 640 KB; y: 32 KB
+    X, y = logistic_data(4000, 20, seed=123)  # X: 640 KB; y: 32 KB
     res, calls = _remote_run(server, X, y, options={"maxiter": 30})
     sizes = [n for m, n in calls if m == "ValueAndGrad"]
     assert len(sizes) == len(calls) == res.nfev >= 5
     carrying_x = [i for i, n in enumerate(sizes) if n >= X.nbytes]
     # The client's protocol: first sight inline, second inline and remembered, then by digest.
     assert carrying_x in ([0], [0, 1]), sizes
-    later = sizes[len(carrying_x):]
-    assert max(later) < y.nbytes + 2000, later          # w, y (under the digest threshold), refs
+    later = sizes[len(carrying_x) :]
+    assert max(later) < y.nbytes + 2000, later  # w, y (under the digest threshold), refs
     assert sum(sizes) < (len(carrying_x) + 1) * X.nbytes
     # The graph body travels once, too.
     assert sizes[-1] == sizes[-2]
 
 
 def test_newton_cg_remote_sends_data_and_zero_tangents_by_digest(server):
-    X, y = logistic_data(3000, 10, seed=7)            # X: 240 KB
+    X, y = logistic_data(3000, 10, seed=7)  # X: 240 KB
     res, calls = _remote_run(server, X, y, method="Newton-CG", options={"maxiter": 8})
     hvp = [n for m, n in calls if m == "Hvp"]
     assert len(hvp) == res.nhev > 3
@@ -300,7 +344,6 @@ def test_data_matrix_travels_exactly_once(server):
     X, y = logistic_data(4000, 20, seed=321)
     _, calls = _remote_run(server, X, y, options={"maxiter": 10})
     assert sum(n >= X.nbytes for _, n in calls) == 1
-
 
 
 def test_fixed_inputs_are_converted_once():
@@ -317,8 +360,14 @@ def test_fixed_inputs_are_converted_once():
             seen.append((X, y))
             return self.engine.value_and_grad(graph, w, X, y, argnums=argnums)
 
-    res = gs.minimize(graph, np.zeros(4), np.asfortranarray(X), y.astype(np.float32),
-                      backend=Capture(), progress=False)
+    res = gs.minimize(
+        graph,
+        np.zeros(4),
+        np.asfortranarray(X),
+        y.astype(np.float32),
+        backend=Capture(),
+        progress=False,
+    )
     ref = gs.minimize(graph, np.zeros(4), X, y.astype(np.float32), progress=False)
     np.testing.assert_array_equal(res.x, ref.x)
     assert len(seen) == res.nfev > 2

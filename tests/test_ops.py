@@ -4,6 +4,7 @@ shapes drawn by hypothesis. Points are kept away from kinks and singularities.
 
 Also: the dot-product identity <v, J u> = <J^T v, u>, broadcasting, float32 staying float32,
 integer inputs being non-differentiable, and zero derivatives of piecewise-constant ops."""
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -14,13 +15,18 @@ import gradserve as gs
 import gradserve.numpy as gnp
 
 EXAMPLES = 15
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 ENG = gs.Engine()
 
 
 # ---- random points away from kinks -----------------------------------------------------------
+
 
 def sample(rng, shape, kind="any"):
     """Random float64 values of `shape`. kinds:
@@ -108,7 +114,9 @@ def check_op(fn, np_fn, args, *, seed=0, rtol=1e-6, atol=1e-7, jacobians=True):
     for ct, jac, a in zip(in_cts, jacs, args):
         assert ct.shape == a.shape
         assert ct.dtype == np.float64
-        np.testing.assert_allclose(ct, contract_out(jac, want.shape, cotangent), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(
+            ct, contract_out(jac, want.shape, cotangent), rtol=rtol, atol=atol
+        )
 
     # <v, J u> = <J^T v, u>, both sides from the engine
     lhs = float(np.sum(cotangent * out_tangent))
@@ -161,11 +169,11 @@ UNARY = {
     "round_decimals": (lambda x: gnp.round(x, 1), lambda x: np.round(x, 1), "any"),
     "clip": (lambda x: gnp.clip(x, -0.5, 0.5), lambda x: np.clip(x, -0.5, 0.5), "lowfrac"),
     "clip_low_only": (lambda x: gnp.clip(x, 0.5, None), lambda x: np.clip(x, 0.5, None), "lowfrac"),
-    "pow_2": (lambda x: x ** 2, lambda x: x ** 2, "any"),
-    "pow_3": (lambda x: x ** 3, lambda x: x ** 3, "any"),
-    "pow_half": (lambda x: x ** 0.5, lambda x: x ** 0.5, "pos"),
+    "pow_2": (lambda x: x**2, lambda x: x**2, "any"),
+    "pow_3": (lambda x: x**3, lambda x: x**3, "any"),
+    "pow_half": (lambda x: x**0.5, lambda x: x**0.5, "pos"),
     "pow_neg": (lambda x: gnp.power(x, -1.5), lambda x: np.power(x, -1.5), "pos"),
-    "rpow": (lambda x: 2.0 ** x, lambda x: 2.0 ** x, "any"),
+    "rpow": (lambda x: 2.0**x, lambda x: 2.0**x, "any"),
     "radd": (lambda x: 3.0 + x, lambda x: 3.0 + x, "any"),
     "rsub": (lambda x: 3.0 - x, lambda x: 3.0 - x, "any"),
     "rmul": (lambda x: 3.0 * x, lambda x: 3.0 * x, "any"),
@@ -175,8 +183,11 @@ UNARY = {
     "sigmoid": (gs.nn.sigmoid, lambda x: 1 / (1 + np.exp(-x)), "any"),
     "relu": (gs.nn.relu, lambda x: np.maximum(x, 0), "away0"),
     "softplus": (gs.nn.softplus, lambda x: np.log1p(np.exp(x)), "any"),
-    "chain": (lambda x: gnp.sin(gnp.exp(x) * x) / (1 + x * x),
-              lambda x: np.sin(np.exp(x) * x) / (1 + x * x), "any"),
+    "chain": (
+        lambda x: gnp.sin(gnp.exp(x) * x) / (1 + x * x),
+        lambda x: np.sin(np.exp(x) * x) / (1 + x * x),
+        "any",
+    ),
 }
 
 
@@ -209,17 +220,29 @@ BINARY = {
     "divide": (gnp.divide, np.divide, "any", "away0"),
     "div_op": (lambda x, y: x / y, np.divide, "any", "away0"),
     "power": (gnp.power, np.power, "pos", "any"),
-    "pow_op": (lambda x, y: x ** y, np.power, "pos", "any"),
+    "pow_op": (lambda x, y: x**y, np.power, "pos", "any"),
     "maximum": (gnp.maximum, np.maximum, "lowfrac", "highfrac"),
     "maximum_other": (gnp.maximum, np.maximum, "highfrac", "lowfrac"),
     "minimum": (gnp.minimum, np.minimum, "lowfrac", "highfrac"),
     "logaddexp": (gnp.logaddexp, np.logaddexp, "any", "any"),
-    "where_traced_cond": (lambda x, y: gnp.where(x > 0, x * y, y - x),
-                          lambda x, y: np.where(x > 0, x * y, y - x), "away0", "any"),
-    "where_compare_xy": (lambda x, y: gnp.where(x < y, gnp.sin(x), gnp.cos(y)),
-                         lambda x, y: np.where(x < y, np.sin(x), np.cos(y)), "lowfrac", "highfrac"),
-    "hypot_like": (lambda x, y: gnp.sqrt(x * x + y * y + 1.0),
-                   lambda x, y: np.sqrt(x * x + y * y + 1.0), "any", "any"),
+    "where_traced_cond": (
+        lambda x, y: gnp.where(x > 0, x * y, y - x),
+        lambda x, y: np.where(x > 0, x * y, y - x),
+        "away0",
+        "any",
+    ),
+    "where_compare_xy": (
+        lambda x, y: gnp.where(x < y, gnp.sin(x), gnp.cos(y)),
+        lambda x, y: np.where(x < y, np.sin(x), np.cos(y)),
+        "lowfrac",
+        "highfrac",
+    ),
+    "hypot_like": (
+        lambda x, y: gnp.sqrt(x * x + y * y + 1.0),
+        lambda x, y: np.sqrt(x * x + y * y + 1.0),
+        "any",
+        "any",
+    ),
 }
 
 
@@ -233,8 +256,9 @@ def test_binary_broadcasting(name, shapes, seed):
     check_op(fn, np_fn, [sample(rng, sx, kx), sample(rng, sy, ky)], seed=seed)
 
 
-@pytest.mark.parametrize("sx, sy", [((3, 1), (1, 4)), ((), (2, 3)), ((2, 3), ()), ((4,), (3, 4)),
-                                    ((2, 1, 3), (4, 1))])
+@pytest.mark.parametrize(
+    "sx, sy", [((3, 1), (1, 4)), ((), (2, 3)), ((2, 3), ()), ((4,), (3, 4)), ((2, 1, 3), (4, 1))]
+)
 @pytest.mark.parametrize("name", ["add", "subtract", "multiply", "divide", "maximum"])
 def test_binary_fixed_broadcasts(name, sx, sy):
     fn, np_fn, kx, ky = BINARY[name]
@@ -245,10 +269,16 @@ def test_binary_fixed_broadcasts(name, sx, sy):
 def test_where_with_constant_condition():
     rng = np.random.default_rng(3)
     cond = rng.random((3, 4)) > 0.5
-    check_op(lambda x, y: gnp.where(cond, x, y), lambda x, y: np.where(cond, x, y),
-             [rng.normal(size=(3, 1)), rng.normal(size=(4,))])
-    check_op(lambda x: gnp.where(cond, x, 0.0), lambda x: np.where(cond, x, 0.0),
-             [rng.normal(size=(3, 4))])
+    check_op(
+        lambda x, y: gnp.where(cond, x, y),
+        lambda x, y: np.where(cond, x, y),
+        [rng.normal(size=(3, 1)), rng.normal(size=(4,))],
+    )
+    check_op(
+        lambda x: gnp.where(cond, x, 0.0),
+        lambda x: np.where(cond, x, 0.0),
+        [rng.normal(size=(3, 4))],
+    )
 
 
 def test_clip_both_sides_gradient_closed_form():
@@ -260,15 +290,30 @@ def test_clip_both_sides_gradient_closed_form():
 # ---- comparisons and logical ops (values; not differentiable) ------------------------------
 
 COMPARE = {
-    "less": (gnp.less, np.less), "less_equal": (gnp.less_equal, np.less_equal),
-    "greater": (gnp.greater, np.greater), "greater_equal": (gnp.greater_equal, np.greater_equal),
-    "equal": (gnp.equal, np.equal), "not_equal": (gnp.not_equal, np.not_equal),
-    "lt_op": (lambda x, y: x < y, np.less), "le_op": (lambda x, y: x <= y, np.less_equal),
-    "gt_op": (lambda x, y: x > y, np.greater), "ge_op": (lambda x, y: x >= y, np.greater_equal),
-    "eq_op": (lambda x, y: x == y, np.equal), "ne_op": (lambda x, y: x != y, np.not_equal),
-    "logical_and": (lambda x, y: gnp.logical_and(x > 0, y > 0), lambda x, y: np.logical_and(x > 0, y > 0)),
-    "logical_or": (lambda x, y: gnp.logical_or(x > 0, y > 0), lambda x, y: np.logical_or(x > 0, y > 0)),
-    "logical_xor": (lambda x, y: gnp.logical_xor(x > 0, y > 0), lambda x, y: np.logical_xor(x > 0, y > 0)),
+    "less": (gnp.less, np.less),
+    "less_equal": (gnp.less_equal, np.less_equal),
+    "greater": (gnp.greater, np.greater),
+    "greater_equal": (gnp.greater_equal, np.greater_equal),
+    "equal": (gnp.equal, np.equal),
+    "not_equal": (gnp.not_equal, np.not_equal),
+    "lt_op": (lambda x, y: x < y, np.less),
+    "le_op": (lambda x, y: x <= y, np.less_equal),
+    "gt_op": (lambda x, y: x > y, np.greater),
+    "ge_op": (lambda x, y: x >= y, np.greater_equal),
+    "eq_op": (lambda x, y: x == y, np.equal),
+    "ne_op": (lambda x, y: x != y, np.not_equal),
+    "logical_and": (
+        lambda x, y: gnp.logical_and(x > 0, y > 0),
+        lambda x, y: np.logical_and(x > 0, y > 0),
+    ),
+    "logical_or": (
+        lambda x, y: gnp.logical_or(x > 0, y > 0),
+        lambda x, y: np.logical_or(x > 0, y > 0),
+    ),
+    "logical_xor": (
+        lambda x, y: gnp.logical_xor(x > 0, y > 0),
+        lambda x, y: np.logical_xor(x > 0, y > 0),
+    ),
     "and_op": (lambda x, y: (x > 0) & (y > 0), lambda x, y: (x > 0) & (y > 0)),
     "or_op": (lambda x, y: (x > 0) | (y > 0), lambda x, y: (x > 0) | (y > 0)),
     "not_op": (lambda x, y: ~(x > y), lambda x, y: ~(x > y)),
@@ -304,6 +349,7 @@ def test_gradient_through_comparison_is_zero():
 
 # ---- reductions with axis and keepdims -------------------------------------------------------
 
+
 @st.composite
 def shape_and_axis(draw, min_dims=1):
     shape = draw(hnp.array_shapes(min_dims=min_dims, max_dims=3, min_side=1, max_side=4))
@@ -334,13 +380,33 @@ REDUCTIONS = {
     "prod": (gnp.prod, np.prod, "away0"),
     "var": (gnp.var, np.var, "any"),
     "std": (gnp.std, np.std, "any"),
-    "logsumexp": (gs.nn.logsumexp,
-                  lambda x, axis=None, keepdims=False: np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims)),
-                  "any"),
-    "method_sum": (lambda x, axis=None, keepdims=False: x.sum(axis=axis, keepdims=keepdims), np.sum, "any"),
-    "method_mean": (lambda x, axis=None, keepdims=False: x.mean(axis=axis, keepdims=keepdims), np.mean, "any"),
-    "method_max": (lambda x, axis=None, keepdims=False: x.max(axis=axis, keepdims=keepdims), np.max, "distinct"),
-    "method_prod": (lambda x, axis=None, keepdims=False: x.prod(axis=axis, keepdims=keepdims), np.prod, "away0"),
+    "logsumexp": (
+        gs.nn.logsumexp,
+        lambda x, axis=None, keepdims=False: np.log(
+            np.sum(np.exp(x), axis=axis, keepdims=keepdims)
+        ),
+        "any",
+    ),
+    "method_sum": (
+        lambda x, axis=None, keepdims=False: x.sum(axis=axis, keepdims=keepdims),
+        np.sum,
+        "any",
+    ),
+    "method_mean": (
+        lambda x, axis=None, keepdims=False: x.mean(axis=axis, keepdims=keepdims),
+        np.mean,
+        "any",
+    ),
+    "method_max": (
+        lambda x, axis=None, keepdims=False: x.max(axis=axis, keepdims=keepdims),
+        np.max,
+        "distinct",
+    ),
+    "method_prod": (
+        lambda x, axis=None, keepdims=False: x.prod(axis=axis, keepdims=keepdims),
+        np.prod,
+        "away0",
+    ),
 }
 
 
@@ -353,8 +419,12 @@ def test_reductions(name, case, seed):
     if name == "std":
         assume(_reduced_count(shape, axis) >= 2)  # std is not differentiable at 0
     x = sample(np.random.default_rng(seed), shape, kind)
-    check_op(lambda x: fn(x, axis=axis, keepdims=keepdims),
-             lambda x: np_fn(x, axis=axis, keepdims=keepdims), [x], seed=seed)
+    check_op(
+        lambda x: fn(x, axis=axis, keepdims=keepdims),
+        lambda x: np_fn(x, axis=axis, keepdims=keepdims),
+        [x],
+        seed=seed,
+    )
 
 
 @SETTINGS
@@ -363,10 +433,18 @@ def test_var_std_ddof(case, ddof, seed):
     shape, axis, keepdims = case
     assume(_reduced_count(shape, axis) >= 2)
     x = sample(np.random.default_rng(seed), shape, "any")
-    check_op(lambda x: gnp.var(x, axis=axis, keepdims=keepdims, ddof=ddof),
-             lambda x: np.var(x, axis=axis, keepdims=keepdims, ddof=ddof), [x], seed=seed)
-    check_op(lambda x: gnp.std(x, axis=axis, keepdims=keepdims, ddof=ddof),
-             lambda x: np.std(x, axis=axis, keepdims=keepdims, ddof=ddof), [x], seed=seed)
+    check_op(
+        lambda x: gnp.var(x, axis=axis, keepdims=keepdims, ddof=ddof),
+        lambda x: np.var(x, axis=axis, keepdims=keepdims, ddof=ddof),
+        [x],
+        seed=seed,
+    )
+    check_op(
+        lambda x: gnp.std(x, axis=axis, keepdims=keepdims, ddof=ddof),
+        lambda x: np.std(x, axis=axis, keepdims=keepdims, ddof=ddof),
+        [x],
+        seed=seed,
+    )
 
 
 @SETTINGS
@@ -425,27 +503,72 @@ CONTRACTIONS = [
     ("dot_v_3d", gnp.dot, np.dot, (3,), (2, 3, 2)),
     ("matmul_v_batched", lambda a, b: a @ b, np.matmul, (3,), (2, 3, 4)),
     ("matmul_batched_v", lambda a, b: a @ b, np.matmul, (2, 4, 3), (3,)),
-    ("einsum_ellipsis_broadcast", lambda a, b: gnp.einsum("...i,...i->...", a, b),
-     lambda a, b: np.einsum("...i,...i->...", a, b), (2, 1, 3), (4, 3)),
+    (
+        "einsum_ellipsis_broadcast",
+        lambda a, b: gnp.einsum("...i,...i->...", a, b),
+        lambda a, b: np.einsum("...i,...i->...", a, b),
+        (2, 1, 3),
+        (4, 3),
+    ),
     ("dot_method", lambda a, b: a.dot(b), np.dot, (2, 3), (3,)),
     ("outer", gnp.outer, np.outer, (3,), (4,)),
     ("outer_2d", gnp.outer, np.outer, (2, 2), (3,)),
-    ("einsum_mm", lambda a, b: gnp.einsum("ij,jk->ik", a, b),
-     lambda a, b: np.einsum("ij,jk->ik", a, b), (2, 3), (3, 4)),
-    ("einsum_implicit", lambda a, b: gnp.einsum("ij,jk", a, b),
-     lambda a, b: np.einsum("ij,jk", a, b), (2, 3), (3, 4)),
-    ("einsum_inner", lambda a, b: gnp.einsum("i,i->", a, b),
-     lambda a, b: np.einsum("i,i->", a, b), (4,), (4,)),
-    ("einsum_batched", lambda a, b: gnp.einsum("bij,bjk->bik", a, b),
-     lambda a, b: np.einsum("bij,bjk->bik", a, b), (2, 2, 3), (2, 3, 2)),
-    ("einsum_ellipsis", lambda a, b: gnp.einsum("...ij,...jk->...ik", a, b),
-     lambda a, b: np.einsum("...ij,...jk->...ik", a, b), (2, 2, 3), (3, 2)),
-    ("einsum_sum_free_axis", lambda a, b: gnp.einsum("ij,j->", a, b),
-     lambda a, b: np.einsum("ij,j->", a, b), (2, 3), (3,)),
-    ("einsum_outer_transposed", lambda a, b: gnp.einsum("i,j->ji", a, b),
-     lambda a, b: np.einsum("i,j->ji", a, b), (2,), (3,)),
-    ("einsum_axis_only_in_a", lambda a, b: gnp.einsum("ijk,jl->il", a, b),
-     lambda a, b: np.einsum("ijk,jl->il", a, b), (2, 3, 2), (3, 2)),
+    (
+        "einsum_mm",
+        lambda a, b: gnp.einsum("ij,jk->ik", a, b),
+        lambda a, b: np.einsum("ij,jk->ik", a, b),
+        (2, 3),
+        (3, 4),
+    ),
+    (
+        "einsum_implicit",
+        lambda a, b: gnp.einsum("ij,jk", a, b),
+        lambda a, b: np.einsum("ij,jk", a, b),
+        (2, 3),
+        (3, 4),
+    ),
+    (
+        "einsum_inner",
+        lambda a, b: gnp.einsum("i,i->", a, b),
+        lambda a, b: np.einsum("i,i->", a, b),
+        (4,),
+        (4,),
+    ),
+    (
+        "einsum_batched",
+        lambda a, b: gnp.einsum("bij,bjk->bik", a, b),
+        lambda a, b: np.einsum("bij,bjk->bik", a, b),
+        (2, 2, 3),
+        (2, 3, 2),
+    ),
+    (
+        "einsum_ellipsis",
+        lambda a, b: gnp.einsum("...ij,...jk->...ik", a, b),
+        lambda a, b: np.einsum("...ij,...jk->...ik", a, b),
+        (2, 2, 3),
+        (3, 2),
+    ),
+    (
+        "einsum_sum_free_axis",
+        lambda a, b: gnp.einsum("ij,j->", a, b),
+        lambda a, b: np.einsum("ij,j->", a, b),
+        (2, 3),
+        (3,),
+    ),
+    (
+        "einsum_outer_transposed",
+        lambda a, b: gnp.einsum("i,j->ji", a, b),
+        lambda a, b: np.einsum("i,j->ji", a, b),
+        (2,),
+        (3,),
+    ),
+    (
+        "einsum_axis_only_in_a",
+        lambda a, b: gnp.einsum("ijk,jl->il", a, b),
+        lambda a, b: np.einsum("ijk,jl->il", a, b),
+        (2, 3, 2),
+        (3, 2),
+    ),
 ]
 
 
@@ -460,8 +583,11 @@ def test_contractions(name, fn, np_fn, sa, sb, seed):
 def test_einsum_three_operands():
     rng = np.random.default_rng(5)
     args = [rng.normal(size=(2, 3)), rng.normal(size=(3, 4)), rng.normal(size=(4, 2))]
-    check_op(lambda a, b, c: gnp.einsum("ij,jk,kl->il", a, b, c),
-             lambda a, b, c: np.einsum("ij,jk,kl->il", a, b, c), args)
+    check_op(
+        lambda a, b, c: gnp.einsum("ij,jk,kl->il", a, b, c),
+        lambda a, b, c: np.einsum("ij,jk,kl->il", a, b, c),
+        args,
+    )
 
 
 def test_einsum_single_operand_transpose_and_sum():
@@ -474,7 +600,7 @@ DIAGONALS = ["ii->i", "ii->", "ii", "iij->ij"]
 
 @pytest.mark.parametrize("subscripts", DIAGONALS)
 def test_einsum_diagonal_and_trace_forward(subscripts):
-    x = np.random.default_rng(7).normal(size=(3, 3, 2)[:len(subscripts.split("->")[0])])
+    x = np.random.default_rng(7).normal(size=(3, 3, 2)[: len(subscripts.split("->")[0])])
     graph = gs.trace(lambda x: gnp.einsum(subscripts, x), x)
     np.testing.assert_allclose(ENG.evaluate(graph, x), np.einsum(subscripts, x), rtol=1e-12)
     u = np.random.default_rng(8).normal(size=x.shape)
@@ -483,7 +609,7 @@ def test_einsum_diagonal_and_trace_forward(subscripts):
 
 @pytest.mark.parametrize("subscripts", DIAGONALS)
 def test_einsum_diagonal_and_trace_reverse(subscripts):
-    x = np.random.default_rng(7).normal(size=(3, 3, 2)[:len(subscripts.split("->")[0])])
+    x = np.random.default_rng(7).normal(size=(3, 3, 2)[: len(subscripts.split("->")[0])])
     check_op(lambda x: gnp.einsum(subscripts, x), lambda x: np.einsum(subscripts, x), [x])
 
 
@@ -491,14 +617,29 @@ def test_einsum_diagonal_and_trace_reverse(subscripts):
 
 SHAPE_OPS = [
     ("transpose", gnp.transpose, np.transpose, (2, 3, 4)),
-    ("transpose_axes", lambda x: gnp.transpose(x, (1, 2, 0)), lambda x: np.transpose(x, (1, 2, 0)), (2, 3, 4)),
-    ("transpose_neg_axes", lambda x: gnp.transpose(x, (-1, 0, 1)), lambda x: np.transpose(x, (-1, 0, 1)), (2, 3, 4)),
+    (
+        "transpose_axes",
+        lambda x: gnp.transpose(x, (1, 2, 0)),
+        lambda x: np.transpose(x, (1, 2, 0)),
+        (2, 3, 4),
+    ),
+    (
+        "transpose_neg_axes",
+        lambda x: gnp.transpose(x, (-1, 0, 1)),
+        lambda x: np.transpose(x, (-1, 0, 1)),
+        (2, 3, 4),
+    ),
     ("T", lambda x: x.T, lambda x: x.T, (2, 3)),
     ("T_3d", lambda x: x.T, lambda x: x.T, (2, 3, 4)),
     ("method_transpose", lambda x: x.transpose(1, 0, 2), lambda x: x.transpose(1, 0, 2), (2, 3, 4)),
     ("swapaxes", lambda x: gnp.swapaxes(x, 0, -1), lambda x: np.swapaxes(x, 0, -1), (2, 3, 4)),
     ("reshape", lambda x: gnp.reshape(x, (4, 6)), lambda x: np.reshape(x, (4, 6)), (2, 3, 4)),
-    ("reshape_minus1", lambda x: gnp.reshape(x, (-1, 2)), lambda x: np.reshape(x, (-1, 2)), (2, 3, 4)),
+    (
+        "reshape_minus1",
+        lambda x: gnp.reshape(x, (-1, 2)),
+        lambda x: np.reshape(x, (-1, 2)),
+        (2, 3, 4),
+    ),
     ("method_reshape", lambda x: x.reshape(3, 8), lambda x: x.reshape(3, 8), (2, 3, 4)),
     ("method_reshape_tuple", lambda x: x.reshape((6, 4)), lambda x: x.reshape((6, 4)), (2, 3, 4)),
     ("ravel", gnp.ravel, np.ravel, (2, 3, 4)),
@@ -506,17 +647,36 @@ SHAPE_OPS = [
     ("ravel_after_transpose", lambda x: x.T.ravel(), lambda x: x.T.ravel(), (2, 3)),
     ("expand_dims", lambda x: gnp.expand_dims(x, 1), lambda x: np.expand_dims(x, 1), (2, 3)),
     ("expand_dims_neg", lambda x: gnp.expand_dims(x, -1), lambda x: np.expand_dims(x, -1), (2, 3)),
-    ("expand_dims_tuple", lambda x: gnp.expand_dims(x, (0, 2)), lambda x: np.expand_dims(x, (0, 2)), (2, 3)),
+    (
+        "expand_dims_tuple",
+        lambda x: gnp.expand_dims(x, (0, 2)),
+        lambda x: np.expand_dims(x, (0, 2)),
+        (2, 3),
+    ),
     ("squeeze", gnp.squeeze, np.squeeze, (1, 3, 1)),
     ("squeeze_axis", lambda x: gnp.squeeze(x, 2), lambda x: np.squeeze(x, 2), (1, 3, 1)),
     ("method_squeeze", lambda x: x.squeeze(), lambda x: x.squeeze(), (1, 3, 1)),
-    ("broadcast_to", lambda x: gnp.broadcast_to(x, (2, 3, 4)), lambda x: np.broadcast_to(x, (2, 3, 4)), (3, 1)),
-    ("broadcast_scalar", lambda x: gnp.broadcast_to(x, (2, 3)), lambda x: np.broadcast_to(x, (2, 3)), ()),
+    (
+        "broadcast_to",
+        lambda x: gnp.broadcast_to(x, (2, 3, 4)),
+        lambda x: np.broadcast_to(x, (2, 3, 4)),
+        (3, 1),
+    ),
+    (
+        "broadcast_scalar",
+        lambda x: gnp.broadcast_to(x, (2, 3)),
+        lambda x: np.broadcast_to(x, (2, 3)),
+        (),
+    ),
     ("flip_all", gnp.flip, np.flip, (2, 3)),
     ("flip_axis", lambda x: gnp.flip(x, 1), lambda x: np.flip(x, 1), (2, 3, 2)),
     ("flip_neg_axis", lambda x: gnp.flip(x, -1), lambda x: np.flip(x, -1), (2, 3)),
-    ("astype_roundtrip", lambda x: gnp.astype(gnp.astype(x, "float32"), "float64"),
-     lambda x: x.astype(np.float32).astype(np.float64), (2, 3)),
+    (
+        "astype_roundtrip",
+        lambda x: gnp.astype(gnp.astype(x, "float32"), "float64"),
+        lambda x: x.astype(np.float32).astype(np.float64),
+        (2, 3),
+    ),
     ("method_astype", lambda x: x.astype(np.float64) * 2, lambda x: x * 2, (3,)),
 ]
 
@@ -543,24 +703,36 @@ def test_concatenate_and_stack(shapes, data, seed):
     axis = data.draw(st.integers(-(len(rest) + 1), len(rest)))
     at = axis % (len(rest) + 1)
     parts = [sample(rng, rest[:at] + (n,) + rest[at:]) for n in shapes]
-    check_op(lambda *xs: gnp.concatenate(xs, axis=axis),
-             lambda *xs: np.concatenate(xs, axis=axis), parts, seed=seed)
+    check_op(
+        lambda *xs: gnp.concatenate(xs, axis=axis),
+        lambda *xs: np.concatenate(xs, axis=axis),
+        parts,
+        seed=seed,
+    )
     same = [sample(rng, rest) for _ in shapes]
-    check_op(lambda *xs: gnp.stack(xs, axis=axis), lambda *xs: np.stack(xs, axis=axis), same, seed=seed)
+    check_op(
+        lambda *xs: gnp.stack(xs, axis=axis), lambda *xs: np.stack(xs, axis=axis), same, seed=seed
+    )
     # stack of scalars; array([...]) of tracers
     check_op(lambda *xs: gnp.array(list(xs)), lambda *xs: np.array(list(xs)), same, seed=seed)
 
 
 def test_concatenate_axis_none():
     rng = np.random.default_rng(2)
-    check_op(lambda a, b: gnp.concatenate([a, b], axis=None),
-             lambda a, b: np.concatenate([a, b], axis=None), [rng.normal(size=(2, 2)), rng.normal(size=(3,))])
+    check_op(
+        lambda a, b: gnp.concatenate([a, b], axis=None),
+        lambda a, b: np.concatenate([a, b], axis=None),
+        [rng.normal(size=(2, 2)), rng.normal(size=(3,))],
+    )
 
 
 def test_concatenate_with_constant():
     c = np.arange(3.0)
-    check_op(lambda a: gnp.concatenate([a, c]), lambda a: np.concatenate([a, c]),
-             [np.random.default_rng(3).normal(size=(2,))])
+    check_op(
+        lambda a: gnp.concatenate([a, c]),
+        lambda a: np.concatenate([a, c]),
+        [np.random.default_rng(3).normal(size=(2,))],
+    )
 
 
 # ---- indexing ------------------------------------------------------------------------------------
@@ -593,12 +765,17 @@ INDEXES = [
 ]
 
 
-INDEX_CASES = [(name, index, shape) for name, index in INDEXES for shape in [(4, 3), (4, 3, 2)]
-               if not (name == "separated_arrays" and len(shape) < 3)]  # that one needs 3 axes
+INDEX_CASES = [
+    (name, index, shape)
+    for name, index in INDEXES
+    for shape in [(4, 3), (4, 3, 2)]
+    if not (name == "separated_arrays" and len(shape) < 3)
+]  # that one needs 3 axes
 
 
-@pytest.mark.parametrize("name, index, shape", INDEX_CASES,
-                         ids=[f"{n}-{len(s)}d" for n, _, s in INDEX_CASES])
+@pytest.mark.parametrize(
+    "name, index, shape", INDEX_CASES, ids=[f"{n}-{len(s)}d" for n, _, s in INDEX_CASES]
+)
 def test_indexing(name, index, shape):
     x = sample(np.random.default_rng(0), shape)
     check_op(index, index, [x])
@@ -606,7 +783,9 @@ def test_indexing(name, index, shape):
 
 def test_repeated_indices_accumulate():
     x = np.array([1.0, 2.0, 3.0])
-    graph = gs.trace(lambda x: gnp.sum(x[np.array([0, 2, 0, 0])] * np.array([1.0, 10.0, 100.0, 1000.0])), x)
+    graph = gs.trace(
+        lambda x: gnp.sum(x[np.array([0, 2, 0, 0])] * np.array([1.0, 10.0, 100.0, 1000.0])), x
+    )
     np.testing.assert_array_equal(ENG.grad(graph, x), [1101.0, 0.0, 10.0])
 
 
@@ -623,7 +802,9 @@ def test_index_with_traced_integer_array():
     np.testing.assert_array_equal(ENG.grad(graph, x, np.array([1, 2, 2])), [0.0, 4.0, 12.0, 0.0])
 
 
-@pytest.mark.parametrize("bad", [lambda x: x[5], lambda x: x[np.array([0, 9])], lambda x: x[0, 0, 0]])
+@pytest.mark.parametrize(
+    "bad", [lambda x: x[5], lambda x: x[np.array([0, 9])], lambda x: x[0, 0, 0]]
+)
 def test_out_of_range_index_is_an_error_at_trace_time(bad):
     with pytest.raises((IndexError, ValueError)):
         gs.trace(bad, np.zeros((4, 3)))
@@ -631,12 +812,21 @@ def test_out_of_range_index_is_an_error_at_trace_time(bad):
 
 # ---- creation ----------------------------------------------------------------------------------
 
+
 def test_creation_functions_are_constants():
     def f(x):
         n = x.shape[0]
-        return (x * gnp.ones_like(x) + gnp.zeros_like(x) + gnp.full(x.shape, 2.0) * x
-                + gnp.zeros((n,)) + gnp.ones(n) * 3.0 + gnp.arange(n) * x
-                + gnp.eye(n)[0] + gnp.array([1.0, 2.0, 3.0]) + gnp.asarray(np.ones(n)))
+        return (
+            x * gnp.ones_like(x)
+            + gnp.zeros_like(x)
+            + gnp.full(x.shape, 2.0) * x
+            + gnp.zeros((n,))
+            + gnp.ones(n) * 3.0
+            + gnp.arange(n) * x
+            + gnp.eye(n)[0]
+            + gnp.array([1.0, 2.0, 3.0])
+            + gnp.asarray(np.ones(n))
+        )
 
     def np_f(x):
         n = x.shape[0]
@@ -647,8 +837,13 @@ def test_creation_functions_are_constants():
 
 def test_creation_dtypes():
     def f(x):
-        return (gnp.zeros((2,), "float32").dtype, gnp.ones_like(x).dtype, gnp.arange(3).dtype.kind,
-                gnp.eye(2).dtype, gnp.full((2,), 1, dtype="int32").dtype)
+        return (
+            gnp.zeros((2,), "float32").dtype,
+            gnp.ones_like(x).dtype,
+            gnp.arange(3).dtype.kind,
+            gnp.eye(2).dtype,
+            gnp.full((2,), 1, dtype="int32").dtype,
+        )
 
     box = []
     gs.trace(lambda x: box.append(f(x)) or x, np.zeros(2, np.float32))
@@ -658,6 +853,7 @@ def test_creation_dtypes():
 
 
 # ---- gs.nn ----------------------------------------------------------------------------------------
+
 
 def _np_log_softmax(x, axis=-1):
     shifted = x - np.max(x, axis=axis, keepdims=True)
@@ -698,8 +894,12 @@ def test_nn_stable_at_extremes():
     e = np.exp(-np.abs(x))  # sigmoid' = e / (1 + e)**2, symmetric, no cancellation
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad, e / (1 + e) ** 2, rtol=1e-6, atol=1e-300)
-    np.testing.assert_allclose(ENG.evaluate(gs.trace(gs.nn.sigmoid, x), x),
-                               np.where(x >= 0, 1 / (1 + e), e / (1 + e)), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(
+        ENG.evaluate(gs.trace(gs.nn.sigmoid, x), x),
+        np.where(x >= 0, 1 / (1 + e), e / (1 + e)),
+        rtol=1e-12,
+        atol=1e-300,
+    )
     # the tail is kept: log(sigmoid(-40)) = -40 - log1p(e^-40), with derivative 1 - sigmoid(-40)
     log_sig = gs.trace(lambda x: gnp.log(gs.nn.sigmoid(x)), -40.0)
     value, grad = ENG.value_and_grad(log_sig, -40.0)
@@ -723,6 +923,7 @@ def test_relu_derivative_zero_at_zero():
 
 
 # ---- the dot-product identity on random compositions ----------------------------------------
+
 
 @SETTINGS
 @given(shape=shapes, seed=seeds)
@@ -751,7 +952,7 @@ def test_dot_product_identity(shape, seed):
 F32_OPS = {
     "sin": lambda x: gnp.sum(gnp.sin(x)),
     "scalar_mul": lambda x: gnp.sum(x * 0.5 + 2),
-    "pow": lambda x: gnp.sum(x ** 2 + x ** 3),
+    "pow": lambda x: gnp.sum(x**2 + x**3),
     "div": lambda x: gnp.sum(1.0 / (x * x + 1.0)),
     "mean_var": lambda x: gnp.mean(x) + gnp.var(x),
     "matmul": lambda x: gnp.sum(x @ x.T),
@@ -799,6 +1000,7 @@ def test_float32_with_float64_promotes():
 
 # ---- integer inputs are not differentiable -------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
 def test_integer_inputs_not_differentiable(dtype):
     x = np.array([1.0, 2.0, 3.0])
@@ -830,6 +1032,7 @@ def test_integer_arithmetic_promotes_to_float_for_inexact_ops():
 
 
 # ---- the complex step through every op (complex-step extensions of non-holomorphic ops) -------
+
 
 @pytest.mark.parametrize("name", sorted(UNARY))
 def test_complex_step_unary(name):
@@ -866,6 +1069,7 @@ def test_complex_step_reductions(name):
 # The gradients are checked against NumPy above; their differences check the Hessian, which
 # runs every op's JVP rule on the reverse pass's ops (transposes, scatter_add, div_or_zero...).
 
+
 def gradient_differences(graph, args, i, j, h=1e-5):
     """d grad_i / d args[j], shape args[i].shape + args[j].shape."""
     x = args[j]
@@ -876,8 +1080,9 @@ def gradient_differences(graph, args, i, j, h=1e-5):
         plus[j], minus[j] = x.copy(), x.copy()
         plus[j][k] += step
         minus[j][k] -= step
-        cols[(Ellipsis,) + k] = (ENG.grad(graph, *plus, argnums=i) - ENG.grad(graph, *minus, argnums=i)) \
-            / (2 * step)
+        cols[(Ellipsis,) + k] = (
+            ENG.grad(graph, *plus, argnums=i) - ENG.grad(graph, *minus, argnums=i)
+        ) / (2 * step)
     return cols
 
 
@@ -889,8 +1094,9 @@ def check_hessian(fn, args, seed=0):
     for i in range(n):
         for j in range(n):
             assert hess[i][j].shape == args[i].shape + args[j].shape
-            np.testing.assert_allclose(hess[i][j], gradient_differences(graph, args, i, j),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                hess[i][j], gradient_differences(graph, args, i, j), rtol=1e-5, atol=1e-6
+            )
     rng = np.random.default_rng(seed)
     v = [rng.normal(size=a.shape) for a in args]
     hv = ENG.hvp(graph, args, v)
@@ -901,23 +1107,67 @@ def check_hessian(fn, args, seed=0):
 
 W3 = np.array([1.0, 2.0, -0.5])
 SECOND_ORDER = (
-    [(f"unary_{n}", (lambda fn: lambda x: gnp.sum(fn(x) * W3))(f), [(3,)], [k])
-     for n, (f, _, k) in sorted(UNARY.items())]
-    + [(f"binary_{n}", (lambda fn: lambda x, y: gnp.sum(fn(x, y) * W3))(f), [(3,), (2, 3)], [kx, ky])
-       for n, (f, _, kx, ky) in sorted(BINARY.items())]
-    + [(f"reduce_{n}", (lambda fn: lambda x: gnp.sum(fn(x, axis=1) * W3))(f), [(3, 4)], [k])
-       for n, (f, _, k) in sorted(REDUCTIONS.items())]
-    + [(f"contract_{c[0]}", (lambda fn: lambda a, b: gnp.sum(gnp.sin(fn(a, b))))(c[1]), [c[3], c[4]],
-        ["any", "any"]) for c in CONTRACTIONS]
-    + [(f"shape_{c[0]}", (lambda fn: lambda x: gnp.sum(gnp.sin(fn(x)) * 1.5))(c[1]), [c[3]], ["any"])
-       for c in SHAPE_OPS if c[0] != "astype_roundtrip"]
-    + [(f"index_{c[0]}", (lambda fn: lambda x: gnp.sum(gnp.sin(fn(x)) ** 2))(c[1]), [(4, 3, 2)], ["any"])
-       for c in INDEXES]
-    + [("softmax", lambda x: gnp.sum(gs.nn.softmax(x) * np.arange(4.0)), [(2, 4)], ["any"]),
-       ("log_softmax", lambda x: gnp.sum(gs.nn.log_softmax(x, axis=0) * np.arange(4.0)), [(2, 4)], ["any"]),
-       ("cumsum", lambda x: gnp.sum(gnp.sin(gnp.cumsum(x, axis=1))), [(2, 4)], ["any"]),
-       ("concatenate", lambda x, y: gnp.sum(gnp.sin(gnp.concatenate([x, y])) ** 2), [(2,), (3,)],
-        ["any", "any"])]
+    [
+        (f"unary_{n}", (lambda fn: lambda x: gnp.sum(fn(x) * W3))(f), [(3,)], [k])
+        for n, (f, _, k) in sorted(UNARY.items())
+    ]
+    + [
+        (
+            f"binary_{n}",
+            (lambda fn: lambda x, y: gnp.sum(fn(x, y) * W3))(f),
+            [(3,), (2, 3)],
+            [kx, ky],
+        )
+        for n, (f, _, kx, ky) in sorted(BINARY.items())
+    ]
+    + [
+        (f"reduce_{n}", (lambda fn: lambda x: gnp.sum(fn(x, axis=1) * W3))(f), [(3, 4)], [k])
+        for n, (f, _, k) in sorted(REDUCTIONS.items())
+    ]
+    + [
+        (
+            f"contract_{c[0]}",
+            (lambda fn: lambda a, b: gnp.sum(gnp.sin(fn(a, b))))(c[1]),
+            [c[3], c[4]],
+            ["any", "any"],
+        )
+        for c in CONTRACTIONS
+    ]
+    + [
+        (
+            f"shape_{c[0]}",
+            (lambda fn: lambda x: gnp.sum(gnp.sin(fn(x)) * 1.5))(c[1]),
+            [c[3]],
+            ["any"],
+        )
+        for c in SHAPE_OPS
+        if c[0] != "astype_roundtrip"
+    ]
+    + [
+        (
+            f"index_{c[0]}",
+            (lambda fn: lambda x: gnp.sum(gnp.sin(fn(x)) ** 2))(c[1]),
+            [(4, 3, 2)],
+            ["any"],
+        )
+        for c in INDEXES
+    ]
+    + [
+        ("softmax", lambda x: gnp.sum(gs.nn.softmax(x) * np.arange(4.0)), [(2, 4)], ["any"]),
+        (
+            "log_softmax",
+            lambda x: gnp.sum(gs.nn.log_softmax(x, axis=0) * np.arange(4.0)),
+            [(2, 4)],
+            ["any"],
+        ),
+        ("cumsum", lambda x: gnp.sum(gnp.sin(gnp.cumsum(x, axis=1))), [(2, 4)], ["any"]),
+        (
+            "concatenate",
+            lambda x, y: gnp.sum(gnp.sin(gnp.concatenate([x, y])) ** 2),
+            [(2,), (3,)],
+            ["any", "any"],
+        ),
+    ]
 )
 
 
@@ -927,16 +1177,21 @@ def test_hessian_per_op(name, fn, shapes, kinds):
     check_hessian(fn, [sample(rng, s, k) for s, k in zip(shapes, kinds)])
 
 
-@pytest.mark.parametrize("fn, dtype", [
-    (lambda x: gnp.sum(gnp.sin(gnp.astype(x, "float32")) * 2), "float64"),
-    (lambda x: gnp.sum(gnp.astype(x, "float64") ** 2), "float32"),
-    (lambda x: gnp.sum(x * gnp.astype(gnp.astype(x, "int64"), "float64")), "float64"),
-], ids=["to_float32", "float32_to_float64", "through_int"])
+@pytest.mark.parametrize(
+    "fn, dtype",
+    [
+        (lambda x: gnp.sum(gnp.sin(gnp.astype(x, "float32")) * 2), "float64"),
+        (lambda x: gnp.sum(gnp.astype(x, "float64") ** 2), "float32"),
+        (lambda x: gnp.sum(x * gnp.astype(gnp.astype(x, "int64"), "float64")), "float64"),
+    ],
+    ids=["to_float32", "float32_to_float64", "through_int"],
+)
 def test_complex_step_through_astype(fn, dtype):
     x = np.array([0.1, 1.5, 2.2], dtype)
     graph = gs.trace(fn, x)
     analytic = ENG.grad(graph, x)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         report = ENG.check_grad(graph, x, method="complex")
@@ -945,12 +1200,33 @@ def test_complex_step_through_astype(fn, dtype):
 
 
 F32_SWEEP = (
-    [(f"unary_{n}", (lambda fn: lambda x: gnp.sum(fn(x) * W3.astype(np.float32)))(f), [(3,)], [k])
-     for n, (f, _, k) in sorted(UNARY.items())]
-    + [(f"binary_{n}", (lambda fn: lambda x, y: gnp.sum(fn(x, y) * W3.astype(np.float32)))(f),
-        [(3,), (2, 3)], [kx, ky]) for n, (f, _, kx, ky) in sorted(BINARY.items())]
-    + [(f"reduce_{n}", (lambda fn: lambda x: gnp.sum(fn(x, axis=1) * W3.astype(np.float32)))(f),
-        [(3, 4)], [k]) for n, (f, _, k) in sorted(REDUCTIONS.items())]
+    [
+        (
+            f"unary_{n}",
+            (lambda fn: lambda x: gnp.sum(fn(x) * W3.astype(np.float32)))(f),
+            [(3,)],
+            [k],
+        )
+        for n, (f, _, k) in sorted(UNARY.items())
+    ]
+    + [
+        (
+            f"binary_{n}",
+            (lambda fn: lambda x, y: gnp.sum(fn(x, y) * W3.astype(np.float32)))(f),
+            [(3,), (2, 3)],
+            [kx, ky],
+        )
+        for n, (f, _, kx, ky) in sorted(BINARY.items())
+    ]
+    + [
+        (
+            f"reduce_{n}",
+            (lambda fn: lambda x: gnp.sum(fn(x, axis=1) * W3.astype(np.float32)))(f),
+            [(3, 4)],
+            [k],
+        )
+        for n, (f, _, k) in sorted(REDUCTIONS.items())
+    ]
 )
 
 
@@ -977,8 +1253,11 @@ def _others(x):
     return np.array([np.prod(np.delete(x, i)) for i in range(len(x))])
 
 
-@pytest.mark.parametrize("x", [[2.0, 0.0, 3.0, -1.5], [2.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 1.0],
-                               [0.5, 2.0, 3.0, -4.0]], ids=["one_zero", "two_zeros", "three_zeros", "none"])
+@pytest.mark.parametrize(
+    "x",
+    [[2.0, 0.0, 3.0, -1.5], [2.0, 0.0, 0.0, 4.0], [0.0, 0.0, 0.0, 1.0], [0.5, 2.0, 3.0, -4.0]],
+    ids=["one_zero", "two_zeros", "three_zeros", "none"],
+)
 def test_prod_gradient_with_zero_factors(x):
     # prod is a polynomial: its gradient (the product of the other factors) exists at zeros
     x = np.array(x)
@@ -989,31 +1268,37 @@ def test_prod_gradient_with_zero_factors(x):
     assert ENG.check_grad(graph, x, method="complex").ok
     rows = gs.trace(lambda x: gnp.sum(gnp.prod(x, axis=1) * np.array([1.0, -2.0])), np.ones((2, 4)))
     both = np.stack([x, x[::-1]])
-    np.testing.assert_allclose(ENG.grad(rows, both), np.stack([_others(x), -2 * _others(x[::-1])]), rtol=1e-15)
+    np.testing.assert_allclose(
+        ENG.grad(rows, both), np.stack([_others(x), -2 * _others(x[::-1])]), rtol=1e-15
+    )
 
 
-@pytest.mark.parametrize("x", [[2.0, 0.0, 3.0, -1.5], [0.5, 2.0, 3.0, -4.0]], ids=["one_zero", "none"])
+@pytest.mark.parametrize(
+    "x", [[2.0, 0.0, 3.0, -1.5], [0.5, 2.0, 3.0, -4.0]], ids=["one_zero", "none"]
+)
 def test_prod_hessian_with_a_zero_factor(x):
     x = np.array(x)
-    want = np.array([[np.prod(np.delete(x, [i, j])) if i != j else 0.0 for j in range(4)] for i in range(4)])
+    want = np.array(
+        [[np.prod(np.delete(x, [i, j])) if i != j else 0.0 for j in range(4)] for i in range(4)]
+    )
     np.testing.assert_allclose(ENG.hessian(gs.trace(lambda x: gnp.prod(x), x), x), want, rtol=1e-15)
 
 
 @pytest.mark.parametrize("y", [0.0, 1.0, 2.0, 3.0, 2.5])
 def test_power_at_zero_base(y):
     # x**y at x = 0 for y >= 0: d/dx = y x**(y-1) (1 at y = 1, else 0), d2/dx2 = y(y-1) x**(y-2)
-    graph = gs.trace(lambda x: x ** y, 1.0)
+    graph = gs.trace(lambda x: x**y, 1.0)
     assert float(ENG.grad(graph, 0.0)) == (1.0 if y == 1.0 else 0.0)
     assert float(ENG.hessian(graph, 0.0)) == (2.0 if y == 2.0 else 0.0)
     # d/dy 0**y = 0 for y > 0 (0**y is constant 0 there)
-    both = gs.trace(lambda x, y: x ** y, 1.0, 1.0)
+    both = gs.trace(lambda x, y: x**y, 1.0, 1.0)
     if y > 0:
         gx, gy = ENG.grad(both, 0.0, y, argnums=(0, 1))
         assert float(gy) == 0.0 and float(gx) == (1.0 if y == 1.0 else 0.0)
 
 
 def test_power_hessian_closed_form():
-    graph = gs.trace(lambda x, y: x ** y, 1.0, 1.0)
+    graph = gs.trace(lambda x, y: x**y, 1.0, 1.0)
     (hxx, hxy), (hyx, hyy) = ENG.hessian(graph, 2.0, 3.0, argnums=(0, 1))
     assert float(hxx) == pytest.approx(3 * 2 * 2.0)
     assert float(hxy) == pytest.approx(4 * (1 + 3 * np.log(2.0))) == float(hyx)
@@ -1024,26 +1309,35 @@ def test_gnp_on_concrete_arrays_is_numpy():
     """Outside a trace, gradserve.numpy computes at once, as NumPy does."""
     x = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
     pairs = {
-        "sin": (gnp.sin(x), np.sin(x)), "sum": (gnp.sum(x, axis=1), np.sum(x, axis=1)),
-        "mean": (gnp.mean(x, 0), np.mean(x, 0)), "var": (gnp.var(x, ddof=1), np.var(x, ddof=1)),
+        "sin": (gnp.sin(x), np.sin(x)),
+        "sum": (gnp.sum(x, axis=1), np.sum(x, axis=1)),
+        "mean": (gnp.mean(x, 0), np.mean(x, 0)),
+        "var": (gnp.var(x, ddof=1), np.var(x, ddof=1)),
         "std": (gnp.std(x, axis=0, keepdims=True), np.std(x, axis=0, keepdims=True)),
-        "max": (gnp.max(x, axis=(0, 1)), np.max(x)), "argmax": (gnp.argmax(x, axis=1), np.argmax(x, axis=1)),
+        "max": (gnp.max(x, axis=(0, 1)), np.max(x)),
+        "argmax": (gnp.argmax(x, axis=1), np.argmax(x, axis=1)),
         "where": (gnp.where(x > 0, x, 0), np.where(x > 0, x, 0)),
-        "clip": (gnp.clip(x, -0.5, 0.5), np.clip(x, -0.5, 0.5)), "matmul": (gnp.matmul(x, x.T), x @ x.T),
+        "clip": (gnp.clip(x, -0.5, 0.5), np.clip(x, -0.5, 0.5)),
+        "matmul": (gnp.matmul(x, x.T), x @ x.T),
         "dot": (gnp.dot(x, x[0]), np.dot(x, x[0])),
         "einsum": (gnp.einsum("ij,kj->ik", x, x), np.einsum("ij,kj->ik", x, x)),
         "outer": (gnp.outer(x[0], x[1]), np.outer(x[0], x[1])),
         "concatenate": (gnp.concatenate([x, x], axis=1), np.concatenate([x, x], axis=1)),
-        "stack": (gnp.stack([x, x], axis=-1), np.stack([x, x], axis=-1)), "flip": (gnp.flip(x), np.flip(x)),
+        "stack": (gnp.stack([x, x], axis=-1), np.stack([x, x], axis=-1)),
+        "flip": (gnp.flip(x), np.flip(x)),
         "cumsum": (gnp.cumsum(x, axis=1), np.cumsum(x, axis=1)),
-        "logaddexp": (gnp.logaddexp(x, 1.0), np.logaddexp(x, 1.0)), "round": (gnp.round(x), np.round(x)),
-        "prod": (gnp.prod(x, axis=0), np.prod(x, axis=0)), "swapaxes": (gnp.swapaxes(x, 0, 1), np.swapaxes(x, 0, 1)),
-        "expand_dims": (gnp.expand_dims(x, 0), np.expand_dims(x, 0)), "squeeze": (gnp.squeeze(x[None]), x),
+        "logaddexp": (gnp.logaddexp(x, 1.0), np.logaddexp(x, 1.0)),
+        "round": (gnp.round(x), np.round(x)),
+        "prod": (gnp.prod(x, axis=0), np.prod(x, axis=0)),
+        "swapaxes": (gnp.swapaxes(x, 0, 1), np.swapaxes(x, 0, 1)),
+        "expand_dims": (gnp.expand_dims(x, 0), np.expand_dims(x, 0)),
+        "squeeze": (gnp.squeeze(x[None]), x),
         "broadcast_to": (gnp.broadcast_to(x[0], (4, 3)), np.broadcast_to(x[0], (4, 3))),
         "power": (gnp.power(np.abs(x), 1.5), np.abs(x) ** 1.5),
         "logsumexp": (gs.nn.logsumexp(x, axis=1), np.log(np.exp(x).sum(1))),
         "softmax": (gs.nn.softmax(x), np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
-        "sigmoid": (gs.nn.sigmoid(x), 1 / (1 + np.exp(-x))), "relu": (gs.nn.relu(x), np.maximum(x, 0)),
+        "sigmoid": (gs.nn.sigmoid(x), 1 / (1 + np.exp(-x))),
+        "relu": (gs.nn.relu(x), np.maximum(x, 0)),
         "softplus": (gs.nn.softplus(x), np.log1p(np.exp(x))),
     }
     for name, (got, want) in pairs.items():

@@ -19,18 +19,18 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from conftest import Recorder, ServerProcess, free_port
 from google.rpc import error_details_pb2
+from gradserve.client import DeadlineExceeded
+from gradserve.client.codec import array_digest, to_tensor
+from gradserve.v1 import graph_pb2
+from gradserve.v1 import service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
 import gradserve as gs
 import gradserve.numpy as gnp
-from gradserve.client import DeadlineExceeded
-from gradserve.client.codec import array_digest, to_tensor
-from gradserve.v1 import graph_pb2, service_pb2 as pb
-
-from conftest import Recorder, ServerProcess, free_port
 
 METHODS = ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "Hessian", "CheckGrad")
 # What malformed input may produce; INTERNAL and UNKNOWN never.
@@ -50,8 +50,6 @@ SEED = gs.trace(seed_f, 2.0, 5.0)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
 
 
 def raw_call(address, method, data: bytes, timeout=30.0):
@@ -609,7 +607,7 @@ def test_concurrent_clients_get_their_own_answers(server):
                     np.testing.assert_allclose(value, v2, rtol=1e-12)
                     np.testing.assert_allclose(grad[0], g2[0], rtol=1e-12)
                     np.testing.assert_allclose(grad[1], g2[1], rtol=1e-12)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
@@ -796,9 +794,9 @@ def test_generated_code_is_fresh(tmp_path):
     for produced in (tmp_path / "gradserve" / "v1").iterdir():
         committed = os.path.join(root, "gradserve", "v1", produced.name)
         with open(committed, "rb") as f:
-            assert (
-                f.read() == produced.read_bytes()
-            ), f"{produced.name} is stale: run proto/generate.sh"
+            assert f.read() == produced.read_bytes(), (
+                f"{produced.name} is stale: run proto/generate.sh"
+            )
 
 
 def test_every_replica_learns_the_graph_behind_per_call_balancing():
@@ -916,36 +914,65 @@ def struct_mutate(g: graph_pb2.Graph, rng):
 def fuzz_graphs():
     r = np.random.default_rng(0)
     yield "seed", gs.trace(seed_f, 2.0, 5.0), (2.0, 5.0)
-    yield "mlp", gs.trace(
-        lambda W, x: gnp.sum(gnp.tanh(x @ W) ** 2) + gnp.max(x[1:, ::2]),
-        np.ones((4, 3)),
-        np.ones((5, 4)),
-    ), (r.random((4, 3)), r.random((5, 4)))
-    yield "loop", gs.trace(
-        lambda x, y: gs.fori_loop(0, 5, lambda i, c: c * y + gnp.sin(c), x) * 1.0, 1.5, 0.5
-    ), (1.5, 0.5)
-    yield "shapes", gs.trace(
-        lambda x: gnp.sum(
-            gnp.concatenate([x.reshape(6, 2).T, x[None, :2].reshape(2, 1)], axis=1)
-            * gnp.arange(7.0)
-        )
-        + gnp.mean(gnp.cumsum(x))
-        + gnp.einsum("i,i->", x, x),
-        np.ones(12),
-    ), (r.random(12),)
-    yield "idx", gs.trace(
-        lambda x: gnp.sum(x[np.array([0, 2, -1])] * 2.0)
-        + gnp.sum(gnp.where(x > 0.5, gnp.sqrt(x), 0.0)),
-        np.ones(5),
-    ), (r.random(5),)
-    yield "scan", gs.trace(
-        lambda c, xs: gs.scan(lambda c, x: (c * x + 1.0, c), c, xs)[0] * 1.0, 1.0, np.ones(4)
-    ), (0.5, r.random(4))
-    yield "while", gs.trace(
-        lambda x: gs.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] * 1.1), (0, x))[1]
-        * 1.0,
-        1.0,
-    ), (1.0,)
+    yield (
+        "mlp",
+        gs.trace(
+            lambda W, x: gnp.sum(gnp.tanh(x @ W) ** 2) + gnp.max(x[1:, ::2]),
+            np.ones((4, 3)),
+            np.ones((5, 4)),
+        ),
+        (r.random((4, 3)), r.random((5, 4))),
+    )
+    yield (
+        "loop",
+        gs.trace(
+            lambda x, y: gs.fori_loop(0, 5, lambda i, c: c * y + gnp.sin(c), x) * 1.0, 1.5, 0.5
+        ),
+        (1.5, 0.5),
+    )
+    yield (
+        "shapes",
+        gs.trace(
+            lambda x: (
+                gnp.sum(
+                    gnp.concatenate([x.reshape(6, 2).T, x[None, :2].reshape(2, 1)], axis=1)
+                    * gnp.arange(7.0)
+                )
+                + gnp.mean(gnp.cumsum(x))
+                + gnp.einsum("i,i->", x, x)
+            ),
+            np.ones(12),
+        ),
+        (r.random(12),),
+    )
+    yield (
+        "idx",
+        gs.trace(
+            lambda x: (
+                gnp.sum(x[np.array([0, 2, -1])] * 2.0)
+                + gnp.sum(gnp.where(x > 0.5, gnp.sqrt(x), 0.0))
+            ),
+            np.ones(5),
+        ),
+        (r.random(5),),
+    )
+    yield (
+        "scan",
+        gs.trace(
+            lambda c, xs: gs.scan(lambda c, x: (c * x + 1.0, c), c, xs)[0] * 1.0, 1.0, np.ones(4)
+        ),
+        (0.5, r.random(4)),
+    )
+    yield (
+        "while",
+        gs.trace(
+            lambda x: (
+                gs.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] * 1.1), (0, x))[1] * 1.0
+            ),
+            1.0,
+        ),
+        (1.0,),
+    )
 
 
 def test_structurally_mutated_graphs(limited):
@@ -955,7 +982,7 @@ def test_structurally_mutated_graphs(limited):
     methods = ["Evaluate", "ValueAndGrad", "Jvp", "Vjp", "Jacobian", "Hessian", "Hvp", "CheckGrad"]
     kinds = ("float64", "float32", "complex128", "int64", "int32", "bool")
     codes = {}
-    for name, g, args in fuzz_graphs():
+    for _name, g, args in fuzz_graphs():
         msg = graph_pb2.Graph.FromString(g.to_bytes())
         for it in range(24):
             m = struct_mutate(msg, rng)

@@ -2,6 +2,7 @@
 the same gradient as in-process, checkpointed loops counted in the reply's stats and in
 gradserve_recomputed_ops_total, a loop that cannot fit is RESOURCE_EXHAUSTED, and a deadline
 stops a loop that would run for ever."""
+
 from __future__ import annotations
 
 import os
@@ -10,14 +11,14 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import ServerProcess
+from gradserve.client import DeadlineExceeded
 from prometheus_client.parser import text_string_to_metric_families
+from test_control_flow import _rnn_inputs
+from test_control_flow import rnn_loss_in_carry as rnn_loss
 
 import gradserve as gs
 import gradserve.numpy as gnp
-from gradserve.client import DeadlineExceeded
-
-from conftest import ServerProcess
-from test_control_flow import _rnn_inputs, rnn_loss_in_carry as rnn_loss
 
 BUDGET = 16 * 1024
 
@@ -57,12 +58,16 @@ def test_budgeted_scan_gradient_is_the_plain_one_and_counts_recomputation(budget
 
 
 def test_while_loop_reverse_mode_remotely(budgeted):
-    graph = gs.trace(lambda x: gs.while_loop(lambda c: c[0] > 1.0,
-                                             lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0])),
-                                             (x, x))[1], 10.0)
+    graph = gs.trace(
+        lambda x: gs.while_loop(
+            lambda c: c[0] > 1.0, lambda c: (c[0] * 0.5, c[1] * gnp.sin(c[0])), (x, x)
+        )[1],
+        10.0,
+    )
     with gs.Client(budgeted.address, timeout=60) as cli:
-        assert cli.grad(graph, 10.0) == pytest.approx(float(gs.Engine().grad(graph, 10.0)),
-                                                      rel=1e-15)
+        assert cli.grad(graph, 10.0) == pytest.approx(
+            float(gs.Engine().grad(graph, 10.0)), rel=1e-15
+        )
 
 
 def test_a_loop_that_cannot_fit_is_resource_exhausted(budgeted):
@@ -72,7 +77,8 @@ def test_a_loop_that_cannot_fit_is_resource_exhausted(budgeted):
         with pytest.raises(gs.LimitError, match="tape"):
             cli.grad(graph, wide)
         assert float(cli.evaluate(graph, wide)) == pytest.approx(
-            float(gs.Engine().evaluate(graph, wide)))
+            float(gs.Engine().evaluate(graph, wide))
+        )
     assert budgeted.health() == "SERVING"
 
 
@@ -83,8 +89,9 @@ def _cpu_seconds(pid) -> float:
 
 
 def test_a_deadline_stops_a_loop_that_would_run_for_ever(budgeted):
-    forever = gs.trace(lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x,
-                                               max_iterations=10 ** 12), 1.0)
+    forever = gs.trace(
+        lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x, max_iterations=10**12), 1.0
+    )
     with gs.Client(budgeted.address, timeout=0.5) as cli:
         start = time.monotonic()
         with pytest.raises(DeadlineExceeded):
@@ -96,8 +103,9 @@ def test_a_deadline_stops_a_loop_that_would_run_for_ever(budgeted):
     cpu = _cpu_seconds(budgeted.proc.pid)
     time.sleep(1.0)
     assert _cpu_seconds(budgeted.proc.pid) - cpu < 0.3
-    capped = gs.trace(lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x,
-                                              max_iterations=100), 1.0)
+    capped = gs.trace(
+        lambda x: gs.while_loop(lambda c: c > 0, lambda c: c + 1.0, x, max_iterations=100), 1.0
+    )
     with gs.Client(budgeted.address, timeout=30) as cli:
         with pytest.raises(gs.LimitError, match="100 iterations"):
             cli.evaluate(capped, 1.0)

@@ -1,6 +1,7 @@
 """Subgraph helpers shared by the control-flow ops (engine/ops/control.py, loops.py): running a
 body, tracing one, and the bodies derivatives need (the tangent body, the transposed body, a
 body retyped for other dtypes)."""
+
 from __future__ import annotations
 
 import functools
@@ -16,6 +17,7 @@ from ..tracing import Builder
 def body_plan(graph: Graph):
     from ..plan import Plan
     from ..transforms import Program
+
     return Plan(Program(graph))
 
 
@@ -30,6 +32,7 @@ def differentiable(spec) -> bool:
 def tangent_body(graph: Graph, wrt) -> Graph:
     """Inputs: graph's inputs, then tangents of inputs `wrt`. Outputs: the output tangents."""
     from ..transforms import Program, jvp, select_outputs
+
     n = len(graph.outputs)
     return select_outputs(jvp(Program(graph), wrt), range(n, 2 * n)).graph
 
@@ -39,33 +42,40 @@ def transposed_body(graph: Graph, linear) -> Graph:
     per differentiable output; outputs are the cotangents of the `linear` inputs. (Inside, the
     linear inputs are taken at 0: a linear map's transpose does not depend on the point.)"""
     from ..transforms import Program, inline, select_outputs, vjp
+
     n = len(graph.outputs)
     full = select_outputs(vjp(Program(graph), linear), range(n, n + len(linear))).graph
     keep = [p.spec for i, p in enumerate(graph.inputs) if i not in linear]
     n_cts = len(full.inputs) - len(graph.inputs)
 
     def body(*args):
-        primal, cts = iter(args[:len(keep)]), args[len(keep):]
-        inputs = [gnp.zeros(p.spec.shape, p.spec.dtype) if i in linear else next(primal)
-                  for i, p in enumerate(graph.inputs)]
+        primal, cts = iter(args[: len(keep)]), args[len(keep) :]
+        inputs = [
+            gnp.zeros(p.spec.shape, p.spec.dtype) if i in linear else next(primal)
+            for i, p in enumerate(graph.inputs)
+        ]
         return inline(full, inputs + list(cts))
 
-    return trace_closed(body, keep + [p.spec for p in full.inputs[len(graph.inputs):][:n_cts]])
+    return trace_closed(body, keep + [p.spec for p in full.inputs[len(graph.inputs) :][:n_cts]])
 
 
 def retyped(graph: Graph, specs, out_dtypes=None) -> Graph:
     """`graph` traced again for inputs of `specs`, outputs cast to `out_dtypes` if given."""
     from ..transforms import Program, inline, retype
+
     body = retype(Program(graph), list(specs)).graph
     if out_dtypes is None:
         return body
-    return trace_closed(lambda *a: tuple(gnp.astype(o, d) for o, d in zip(inline(body, a), out_dtypes)),
-                        list(specs))
+    return trace_closed(
+        lambda *a: tuple(gnp.astype(o, d) for o, d in zip(inline(body, a), out_dtypes)), list(specs)
+    )
 
 
 def common_dtypes(*graphs):
-    return [dtypes.promote(*[g.outputs[k].spec.dtype for g in graphs])
-            for k in range(len(graphs[0].outputs))]
+    return [
+        dtypes.promote(*[g.outputs[k].spec.dtype for g in graphs])
+        for k in range(len(graphs[0].outputs))
+    ]
 
 
 def loop_retype(carry_in, body_specs):
@@ -73,7 +83,7 @@ def loop_retype(carry_in, body_specs):
     carry = list(carry_in)
     while True:
         body = body_specs(carry)
-        out = [p.spec.dtype for p in body.outputs[:len(carry)]]
+        out = [p.spec.dtype for p in body.outputs[: len(carry)]]
         wider = [dtypes.promote(c, o) for c, o in zip(carry, out)]
         if wider == carry:
             return carry, body
@@ -89,6 +99,7 @@ def check_signature(graph: Graph, specs, what):
 def trace_closed(fn, specs) -> Graph:
     """Trace `fn` on fresh inputs of `specs` as a closed subgraph of the current builder."""
     from ..tracing import current_builder
+
     with Builder(current_builder()) as builder:
         inputs = [builder.input(f"arg{i}", s) for i, s in enumerate(specs)]
         out = fn(*inputs)

@@ -1,5 +1,6 @@
 """Pieces every op family shares: elementwise shape/dtype rules, `unbroadcast` (the one place
 that undoes broadcasting in reverse mode), and the generic batch rules."""
+
 from __future__ import annotations
 
 import functools
@@ -22,6 +23,7 @@ def _result_dtype(fn, in_dtypes):
 
 def elementwise_shape(fn, *, inexact=False):
     """Broadcast shapes; the dtype NumPy's own ufunc gives for these input dtypes."""
+
     def rule(*specs, **attrs):
         if inexact and not all(dtypes.is_differentiable(s.dtype) for s in specs):
             raise ShapeError(f"needs float or complex inputs, got {[s.dtype for s in specs]}")
@@ -29,8 +31,13 @@ def elementwise_shape(fn, *, inexact=False):
             shape = np.broadcast_shapes(*[s.shape for s in specs])
         except ValueError:
             raise ShapeError(f"shapes {[s.shape for s in specs]} do not broadcast") from None
-        return Spec(shape, _result_dtype(functools.partial(fn, **attrs) if attrs else fn,
-                                         tuple(s.dtype for s in specs)))
+        return Spec(
+            shape,
+            _result_dtype(
+                functools.partial(fn, **attrs) if attrs else fn, tuple(s.dtype for s in specs)
+            ),
+        )
+
     return rule
 
 
@@ -38,7 +45,8 @@ def unbroadcast(ct, spec):
     """Sum `ct` down to `spec`'s shape (undoing broadcasting) and cast to its dtype."""
     extra = ct.ndim - len(spec.shape)
     axes = tuple(range(extra)) + tuple(
-        extra + i for i, d in enumerate(spec.shape) if d == 1 and ct.shape[extra + i] != 1)
+        extra + i for i, d in enumerate(spec.shape) if d == 1 and ct.shape[extra + i] != 1
+    )
     if axes:
         ct = gnp.sum(ct, axis=axes, keepdims=True)
         ct = gnp.reshape(ct, spec.shape)
@@ -71,11 +79,13 @@ def align_batched(args, batched):
 def batch_elementwise(name):
     def rule(args, batched, **attrs):
         return bind(name, *align_batched(args, batched), **attrs)
+
     return rule
 
 
 def batch_shift_axes(name):
     """For ops with an `axes` (ints) or `axis` (int) attribute on a single batched input."""
+
     def rule(args, batched, **attrs):
         attrs = dict(attrs)
         if "axes" in attrs:
@@ -83,6 +93,7 @@ def batch_shift_axes(name):
         if "axis" in attrs:
             attrs["axis"] = attrs["axis"] + 1
         return bind(name, *args, **attrs)
+
     return rule
 
 

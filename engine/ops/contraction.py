@@ -3,6 +3,7 @@ einsums. Letters name axes; equal letters have equal sizes (no broadcasting: the
 broadcasts explicitly, so that broadcasting has its own derivative).
 
 Two-operand contractions run as one (batched) matmul, so they use BLAS."""
+
 import functools
 import math
 import string
@@ -56,17 +57,22 @@ def _pairwise_plan(sa, sb, out, shape_a, shape_b):
     contracted = [c for c in sa if c in sb and c not in out]
     n = lambda letters: math.prod(size[c] for c in letters)  # noqa: E731
     got = batch + free_a + free_b
-    return (sum_a, sum_b,
-            tuple(sa.index(c) for c in batch + free_a + contracted),
-            (n(batch), n(free_a), n(contracted)),
-            tuple(sb.index(c) for c in batch + contracted + free_b),
-            (n(batch), n(contracted), n(free_b)),
-            tuple(size[c] for c in got), tuple(got.index(c) for c in out))
+    return (
+        sum_a,
+        sum_b,
+        tuple(sa.index(c) for c in batch + free_a + contracted),
+        (n(batch), n(free_a), n(contracted)),
+        tuple(sb.index(c) for c in batch + contracted + free_b),
+        (n(batch), n(contracted), n(free_b)),
+        tuple(size[c] for c in got),
+        tuple(got.index(c) for c in out),
+    )
 
 
 def _pairwise(a, b, sa, sb, out):
-    sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, shape_out, perm_out = \
-        _pairwise_plan(sa, sb, out, a.shape, b.shape)
+    sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, shape_out, perm_out = _pairwise_plan(
+        sa, sb, out, a.shape, b.shape
+    )
     if sum_a:
         a = a.sum(axis=sum_a)
     if sum_b:
@@ -90,7 +96,7 @@ def _einsum_jvp(primals, tangents, ans, subscripts):
     total = None
     for k, t in enumerate(tangents):
         if t is not None:
-            term = einsum(subscripts, *primals[:k], t, *primals[k + 1:])
+            term = einsum(subscripts, *primals[:k], t, *primals[k + 1 :])
             total = term if total is None else total + term
     return total
 
@@ -122,8 +128,9 @@ def _einsum_transpose(ct, *operands, subscripts):
                     c = fresh
                 seen.add(c)
                 renamed += c
-            part = einsum(f"{unique},{','.join(s for s, _ in eyes)}->{renamed}", part,
-                          *[e for _, e in eyes])
+            part = einsum(
+                f"{unique},{','.join(s for s, _ in eyes)}->{renamed}", part, *[e for _, e in eyes]
+            )
         cts.append(gnp.astype(part, x.dtype) if part.dtype != np.dtype(x.dtype) else part)
     return tuple(cts)
 
@@ -135,6 +142,13 @@ def _einsum_batch(args, batched, subscripts):
     return einsum(f"{','.join(ins)}->{fresh}{out}", *args)
 
 
-primitive("einsum", impl=_einsum_impl, shape=_einsum_shape, arity=(1, None),
-          attrs={"subscripts": "str"}, jvp=_einsum_jvp, transpose=_einsum_transpose,
-          batch=_einsum_batch)
+primitive(
+    "einsum",
+    impl=_einsum_impl,
+    shape=_einsum_shape,
+    arity=(1, None),
+    attrs={"subscripts": "str"},
+    jvp=_einsum_jvp,
+    transpose=_einsum_transpose,
+    batch=_einsum_batch,
+)

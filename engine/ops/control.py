@@ -8,16 +8,24 @@ linear in the tangents, and its transpose is a third node whose body is the tran
 (reverse-mode) body. Bodies recompute their own intermediate values, so what the reverse pass
 keeps is only what crosses the node boundary: for cond and checkpoint, the operands.
 """
+
 from __future__ import annotations
 
 from .. import numpy as gnp
 from ..primitive import Linear, ShapeError, primitive
 from ..tracing import bind
-from .bodies import (check_signature, common_dtypes, differentiable, retyped, run_body,
-                     tangent_body, transposed_body)
-
+from .bodies import (
+    check_signature,
+    common_dtypes,
+    differentiable,
+    retyped,
+    run_body,
+    tangent_body,
+    transposed_body,
+)
 
 # ---- cond ----------------------------------------------------------------------------------
+
 
 def _cond_shape(pred, *operands, true_branch, false_branch):
     if pred.shape != () or pred.dtype != "bool":
@@ -26,8 +34,10 @@ def _cond_shape(pred, *operands, true_branch, false_branch):
     check_signature(false_branch, operands, "false_branch")
     outs = [p.spec for p in true_branch.outputs]
     if outs != [p.spec for p in false_branch.outputs]:
-        raise ShapeError(f"the branches give different outputs: {outs} and "
-                         f"{[p.spec for p in false_branch.outputs]}")
+        raise ShapeError(
+            f"the branches give different outputs: {outs} and "
+            f"{[p.spec for p in false_branch.outputs]}"
+        )
     return tuple(outs)
 
 
@@ -38,9 +48,14 @@ def _cond_impl(pred, *operands, true_branch, false_branch):
 def _cond_jvp(primals, tangents, outs, true_branch, false_branch):
     pred, *operands = primals
     wrt = [i for i, t in enumerate(tangents[1:]) if t is not None]
-    out = bind("cond", pred, *operands, *[tangents[1 + i] for i in wrt],
-               true_branch=tangent_body(true_branch, wrt),
-               false_branch=tangent_body(false_branch, wrt))
+    out = bind(
+        "cond",
+        pred,
+        *operands,
+        *[tangents[1 + i] for i in wrt],
+        true_branch=tangent_body(true_branch, wrt),
+        false_branch=tangent_body(false_branch, wrt),
+    )
     return tuple(t if differentiable(t.spec) else None for t in out)
 
 
@@ -48,9 +63,14 @@ def _cond_transpose(cts, pred, *args, true_branch, false_branch):
     linear = [i for i, a in enumerate(args) if isinstance(a, Linear)]
     primal = [a for a in args if not isinstance(a, Linear)]
     cts = [c for c, p in zip(cts, true_branch.outputs) if differentiable(p.spec)]
-    out = bind("cond", pred, *primal, *cts,
-               true_branch=transposed_body(true_branch, linear),
-               false_branch=transposed_body(false_branch, linear))
+    out = bind(
+        "cond",
+        pred,
+        *primal,
+        *cts,
+        true_branch=transposed_body(true_branch, linear),
+        false_branch=transposed_body(false_branch, linear),
+    )
     result = [None] * (1 + len(args))
     for j, i in enumerate(linear):
         result[1 + i] = out[j]
@@ -59,6 +79,7 @@ def _cond_transpose(cts, pred, *args, true_branch, false_branch):
 
 def _cond_batch(args, batched, true_branch, false_branch):
     from ..transforms import Program, batch, inline
+
     pred, *operands = args
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
     flags = batched[1:]
@@ -67,8 +88,10 @@ def _cond_batch(args, batched, true_branch, false_branch):
         return bind("cond", pred, *operands, true_branch=branches[0], false_branch=branches[1])
     # a predicate per batch member: run both branches and select
     taken, other = inline(branches[0], operands), inline(branches[1], operands)
-    return tuple(gnp.where(gnp.reshape(pred, (size,) + (1,) * (t.ndim - 1)), t, f)
-                 for t, f in zip(taken, other))
+    return tuple(
+        gnp.where(gnp.reshape(pred, (size,) + (1,) * (t.ndim - 1)), t, f)
+        for t, f in zip(taken, other)
+    )
 
 
 def _cond_retype(args, true_branch, false_branch):
@@ -80,12 +103,22 @@ def _cond_retype(args, true_branch, false_branch):
     return bind("cond", pred, *operands, true_branch=branches[0], false_branch=branches[1])
 
 
-primitive("cond", impl=_cond_impl, shape=_cond_shape, arity=(1, None),
-          attrs={"true_branch": "graph", "false_branch": "graph"}, multiple_results=True,
-          jvp=_cond_jvp, transpose=_cond_transpose, batch=_cond_batch, retype=_cond_retype)
+primitive(
+    "cond",
+    impl=_cond_impl,
+    shape=_cond_shape,
+    arity=(1, None),
+    attrs={"true_branch": "graph", "false_branch": "graph"},
+    multiple_results=True,
+    jvp=_cond_jvp,
+    transpose=_cond_transpose,
+    batch=_cond_batch,
+    retype=_cond_retype,
+)
 
 
 # ---- checkpoint: a call whose body is recomputed in the backward pass -----------------------
+
 
 def _checkpoint_shape(*operands, body):
     check_signature(body, operands, "body")
@@ -111,12 +144,20 @@ def _checkpoint_transpose(cts, *args, body):
 
 def _checkpoint_batch(args, batched, body):
     from ..transforms import Program, batch
+
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
     return bind("checkpoint", *args, body=batch(Program(body), batched, size).graph)
 
 
-primitive("checkpoint", impl=lambda *operands, body: tuple(run_body(body, operands)),
-          shape=_checkpoint_shape, arity=(0, None), attrs={"body": "graph"},
-          multiple_results=True, jvp=_checkpoint_jvp, transpose=_checkpoint_transpose,
-          batch=_checkpoint_batch,
-          retype=lambda args, body: bind("checkpoint", *args, body=retyped(body, [a.spec for a in args])))
+primitive(
+    "checkpoint",
+    impl=lambda *operands, body: tuple(run_body(body, operands)),
+    shape=_checkpoint_shape,
+    arity=(0, None),
+    attrs={"body": "graph"},
+    multiple_results=True,
+    jvp=_checkpoint_jvp,
+    transpose=_checkpoint_transpose,
+    batch=_checkpoint_batch,
+    retype=lambda args, body: bind("checkpoint", *args, body=retyped(body, [a.spec for a in args])),
+)

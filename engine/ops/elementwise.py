@@ -8,6 +8,7 @@ cotangent into sqrt's rule and gets 0, not 0 * inf = nan.
 Complex step: the non-holomorphic ops get the standard extensions (abs(z) = z * sign(Re z);
 sign, comparisons, maximum and minimum look at the real part).
 """
+
 import math
 import operator
 
@@ -25,18 +26,25 @@ def _real(x):
 
 def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None):
     """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative."""
+
     def jvp(primals, tangents, ans):
         t = tangents[0]
         return None if t is None or rule is None else rule(t, primals[0], ans)
 
     transpose = (lambda ct, x: (rule(ct, None, None),)) if linear else None
-    primitive(name, impl=fn, shape=elementwise_shape(fn, inexact=inexact), jvp=jvp,
-              transpose=transpose, batch=batch_elementwise(name), elementwise=True,
-              ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None))
+    primitive(
+        name,
+        impl=fn,
+        shape=elementwise_shape(fn, inexact=inexact),
+        jvp=jvp,
+        transpose=transpose,
+        batch=batch_elementwise(name),
+        elementwise=True,
+        ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
+    )
 
 
-unary("negative", operator.neg, lambda t, x, ans: -t, inexact=False, linear=True,
-      ufunc=np.negative)
+unary("negative", operator.neg, lambda t, x, ans: -t, inexact=False, linear=True, ufunc=np.negative)
 unary("exp", np.exp, lambda t, x, ans: t * ans)
 unary("expm1", np.expm1, lambda t, x, ans: t * (ans + 1))
 unary("log", np.log, lambda t, x, ans: gnp.div_or_zero(t, x))
@@ -52,8 +60,12 @@ unary("arctan", np.arctan, lambda t, x, ans: t / (x * x + 1))
 unary("sinh", np.sinh, lambda t, x, ans: t * gnp.cosh(x))
 unary("cosh", np.cosh, lambda t, x, ans: t * gnp.sinh(x))
 unary("tanh", np.tanh, lambda t, x, ans: t * (1 - ans * ans))
-unary("abs", lambda x: x * np.sign(x.real) if np.iscomplexobj(x) else np.abs(x),
-      lambda t, x, ans: t * gnp.sign(x), inexact=False)
+unary(
+    "abs",
+    lambda x: x * np.sign(x.real) if np.iscomplexobj(x) else np.abs(x),
+    lambda t, x, ans: t * gnp.sign(x),
+    inexact=False,
+)
 unary("sign", lambda x: np.sign(_real(x)), inexact=False)
 unary("floor", lambda x: np.floor(_real(x)), inexact=False)
 unary("ceil", lambda x: np.ceil(_real(x)), inexact=False)
@@ -74,6 +86,7 @@ def _sum_tangents(*terms):
 
 def binary(name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None):
     """`rule(tx, ty, x, y, ans)` gives the output tangent; tx or ty may be None (zero)."""
+
     def jvp(primals, tangents, ans):
         tx, ty = tangents
         if rule is None or (tx is None and ty is None):
@@ -81,9 +94,17 @@ def binary(name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None):
         out = rule(tx, ty, *primals, ans)
         return None if out is None else broadcast_tangent(out, ans.spec)
 
-    primitive(name, impl=fn, shape=elementwise_shape(fn, inexact=inexact), arity=2, jvp=jvp,
-              transpose=transpose, batch=batch_elementwise(name), elementwise=True,
-              ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None))
+    primitive(
+        name,
+        impl=fn,
+        shape=elementwise_shape(fn, inexact=inexact),
+        arity=2,
+        jvp=jvp,
+        transpose=transpose,
+        batch=batch_elementwise(name),
+        elementwise=True,
+        ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
+    )
 
 
 def _either(tx, ty, on_x, on_y):
@@ -92,10 +113,15 @@ def _either(tx, ty, on_x, on_y):
 
 def _transpose_linear_each(on_x, on_y):
     """Transpose of an op linear in each operand separately (add, subtract, mul by a primal)."""
+
     def transpose(ct, x, y):
         from ..primitive import Linear
-        return (unbroadcast(on_x(ct, y), x.spec) if isinstance(x, Linear) else None,
-                unbroadcast(on_y(ct, x), y.spec) if isinstance(y, Linear) else None)
+
+        return (
+            unbroadcast(on_x(ct, y), x.spec) if isinstance(x, Linear) else None,
+            unbroadcast(on_y(ct, x), y.spec) if isinstance(y, Linear) else None,
+        )
+
     return transpose
 
 
@@ -117,6 +143,7 @@ def _select_real(take_x):
         if np.iscomplexobj(x) or np.iscomplexobj(y):
             return np.where(take_x(x.real, y.real), x, y)
         return (np.maximum if take_x is np.greater_equal else np.minimum)(x, y)
+
     return impl
 
 
@@ -143,26 +170,67 @@ def _div_or_zero(t, d):
     return out
 
 
-binary("add", operator.add, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
-       ufunc=np.add, transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct))
-binary("subtract", operator.sub, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: -t),
-       ufunc=np.subtract, transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct))
-binary("multiply", operator.mul, lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t * y, lambda t: x * t),
-       ufunc=np.multiply, transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct))
-binary("divide", operator.truediv, lambda tx, ty, x, y, ans: gnp.div_or_zero(
-           _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y), ufunc=np.true_divide,
-       # linear in the numerator: a rule such as arctan's t / (1 + x*x) is transposed through it
-       transpose=lambda ct, x, y: (unbroadcast(ct / y, x.spec), None))
+binary(
+    "add",
+    operator.add,
+    lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
+    ufunc=np.add,
+    transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct),
+)
+binary(
+    "subtract",
+    operator.sub,
+    lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: -t),
+    ufunc=np.subtract,
+    transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct),
+)
+binary(
+    "multiply",
+    operator.mul,
+    lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t * y, lambda t: x * t),
+    ufunc=np.multiply,
+    transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct),
+)
+binary(
+    "divide",
+    operator.truediv,
+    lambda tx, ty, x, y, ans: gnp.div_or_zero(
+        _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y
+    ),
+    ufunc=np.true_divide,
+    # linear in the numerator: a rule such as arctan's t / (1 + x*x) is transposed through it
+    transpose=lambda ct, x, y: (unbroadcast(ct / y, x.spec), None),
+)
 # As JAX: d/dx is 0 where y == 0 (x**0 is 1 everywhere, also at x = 0, where y * x**(y-1) is
 # 0 * inf; this also makes the Hessian of x**1 at 0 finite), and d/dy takes log(1) = 0 at x = 0
 # (0**y is 0 for y > 0, where log(0) * 0 would be nan).
-binary("power", np.power, lambda tx, ty, x, y, ans: _either(
-           tx, ty, lambda t: gnp.mul_or_zero(t, gnp.where(y == 0, 0, y * x ** (y - 1))),
-           lambda t: gnp.mul_or_zero(t, gnp.log(gnp.where(x == 0, 1, x)) * ans)), inexact=True)
-binary("maximum", _select_real(np.greater_equal), lambda tx, ty, x, y, ans: _either(
-           tx, ty, lambda t: t * _tie_weight(x, y), lambda t: t * _tie_weight(y, x)))
-binary("minimum", _select_real(np.less_equal), lambda tx, ty, x, y, ans: _either(
-           tx, ty, lambda t: t * _tie_weight(y, x), lambda t: t * _tie_weight(x, y)))
+binary(
+    "power",
+    np.power,
+    lambda tx, ty, x, y, ans: _either(
+        tx,
+        ty,
+        lambda t: gnp.mul_or_zero(t, gnp.where(y == 0, 0, y * x ** (y - 1))),
+        lambda t: gnp.mul_or_zero(t, gnp.log(gnp.where(x == 0, 1, x)) * ans),
+    ),
+    inexact=True,
+)
+binary(
+    "maximum",
+    _select_real(np.greater_equal),
+    lambda tx, ty, x, y, ans: _either(
+        tx, ty, lambda t: t * _tie_weight(x, y), lambda t: t * _tie_weight(y, x)
+    ),
+)
+binary(
+    "minimum",
+    _select_real(np.less_equal),
+    lambda tx, ty, x, y, ans: _either(
+        tx, ty, lambda t: t * _tie_weight(y, x), lambda t: t * _tie_weight(x, y)
+    ),
+)
+
+
 def _logaddexp(x, y):
     if not (np.iscomplexobj(x) or np.iscomplexobj(y)):
         return np.logaddexp(x, y)
@@ -173,27 +241,57 @@ def _logaddexp(x, y):
     return top + np.log(np.exp(x - top) + np.exp(y - top))
 
 
-binary("logaddexp", _logaddexp, lambda tx, ty, x, y, ans: _either(
-           tx, ty, lambda t: t * gnp.exp(x - _finite_or_zero(ans)),
-           lambda t: t * gnp.exp(y - _finite_or_zero(ans))), inexact=True)
+binary(
+    "logaddexp",
+    _logaddexp,
+    lambda tx, ty, x, y, ans: _either(
+        tx,
+        ty,
+        lambda t: t * gnp.exp(x - _finite_or_zero(ans)),
+        lambda t: t * gnp.exp(y - _finite_or_zero(ans)),
+    ),
+    inexact=True,
+)
 # div_or_zero is linear in its first operand: t / d, but exactly 0 wherever t is 0.
 # Zero-safe products for derivative rules: linear in each operand separately, like multiply.
-binary("mul_or_zero", _mul_or_zero, lambda tt, td, t, d, ans: _either(
-           tt, td, lambda u: gnp.mul_or_zero(u, d), lambda u: gnp.mul_or_zero(t, u)), inexact=True,
-       transpose=_transpose_linear_each(lambda ct, d: gnp.mul_or_zero(ct, d),
-                                        lambda ct, t: gnp.mul_or_zero(t, ct)))
-binary("div_or_zero", _div_or_zero, lambda tt, td, t, d, ans: _either(
-           tt, td, lambda u: gnp.div_or_zero(u, d),
-           lambda u: -gnp.div_or_zero(gnp.mul_or_zero(t, u), d * d)),
-       inexact=True,
-       transpose=lambda ct, t, d: (unbroadcast(gnp.div_or_zero(ct, d), t.spec), None))
+binary(
+    "mul_or_zero",
+    _mul_or_zero,
+    lambda tt, td, t, d, ans: _either(
+        tt, td, lambda u: gnp.mul_or_zero(u, d), lambda u: gnp.mul_or_zero(t, u)
+    ),
+    inexact=True,
+    transpose=_transpose_linear_each(
+        lambda ct, d: gnp.mul_or_zero(ct, d), lambda ct, t: gnp.mul_or_zero(t, ct)
+    ),
+)
+binary(
+    "div_or_zero",
+    _div_or_zero,
+    lambda tt, td, t, d, ans: _either(
+        tt,
+        td,
+        lambda u: gnp.div_or_zero(u, d),
+        lambda u: -gnp.div_or_zero(gnp.mul_or_zero(t, u), d * d),
+    ),
+    inexact=True,
+    transpose=lambda ct, t, d: (unbroadcast(gnp.div_or_zero(ct, d), t.spec), None),
+)
 
-for _name, _fn in [("less", np.less), ("less_equal", np.less_equal), ("greater", np.greater),
-                   ("greater_equal", np.greater_equal), ("equal", np.equal),
-                   ("not_equal", np.not_equal)]:
+for _name, _fn in [
+    ("less", np.less),
+    ("less_equal", np.less_equal),
+    ("greater", np.greater),
+    ("greater_equal", np.greater_equal),
+    ("equal", np.equal),
+    ("not_equal", np.not_equal),
+]:
     binary(_name, _compare(_fn))
-for _name, _fn in [("logical_and", np.logical_and), ("logical_or", np.logical_or),
-                   ("logical_xor", np.logical_xor)]:
+for _name, _fn in [
+    ("logical_and", np.logical_and),
+    ("logical_or", np.logical_or),
+    ("logical_xor", np.logical_xor),
+]:
     binary(_name, _fn)
 
 
@@ -203,16 +301,20 @@ def _select_jvp(primals, tangents, ans):
     if tx is None and ty is None:
         return None
     zero = np.zeros((), ans.dtype)
-    return broadcast_tangent(gnp.where(cond, zero if tx is None else tx, zero if ty is None else ty),
-                             ans.spec)
+    return broadcast_tangent(
+        gnp.where(cond, zero if tx is None else tx, zero if ty is None else ty), ans.spec
+    )
 
 
 def _select_transpose(ct, cond, x, y):
     from ..primitive import Linear
+
     zero = np.zeros((), ct.dtype)
-    return (None,
-            unbroadcast(gnp.where(cond, ct, zero), x.spec) if isinstance(x, Linear) else None,
-            unbroadcast(gnp.where(cond, zero, ct), y.spec) if isinstance(y, Linear) else None)
+    return (
+        None,
+        unbroadcast(gnp.where(cond, ct, zero), x.spec) if isinstance(x, Linear) else None,
+        unbroadcast(gnp.where(cond, zero, ct), y.spec) if isinstance(y, Linear) else None,
+    )
 
 
 def _select_shape(cond, x, y):
@@ -221,18 +323,27 @@ def _select_shape(cond, x, y):
     return elementwise_shape(np.where)(cond, x, y)
 
 
-primitive("select", impl=np.where, shape=_select_shape, arity=3,
-          jvp=_select_jvp, transpose=_select_transpose, batch=batch_elementwise("select"),
-          elementwise=True)
+primitive(
+    "select",
+    impl=np.where,
+    shape=_select_shape,
+    arity=3,
+    jvp=_select_jvp,
+    transpose=_select_transpose,
+    batch=batch_elementwise("select"),
+    elementwise=True,
+)
 
 
 def _convert_shape(x, dtype):
     from ..graph import Spec
+
     return Spec(x.shape, dtype)
 
 
 def _convert_jvp(primals, tangents, ans, dtype):
     from .. import dtypes
+
     t = tangents[0]
     if t is None or not dtypes.is_differentiable(dtype):
         return None
@@ -255,8 +366,14 @@ def _convert_retype(args, dtype):
     return (bind("convert", x, dtype=dtype),)
 
 
-primitive("convert", impl=_convert_impl, shape=_convert_shape,
-          attrs={"dtype": "str"}, jvp=_convert_jvp,
-          transpose=lambda ct, x, dtype: (gnp.astype(ct, x.dtype),),
-          batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype), elementwise=True,
-          retype=_convert_retype)
+primitive(
+    "convert",
+    impl=_convert_impl,
+    shape=_convert_shape,
+    attrs={"dtype": "str"},
+    jvp=_convert_jvp,
+    transpose=lambda ct, x, dtype: (gnp.astype(ct, x.dtype),),
+    batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype),
+    elementwise=True,
+    retype=_convert_retype,
+)

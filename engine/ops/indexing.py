@@ -7,6 +7,7 @@ The index is the `index` attribute, four ints per entry:
 The front end normalizes: no Ellipsis, every axis of x consumed, integers non-negative, and
 when arrays are present integers travel as 0-d arrays (NumPy treats them alike then).
 """
+
 import numpy as np
 
 from .. import numpy as gnp
@@ -18,7 +19,7 @@ SLICE, INT, NEWAXIS, ARRAY = 0, 1, 2, 3
 
 
 def entries(index):
-    return [tuple(index[i:i + 4]) for i in range(0, len(index), 4)]
+    return [tuple(index[i : i + 4]) for i in range(0, len(index), 4)]
 
 
 def index_tuple(index, arrays):
@@ -128,29 +129,51 @@ def _scatter_add_batch(args, batched, shape, index):
         at = len(np.broadcast_shapes(*[a.shape for a in arrays]))
         updates = gnp.moveaxis(updates, 0, at)
     size = args[0].shape[0]
-    return bind("scatter_add", updates, *arrays, shape=(size,) + tuple(shape),
-                index=_batched_index(index, size))
+    return bind(
+        "scatter_add",
+        updates,
+        *arrays,
+        shape=(size,) + tuple(shape),
+        index=_batched_index(index, size),
+    )
 
 
 def gnp_getitem(x, arrays, index):
     return bind("getitem", x, *arrays, index=tuple(index))
 
 
-primitive("getitem", impl=_getitem_impl, shape=_getitem_shape, arity=(1, None),
-          attrs={"index": "ints"}, view=True,  # basic indexing is a view; treated so always
-          jvp=lambda primals, tangents, ans, index: None if tangents[0] is None
-          else gnp_getitem(tangents[0], primals[1:], index),
-          transpose=lambda ct, x, *arrays, index: (
-              bind("scatter_add", ct, *arrays, shape=x.shape, index=index),) + (None,) * len(arrays),
-          batch=_getitem_batch)
+primitive(
+    "getitem",
+    impl=_getitem_impl,
+    shape=_getitem_shape,
+    arity=(1, None),
+    attrs={"index": "ints"},
+    view=True,  # basic indexing is a view; treated so always
+    jvp=lambda primals, tangents, ans, index: (
+        None if tangents[0] is None else gnp_getitem(tangents[0], primals[1:], index)
+    ),
+    transpose=lambda ct, x, *arrays, index: (
+        (bind("scatter_add", ct, *arrays, shape=x.shape, index=index),) + (None,) * len(arrays)
+    ),
+    batch=_getitem_batch,
+)
 
-primitive("scatter_add", impl=_scatter_add_impl, shape=_scatter_add_shape, arity=(1, None),
-          attrs={"shape": "ints", "index": "ints"},
-          jvp=lambda primals, tangents, ans, shape, index: None if tangents[0] is None
-          else bind("scatter_add", tangents[0], *primals[1:], shape=shape, index=index),
-          transpose=lambda ct, updates, *arrays, shape, index: (
-              gnp_getitem(ct, arrays, index),) + (None,) * len(arrays),
-          batch=_scatter_add_batch)
+primitive(
+    "scatter_add",
+    impl=_scatter_add_impl,
+    shape=_scatter_add_shape,
+    arity=(1, None),
+    attrs={"shape": "ints", "index": "ints"},
+    jvp=lambda primals, tangents, ans, shape, index: (
+        None
+        if tangents[0] is None
+        else bind("scatter_add", tangents[0], *primals[1:], shape=shape, index=index)
+    ),
+    transpose=lambda ct, updates, *arrays, shape, index: (
+        (gnp_getitem(ct, arrays, index),) + (None,) * len(arrays)
+    ),
+    batch=_scatter_add_batch,
+)
 
 
 # base + scatter_add(updates): reverse mode accumulates the cotangents of several slices of
@@ -177,7 +200,7 @@ def _add_at_inplace(base, updates, *arrays, index):
 
 
 def _add_at_jvp(primals, tangents, ans, index):
-    base, updates, *arrays = primals
+    base, _updates, *arrays = primals
     t_base, t_updates = tangents[:2]
     if t_updates is None:
         return t_base
@@ -188,9 +211,11 @@ def _add_at_jvp(primals, tangents, ans, index):
 
 def _add_at_transpose(ct, base, updates, *arrays, index):
     from ..primitive import Linear
-    return ((ct if isinstance(base, Linear) else None,
-             gnp_getitem(ct, arrays, index) if isinstance(updates, Linear) else None)
-            + (None,) * len(arrays))
+
+    return (
+        ct if isinstance(base, Linear) else None,
+        gnp_getitem(ct, arrays, index) if isinstance(updates, Linear) else None,
+    ) + (None,) * len(arrays)
 
 
 def _add_at_batch(args, batched, index):
@@ -205,6 +230,14 @@ def _add_at_batch(args, batched, index):
     return bind("add_at", base, updates, *arrays, index=_batched_index(index, size))
 
 
-primitive("add_at", impl=lambda base, *rest, index: _add_at_inplace(base.copy(), *rest, index=index),
-          inplace=_add_at_inplace, shape=_add_at_shape, arity=(2, None), attrs={"index": "ints"},
-          jvp=_add_at_jvp, transpose=_add_at_transpose, batch=_add_at_batch)
+primitive(
+    "add_at",
+    impl=lambda base, *rest, index: _add_at_inplace(base.copy(), *rest, index=index),
+    inplace=_add_at_inplace,
+    shape=_add_at_shape,
+    arity=(2, None),
+    attrs={"index": "ints"},
+    jvp=_add_at_jvp,
+    transpose=_add_at_transpose,
+    batch=_add_at_batch,
+)

@@ -1,5 +1,6 @@
 """Reductions along `axes` (sorted, non-negative; `keepdims`), cumsum, argmax/argmin,
 and logsumexp (a primitive so that its gradient is finite even when every input is -inf)."""
+
 import numpy as np
 
 from .. import dtypes
@@ -40,10 +41,17 @@ REDUCE_ATTRS = {"axes": "ints", "keepdims": "bool"}
 
 
 def reduction(name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None):
-    primitive(name, impl=impl, attrs=REDUCE_ATTRS, jvp=jvp, transpose=transpose,
-              shape=lambda x, axes, keepdims: Spec(
-                  _reduced_shape(x, axes, keepdims, nonempty=nonempty), out_dtype(x.dtype)),
-              batch=batch_shift_axes(name))
+    primitive(
+        name,
+        impl=impl,
+        attrs=REDUCE_ATTRS,
+        jvp=jvp,
+        transpose=transpose,
+        shape=lambda x, axes, keepdims: Spec(
+            _reduced_shape(x, axes, keepdims, nonempty=nonempty), out_dtype(x.dtype)
+        ),
+        batch=batch_shift_axes(name),
+    )
 
 
 def _sum_jvp(primals, tangents, ans, axes, keepdims):
@@ -73,10 +81,11 @@ def _extremum_impl(pick):
         moved = np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
         # the reduced size spelled out: reshape(-1) fails on zero-size arrays
         count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-        flat = moved.reshape(moved.shape[:x.ndim - len(axes)] + (count,))
+        flat = moved.reshape(moved.shape[: x.ndim - len(axes)] + (count,))
         arg = (np.argmax if pick is np.max else np.argmin)(flat.real, axis=-1)
         out = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
         return out.reshape(keepdims_shape(x.shape, axes)) if keepdims else out
+
     return impl
 
 
@@ -94,8 +103,11 @@ def _prod_jvp(primals, tangents, ans, axes, keepdims):
     product = gnp.prod(nonzero, axis=axes, keepdims=True)
     zeros = gnp.sum(gnp.astype(is_zero, "int64"), axis=axes, keepdims=True)
     zero_sum = gnp.sum(gnp.where(is_zero, x, 0), axis=axes, keepdims=True)
-    others = gnp.where(zeros == 0, product / nonzero,
-                       gnp.where(zeros == 1, gnp.where(is_zero, product, zero_sum * product / nonzero), 0))
+    others = gnp.where(
+        zeros == 0,
+        product / nonzero,
+        gnp.where(zeros == 1, gnp.where(is_zero, product, zero_sum * product / nonzero), 0),
+    )
     return gnp.sum(t * others, axis=axes, keepdims=keepdims)
 
 
@@ -118,12 +130,23 @@ def _logsumexp_jvp(primals, tangents, ans, axes, keepdims):
     return gnp.sum(t * gnp.exp(x - safe), axis=axes, keepdims=keepdims)
 
 
-reduction("reduce_sum", lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
-          _sum_jvp, out_dtype=_sum_dtype, transpose=_sum_transpose)
+reduction(
+    "reduce_sum",
+    lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
+    _sum_jvp,
+    out_dtype=_sum_dtype,
+    transpose=_sum_transpose,
+)
 reduction("reduce_max", _extremum_impl(np.max), _extremum_jvp, nonempty=True)
 reduction("reduce_min", _extremum_impl(np.min), _extremum_jvp, nonempty=True)
-reduction("reduce_prod", lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims),
-          _prod_jvp, out_dtype=_sum_dtype)
+reduction(
+    "reduce_prod",
+    lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims),
+    _prod_jvp,
+    out_dtype=_sum_dtype,
+)
+
+
 def _inexact_dtype(dtype):
     if not dtypes.is_differentiable(dtype):  # the front end converts; a decoded graph may not
         raise ShapeError(f"logsumexp needs a float or complex input, got {dtype}")
@@ -146,13 +169,19 @@ def _arg_shape(x, axes, keepdims):
 def _arg_impl(pick):
     def impl(x, axes, keepdims):
         return pick(_real(x), axis=axes[0] if axes else None, keepdims=keepdims).astype(np.int64)
+
     return impl
 
 
 for _name, _pick in [("argmax", np.argmax), ("argmin", np.argmin)]:
-    primitive(_name, impl=_arg_impl(_pick), shape=_arg_shape, attrs=REDUCE_ATTRS,
-              jvp=lambda primals, tangents, ans, axes, keepdims: None,
-              batch=batch_shift_axes(_name))
+    primitive(
+        _name,
+        impl=_arg_impl(_pick),
+        shape=_arg_shape,
+        attrs=REDUCE_ATTRS,
+        jvp=lambda primals, tangents, ans, axes, keepdims: None,
+        batch=batch_shift_axes(_name),
+    )
 
 
 def _cumsum_shape(x, axis):
@@ -161,10 +190,14 @@ def _cumsum_shape(x, axis):
     return Spec(x.shape, _sum_dtype(x.dtype))
 
 
-primitive("cumsum", impl=lambda x, axis: np.cumsum(x, axis=axis), shape=_cumsum_shape,
-          attrs={"axis": "int"},
-          jvp=lambda primals, tangents, ans, axis: None if tangents[0] is None
-          else gnp.cumsum(tangents[0], axis=axis),
-          transpose=lambda ct, x, axis: (
-              gnp.flip(gnp.cumsum(gnp.flip(ct, axis), axis=axis), axis),),
-          batch=batch_shift_axes("cumsum"))
+primitive(
+    "cumsum",
+    impl=lambda x, axis: np.cumsum(x, axis=axis),
+    shape=_cumsum_shape,
+    attrs={"axis": "int"},
+    jvp=lambda primals, tangents, ans, axis: (
+        None if tangents[0] is None else gnp.cumsum(tangents[0], axis=axis)
+    ),
+    transpose=lambda ct, x, axis: (gnp.flip(gnp.cumsum(gnp.flip(ct, axis), axis=axis), axis),),
+    batch=batch_shift_axes("cumsum"),
+)

@@ -1,5 +1,6 @@
 """Ops that move data without arithmetic: reshape, transpose, broadcast_to, flip,
 concatenate, and `full` (a filled array, so large zeros need not travel as constants)."""
+
 import numpy as np
 
 from .. import dtypes
@@ -12,9 +13,11 @@ from .common import batch_shift_axes, normalize_axes, unbroadcast
 
 def _linear_jvp(name):
     """The JVP of an op linear in its first input: the op itself, applied to the tangent."""
+
     def jvp(primals, tangents, ans, **attrs):
         t = tangents[0]
         return None if t is None else bind(name, t, *primals[1:], **attrs)
+
     return jvp
 
 
@@ -26,10 +29,16 @@ def _reshape_shape(x, shape):
     return Spec(shape, x.dtype)
 
 
-primitive("reshape", impl=lambda x, shape: np.reshape(x, shape), shape=_reshape_shape,
-          attrs={"shape": "ints"}, view=True, jvp=_linear_jvp("reshape"),
-          transpose=lambda ct, x, shape: (gnp.reshape(ct, x.shape),),
-          batch=lambda args, batched, shape: gnp.reshape(args[0], args[0].shape[:1] + shape))
+primitive(
+    "reshape",
+    impl=lambda x, shape: np.reshape(x, shape),
+    shape=_reshape_shape,
+    attrs={"shape": "ints"},
+    view=True,
+    jvp=_linear_jvp("reshape"),
+    transpose=lambda ct, x, shape: (gnp.reshape(ct, x.shape),),
+    batch=lambda args, batched, shape: gnp.reshape(args[0], args[0].shape[:1] + shape),
+)
 
 
 def _transpose_shape(x, perm):
@@ -38,11 +47,16 @@ def _transpose_shape(x, perm):
     return Spec(tuple(x.shape[p] for p in perm), x.dtype)
 
 
-primitive("transpose", impl=lambda x, perm: np.transpose(x, perm), shape=_transpose_shape,
-          attrs={"perm": "ints"}, view=True, jvp=_linear_jvp("transpose"),
-          transpose=lambda ct, x, perm: (gnp.transpose(ct, tuple(np.argsort(perm).tolist())),),
-          batch=lambda args, batched, perm: gnp.transpose(
-              args[0], (0,) + tuple(p + 1 for p in perm)))
+primitive(
+    "transpose",
+    impl=lambda x, perm: np.transpose(x, perm),
+    shape=_transpose_shape,
+    attrs={"perm": "ints"},
+    view=True,
+    jvp=_linear_jvp("transpose"),
+    transpose=lambda ct, x, perm: (gnp.transpose(ct, tuple(np.argsort(perm).tolist())),),
+    batch=lambda args, batched, perm: gnp.transpose(args[0], (0,) + tuple(p + 1 for p in perm)),
+)
 
 
 def _broadcast_shape(x, shape):
@@ -61,9 +75,16 @@ def _broadcast_batch(args, batched, shape):
     return gnp.broadcast_to(x, x.shape[:1] + shape)
 
 
-primitive("broadcast_to", impl=lambda x, shape: np.broadcast_to(x, shape), shape=_broadcast_shape,
-          attrs={"shape": "ints"}, view=True, jvp=_linear_jvp("broadcast_to"),
-          transpose=lambda ct, x, shape: (unbroadcast(ct, x.spec),), batch=_broadcast_batch)
+primitive(
+    "broadcast_to",
+    impl=lambda x, shape: np.broadcast_to(x, shape),
+    shape=_broadcast_shape,
+    attrs={"shape": "ints"},
+    view=True,
+    jvp=_linear_jvp("broadcast_to"),
+    transpose=lambda ct, x, shape: (unbroadcast(ct, x.spec),),
+    batch=_broadcast_batch,
+)
 
 
 def _flip_shape(x, axes):
@@ -71,9 +92,16 @@ def _flip_shape(x, axes):
     return x
 
 
-primitive("flip", impl=lambda x, axes: np.flip(x, axes), shape=_flip_shape, attrs={"axes": "ints"},
-          view=True, jvp=_linear_jvp("flip"), transpose=lambda ct, x, axes: (gnp.flip(ct, axes),),
-          batch=batch_shift_axes("flip"))
+primitive(
+    "flip",
+    impl=lambda x, axes: np.flip(x, axes),
+    shape=_flip_shape,
+    attrs={"axes": "ints"},
+    view=True,
+    jvp=_linear_jvp("flip"),
+    transpose=lambda ct, x, axes: (gnp.flip(ct, axes),),
+    batch=batch_shift_axes("flip"),
+)
 
 
 def _concatenate_shape(*xs, axis):
@@ -81,8 +109,9 @@ def _concatenate_shape(*xs, axis):
     if not 0 <= axis < first.ndim:
         raise ShapeError(f"axis {axis} is out of range for {first.ndim} dimensions")
     for x in xs[1:]:
-        if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape))
-                                       if i != axis):
+        if x.ndim != first.ndim or any(
+            a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != axis
+        ):
             raise ShapeError(f"cannot concatenate {first.shape} and {x.shape} along axis {axis}")
     shape = list(first.shape)
     shape[axis] = sum(x.shape[axis] for x in xs)
@@ -115,9 +144,16 @@ def _concatenate_batch(args, batched, axis):
     return gnp.concatenate(args, axis=axis + 1)
 
 
-primitive("concatenate", impl=lambda *xs, axis: np.concatenate(xs, axis=axis),
-          shape=_concatenate_shape, arity=(1, None), attrs={"axis": "int"}, jvp=_concatenate_jvp,
-          transpose=_concatenate_transpose, batch=_concatenate_batch)
+primitive(
+    "concatenate",
+    impl=lambda *xs, axis: np.concatenate(xs, axis=axis),
+    shape=_concatenate_shape,
+    arity=(1, None),
+    attrs={"axis": "int"},
+    jvp=_concatenate_jvp,
+    transpose=_concatenate_transpose,
+    batch=_concatenate_batch,
+)
 
 
 def _full_shape(shape, dtype, value):
@@ -126,6 +162,11 @@ def _full_shape(shape, dtype, value):
     return Spec(shape, dtype)
 
 
-primitive("full", impl=lambda shape, dtype, value: np.full(shape, value, dtype), shape=_full_shape,
-          arity=0, attrs={"shape": "ints", "dtype": "str", "value": "float"},
-          jvp=lambda primals, tangents, ans, **attrs: None)
+primitive(
+    "full",
+    impl=lambda shape, dtype, value: np.full(shape, value, dtype),
+    shape=_full_shape,
+    arity=0,
+    attrs={"shape": "ints", "dtype": "str", "value": "float"},
+    jvp=lambda primals, tangents, ans, **attrs: None,
+)
