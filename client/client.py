@@ -75,10 +75,22 @@ class ServiceUnavailable(ServiceError, ConnectionError):
 
 
 class RemoteStats(Stats):
-    """gs.Stats of the server's computation (compares equal to the Engine's Stats), plus
-    `compute_seconds`: the time the server spent in the engine."""
+    """`gs.Stats` of the server's computation, plus the time it took.
+
+    A `gs.Stats` (a named tuple of the same four fields, comparing equal to the Engine's
+    figures for the same call), with one more attribute.
+
+    Attributes
+    ----------
+    compute_seconds : float
+        The time the server spent in its engine on the call, in seconds.
+    """
 
     compute_seconds: float = 0.0
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self))
+        return f"RemoteStats({fields}, compute_seconds={self.compute_seconds!r})"
 
 
 class _LruSet:
@@ -215,12 +227,50 @@ class _Tensors:
 
 
 class Client:
-    """Same methods and return values as gs.Engine, computed by a gradserve server.
+    """The Engine's methods, computed by a gradserve server over gRPC.
 
-    `target_or_channel`: "host:port" (any gRPC target, e.g. "dns:///name:port") or a ready
-    grpc.Channel (your interceptors, credentials, options). `timeout`: seconds per call
-    (including retries), None for no deadline; every method also takes `timeout=`.
-    `retries`: attempts on UNAVAILABLE, with exponential backoff."""
+    Every method takes the arguments of the `gs.Engine` method of the same name and returns
+    the same results, with ``timeout=`` where the Engine takes ``should_stop=``. Arguments
+    are checked and converted here as the Engine does (same exception classes and messages)
+    before anything is sent; the server's errors come back as the Engine's exception classes.
+    A graph is sent once and named by its digest afterwards; so is a large array passed again
+    unchanged (data held fixed), while one that changes every call (weights) travels inline.
+    One Client may serve several threads at once; `last_stats` is per thread.
+
+    Parameters
+    ----------
+    target_or_channel : str or grpc.Channel
+        "host:port" or any gRPC target (e.g. "dns:///name:port", whose addresses are then
+        balanced per call), or a ready `grpc.Channel` (your credentials, interceptors and
+        options; `close` leaves it open).
+    timeout : float or None, optional
+        Seconds each call may take, retries included; None (the default): no deadline.
+        Every method also takes ``timeout=`` for that call.
+    retries : int, optional
+        Further attempts when the server is UNAVAILABLE, after pauses growing from
+        `backoff` seconds (doubling, jittered) up to `max_backoff`. Default 5.
+    backoff, max_backoff : float, optional
+        The first and the longest pause between attempts, in seconds (0.05 and 2.0).
+    options : list of (str, object), optional
+        gRPC channel options for a target string, in place of the defaults (which lift
+        gRPC's message size limits and balance calls round robin).
+    digest_min_bytes : int, optional
+        Arrays at least this large may travel as their digest once the server has them.
+        Default 65536.
+
+    Raises
+    ------
+    TypeError
+        `target_or_channel` is neither a string nor a `grpc.Channel`.
+    ValueError
+        `timeout` is not a positive number or None.
+
+    Examples
+    --------
+    >>> with gs.Client("localhost:50051", timeout=30) as cli:  # doctest: +SKIP
+    ...     value, grads = cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
+    ...     cli.last_stats.compute_seconds
+    """
 
     def __init__(
         self,
@@ -284,10 +334,54 @@ class Client:
 
     @property
     def last_stats(self) -> RemoteStats:
-        """Stats of this thread's most recent call (from the server's reply)."""
+        """Memory figures of this thread's most recent call, from the server's reply.
+
+        Returns
+        -------
+        gs.RemoteStats
+            The `gs.Stats` of the server's computation (what a `gs.Engine` with the server's
+            settings reports for the same call), with `compute_seconds`, the time the server
+            spent computing; all zero before the first call.
+        """
         return getattr(self._local, "stats", RemoteStats())
 
     def evaluate(self, graph: Graph, *args, timeout=None):
+        """The graph's outputs at `args`.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            The graph to run.
+        *args : array_like
+            One value per graph input, in order: a number or an array of that input's shape,
+            converted to its dtype (see the Notes of `gs.Engine`).
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        ndarray or tuple of ndarray
+            The output when the graph has one, else a tuple with one array per output.
+
+        Raises
+        ------
+        ValueError
+            An argument's shape differs from its input's.
+        TypeError
+            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
+            an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, or more memory than the server has;
+            or a `gs.while_loop` ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         args = _arguments(graph, args)
         reply = self._call(
             "Evaluate",
@@ -300,6 +394,56 @@ class Client:
         return from_value(reply.outputs)
 
     def value_and_grad(self, graph: Graph, *args, argnums=0, timeout=None):
+        """The value of a graph with one real scalar output, and its gradient.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            A graph whose one output is a float64 or float32 scalar.
+        *args : array_like
+            One value per graph input, in order: a number or an array of that input's shape,
+            converted to its dtype (see the Notes of `gs.Engine`).
+        argnums : int or sequence of int, optional
+            The inputs to differentiate with respect to: indices into ``graph.inputs``,
+            negative ones counting from the end; each a float or complex input. Default 0.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        value : ndarray
+            The output, a 0-d array.
+        grad : ndarray or tuple of ndarray
+            For an int `argnums`, the gradient with respect to that input, of its shape and
+            dtype; for a sequence, a tuple of them in the order of `argnums`.
+
+        Raises
+        ------
+        ValueError
+            An index in `argnums` is out of range; or an argument's shape differs from its input's.
+        TypeError
+            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
+            not an int or a sequence of ints, or names an input that is not float or complex; or
+            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
+            an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+
+        See Also
+        --------
+        grad : the gradient alone.
+        check_grad : the gradient compared with finite differences.
+        """
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
@@ -314,9 +458,99 @@ class Client:
         return writable_array(from_tensor(reply.value)), from_value(reply.grad)
 
     def grad(self, graph: Graph, *args, argnums=0, timeout=None):
+        """The gradient of a graph with one real scalar output: `value_and_grad` without the
+        value.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            A graph whose one output is a float64 or float32 scalar.
+        *args : array_like
+            One value per graph input, in order: a number or an array of that input's shape,
+            converted to its dtype (see the Notes of `gs.Engine`).
+        argnums : int or sequence of int, optional
+            The inputs to differentiate with respect to: indices into ``graph.inputs``,
+            negative ones counting from the end; each a float or complex input. Default 0.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        ndarray or tuple of ndarray
+            For an int `argnums`, the gradient with respect to that input, of its shape and
+            dtype; for a sequence, a tuple of them in the order of `argnums`.
+
+        Raises
+        ------
+        ValueError
+            An index in `argnums` is out of range; or an argument's shape differs from its input's.
+        TypeError
+            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
+            not an int or a sequence of ints, or names an input that is not float or complex; or
+            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
+            an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         return self.value_and_grad(graph, *args, argnums=argnums, timeout=timeout)[1]
 
     def vjp(self, graph: Graph, primals, cotangents, timeout=None):
+        """Vector-Jacobian product (reverse mode): the outputs at `primals` and the cotangents
+        of every input.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            The graph to differentiate; any outputs.
+        primals : sequence of array_like
+            One value per graph input, in order, converted as `args` are for `evaluate`.
+        cotangents : array_like or tuple of array_like
+            One per graph output, of that output's shape (converted to its dtype); a graph with
+            one output also takes the array itself. The cotangents of outputs that are not
+            float or complex are ignored (None will do).
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        outputs : ndarray or tuple of ndarray
+            The outputs, as `evaluate` returns them.
+        input_cotangents : tuple of ndarray
+            One per graph input, of its shape and dtype: the sum over the outputs of
+            ``cotangent · d output / d input``; zeros for inputs that are not float or complex.
+
+        Raises
+        ------
+        ValueError
+            A cotangent's shape differs from its output's; or an argument's shape differs from its
+            input's.
+        TypeError
+            The number of cotangents differs from the graph's outputs, or a cotangent's dtype does
+            not convert to its output's; or `graph` is not a `gs.Graph`, the number of arguments
+            differs from the graph's inputs, or an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         single = len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
@@ -344,6 +578,49 @@ class Client:
         )
 
     def jvp(self, graph: Graph, primals, tangents, timeout=None):
+        """Jacobian-vector product (forward mode): the outputs at `primals` and their
+        derivatives along `tangents`.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            The graph to differentiate; any outputs.
+        primals : sequence of array_like
+            One value per graph input, in order, converted as `args` are for `evaluate`.
+        tangents : sequence of array_like
+            One per graph input, of that input's shape and dtype (converted as `primals`
+            are); those of inputs that are not float or complex are ignored.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        outputs : ndarray or tuple of ndarray
+            The outputs, as `evaluate` returns them.
+        output_tangents : ndarray or tuple of ndarray
+            The directional derivative of each output, of its shape and dtype, structured as
+            `outputs` (an array when the graph has one output); zeros for outputs that are not
+            float or complex.
+
+        Raises
+        ------
+        ValueError
+            An argument's shape differs from its input's.
+        TypeError
+            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
+            an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, or more memory than the server has;
+            or a `gs.while_loop` ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
@@ -358,6 +635,57 @@ class Client:
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
     def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", timeout=None):
+        """The Jacobian of every output with respect to the inputs named by `argnums`.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            The graph to differentiate; any outputs.
+        *args : array_like
+            One value per graph input, in order: a number or an array of that input's shape,
+            converted to its dtype (see the Notes of `gs.Engine`).
+        argnums : int or sequence of int, optional
+            The inputs to differentiate with respect to: indices into ``graph.inputs``,
+            negative ones counting from the end; each a float or complex input. Default 0.
+        mode : {"auto", "fwd", "rev"}, optional
+            "fwd": one batched forward-mode pass per input in `argnums`, over all its elements
+            at once; "rev": one batched reverse-mode pass per output. "auto" (the default)
+            takes "fwd" when the inputs in `argnums` have fewer elements in total than the
+            outputs, else "rev". The result is the same.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        ndarray or tuple
+            The block of output ``k`` and input ``argnums[j]`` has shape
+            ``outputs[k].shape + inputs[argnums[j]].shape``: its element ``[o..., i...]`` is
+            ``d out[o...] / d in[i...]``. With one output and an int `argnums`, that block;
+            with a sequence `argnums`, a tuple of blocks over `argnums`; with several outputs,
+            a tuple over the outputs of those: ``J[k][j]`` (``J[k]`` for an int `argnums`).
+
+        Raises
+        ------
+        ValueError
+            `mode` is not "auto", "fwd" or "rev"; an index in `argnums` is out of range; or an
+            argument's shape differs from its input's.
+        TypeError
+            `argnums` is not an int or a sequence of ints, or names an input that is not float or
+            complex; or `graph` is not a `gs.Graph`, the number of arguments differs from the
+            graph's inputs, or an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
@@ -374,6 +702,51 @@ class Client:
         return from_value(reply.jacobian)
 
     def hvp(self, graph: Graph, primals, tangents, timeout=None):
+        """Hessian-vector product of a graph with one real scalar output: the derivative of its
+        gradient along `tangents` (forward mode over reverse mode).
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            A graph whose one output is a float64 or float32 scalar.
+        primals : sequence of array_like
+            One value per graph input, in order, converted as `args` are for `evaluate`.
+        tangents : sequence of array_like
+            One per graph input, of that input's shape and dtype (converted as `primals`
+            are); those of inputs that are not float or complex are ignored.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        tuple of ndarray
+            One per graph input (a tuple even for one input), of its shape and dtype:
+            ``sum over j of H[i, j] · tangents[j]``, with H the Hessian over every float and
+            complex input; zeros for the other inputs.
+
+        Raises
+        ------
+        ValueError
+            An argument's shape differs from its input's.
+        TypeError
+            The graph does not have exactly one output, a float64 or float32 scalar; or `graph` is
+            not a `gs.Graph`, the number of arguments differs from the graph's inputs, or an
+            argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.GraphError
+            The graph has a `gs.while_loop`: second derivatives through one are not supported.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
@@ -388,6 +761,53 @@ class Client:
         return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
 
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
+        """The Hessian of a graph with one real scalar output, with respect to the inputs
+        named by `argnums` (forward mode over reverse mode).
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            A graph whose one output is a float64 or float32 scalar.
+        *args : array_like
+            One value per graph input, in order: a number or an array of that input's shape,
+            converted to its dtype (see the Notes of `gs.Engine`).
+        argnums : int or sequence of int, optional
+            The inputs to differentiate with respect to: indices into ``graph.inputs``,
+            negative ones counting from the end; each a float or complex input. Default 0.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        ndarray or tuple of tuple of ndarray
+            For an int `argnums`, one array of shape ``x.shape + x.shape``, x the input; for a
+            sequence, a nested tuple ``H[i][j]`` of shape
+            ``inputs[argnums[i]].shape + inputs[argnums[j]].shape``.
+
+        Raises
+        ------
+        ValueError
+            An index in `argnums` is out of range; or an argument's shape differs from its input's.
+        TypeError
+            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
+            not an int or a sequence of ints, or names an input that is not float or complex; or
+            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
+            an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.GraphError
+            The graph has a `gs.while_loop`: second derivatives through one are not supported.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
@@ -402,6 +822,60 @@ class Client:
         return from_value(reply.hessian)
 
     def check_grad(self, graph: Graph, *args, method="central", timeout=None):
+        """The gradient compared with numerical differentiation, for a graph with one real
+        scalar output.
+
+        The gradient with respect to every float64 and float32 input (other inputs are held
+        fixed) is compared with finite differences, each element perturbed by a step scaled by
+        ``max(1, |x|)``; all the perturbations of an input are evaluated in a few batched
+        passes.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            A graph whose one output is a float64 or float32 scalar.
+        *args : array_like
+            One value per graph input, in order: a number or an array of that input's shape,
+            converted to its dtype (see the Notes of `gs.Engine`).
+        method : {"central", "forward", "complex"}, optional
+            "central" (the default): ``(f(x + h) - f(x - h)) / 2h`` with h ≈ cbrt(eps);
+            "forward": ``(f(x + h) - f(x)) / h`` with h ≈ sqrt(eps); "complex": the complex
+            step ``Im f(x + ih) / h`` with h = 1e-20 (the input takes complex values), exact to
+            rounding where the graph is analytic. eps is the machine epsilon of the output's
+            dtype.
+        timeout : float, optional
+            Seconds this call may take, retries included; default (None): the Client's
+            `timeout`.
+
+        Returns
+        -------
+        gs.GradCheck
+            `ok` is True when every element agrees within ``tol · (max(1, |f|) + |numeric|)``,
+            tol being 100 sqrt(eps) ("central", "forward") or 100 eps ("complex"); with the
+            largest absolute and relative errors and both gradients, one array per input
+            checked.
+
+        Raises
+        ------
+        ValueError
+            `method` is not "central", "forward" or "complex"; or an argument's shape differs from
+            its input's.
+        TypeError
+            The graph does not have exactly one output, a float64 or float32 scalar; the graph has
+            no float64 or float32 input; or `graph` is not a `gs.Graph`, the number of arguments
+            differs from the graph's inputs, or an argument's dtype does not convert to its input's.
+        gs.LimitError
+            Over one of the server's limits: a graph or array over its --max-nodes or
+            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
+            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
+            ran past its `max_iterations`.
+        gs.DeadlineExceeded
+            The timeout passed before the server answered; the server stops the computation.
+        gs.ServiceUnavailable
+            The server could not be reached, after the retries.
+        gs.ServiceError
+            Any other failure of the service (cancelled, internal error).
+        """
         args = _arguments(graph, args)
         if not isinstance(method, str):
             raise ValueError(
@@ -427,7 +901,12 @@ class Client:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def close(self):
-        """Close the channel (when the Client created it)."""
+        """Close the channel, when the Client created it (a channel passed in stays open).
+
+        Returns
+        -------
+        None
+        """
         if not self._closed:
             self._closed = True
             if self._owns_channel:

@@ -5,11 +5,13 @@ from .engine import Engine
 from .errors import GraphError, LimitError, TracerBoolError
 from .graph import Graph, Port, Spec
 from .limits import Limits
+from .numerical import GradCheck
 from .plan import Stats
-from .tracing import trace
+from .tracing import Tracer, trace
 
 __all__ = [
     "Engine",
+    "GradCheck",
     "Graph",
     "GraphError",
     "LimitError",
@@ -17,6 +19,7 @@ __all__ = [
     "Port",
     "Spec",
     "Stats",
+    "Tracer",
     "TracerBoolError",
     "trace",
 ]

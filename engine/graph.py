@@ -19,7 +19,32 @@ from .limits import DEFAULT_LIMITS, Limits
 
 @dataclass(frozen=True)
 class Spec:
-    """An abstract array: shape and dtype."""
+    """An abstract array: shape and dtype.
+
+    `gs.trace` takes one in place of an example argument (an input known by its shape and
+    dtype alone); a graph's inputs and outputs carry theirs (``graph.inputs[0].spec``).
+
+    Parameters
+    ----------
+    shape : int or tuple of int, optional
+        The dimensions; () (the default) for a scalar.
+    dtype : str or numpy.dtype, optional
+        float64 (the default), float32, complex128, int32, int64 or bool, in any spelling
+        NumPy accepts (``np.float32``, ``"f4"``); kept as its name.
+
+    Raises
+    ------
+    ValueError
+        A dimension is negative.
+    TypeError
+        The dtype is not one gradserve carries.
+
+    Examples
+    --------
+    >>> spec = gs.Spec((2, 3), np.float32)
+    >>> spec, spec.dtype, spec.size, spec.nbytes
+    (float32[2, 3], 'float32', 6, 24)
+    """
 
     shape: tuple
     dtype: str = "float64"
@@ -37,10 +62,12 @@ class Spec:
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions."""
         return len(self.shape)
 
     @property
     def size(self) -> int:
+        """The number of elements (1 for a scalar)."""
         return int(np.prod(self.shape, dtype=object)) if self.shape else 1
 
     @property
@@ -80,7 +107,25 @@ def readonly(array: np.ndarray) -> np.ndarray:
 
 
 class Graph:
-    """An immutable, validated computation graph."""
+    """An immutable, validated computation graph: typed inputs, constants, operations in
+    order, outputs.
+
+    Made by `gs.trace` (or read by `Graph.from_bytes`). The constructor runs the checker, so
+    a Graph that exists is valid: every operation known, its inputs defined before it, its
+    shapes and dtypes consistent. Two graphs with the same program and constants have the
+    same `digest` and compare equal; ``str(graph)`` lists the operations.
+
+    Attributes
+    ----------
+    inputs : tuple of gs.Port
+        The inputs in order, each a (name, spec) pair.
+    outputs : tuple of gs.Port
+        The outputs in order.
+    constants : dict of str to ndarray
+        The arrays the graph holds, read-only, by name.
+    nodes : tuple
+        The operations, in the order they run.
+    """
 
     def __init__(
         self,
@@ -113,26 +158,79 @@ class Graph:
 
     @property
     def input_names(self):
+        """The names of the inputs, in order.
+
+        Returns
+        -------
+        tuple of str
+        """
         return tuple(p.name for p in self.inputs)
 
     @property
     def output_names(self):
+        """The names of the values the graph returns, in order.
+
+        Returns
+        -------
+        tuple of str
+        """
         return tuple(p.name for p in self.outputs)
 
     def to_bytes(self) -> bytes:
+        """The graph's canonical encoding: a serialized ``gradserve.v1.Graph`` protobuf
+        message, deterministic, so the same graph always gives the same bytes.
+
+        Returns
+        -------
+        bytes
+            What a `gs.Client` sends and `Graph.from_bytes` reads.
+        """
         from .wire import graph_to_proto
 
         return graph_to_proto(self).SerializeToString(deterministic=True)
 
     @staticmethod
     def from_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Graph:
+        """Read a graph from its encoding (`to_bytes`), checking it.
+
+        Parameters
+        ----------
+        data : bytes
+            A serialized ``gradserve.v1.Graph`` message.
+        limits : gs.Limits, optional
+            The size limits to check it against; default ``gs.Limits()``.
+
+        Returns
+        -------
+        gs.Graph
+
+        Raises
+        ------
+        gs.GraphError
+            The bytes are not such a message, or the graph fails the checker (`where` names
+            the offending node or field).
+        gs.LimitError
+            The graph or one of its arrays is over `limits`.
+
+        Examples
+        --------
+        >>> graph = gs.trace(lambda x: gnp.sin(x), 1.0)
+        >>> gs.Graph.from_bytes(graph.to_bytes()) == graph
+        True
+        """
         from .wire import graph_from_bytes
 
         return graph_from_bytes(data, limits)
 
     @property
     def digest(self) -> str:
-        """sha256 of the canonical encoding: same program and constants, same digest."""
+        """The sha256 of the canonical encoding (`to_bytes`), in hex: same program and
+        constants, same digest. A `gs.Client` names a graph the server has by it.
+
+        Returns
+        -------
+        str
+        """
         if self._digest is None:
             self._digest = hashlib.sha256(self.to_bytes()).hexdigest()
         return self._digest

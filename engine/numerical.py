@@ -31,6 +31,27 @@ def _steps(eps):
 
 @dataclass(frozen=True)
 class GradCheck:
+    """What `check_grad` reports: the gradient against its numerical estimate.
+
+    Attributes
+    ----------
+    method : str
+        "central", "forward" or "complex".
+    max_abs_error : float
+        The largest ``|analytic - numeric|`` over every element checked.
+    max_rel_error : float
+        The largest ``|analytic - numeric| / max(|analytic|, |numeric|)`` (0 where both
+        agree exactly).
+    ok : bool
+        Whether every element agrees within the method's tolerance (see
+        `gs.Engine.check_grad`); False where either gradient is inf or nan.
+    analytic : tuple of ndarray
+        The gradient by automatic differentiation, one array per float64 or float32 input,
+        in the order of the graph's inputs.
+    numeric : tuple of ndarray
+        The numerical estimate, likewise.
+    """
+
     method: str
     max_abs_error: float
     max_rel_error: float

@@ -26,6 +26,23 @@ _running = threading.local()  # the should_stop of the call in progress, for nes
 
 
 class Stats(NamedTuple):
+    """Memory figures of one call (`gs.Engine.last_stats`), all zero before the first.
+
+    Attributes
+    ----------
+    tape_bytes : int
+        The most bytes the tape held at once: the intermediate values the reverse pass
+        reads, loop tapes included; 0 for calls without a reverse pass.
+    tape_entries : int
+        The number of arrays on the tape (a loop tape counts as one).
+    peak_bytes : int
+        The most bytes of arrays alive at once, arguments included (the graph's constants
+        are the graph's, not the call's).
+    recomputed_ops : int
+        Operations run again to fit `max_tape_bytes` (loops checkpointed); 0 without a
+        budget.
+    """
+
     tape_bytes: int = 0
     tape_entries: int = 0
     peak_bytes: int = 0

@@ -220,7 +220,54 @@ def parameter_names(fn, count: int) -> list[str]:
 
 
 def trace(fn, *example_args) -> Graph:
-    """Record `fn` applied to inputs shaped like `example_args` as a Graph."""
+    """Record `fn` applied to inputs shaped like `example_args` as a Graph.
+
+    `fn` runs once, on `gs.Tracer` values that stand for its arguments; every `gradserve.numpy`
+    function, operator and method it applies to them records a node. Python control flow on a
+    traced value cannot be recorded: use `gs.cond`, `gs.while_loop`, `gs.fori_loop`,
+    `gs.scan` or `gnp.where`.
+
+    Parameters
+    ----------
+    fn : callable
+        Takes one positional argument per example argument and returns one array, or a tuple
+        or list of them: the graph's outputs, in order. The inputs are named after its
+        parameters (``*args`` gives args_0, args_1, ...; a callable without a signature
+        x0, x1, ...).
+    *example_args : number, ndarray or gs.Spec
+        One per input, giving its shape and dtype (not its value): a Python bool, int, float
+        or complex is a scalar of bool, int64, float64 or complex128; an array or NumPy scalar
+        gives its own; a `gs.Spec` is itself. The dtype must be one gradserve carries:
+        float64, float32, complex128, int32, int64 or bool.
+
+    Returns
+    -------
+    gs.Graph
+        The recorded graph, validated.
+
+    Raises
+    ------
+    TypeError
+        An example argument is of another type or dtype.
+    ValueError, IndexError
+        A `gradserve.numpy` function was given a bad axis, shape or index, as NumPy raises.
+    gs.TracerBoolError
+        `fn` used a traced value where Python needs a concrete one (`if`, `while`, `bool()`,
+        `float()`, ...).
+    gs.GraphError
+        An operation rejected its operands (shapes that do not broadcast, for example), or a
+        traced value was used outside the function that traced it.
+    gs.LimitError
+        The graph has more nodes, or a value more elements, than ``gs.Limits()`` allows.
+
+    Examples
+    --------
+    >>> graph = gs.trace(lambda x, w: gnp.tanh(x @ w), np.ones((4, 3)), gs.Spec((3,)))
+    >>> graph
+    <gs.Graph (x: float64[4, 3], w: float64[3]) -> 1 output(s), 2 nodes>
+    >>> gs.Engine().evaluate(graph, np.ones((4, 3)), np.zeros(3))
+    array([0., 0., 0., 0.])
+    """
     specs = [spec_of(a) for a in example_args]
     with Builder() as builder:
         inputs = [
@@ -230,7 +277,22 @@ def trace(fn, *example_args) -> Graph:
 
 
 class Tracer:
-    """A value inside a function being traced. Supports NumPy's operators and methods."""
+    """A value inside a function being traced (see `gs.trace`).
+
+    It supports NumPy's operators, indexing and the usual array methods (``sum``, ``mean``,
+    ``reshape``, ``T``, ``astype``, ...), each recording a node; `gradserve.numpy` functions
+    take it as NumPy's take arrays. It has no concrete value: `bool()`, `float()` and
+    conversion to a NumPy array raise `gs.TracerBoolError`.
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : numpy.dtype
+    ndim : int
+    size : int
+    spec : gs.Spec
+        Its shape and dtype.
+    """
 
     __slots__ = ("builder", "name", "spec")
     __array_priority__ = 1000

@@ -54,29 +54,69 @@ def minimize(
     """Minimise the scalar output of `graph` over its first input, starting at `x0`, with the
     other inputs held at `args`.
 
-    graph    a gs.Graph with one real scalar output; its first input is the variable.
-    x0       the starting point: any array with as many elements as the first input (it is
-             flattened for SciPy and reshaped for the graph; `result.x` has the input's shape).
-    args     the other inputs, in order; converted once and passed unchanged to every call.
-    method   any method of scipy.optimize.minimize (name or callable), or "adam" / "sgd".
-    backend  a gs.Engine or gs.Client (anything with the Engine's methods); default a new Engine.
-    options  SciPy's options dict; for "adam" and "sgd": maxiter (1000), learning_rate (0.001
-             for adam, 0.01 for sgd; a number or a function of the step), gtol (1e-5; stop when
-             the largest gradient component, projected onto the bounds, is at most gtol),
-             momentum (0.9) and nesterov (False) for sgd, beta1 (0.9), beta2 (0.999) and eps
-             (1e-8) for adam.
-    progress a tqdm progress bar (step, loss, gradient norm, steps/s) on stderr while it runs,
-             shown when stderr is a terminal unless progress is False.
-    kwargs   passed to scipy.optimize.minimize: bounds, constraints, tol, callback, hess,
-             hessp. "adam" and "sgd" take bounds (they project onto them), tol (the default
-             gtol) and callback. A callback receives x in the input's shape (or, declared as
-             `callback(intermediate_result)`, an OptimizeResult); raising StopIteration stops.
+    SciPy's gradient methods get the value and the gradient from one backend call per
+    evaluation (`value_and_grad`); Newton-CG, trust-ncg, trust-krylov and trust-constr get
+    Hessian-vector products from `hvp`, dogleg and trust-exact the Hessian from `hessian`;
+    Nelder-Mead, Powell, COBYLA and COBYQA the value alone (`evaluate`).
 
-    Returns SciPy's OptimizeResult (x, fun, jac, nit, nfev, success, status, message, ...)
-    with `history`, a dict of arrays with one entry per step (step 0 is the first point
-    evaluated): "step", "loss", "grad_norm" (Euclidean), "time" (wall seconds since the start)
-    and "nfev" (value evaluations so far); and `backend_calls`, the number of backend calls by
-    method name."""
+    Parameters
+    ----------
+    graph : gs.Graph
+        A graph with one real scalar output; its first input, float64 or float32, is the
+        variable.
+    x0 : array_like
+        The starting point: as many elements as the first input (flattened for SciPy and
+        reshaped for the graph).
+    *args : array_like
+        The other inputs, in order; converted once and passed unchanged to every call (so a
+        `gs.Client` sends a large one once).
+    method : str or callable, optional
+        Any method of `scipy.optimize.minimize` (name or callable), or "adam" or "sgd".
+        Default "L-BFGS-B".
+    backend : gs.Engine or gs.Client, optional
+        Where the values and derivatives come from (anything with the Engine's methods);
+        default a new `gs.Engine`.
+    options : dict, optional
+        SciPy's options. For "adam" and "sgd": maxiter (1000), learning_rate (0.001 for
+        adam, 0.01 for sgd; a number or a function of the step), gtol (1e-5; stop when the
+        largest gradient component, projected onto the bounds, is at most gtol), momentum
+        (0.9) and nesterov (False) for sgd, beta1 (0.9), beta2 (0.999) and eps (1e-8) for
+        adam.
+    progress : bool, optional
+        A tqdm progress bar (step, loss, gradient norm, steps/s) on stderr while it runs,
+        shown when stderr is a terminal unless `progress` is False.
+    **kwargs
+        Passed to `scipy.optimize.minimize`: bounds, constraints, tol, callback, hess, hessp
+        (not jac: the backend gives the gradient). "adam" and "sgd" take bounds (they
+        project onto them), tol (the default gtol) and callback. A callback receives x in the
+        input's shape (or, declared as ``callback(intermediate_result)``, an
+        OptimizeResult); raising StopIteration from it stops.
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        SciPy's result (x in the input's shape, fun, jac, nit, nfev, success, status,
+        message, ...), with `history`, a dict of arrays with one entry per step (step 0 is
+        the first point evaluated): "step", "loss", "grad_norm" (Euclidean), "time" (wall
+        seconds since the start) and "nfev" (value evaluations so far); and
+        `backend_calls`, the number of backend calls by method name.
+
+    Raises
+    ------
+    TypeError
+        `graph` is not a `gs.Graph`, its output is not one real scalar, its first input is
+        not float64 or float32, `args` does not give every other input, ``jac=`` is passed,
+        or "adam" or "sgd" is given an argument it does not take.
+    ValueError
+        `x0` has not as many elements as the first input.
+
+    Examples
+    --------
+    >>> graph = gs.trace(lambda w: gnp.sum((w - 3.0) ** 2), np.zeros(2))
+    >>> res = gs.minimize(graph, np.zeros(2))
+    >>> np.round(res.x, 6), res.backend_calls["value_and_grad"] > 0
+    (array([3., 3.]), True)
+    """
     if not isinstance(graph, Graph):
         raise TypeError(f"gs.minimize: expected a gs.Graph, got {type(graph).__name__}")
     _check_scalar_output(graph)
