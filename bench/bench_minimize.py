@@ -220,7 +220,7 @@ def main(argv=None):
         remote_call = per_call_ms(lambda: client.value_and_grad(graph, w, fixed_X, fixed_y))
         tiny = gs.trace(lambda v: gnp.sum(v * v), gs.Spec((args.d,)))
         floor = per_call_ms(lambda: client.value_and_grad(tiny, w))
-        from gradserve.client.codec import array_digest
+        from gradserve.protocol import array_digest
 
         hashing = per_call_ms(lambda: array_digest(X), repeat=50)
         client.close()

@@ -230,7 +230,7 @@ def main():
         cli = gs.Client(f"127.0.0.1:{gs_port}", timeout=60)
         cli.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))  # graph now known by digest
         # The same bytes for the echo server: the client's request and the server's reply.
-        from gradserve.client.codec import to_tensor
+        from gradserve.protocol import method_path, to_tensor
 
         request = pb.ValueAndGradRequest(
             graph=pb.GraphRef(digest=graph.digest),
@@ -238,7 +238,7 @@ def main():
             argnums=pb.Argnums(indices=[0, 1], is_tuple=True),
         ).SerializeToString()
         raw_gs = grpc.insecure_channel(f"127.0.0.1:{gs_port}").unary_unary(
-            "/gradserve.v1.Gradients/ValueAndGrad"
+            method_path("ValueAndGrad")
         )
         reply = raw_gs(request, timeout=60)
         echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}")

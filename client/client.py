@@ -35,19 +35,19 @@ from gradserve.engine.plan import Stats
 from gradserve.v1 import service_pb2 as pb
 from grpc_status import rpc_status
 
-from .codec import (
+from gradserve.protocol import (
     GRAPH_RESOURCE,
+    METHODS,
     TENSOR_RESOURCE,
     array_digest,
     canonical_array,
     fill_tensor,
-    from_tensor,
     from_value,
+    method_path,
+    result_array,
     tensor_ref_parts,
-    writable_array,
 )
 
-SERVICE = "gradserve.v1.Gradients"
 # Tensors at least this big may travel as their digest once the server has them.
 DIGEST_MIN_BYTES = 64 * 1024
 _FINGERPRINT_SAMPLES = 32
@@ -212,7 +212,7 @@ class _Tensors:
         return any(a is not None and a.nbytes >= 16384 for a in self.arrays)
 
     def encode(self, field: int, force_inline=frozenset()) -> list:
-        """The TensorRefs of repeated field number `field`, hand-encoded (codec)."""
+        """The TensorRefs of repeated field number `field`, hand-encoded (gradserve.protocol)."""
         parts = []
         for a, d, remember, how in zip(
             self.arrays, self.digests, self.remember, self._choices(force_inline)
@@ -307,19 +307,7 @@ class Client:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.digest_min_bytes = int(digest_min_bytes)
-        self._stubs = {
-            name: self._channel.unary_unary(f"/{SERVICE}/{name}")
-            for name in (
-                "Evaluate",
-                "ValueAndGrad",
-                "Vjp",
-                "Jvp",
-                "Jacobian",
-                "Hvp",
-                "Hessian",
-                "CheckGrad",
-            )
-        }
+        self._stubs = {name: self._channel.unary_unary(method_path(name)) for name in METHODS}
         self._lock = threading.Lock()
         self._known_graphs = _LruSet(4096)  # graph digests the server has
         self._fingerprints = _LruSet(4096)  # large arrays seen (cheap fingerprints)
@@ -455,7 +443,7 @@ class Client:
             timeout,
             lambda g: pb.ValueAndGradRequest(graph=g, argnums=nums),
         )
-        return writable_array(from_tensor(reply.value)), from_value(reply.grad)
+        return result_array(reply.value), from_value(reply.grad)
 
     def grad(self, graph: Graph, *args, argnums=0, timeout=None):
         """The gradient of a graph with one real scalar output: `value_and_grad` without the
@@ -573,9 +561,7 @@ class Client:
             timeout,
             lambda g: pb.VjpRequest(graph=g),
         )
-        return from_value(reply.outputs), tuple(
-            writable_array(from_tensor(t)) for t in reply.input_cotangents
-        )
+        return from_value(reply.outputs), tuple(result_array(t) for t in reply.input_cotangents)
 
     def jvp(self, graph: Graph, primals, tangents, timeout=None):
         """Jacobian-vector product (forward mode): the outputs at `primals` and their
@@ -758,7 +744,7 @@ class Client:
             timeout,
             lambda g: pb.HvpRequest(graph=g),
         )
-        return tuple(writable_array(from_tensor(t)) for t in reply.tangents)
+        return tuple(result_array(t) for t in reply.tangents)
 
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
         """The Hessian of a graph with one real scalar output, with respect to the inputs
@@ -894,8 +880,8 @@ class Client:
             reply.max_abs_error,
             reply.max_rel_error,
             reply.ok,
-            tuple(writable_array(from_tensor(t)) for t in reply.analytic),
-            tuple(writable_array(from_tensor(t)) for t in reply.numeric),
+            tuple(result_array(t) for t in reply.analytic),
+            tuple(result_array(t) for t in reply.numeric),
         )
 
     # ---- lifecycle --------------------------------------------------------------------------

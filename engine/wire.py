@@ -1,8 +1,10 @@
-"""The protobuf wire format (proto/gradserve/v1/graph.proto) to and from the Graph IR.
+"""The protobuf wire format of proto/gradserve/v1/graph.proto: tensors to and from NumPy
+arrays, graphs to and from the Graph IR.
 
 Decoding checks every size before it allocates: a tensor's byte length must equal
 prod(shape) * itemsize, and prod(shape) must be within the limits. Whatever the bytes, the
-only exception that comes out is GraphError."""
+only exception that comes out is GraphError. The service's own messages (TensorRef, Value,
+digests) are encoded in gradserve.protocol, on top of the tensor functions here."""
 
 from __future__ import annotations
 
@@ -15,15 +17,76 @@ from .errors import GraphError, LimitError
 from .graph import Graph, Node, Port, Spec
 from .limits import DEFAULT_LIMITS, Limits
 
+# ---- tensors ------------------------------------------------------------------------------------
+# A tensor travels as its dtype name, its shape and its raw little-endian C-order bytes. Graph
+# constants, request arguments and reply results are all encoded and decoded here; only the
+# large fields of requests and replies are hand-encoded instead (gradserve.protocol, from the
+# canonical_array and dtype_name below, into the same bytes).
 
-def tensor_to_proto(array) -> pb.Tensor:
-    array = np.asarray(array)
+# dtype name -> the little-endian NumPy dtype it travels as (numpy's dtype.name is slow).
+_WIRE = {name: np.dtype(name).newbyteorder("<") for name in dtypes.SUPPORTED}
+_NATIVE = {np.dtype(name): name for name in dtypes.SUPPORTED}
+_NATIVE_IS_WIRE = {name: np.dtype(name) == _WIRE[name] for name in dtypes.SUPPORTED}
+
+
+def canonical_array(array) -> np.ndarray:
+    """`array` as a C-contiguous little-endian array of a supported dtype (TypeError for any
+    other dtype); the array itself when it already is one."""
+    if type(array) is not np.ndarray:
+        array = np.asarray(array)
+    name = _NATIVE.get(array.dtype)
+    if name is not None and _NATIVE_IS_WIRE[name] and array.flags.c_contiguous:
+        return array
     dtype = dtypes.canonical(array.dtype)
-    data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
-    return pb.Tensor(dtype=dtype, shape=array.shape, data=data)
+    return np.ascontiguousarray(array, dtype=_WIRE[dtype])
 
 
-def tensor_from_proto(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "tensor"):
+def dtype_name(array: np.ndarray) -> str:
+    return _NATIVE.get(array.dtype) or dtypes.canonical(array.dtype)
+
+
+def fill_tensor(msg: pb.Tensor, array):
+    """Set a Tensor field in place (a nested message built apart and then assigned is copied
+    once more, which costs milliseconds for megabytes)."""
+    array = canonical_array(array)
+    msg.dtype = dtype_name(array)
+    if array.ndim:
+        msg.shape.extend(array.shape)
+    msg.data = array.tobytes()
+
+
+def to_tensor(array) -> pb.Tensor:
+    msg = pb.Tensor()
+    fill_tensor(msg, array)
+    return msg
+
+
+def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "tensor"):
+    """The array a Tensor carries: a read-only view of the message's bytes (native byte order).
+
+    Checked before anything is allocated: a supported dtype, no negative dimension, prod(shape)
+    within `limits.max_elements` (else LimitError) and a byte length of prod(shape) * itemsize;
+    any failure is a GraphError whose `where` is `where`."""
+    wire = _WIRE.get(msg.dtype)
+    if wire is not None:  # the common case, every check in one test
+        shape = tuple(msg.shape)
+        size = 1
+        for d in shape:
+            if d < 0:
+                size = -1
+                break
+            size *= d
+        data = msg.data
+        if 0 <= size <= limits.max_elements and len(data) == size * wire.itemsize:
+            array = np.frombuffer(data, dtype=wire)
+            if shape != (size,):
+                array = array.reshape(shape)
+            return array if _NATIVE_IS_WIRE[msg.dtype] else array.astype(msg.dtype)
+    return _from_tensor_checked(msg, limits, where)
+
+
+def _from_tensor_checked(msg: pb.Tensor, limits: Limits, where: str):
+    """from_tensor one check at a time, for the exact error (and dtype aliases such as "f8")."""
     try:
         dtype = dtypes.canonical(msg.dtype)
     except TypeError as exc:
@@ -45,8 +108,11 @@ def tensor_from_proto(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: st
             f"data has {len(msg.data)} bytes, shape {shape} of {dtype} needs {want}",
             f"{where}.data",
         )
-    array = np.frombuffer(msg.data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    array = np.frombuffer(msg.data, dtype=_WIRE[dtype]).reshape(shape)
     return array.astype(dtype, copy=False)
+
+
+# ---- graphs -------------------------------------------------------------------------------------
 
 
 def _attr_to_proto(name, value) -> pb.Attribute:
@@ -70,9 +136,7 @@ def graph_to_proto(graph: Graph) -> pb.Graph:
         inputs=[
             pb.ValueInfo(name=p.name, dtype=p.spec.dtype, shape=p.spec.shape) for p in graph.inputs
         ],
-        constants=[
-            pb.Constant(name=n, value=tensor_to_proto(v)) for n, v in graph.constants.items()
-        ],
+        constants=[pb.Constant(name=n, value=to_tensor(v)) for n, v in graph.constants.items()],
         nodes=[
             pb.Node(
                 op=n.op,
@@ -118,7 +182,7 @@ def graph_from_proto(msg: pb.Graph, limits: Limits = DEFAULT_LIMITS, outer=None)
         where = f"constants[{k}] {c.name!r}"
         if c.name in constants:
             raise GraphError(f"constant {c.name!r} is defined twice", where)
-        constants[c.name] = tensor_from_proto(c.value, limits, where)
+        constants[c.name] = from_tensor(c.value, limits, where)
     nodes = []
     for k, n in enumerate(msg.nodes):
         where = f"node {k} '{n.op}'"

@@ -75,6 +75,7 @@ def _env_name(flag):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gradserve.protocol import SERVICE_NAME
     from gradserve.server.server import Config  # light: no grpc server started
 
     defaults = Config()
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the gRPC server (health, reflection, Prometheus metrics)",
-        description="Run the gradserve gRPC server: the gradserve.v1.Gradients service, the "
+        description=f"Run the gradserve gRPC server: the {SERVICE_NAME} service, the "
         "standard grpc.health.v1 health service and server reflection, with Prometheus metrics "
         "at http://HOST:METRICS_PORT/metrics. Each flag may instead be set by the environment "
         "variable shown; the flag wins. SIGTERM stops accepting calls, drains in-flight calls "

@@ -11,9 +11,10 @@ import re
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
-from gradserve.client.codec import ERROR_DOMAIN
 from gradserve.engine import GraphError, LimitError
 from grpc_status import rpc_status
+
+from gradserve.protocol import ERROR_DOMAIN
 
 
 class Failure(Exception):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from gradserve.protocol import METHODS
+
 disable_created_metrics()  # no *_created series: they double the scrape for nothing
 
 _BYTE_BUCKETS = tuple(float(1 << k) for k in range(10, 36, 2))  # 1 KiB .. 16 GiB, x4
@@ -71,8 +73,6 @@ CACHE_HITS = Counter("gradserve_graph_cache_hits", "Digests found in the cache."
 CACHE_MISSES = Counter(
     "gradserve_graph_cache_misses", "Digests not found in the cache (answered NOT_FOUND)."
 )
-
-METHODS = ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "Hessian", "CheckGrad")
 
 
 class _Series:

@@ -18,7 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from .servicer import SERVICE_NAME, Servicer
+from gradserve.protocol import SERVICE_NAME
+
+from .servicer import Servicer
 
 log = logging.getLogger("gradserve.server")
 

@@ -15,8 +15,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from gradserve.client.codec import (
+from gradserve.engine import Engine, Graph
+from gradserve.v1 import service_pb2 as pb
+
+from gradserve.protocol import (
     GRAPH_RESOURCE,
+    SERVICE,
+    SERVICE_NAME,
     TENSOR_RESOURCE,
     fill_tensor,
     fill_tensors,
@@ -27,14 +32,11 @@ from gradserve.client.codec import (
     tensor_field_parts,
     value_parts,
 )
-from gradserve.engine import Engine, Graph
-from gradserve.v1 import service_pb2 as pb
 
 from . import metrics as m
 from .cache import ByteLRU
 from .errors import Failure, Stopped, failure_from_exception, to_status
 
-SERVICE_NAME = "gradserve.v1.Gradients"
 log = logging.getLogger("gradserve.server")
 _DIGEST = re.compile(r"[0-9a-f]{64}\Z")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -383,23 +385,22 @@ class Servicer:
             (series.ok if code == "OK" else m.REQUESTS.labels(method, code)).inc()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        table = {
-            "Evaluate": (pb.EvaluateRequest, self.evaluate),
-            "ValueAndGrad": (pb.ValueAndGradRequest, self.value_and_grad),
-            "Vjp": (pb.VjpRequest, self.vjp),
-            "Jvp": (pb.JvpRequest, self.jvp),
-            "Jacobian": (pb.JacobianRequest, self.jacobian),
-            "Hvp": (pb.HvpRequest, self.hvp),
-            "Hessian": (pb.HessianRequest, self.hessian),
-            "CheckGrad": (pb.CheckGradRequest, self.check_grad),
-        }
+        """Every method of the service (from its descriptor), each handled by the method of
+        this class of the same name in snake case (ValueAndGrad -> value_and_grad)."""
 
-        def make(method, request_cls, compute):
+        def make(method):
+            request_cls = getattr(pb, method.input_type.name)
+            compute = getattr(self, _snake_case(method.name))
+
             def handle(request_bytes, context):
-                return self._handle(method, request_cls, compute, request_bytes, context)
+                return self._handle(method.name, request_cls, compute, request_bytes, context)
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
         return grpc.method_handlers_generic_handler(
-            SERVICE_NAME, {name: make(name, cls, fn) for name, (cls, fn) in table.items()}
+            SERVICE_NAME, {method.name: make(method) for method in SERVICE.methods}
         )
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -22,7 +22,6 @@ import pytest
 from conftest import Recorder, ServerProcess, free_port
 from google.rpc import error_details_pb2
 from gradserve.client import DeadlineExceeded
-from gradserve.client.codec import array_digest, to_tensor
 from gradserve.v1 import graph_pb2
 from gradserve.v1 import service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import gradserve as gs
 import gradserve.numpy as gnp
+from gradserve.protocol import METHODS, SERVICE_NAME, array_digest, method_path, to_tensor
 
-METHODS = ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "Hessian", "CheckGrad")
 # What malformed input may produce; INTERNAL and UNKNOWN never.
 CLIENT_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -55,7 +54,7 @@ SEED = gs.trace(seed_f, 2.0, 5.0)
 def raw_call(address, method, data: bytes, timeout=30.0):
     """One raw unary call with the given request bytes: (code, RpcError or None)."""
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)]) as ch:
-        stub = ch.unary_unary(f"/gradserve.v1.Gradients/{method}")
+        stub = ch.unary_unary(method_path(method))
         try:
             stub(data, timeout=timeout)
             return grpc.StatusCode.OK, None
@@ -216,16 +215,14 @@ def test_reflection_lists_the_services(server):
                 iter(
                     [
                         reflection_pb2.ServerReflectionRequest(list_services=""),
-                        reflection_pb2.ServerReflectionRequest(
-                            file_containing_symbol="gradserve.v1.Gradients"
-                        ),
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME),
                     ]
                 ),
                 timeout=10,
             )
         )
     names = {s.name for s in replies[0].list_services_response.service}
-    assert {"gradserve.v1.Gradients", "grpc.health.v1.Health"} <= names
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
     assert replies[1].file_descriptor_response.file_descriptor_proto  # grpcurl can describe it
 
 
@@ -458,6 +455,7 @@ def test_garbage_bytes_to_every_method(limited):
 def test_randomly_mutated_valid_requests(limited):
     rng = np.random.default_rng(11)
     requests = valid_requests()
+    assert set(requests) == set(METHODS)  # every method of the service
     loop = gs.trace(
         lambda x, y: gs.fori_loop(0, 5, lambda i, c: c * y + gnp.sin(c), x) * 1.0, 1.5, 0.5
     )
@@ -576,7 +574,7 @@ def test_cancellation_stops_the_computation(server):
         args=[pb.TensorRef(tensor=to_tensor(a)) for a in (x, W)],
     )
     with grpc.insecure_channel(server.address) as ch:
-        future = ch.unary_unary("/gradserve.v1.Gradients/Evaluate").future(
+        future = ch.unary_unary(method_path("Evaluate")).future(
             request.SerializeToString(), timeout=60
         )
         deadline = time.monotonic() + 20
@@ -979,14 +977,13 @@ def test_structurally_mutated_graphs(limited):
     """Graphs mutated field by field (they decode; most fail validation, some run) sent to
     every method: each answer is OK or a client error, never INTERNAL/UNKNOWN."""
     rng = np.random.default_rng(2024)
-    methods = ["Evaluate", "ValueAndGrad", "Jvp", "Vjp", "Jacobian", "Hessian", "Hvp", "CheckGrad"]
     kinds = ("float64", "float32", "complex128", "int64", "int32", "bool")
     codes = {}
     for _name, g, args in fuzz_graphs():
         msg = graph_pb2.Graph.FromString(g.to_bytes())
         for it in range(24):
             m = struct_mutate(msg, rng)
-            method = methods[it % 8]
+            method = METHODS[it % len(METHODS)]
             ref = pb.GraphRef(body=m.SerializeToString())
             a = [
                 pb.TensorRef(
@@ -1030,7 +1027,7 @@ def test_structurally_mutated_graphs(limited):
 def test_hand_encoded_tensor_refs_equal_protobufs():
     """The client encodes TensorRefs itself (one copy of the bytes); they parse to exactly the
     messages protobuf would build."""
-    from gradserve.client.codec import tensor_ref_parts
+    from gradserve.protocol import tensor_ref_parts
 
     cases = [
         np.float64(2.5),
@@ -1062,8 +1059,9 @@ def test_hand_encoded_tensor_refs_equal_protobufs():
 
 
 def test_hand_encoded_replies_equal_protobufs():
-    from gradserve.client.codec import fill_tensor, fill_tensors, fill_value
     from gradserve.server.servicer import _Reply
+
+    from gradserve.protocol import fill_tensor, fill_tensors, fill_value
 
     big = np.random.default_rng(0).random((300, 100))
     for res in [big, (big, np.float64(2)), ((big, np.ones(3)), (np.zeros((0, 2)),)), (), (big, ())]:

@@ -1,50 +1,78 @@
-"""Encoding shared by the client and the server: tensors, tensor digests, result trees.
+"""The Gradients service on the wire (proto/gradserve/v1/service.proto), shared by the client
+and the server: the service and method names, resource types and error domain, tensor digests,
+TensorRefs, Values, and hand-encoded fields for large arrays.
+
+Tensors themselves are encoded and decoded by gradserve.engine.wire (graph constants travel
+the same way); the names below re-export them so that both ends import their wire format from
+here. Neither the client nor the server is imported by this module.
 
 A tensor's digest is the hex sha256 of ``dtype|shape|`` followed by its raw little-endian
-C-order bytes (see proto/gradserve/v1/service.proto); both sides compute it the same way,
-the client from the array (no copy), the server from the received message."""
+C-order bytes (see service.proto); both sides compute it the same way, the client from the
+array (no copy), the server from the received message."""
 
 from __future__ import annotations
 
 import hashlib
 
 import numpy as np
-from gradserve.engine import dtypes
+
 from gradserve.engine.limits import Limits
-from gradserve.engine.wire import tensor_from_proto
+from gradserve.engine.wire import canonical_array, dtype_name, fill_tensor, from_tensor, to_tensor
 from gradserve.v1 import graph_pb2, service_pb2
 
-GRAPH_RESOURCE = "gradserve.v1.Graph"
-TENSOR_RESOURCE = "gradserve.v1.Tensor"
-ERROR_DOMAIN = "gradserve.dev"
+__all__ = [
+    "ERROR_DOMAIN",
+    "GRAPH_RESOURCE",
+    "METHODS",
+    "SERVICE",
+    "SERVICE_NAME",
+    "TENSOR_RESOURCE",
+    "UNLIMITED",
+    "array_digest",
+    "canonical_array",
+    "dtype_name",
+    "fill_tensor",
+    "fill_tensors",
+    "fill_value",
+    "from_tensor",
+    "from_value",
+    "method_path",
+    "proto_digest",
+    "result_array",
+    "result_nbytes",
+    "tensor_field_parts",
+    "tensor_parts",
+    "tensor_ref_parts",
+    "to_tensor",
+    "to_value",
+    "value_parts",
+    "writable_array",
+]
+
+# ---- names ----------------------------------------------------------------------------------
+
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradients"]
+SERVICE_NAME = SERVICE.full_name
+METHODS = tuple(method.name for method in SERVICE.methods)  # in the order of service.proto
+
+GRAPH_RESOURCE = graph_pb2.Graph.DESCRIPTOR.full_name  # ResourceInfo.resource_type of NOT_FOUND
+TENSOR_RESOURCE = graph_pb2.Tensor.DESCRIPTOR.full_name
+ERROR_DOMAIN = "gradserve.dev"  # ErrorInfo.domain
 
 # Results decode without element limits: the server already produced them.
 UNLIMITED = Limits(max_nodes=1 << 62, max_elements=1 << 62)
 
 
+def method_path(method: str) -> str:
+    """The gRPC path of one of METHODS: "/gradserve.v1.Gradients/Evaluate"."""
+    return f"/{SERVICE_NAME}/{method}"
+
+
+# ---- digests --------------------------------------------------------------------------------
+
+
 def _header(dtype: str, shape) -> bytes:
     return f"{dtype}|{','.join(str(int(d)) for d in shape)}|".encode()
-
-
-# dtype name -> the little-endian NumPy dtype it travels as (numpy's dtype.name is slow).
-_WIRE = {name: np.dtype(name).newbyteorder("<") for name in dtypes.SUPPORTED}
-_NATIVE = {np.dtype(name): name for name in dtypes.SUPPORTED}
-_NATIVE_IS_WIRE = {name: np.dtype(name) == _WIRE[name] for name in dtypes.SUPPORTED}
-
-
-def canonical_array(array) -> np.ndarray:
-    """`array` as a C-contiguous little-endian array of a supported dtype."""
-    if type(array) is not np.ndarray:
-        array = np.asarray(array)
-    name = _NATIVE.get(array.dtype)
-    if name is not None and _NATIVE_IS_WIRE[name] and array.flags.c_contiguous:
-        return array
-    dtype = dtypes.canonical(array.dtype)
-    return np.ascontiguousarray(array, dtype=_WIRE[dtype])
-
-
-def dtype_name(array: np.ndarray) -> str:
-    return _NATIVE.get(array.dtype) or dtypes.canonical(array.dtype)
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -61,47 +89,12 @@ def proto_digest(msg: graph_pb2.Tensor) -> str:
     return h.hexdigest()
 
 
-def to_tensor(array) -> graph_pb2.Tensor:
-    msg = graph_pb2.Tensor()
-    fill_tensor(msg, array)
-    return msg
-
-
-def fill_tensor(msg: graph_pb2.Tensor, array):
-    """Set a Tensor field in place (a nested message built apart and then assigned is copied
-    once more, which costs milliseconds for megabytes)."""
-    array = canonical_array(array)
-    msg.dtype = dtype_name(array)
-    if array.ndim:
-        msg.shape.extend(array.shape)
-    msg.data = array.tobytes()
+# ---- messages -------------------------------------------------------------------------------
 
 
 def fill_tensors(repeated, arrays):
     for array in arrays:
         fill_tensor(repeated.add(), array)
-
-
-def from_tensor(msg: graph_pb2.Tensor, limits: Limits = UNLIMITED, where: str = "tensor"):
-    """engine.wire.tensor_from_proto, with a fast path for the common case (a supported
-    dtype, a byte length that matches, within the limits); anything else goes through the
-    engine's decoder for its exact errors (GraphError, LimitError)."""
-    wire = _WIRE.get(msg.dtype)
-    if wire is not None:
-        shape = tuple(msg.shape)
-        size = 1
-        for d in shape:
-            if d < 0:
-                size = -1
-                break
-            size *= d
-        data = msg.data
-        if 0 <= size <= limits.max_elements and len(data) == size * wire.itemsize:
-            array = np.frombuffer(data, dtype=wire)
-            if shape != (size,):
-                array = array.reshape(shape)
-            return array if _NATIVE_IS_WIRE[msg.dtype] else array.astype(msg.dtype)
-    return tensor_from_proto(msg, limits, where)
 
 
 def to_value(result) -> service_pb2.Value:
@@ -127,8 +120,14 @@ def from_value(msg: service_pb2.Value, writable: bool = True):
     if kind == "tuple":
         return tuple(from_value(item, writable) for item in msg.tuple.items)
     if kind == "tensor":
-        return writable_array(from_tensor(msg.tensor)) if writable else from_tensor(msg.tensor)
+        array = from_tensor(msg.tensor, UNLIMITED)
+        return writable_array(array) if writable else array
     raise ValueError("the reply carries an empty Value")
+
+
+def result_array(msg: graph_pb2.Tensor) -> np.ndarray:
+    """A tensor of a reply, as an ordinary writable array."""
+    return writable_array(from_tensor(msg, UNLIMITED))
 
 
 def writable_array(array: np.ndarray) -> np.ndarray:
@@ -137,11 +136,18 @@ def writable_array(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
-# ---- hand-encoded TensorRefs: one copy of each array's bytes into the request ----------------
+def result_nbytes(result) -> int:
+    if isinstance(result, (tuple, list)):
+        return sum(result_nbytes(r) for r in result)
+    return getattr(result, "nbytes", 0)
+
+
+# ---- hand-encoded fields: one copy of each array's bytes into the message --------------------
 # Building a Tensor message copies the array's bytes (tobytes, then into the message), and
-# serializing copies them again; for megabytes in a client process that is milliseconds. The
-# client encodes the repeated TensorRef fields itself and appends them to the rest of the
-# request (protobuf fields may come in any order; repeated ones keep theirs).
+# serializing copies them again; for megabytes that is milliseconds. The client encodes the
+# repeated TensorRef fields of a request, the server the Tensor and Value fields of a reply,
+# and each appends them to the rest of its message (protobuf fields may come in any order;
+# repeated ones keep theirs).
 
 
 def _varint(n: int) -> bytes:
@@ -203,9 +209,3 @@ def value_parts(field: int, result) -> list:
     else:
         inner = tensor_field_parts(1, result)  # Value.tensor = 1
     return _length_delimited(field, inner)
-
-
-def result_nbytes(result) -> int:
-    if isinstance(result, (tuple, list)):
-        return sum(result_nbytes(r) for r in result)
-    return getattr(result, "nbytes", 0)
