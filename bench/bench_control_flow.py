@@ -1,4 +1,4 @@
-"""Reverse mode through a loop under a tape budget (issue: control flow and tape memory).
+"""Reverse mode through a loop under a tape budget (README: "Control flow and tape memory").
 
 RNN, 64 units, 2000 steps, written as gs.scan with the loss summed in the carry; gradient
 with respect to the weights, the inputs and the initial state. Prints median time and tape of

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Engine benchmark: the workloads W1-W5 of ../shared/ANCHORS.md, gradserve against a careful
+"""Engine benchmark: the workloads W1-W5 of bench/README.md, gradserve against a careful
 hand-written NumPy derivative (and autograd when it is importable), in the same run.
 
     python bench/bench_engine.py                 # all workloads, ~1 s of timing per entry
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread, as the anchors were measured ("one thread"), and so that other processes on a
+# One BLAS thread, as for the peer figures in bench/README.md, and so that other processes on a
 # 2-core machine do not stall multi-threaded matmuls. Set before NumPy loads; an explicit setting
 # in the environment wins. OPENBLAS_CORETYPE is deliberately left alone.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

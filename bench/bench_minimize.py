@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Optimisation-loop benchmark (issue 6): steps per second of an L-BFGS-B loop
+"""Optimisation-loop benchmark: steps per second of an L-BFGS-B loop
 (`gs.minimize`) on L2-regularised logistic regression, n = 5000 samples, d = 50 features,
 run remotely (a gs.Client of a `gradserve serve` on loopback) and in-process (gs.Engine),
 in the same run. Target: remote >= 0.7 x local.
@@ -167,7 +167,7 @@ def main(argv=None):
     ap.add_argument(
         "--method",
         default="L-BFGS-B",
-        help="any gs.minimize method (the issue's figure is L-BFGS-B's)",
+        help="any gs.minimize method (the README's figure is L-BFGS-B's)",
     )
     args = ap.parse_args(argv)
 

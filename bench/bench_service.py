@@ -1,11 +1,11 @@
 """The service's overhead, measured against a bare grpcio echo server carrying the same bytes,
-in the same run (issue 3's benchmark):
+in the same run:
 
-1. p50 latency of value_and_grad on the seed example through gs.Client, versus one raw unary
+1. p50 latency of value_and_grad on the example f(x1, x2) through gs.Client, versus one raw unary
    call to an echo server that receives the same request bytes and answers the same reply
    bytes (target: <= 2x echo);
 2. requests per second with 8 client threads, both ways (target: >= 0.5x echo);
-3. W3 of ../shared/ANCHORS.md (MLP 784-512-512-10, batch 256, value and gradient of all six
+3. W3 of bench/README.md (MLP 784-512-512-10, batch 256, value and gradient of all six
    weights and biases) through the server versus in-process gs.Engine (target: <= 1.2x).
    Two variants: the same arguments every call (the data and weights then travel as digests),
    and new weights every call (a training loop: the weights travel inline, the data by digest).
@@ -222,7 +222,7 @@ def main():
         wait_port(echo_port, servers[1])
         results = {}
 
-        # 1. latency on the seed example ----------------------------------------------------------
+        # 1. latency on the example f(x1, x2) -----------------------------------------------------
         def seed_f(x1, x2):
             return gnp.log(x1) + x1 * x2 - gnp.sin(x2)
 
@@ -245,7 +245,7 @@ def main():
         echo_channel.unary_unary(f"/{ECHO_SERVICE}/Set")(reply, timeout=60)
         echo = echo_channel.unary_unary(f"/{ECHO_SERVICE}/Echo")
         assert len(echo(request, timeout=60)) == len(reply)
-        print(f"seed example: request {len(request)} bytes, reply {len(reply)} bytes")
+        print(f"f(x1, x2): request {len(request)} bytes, reply {len(reply)} bytes")
 
         lat_echo = statistics.median(latencies(lambda: echo(request, timeout=60), n_lat))
         lat_gs = statistics.median(

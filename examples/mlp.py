@@ -2,12 +2,13 @@
 """A small multilayer perceptron (64-32-10, tanh, softmax cross-entropy, L2) on scikit-learn's
 handwritten digits (1797 8x8 images; bundled with scikit-learn, loads offline), fitted through a
 gradserve server with gs.minimize: L-BFGS-B, Adam and SGD with Nesterov momentum, full batch.
-Prints the held-out accuracy of each and saves a convergence plot.
+Prints the held-out accuracy of each and saves a convergence plot, mlp.png, in the directory
+given by --out (default: the current directory).
 
     pip install -e ".[examples]"
     python examples/mlp.py                          # starts a local server
     python examples/mlp.py --target host:50051      # or use a running one
-    python examples/mlp.py --local                  # in-process gs.Engine
+    python examples/mlp.py --local --out plots      # in-process gs.Engine
 
 gs.minimize optimises one input, so the weights and biases travel as one flat vector that the
 traced function slices and reshapes; the images and one-hot labels are inputs held fixed (sent
@@ -35,7 +36,6 @@ from logistic_regression import plot, server
 import gradserve as gs
 import gradserve.numpy as gnp
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 SIZES = (64, 32, 10)
 L2 = 1e-4
 
@@ -98,7 +98,7 @@ def main(argv=None):
     ap.add_argument("--local", action="store_true", help="use an in-process gs.Engine instead")
     ap.add_argument("--steps", type=int, default=300, help="iterations per method")
     ap.add_argument(
-        "--plot", default=str(DOCS / "mlp.png"), help="where to save the convergence plot (PNG)"
+        "--out", default=".", help="directory for the convergence plot mlp.png (default: .)"
     )
     args = ap.parse_args(argv)
 
@@ -122,7 +122,7 @@ def main(argv=None):
             },
         },
     }
-    results = {}
+    results, held_out = {}, {}
     backend = contextlib.nullcontext(gs.Engine()) if args.local else server(args.target)
     with backend as be:
         print(
@@ -134,17 +134,20 @@ def main(argv=None):
             res = gs.minimize(graph, theta0, X_train, Y_train, backend=be, **kw)
             seconds = time.perf_counter() - t
             results[name] = res
-            acc = float(np.mean(logits(res.x, X_test, np).argmax(axis=1) == y_test))
+            acc = held_out[name] = float(
+                np.mean(logits(res.x, X_test, np).argmax(axis=1) == y_test)
+            )
             print(
                 f"{name:23s} loss {res.fun:.5f}  steps {res.nit:4d}  ({res.nfev} evaluations, "
                 f"{seconds:.2f} s, {res.nit / seconds:.0f} steps/s)  held-out accuracy {acc:.3f}"
             )
-    plot(
+    path = plot(
         results,
-        args.plot,
+        held_out,
+        Path(args.out) / "mlp.png",
         f"MLP {'-'.join(map(str, SIZES))}, digits (n={len(y_train)}, {theta0.size} parameters)",
     )
-    print(f"saved {args.plot}")
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The seed example against a gradserve server: the same calls as in-process, one line changed.
+"""The README's example f(x1, x2) against a gradserve server: the calls made in-process, one line
+changed.
 
     gradserve serve --port 50051 --metrics-port 9464 &      # in another terminal
     python examples/remote.py                               # or: --target HOST:PORT
@@ -18,7 +19,7 @@ def f(x1, x2):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--target", help="HOST:PORT of a running server (default: start one here)")
     args = parser.parse_args()
     running = None

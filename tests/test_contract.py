@@ -1,4 +1,4 @@
-"""The public API contract (../shared/API.md), run against every `backend` of conftest.py (the
+"""The public API contract (docs/api.md), run against every `backend` of conftest.py (the
 in-process Engine, and a Client talking to a live server when the service adds it). These tests
 use only the public API on `backend`: expected values are closed forms, identities, or finite
 differences computed here from `backend.evaluate` / `backend.grad`."""

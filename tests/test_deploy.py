@@ -1,4 +1,4 @@
-"""Deployment (issue 5): the compose file, the Dockerfile, the Kubernetes manifests, and the
+"""Deployment: the compose file, the Dockerfile, the Kubernetes manifests, and the
 compose topology run natively by deploy/local-stack with the real nginx and Prometheus.
 
 Nothing here needs a Docker engine. The validators are real programs from PyPI, installed by
@@ -621,6 +621,8 @@ def dashboard_queries() -> list[str]:
 
     walk(dash["panels"])
     for var in dash["templating"]["list"]:
+        if var["type"] == "datasource":
+            continue
         q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         m = re.fullmatch(r"label_values\((\w+),\s*\w+\)", q)
         assert m, q
@@ -649,7 +651,7 @@ def grafana_to_promql(expr: str) -> str:
     return expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
 
 
-def test_dashboard_has_the_panels_the_issue_lists():
+def test_dashboard_has_the_expected_panels():
     dash = json.loads(DASHBOARD.read_text())
     titles = [p["title"] for p in dash["panels"]]
     for want in (
@@ -669,10 +671,46 @@ def test_dashboard_has_the_panels_the_issue_lists():
         "/ on (method) group_left sum(up)"
     ) == {"gradserve_tape_bytes_bucket", "up"}
     prov = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
-    assert "uid: prometheus" in prov and "url: http://prometheus:9090" in prov
-    for p in dash["panels"]:
-        for t in p.get("targets", []):
-            assert t["datasource"]["uid"] == "prometheus"
+    assert "type: prometheus" in prov and "url: http://prometheus:9090" in prov
+    assert "isDefault: true" in prov  # what the data source variable selects by default
+
+
+def test_dashboard_data_source_is_a_variable():
+    """The dashboard works with any Prometheus data source: a `datasource` variable picks it,
+    and every panel, target and query variable names that variable, never a fixed uid."""
+    dash = json.loads(DASHBOARD.read_text())
+    variables = [v for v in dash["templating"]["list"] if v["type"] == "datasource"]
+    assert len(variables) == 1
+    assert variables[0]["name"] == "datasource" and variables[0]["query"] == "prometheus"
+    wanted = {"type": "prometheus", "uid": "${datasource}"}
+
+    def walk(panels):
+        for p in panels:
+            if p.get("targets"):
+                assert p.get("datasource") == wanted, p["title"]
+            if "datasource" in p:
+                assert p["datasource"] == wanted, p["title"]
+            for t in p.get("targets", []):
+                assert t.get("datasource") == wanted, (p["title"], t.get("refId"))
+            walk(p.get("panels", []))
+
+    walk(dash["panels"])
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            assert v["datasource"] == wanted, v["name"]
+
+    # No fixed data-source uid anywhere (the dashboard's own top-level uid is not one).
+    def uids(node, inside_datasource=False):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "uid" and inside_datasource:
+                    yield value
+                yield from uids(value, inside_datasource or key == "datasource")
+        elif isinstance(node, list):
+            for item in node:
+                yield from uids(item, inside_datasource)
+
+    assert set(uids(dash)) == {"${datasource}"}
 
 
 # ---------------------------------------------------------------------------------------------

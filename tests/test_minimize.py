@@ -1,4 +1,4 @@
-"""gs.minimize (issue 6): SciPy's methods and the first-order loops over an Engine and over a
+"""gs.minimize: SciPy's methods and the first-order loops over an Engine and over a
 Client of a live server (the `backend`, `server` fixtures of conftest.py), the per-step
 history and progress bar, and the request sizes of a remote loop (fixed data travels by its
 digest, not on every step)."""

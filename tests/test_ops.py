@@ -1,4 +1,4 @@
-"""Every op of issue 2: values against NumPy, JVP and VJP against central finite differences
+"""Every op of the engine: values against NumPy, JVP and VJP against central finite differences
 of a NumPy reference (computed here, independently of the engine), at random points and random
 shapes drawn by hypothesis. Points are kept away from kinks and singularities.
 

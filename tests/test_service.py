@@ -1,4 +1,4 @@
-"""The service end to end (issue 3): a real `gradserve serve` subprocess on loopback.
+"""The service end to end: a real `gradserve serve` subprocess on loopback.
 
 The contract suite (test_contract.py) already runs every API method against a Client through
 the `backend` fixture; this file covers what only the service has: the wire protocol (graph
@@ -93,7 +93,7 @@ def sample(samples, name, **labels):
 
 
 def valid_requests():
-    """A valid serialized request for every method (seed example; small arrays)."""
+    """A valid serialized request for every method (the example f(x1, x2); small arrays)."""
     g = pb.GraphRef(body=SEED.to_bytes())
 
     def args(*vals):
