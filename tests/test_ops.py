@@ -34,6 +34,8 @@ def sample(rng, shape, kind="any"):
     lowfrac / highfrac: an integer in [-2, 2] plus a fraction in (0.1, 0.4) / (0.6, 0.9), so
     that a 'lowfrac' and a 'highfrac' value never come closer than 0.2 (maximum, comparisons),
     and neither is near an integer or a half (floor, ceil, round);
+    tenths: a multiple of 0.1 in [-2, 2) plus a fraction in (0.01, 0.04), away from the jumps
+    of round(x, 1) at odd multiples of 0.05;
     distinct: all values different by at least 0.2 (max/min/argmax reductions)."""
     shape = tuple(shape)
     if kind == "any":
@@ -48,6 +50,8 @@ def sample(rng, shape, kind="any"):
         return rng.integers(-2, 3, shape) + rng.uniform(0.1, 0.4, shape)
     if kind == "highfrac":
         return rng.integers(-2, 3, shape) + rng.uniform(0.6, 0.9, shape)
+    if kind == "tenths":
+        return rng.integers(-20, 20, shape) / 10 + rng.uniform(0.01, 0.04, shape)
     if kind == "distinct":
         n = int(np.prod(shape, dtype=np.int64))
         values = (rng.permutation(n) - n / 2) * 0.3 + rng.uniform(-0.05, 0.05, n)
@@ -166,7 +170,7 @@ UNARY = {
     "ceil": (gnp.ceil, np.ceil, "highfrac"),
     "round": (gnp.round, np.round, "lowfrac"),
     "round_high": (gnp.round, np.round, "highfrac"),
-    "round_decimals": (lambda x: gnp.round(x, 1), lambda x: np.round(x, 1), "any"),
+    "round_decimals": (lambda x: gnp.round(x, 1), lambda x: np.round(x, 1), "tenths"),
     "clip": (lambda x: gnp.clip(x, -0.5, 0.5), lambda x: np.clip(x, -0.5, 0.5), "lowfrac"),
     "clip_low_only": (lambda x: gnp.clip(x, 0.5, None), lambda x: np.clip(x, 0.5, None), "lowfrac"),
     "pow_2": (lambda x: x**2, lambda x: x**2, "any"),
