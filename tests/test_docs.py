@@ -63,11 +63,17 @@ def docs_server():
     running.stop(0)
 
 
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    return [(line, code) for line, lang, code in fenced_blocks(path) if lang == "python"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in DOCUMENTS if python_blocks(path)],
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
 def test_python_blocks_run(path, request, monkeypatch):
-    blocks = [(line, code) for line, lang, code in fenced_blocks(path) if lang == "python"]
-    if not blocks:
-        pytest.skip(f"{path.name} has no Python blocks")
+    blocks = python_blocks(path)
     address = None
     if any(DOCS_ADDRESS in code for _, code in blocks):
         address = request.getfixturevalue("docs_server")
@@ -176,11 +182,7 @@ def test_api_reference_names_every_export():
 def numpy_names() -> set[str]:
     import gradserve.numpy as gnp
 
-    names = getattr(gnp, "__all__", None)
-    if names is None:  # no __all__: what `from gradserve.numpy import *` gives
-        names = [n for n in vars(gnp) if not n.startswith("_")]
-    skip = {"annotations", "builtins", "string", "Tracer", "bind", "current_builder"}
-    return {n for n in names if n not in skip and not inspect.ismodule(getattr(gnp, n))}
+    return {n for n in gnp.__all__ if not inspect.ismodule(getattr(gnp, n))}
 
 
 def test_api_reference_lists_every_numpy_name():
