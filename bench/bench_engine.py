@@ -849,7 +849,8 @@ def tape_listing(graph, argnums):
 def per_op_times(eng, fn, label):
     """Time spent per op kind: every step function of the plans `fn` runs is wrapped, for a
     few calls, in a timer (relies on Plan.steps being tuples whose first item is the step's
-    function, in the order of Plan.nodes; returns a message if that changed)."""
+    function and fifth the buffers it gives back to the pool, in the order of Plan.nodes, and
+    on a plan recompiling when its steps are set; returns a message if that changed)."""
     try:
         plans = list(eng._plans.values())
         totals = collections.defaultdict(float)
@@ -873,6 +874,8 @@ def per_op_times(eng, fn, label):
             for plan in plans:
                 if len(plan.steps) != len(plan.nodes):
                     raise RuntimeError("steps and nodes do not line up")
+                if any(len(step) != 5 for step in plan.steps):
+                    raise RuntimeError("steps are not (function, ..., pooled buffers) tuples")
                 plan.steps = [
                     (timed(step[0], node.op),) + tuple(step[1:])
                     for step, node in zip(plan.steps, plan.nodes)
@@ -896,9 +899,13 @@ def per_op_times(eng, fn, label):
                     for k, step in enumerate(saved[id(plan)])
                 ]
             fn()
+            # Nothing goes back to the buffer pool meanwhile (the fifth item, the buffers a
+            # step gives back, emptied): the same recorded arrays come back on every call.
             for plan in plans:
                 plan.steps = [
-                    ((lambda *a, _v=recorded.get((id(plan), k)), **kw: _v),) + tuple(step[1:])
+                    ((lambda *a, _v=recorded.get((id(plan), k)), **kw: _v),)
+                    + tuple(step[1:4])
+                    + ((),)
                     for k, step in enumerate(saved[id(plan)])
                 ]
             fn()

@@ -12,13 +12,15 @@ storage; a storage is alive while any value on it is.
 from __future__ import annotations
 
 import functools
-import sys
+import itertools
+import linecache
 import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
 
-from .graph import readonly
+from .graph import Graph, readonly
 from .primitive import PRIMITIVES
 from .transforms import Program
 
@@ -143,6 +145,16 @@ def _owns_fresh_buffer(node) -> bool:
     )
 
 
+def _holds_operands(node) -> bool:
+    """Ops with subgraphs (control flow): an output may be an operand itself or a view of one
+    (a branch or body that returns its argument), and a loop tape keeps operands for the
+    reverse pass. The planner does not follow what they keep: their operands are never written
+    into nor given back to the pool."""
+    return PRIMITIVES[node.op].multiple_results or any(
+        isinstance(value, Graph) for value in node.attrs.values()
+    )
+
+
 def _into(ufunc, position):
     def step(*args):
         return ufunc(*args, out=args[position])
@@ -150,14 +162,35 @@ def _into(ufunc, position):
     return step
 
 
+def _unaliased(fn, positions):
+    """`fn`, for an op the planner takes to return new memory but that NumPy does not promise
+    does (an einsum of one operand returns a view of it): a result that is one of the arguments
+    at `positions`, or a view of one, is copied. Those arguments are buffers the plan writes
+    into or pools later, so the result must not share their memory."""
+
+    def step(*args):
+        out = fn(*args)
+        base = getattr(out, "base", None)
+        for i in positions:
+            arg = args[i]
+            if out is arg or (
+                base is not None and (base is arg or base is getattr(arg, "base", None))
+            ):
+                return out.copy()
+        return out
+
+    return step
+
+
 # Buffer pool: a large array that dies inside a call goes back to its plan's pool (one per
 # thread), and a later elementwise op of that shape and dtype, in this call or the next,
 # writes into it instead of asking malloc, which would fault fresh pages in on every call.
+# Which arrays go back is decided statically, when the plan is built (Plan._walk): the value
+# that owns the buffer dies, no other value shares its memory (a view, or a value written
+# into it in place), it is not an output, and no op with subgraphs read it.
 POOL_MIN_ELEMENTS = 4096
 STOP_CHECK_ELEMENTS = 1 << 16
 _POOL_DTYPES = ("float64", "float32", "complex128", "int64", "int32", "bool")
-_ONLY_THE_CALL_HOLDS_IT = 3  # sys.getrefcount inside _recycler: the plan's local variable,
-#                              the parameter, and getrefcount's own argument
 
 
 def _from_pool(ufunc, key, pools):
@@ -169,16 +202,28 @@ def _from_pool(ufunc, key, pools):
 
 
 def _recycler(key, pools):
-    def step(array):
-        # Only an array nothing else refers to (no view, no loop tape, no caller) is reused.
-        if (
-            type(array) is np.ndarray
-            and array.base is None
-            and sys.getrefcount(array) <= _ONLY_THE_CALL_HOLDS_IT
-        ):
+    def recycle(array):
+        # Nothing else refers to it (the planner made sure); an array that does not own its
+        # memory (an einsum may return a view of an array of its own) is left alone.
+        if type(array) is np.ndarray and array.base is None:
             pools.__dict__.setdefault(key, []).append(array)
 
-    return step
+    return recycle
+
+
+def _shown(name, limit: int = 40) -> str:
+    """A value name (chosen by the request) as it may appear in a comment of generated source:
+    `ascii()` escapes line breaks, control and non-ASCII characters, so the comment cannot
+    end early or hide text; long names are cut."""
+    return ascii(name) if len(name) <= limit else ascii(name[:limit]) + "..."
+
+
+def _listed(names, most: int = 6) -> str:
+    shown = ", ".join(_shown(n) for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+_plan_numbers = itertools.count(1)  # unique pseudo-filenames for the generated source
 
 
 class Plan:
@@ -233,11 +278,13 @@ class Plan:
         for k, node in enumerate(nodes):  # values nothing reads: dropped at once
             frees[k].extend(o for o in node.outputs if o not in last_use and o not in keep)
 
-        donations = self._walk(nodes, boundary, frees, keep)
+        donations, guarded, recycled = self._walk(nodes, boundary, frees, keep)
+        self.donations = donations  # {step: the input it writes its result into}
+        self._slot_names = list(slot)  # for the comments of the generated source
         pools = threading.local()
-        scratch = len(self.template)
-        self.template.append(None)
-        self.steps = []
+        # One step per node: (function, input slots, output slot or slots, slots dropped
+        # after it, (recycle function, slot) of the buffers it gives back to the pool).
+        steps = []
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
             spec = graph.avals[node.outputs[0]]
@@ -248,31 +295,56 @@ class Plan:
             else:
                 fn = prim.impl
             fn = functools.partial(fn, **node.attrs) if node.attrs else fn
+            if k in guarded:
+                fn = _unaliased(fn, guarded[k])
             outs = tuple(slot[n] for n in node.outputs)
-            recycled = [n for n in frees[k] if n in self._poolable]
-            self.steps.append(
+            steps.append(
                 (
                     fn,
                     tuple(slot[n] for n in node.inputs),
                     outs if prim.multiple_results else outs[0],
-                    tuple(slot[n] for n in frees[k] if n not in recycled),
+                    tuple(slot[n] for n in frees[k]),
+                    tuple(
+                        (
+                            _recycler((graph.avals[n].shape, graph.avals[n].dtype), pools),
+                            slot[n],
+                        )
+                        for n in recycled[k]
+                    ),
                 )
             )
-            for name in recycled:
-                aval = graph.avals[name]
-                self.steps.append(
-                    (
-                        _recycler((aval.shape, aval.dtype), pools),
-                        (slot[name],),
-                        scratch,
-                        (slot[name],),
-                    )
-                )
+        self._sources: dict = {}  # checked -> lines of the compiled source
+        self.steps = steps
+
+    @property
+    def steps(self) -> list:
+        """The schedule, one step per node of `nodes`. The generated functions are compiled
+        from it: setting it (to wrap step functions, say) drops them, the next call recompiles."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps):
+        self._steps = steps
+        for compiled in ("_straight", "_checked"):
+            self.__dict__.pop(compiled, None)
+        self._sources.clear()
 
     def _walk(self, nodes, boundary, frees, keep):
-        """One pass over the schedule with the storage each value lives on: decides which
-        steps write into an input that dies there (returns {step: input position}), and
-        computes `self.stats`."""
+        """One pass over the schedule with the storage each value lives on. Decides
+        - which steps write into an input that dies there: {step: input position};
+        - which steps' results must not share memory with some inputs, checked at run time
+          (`_unaliased`): {step: input positions};
+        - which buffers go back to the pool after each step: [[value, ...] per step];
+        and computes `self.stats`.
+
+        Ownership is tracked statically, for the buffers that ops returning a new array of
+        their own (`_owns_fresh_buffer`) return, which alone are written into or pooled: the
+        values on a buffer are its owner, the values written into it in place, and views of
+        any of them. A buffer is written into (donated) only by the last value alive on it,
+        and goes back to the pool only when its owner dies and no value is left on it: not
+        while a view of it is still to be read, nor when it, or a view of it, is an output
+        (outputs never die). An op with subgraphs may keep or return any operand: a buffer
+        it reads is `pinned`, neither donated nor pooled from then on."""
         graph = self.graph
         external = set(graph.input_names) | set(graph.constants) | set(self.precomputed)
         storage, size = {}, {}  # value -> the value that owns its memory (None: not ours)
@@ -287,17 +359,32 @@ class Plan:
         live = sum(graph.avals[n].nbytes for n in graph.input_names)
         peak, tape, tape_peak = live, 0, 0
         fresh = set()
+        pinned = set()  # buffers an op with subgraphs read
+        guarded = {}
+        recycled = [[] for _ in nodes]
         producers = {o: n for n in nodes for o in n.outputs}
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
             spec = graph.avals[node.outputs[0]]
             dying = set(frees[k])
+            if _holds_operands(node):
+                pinned.update(storage[name] for name in node.inputs if name in storage)
+            elif not prim.view and not _owns_fresh_buffer(node):
+                # Taken to return new memory: checked where an input's buffer may be reused.
+                positions = tuple(
+                    i
+                    for i, name in enumerate(node.inputs)
+                    if storage.get(name) in fresh and graph.avals[storage[name]].shape
+                )
+                if positions:
+                    guarded[k] = positions
             if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
                 candidates = [
                     i
                     for i in positions
                     if node.inputs[i] in fresh
+                    and node.inputs[i] not in pinned
                     and node.inputs[i] in dying
                     and refs.get(node.inputs[i]) == 1
                     and graph.avals[node.inputs[i]] == spec
@@ -343,16 +430,18 @@ class Plan:
                     if owner in residual:
                         residual.discard(owner)
                         tape -= size[owner]
+            # after every value dropped here is gone: an owner whose buffer nothing else is on
+            for name in frees[k]:
+                if (
+                    name in fresh
+                    and refs[name] == 0
+                    and name not in pinned
+                    and graph.avals[name].size >= POOL_MIN_ELEMENTS
+                    and graph.avals[name].dtype in _POOL_DTYPES
+                ):
+                    recycled[k].append(name)
         self.stats = Stats(tape_peak, entries, peak, 0)
-        # values that own a fresh buffer worth reusing (checked again at run time)
-        self._poolable = {
-            name
-            for name in fresh
-            if storage.get(name) == name
-            and graph.avals[name].size >= POOL_MIN_ELEMENTS
-            and graph.avals[name].dtype in _POOL_DTYPES
-        }
-        return donations
+        return donations, guarded, recycled
 
     def run(self, args, should_stop=None):
         """The outputs for `args`. `should_stop()` is called before every step (raise from it
@@ -374,17 +463,32 @@ class Plan:
     def _generate(self, checked: bool):
         """The plan as straight-line Python: one local variable per slot, `del` at last use.
         Running it costs a call per op and no interpreter loop. The source holds only names
-        made here (v<slot>, F<step>, K<slot>); functions and constants come in through the
-        namespace, never as text, so nothing a request sent is ever compiled."""
+        made here (v<slot>, F<step>, K<slot>, R<slot>); functions and constants come in through
+        the namespace, never as text, so nothing a request sent is ever compiled. Each line
+        that runs an op is commented with the op, the node's index in `graph.nodes` and the
+        values it computes; value names come from the request and appear only as `_shown`
+        makes them (one-line ASCII string literals inside the comment).
+        Returns (lines, namespace)."""
+        graph = self.graph
+        names = self._slot_names
+        where = {id(node): i for i, node in enumerate(graph.nodes)}
+        made_by = {out: i for i, node in enumerate(graph.nodes) for out in node.outputs}
         namespace = {}
         params = (["stop"] if checked else []) + [f"v{s}" for s in self.input_slots]
-        lines = [f"def run({', '.join(params)}):"]
+        inputs = [names[s] for s in self.input_slots]
+        lines = [f"def run({', '.join(params)}):" + (f"  # {_listed(inputs)}" if inputs else "")]
         for s, value in enumerate(self.template):
             if value is not None:
                 namespace[f"K{s}"] = value
-                lines.append(f"    v{s} = K{s}")
+                name = names[s]
+                if name in self.precomputed:
+                    what = f"full  node {made_by[name]} -> {_shown(name)}, computed once"
+                else:
+                    what = f"constant {_shown(name)}"
+                lines.append(f"    v{s} = K{s}  # {what}")
         work = STOP_CHECK_ELEMENTS  # check before the first step
-        for k, (fn, ins, out, frees) in enumerate(self.steps):
+        for k, (fn, ins, out, frees, recycles) in enumerate(self.steps):
+            node = self.nodes[k]
             namespace[f"F{k}"] = fn
             if checked:
                 # Check between ops, spaced by work: before an op once the elements read and
@@ -396,18 +500,59 @@ class Plan:
                     work = 0
                 work += sum(self._sizes.get(v, 1) for v in tuple(ins) + outs)
             call = f"F{k}({', '.join(f'v{i}' for i in ins)})"
-            target = f"v{out}" if type(out) is int else "".join(f"v{o}, " for o in out)
-            lines.append(f"    {target} = {call}")
+            if type(out) is int:
+                target = f"v{out}"
+            else:
+                target = ", ".join(f"v{o}" for o in out) + ("," if len(out) == 1 else "")
+            op = PRIMITIVES[node.op].name
+            lines.append(
+                f"    {target} = {call}  # {op}  node {where[id(node)]} -> {_listed(node.outputs)}"
+            )
+            for recycle, s in recycles:
+                namespace[f"R{s}"] = recycle
+                lines.append(f"    R{s}(v{s})  # {_shown(names[s])} back to the pool")
             if frees:
                 lines.append(f"    del {', '.join(f'v{f}' for f in frees)}")
-        lines.append(f"    return [{', '.join(f'v{s}' for s in self.output_slots)}]")
-        exec(compile("\n".join(lines), f"<plan {self.graph.digest[:12]}>", "exec"), namespace)
-        return namespace["run"]
+        outputs = [names[s] for s in self.output_slots]
+        lines.append(
+            f"    return [{', '.join(f'v{s}' for s in self.output_slots)}]"
+            + (f"  # {_listed(outputs)}" if outputs else "")
+        )
+        return [line + "\n" for line in lines], namespace
+
+    def _compile(self, checked: bool):
+        """The generated function, compiled under a pseudo-filename of its own that linecache
+        knows (tracebacks and profilers show the generated lines) for as long as the code
+        lives."""
+        lines, namespace = self._generate(checked)
+        filename = (
+            f"<gradserve plan {self.graph.digest[:12]} #{next(_plan_numbers)}"
+            f"{' checked' if checked else ''}>"
+        )
+        source = "".join(lines)
+        exec(compile(source, filename, "exec"), namespace)
+        run = namespace.pop("run")  # no cycle through its globals: freed with the plan
+        linecache.cache[filename] = (len(source), None, lines, filename)
+        # The entry goes when the code object does (the plan dropped from its cache, and no
+        # traceback left holding one of its frames): linecache stays as bounded as the plans.
+        weakref.finalize(run.__code__, linecache.cache.pop, filename, None).atexit = False
+        self._sources[checked] = lines
+        return run
+
+    @property
+    def source(self) -> str:
+        """The Python source this plan runs (when called without should_stop)."""
+        return "".join(self._sources.get(False) or self._generate(False)[0])
+
+    @property
+    def checked_source(self) -> str:
+        """The Python source this plan runs when called with should_stop."""
+        return "".join(self._sources.get(True) or self._generate(True)[0])
 
     @functools.cached_property
     def _straight(self):
-        return self._generate(checked=False)
+        return self._compile(checked=False)
 
     @functools.cached_property
     def _checked(self):
-        return self._generate(checked=True)
+        return self._compile(checked=True)

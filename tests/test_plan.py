@@ -1,0 +1,313 @@
+"""The planner: its generated source (`Plan.source`, in tracebacks through linecache, with
+request-chosen names kept inside comments), and buffer ownership: an array written in place
+or given back to the pool is one that nothing still to be read, and nothing returned to the
+caller, shares. Schedules are built node by node where the order matters."""
+
+import gc
+import linecache
+import re
+import traceback
+
+import numpy as np
+import pytest
+from gradserve.engine.graph import Graph, Node, Port, Spec  # engine internals
+from gradserve.engine.plan import POOL_MIN_ELEMENTS, Plan
+from gradserve.engine.transforms import Program
+
+import gradserve as gs
+import gradserve.numpy as gnp
+
+N = 64  # an N x N float64 array is large enough for the buffer pool
+assert N * N >= POOL_MIN_ELEMENTS
+
+
+def plan_of(inputs, nodes, outputs, constants=None):
+    graph = Graph([Port(n, s) for n, s in inputs], constants or {}, nodes, outputs)
+    return Plan(Program(graph))
+
+
+def square(seed=0):
+    return np.random.default_rng(seed).uniform(0.1, 1.0, size=(N, N))
+
+
+# ---- generated source ---------------------------------------------------------------------
+
+
+def test_source_names_every_op_and_node():
+    x = np.linspace(0.1, 1.0, 10)
+    graph = gs.trace(lambda x: gnp.sum(gnp.tanh(x) * gnp.exp(x)), x)
+    plan = Plan(Program(graph))
+    source = plan.source
+    assert source.startswith("def run(") and source.isascii()
+    for i, node in enumerate(graph.nodes):
+        assert f"# {node.op}  node {i} -> " in source
+    assert "stop()" in plan.checked_source and "stop()" not in source
+    np.testing.assert_allclose(plan.run([x])[0], np.sum(np.tanh(x) * np.exp(x)))
+    assert plan.source == source  # the same text once compiled
+
+
+CODE_LINE = re.compile(
+    r"(def run\((stop, )?(v\d+(, v\d+)*)?\):"
+    r"|    (v\d+ = K\d+"
+    r"|(v\d+|v\d+,|v\d+(, v\d+)+) = F\d+\((v\d+(, v\d+)*)?\)"
+    r"|R\d+\(v\d+\)|del v\d+(, v\d+)*|return \[(v\d+(, v\d+)*)?\]|stop\(\)))"
+    r"(  # [ -~]*)?"
+)
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "x\nimport os\nos.system('false')",
+        "x\r\n    raise SystemExit",
+        "nul\x00byte",
+        "line\u2028separator\u2029and\x85next\x0bline\x0cfeed",
+        "quote' \"\"\" ''' # \\",
+        "-*- coding: latin-1 -*-",
+        "\u202etrojan source",
+        "y" * 250,
+    ],
+)
+def test_request_names_stay_inside_comments(evil):
+    n = 8
+    name = evil[:250]
+    out = "out:" + name[::-1]
+    plan = plan_of(
+        [(name, Spec((n,)))],
+        [
+            Node("exp", (name,), (name + "1",), {}),
+            Node("full", (), (name + "2",), {"shape": (n,), "dtype": "float64", "value": 2.0}),
+            Node("multiply", (name + "1", name + "2"), (out,), {}),
+        ],
+        [out],
+        constants={name + "c": np.ones(3)},
+    )
+    for source in (plan.source, plan.checked_source):
+        assert source.isascii()
+        lines = source.splitlines()
+        assert len(lines) == source.count("\n")  # no line break of any other kind
+        for line in lines:
+            assert CODE_LINE.fullmatch(line), line
+    x = np.linspace(0, 1, n)
+    np.testing.assert_allclose(plan.run([x])[0], 2 * np.exp(x))
+    np.testing.assert_allclose(plan.run([x], should_stop=lambda: None)[0], 2 * np.exp(x))
+
+
+def test_a_failing_op_shows_its_generated_line_in_the_traceback():
+    graph = gs.trace(
+        lambda v: gs.while_loop(lambda v: v < 10.0, lambda v: v + 1.0, v, max_iterations=3) * v,
+        0.0,
+    )
+    for should_stop in (None, lambda: None):
+        with pytest.raises(gs.LimitError) as caught:
+            Plan(Program(graph)).run([0.0], should_stop)
+        text = "".join(traceback.format_exception(caught.value))
+        assert "<gradserve plan " in text
+        assert re.search(r"v\d+, = F\d+\(v\d+\)  # while_loop  node \d+ -> '", text), text
+
+
+def test_a_stop_shows_the_stop_line():
+    x = np.linspace(0, 1, 10)
+    plan = Plan(Program(gs.trace(lambda x: gnp.sum(gnp.sin(x)), x)))
+
+    def stop():
+        raise KeyboardInterrupt
+
+    try:
+        plan.run([x], should_stop=stop)
+    except KeyboardInterrupt:
+        text = traceback.format_exc()
+    assert re.search(r"<gradserve plan [0-9a-f]{12} #\d+ checked>", text)
+    assert "    stop()" in text
+
+
+def compiled_filename(plan):
+    return plan._straight.__code__.co_filename
+
+
+def test_linecache_entries_go_with_their_plans():
+    eng = gs.Engine(plan_cache_size=2)
+    x = np.linspace(0, 1, 10)
+    seen = []
+    for k in range(6):
+        graph = gs.trace(lambda x, k=k: gnp.sum(gnp.sin(x) * (k + 1.0)), x)
+        eng.evaluate(graph, x)
+        seen += [compiled_filename(p) for p in eng._plans.values()]
+    seen = set(seen)
+    assert len(seen) == 6
+    gc.collect()
+    alive = {compiled_filename(p) for p in eng._plans.values()}
+    assert len(alive) == 2
+    for filename in seen:
+        assert (filename in linecache.cache) == (filename in alive)
+    assert linecache.getline(next(iter(alive)), 1).startswith("def run(")
+    del eng
+    gc.collect()
+    assert not any(filename in linecache.cache for filename in seen)
+
+
+def test_setting_steps_recompiles():
+    x = np.linspace(0, 1, 10)
+    plan = Plan(Program(gs.trace(lambda x: gnp.sum(gnp.sin(x)), x)))
+    plan.run([x])
+    calls = []
+
+    def counted(fn):
+        def step(*args):
+            calls.append(fn)
+            return fn(*args)
+
+        return step
+
+    plan.steps = [(counted(s[0]), *s[1:]) for s in plan.steps]
+    plan.run([x])
+    assert len(calls) == len(plan.nodes) == 2
+
+
+# ---- buffer ownership -----------------------------------------------------------------------
+
+
+def recycled_values(plan):
+    """The values each step gives back to the pool, by name."""
+    return [[plan._slot_names[s] for _, s in step[4]] for step in plan.steps]
+
+
+def test_a_dying_buffer_goes_back_to_the_pool():
+    plan = plan_of(
+        [("x", Spec((N, N)))],
+        [
+            Node("exp", ("x",), ("e",), {}),
+            Node("sin", ("x",), ("s",), {}),
+            Node("multiply", ("e", "s"), ("m",), {}),  # written into e; s dies unread after
+            Node("reduce_sum", ("m",), ("y",), {"axes": (0, 1), "keepdims": False}),
+        ],
+        ["y"],
+    )
+    assert recycled_values(plan) == [[], [], ["s"], []]
+    # and it is reused: the next call's exp or sin writes into the array sin returned here
+    # (held here as well: the pool does not go by who else refers to an array)
+    made = []
+
+    def spy(fn):
+        def step(*args):
+            made.append(fn(*args))
+            return made[-1]
+
+        return step
+
+    plan.steps = [
+        (spy(step[0]) if node.op in ("exp", "sin") else step[0], *step[1:])
+        for step, node in zip(plan.steps, plan.nodes)
+    ]
+    x = square()
+    for _ in range(3):
+        np.testing.assert_allclose(plan.run([x])[0], np.sum(np.exp(x) * np.sin(x)))
+    first_sin = made[1]
+    assert any(array is first_sin for array in made[2:4])
+
+
+def test_a_transposed_view_still_to_be_read_is_not_clobbered():
+    # e dies at `sin` while its transpose t is still to be read: neither written in place
+    # there (sin's result would land in e) nor pooled (cos's result would land in e)
+    plan = plan_of(
+        [("x", Spec((N, N)))],
+        [
+            Node("exp", ("x",), ("e",), {}),
+            Node("transpose", ("e",), ("t",), {"perm": (1, 0)}),
+            Node("sin", ("e",), ("s",), {}),
+            Node("cos", ("x",), ("c",), {}),
+            Node("add", ("s", "c"), ("u",), {}),
+            Node("multiply", ("t", "u"), ("y",), {}),
+        ],
+        ["y"],
+    )
+    assert 2 not in plan.donations
+    assert all("e" not in values for values in recycled_values(plan))
+    for seed in range(3):
+        x = square(seed)
+        want = np.exp(x).T * (np.sin(np.exp(x)) + np.cos(x))
+        np.testing.assert_allclose(plan.run([x])[0], want, rtol=1e-13)
+
+
+def test_results_survive_the_next_call():
+    # outputs: pooled-size elementwise results (one also read by later ops), a view of one,
+    # results written in place into dying buffers, and the value and gradient of a chain
+    def f(x):
+        e = gnp.exp(x)
+        s = gnp.sin(e) * 2.0
+        return e, e.T, s, gnp.sqrt(x), gnp.tanh(s) - x
+
+    x1, x2 = square(1), square(2)
+    eng = gs.Engine()
+    graph = gs.trace(f, x1)
+    first = eng.evaluate(graph, x1)
+    grad1 = eng.grad(gs.trace(lambda x: gnp.sum(gnp.sin(gnp.exp(x)) * x), x1), x1)
+    for _ in range(3):
+        eng.evaluate(graph, x2)
+        eng.grad(gs.trace(lambda x: gnp.sum(gnp.sin(gnp.exp(x)) * x), x1), x2)
+    want = (np.exp(x1), np.exp(x1).T, np.sin(np.exp(x1)) * 2.0, np.sqrt(x1))
+    want += (np.tanh(want[2]) - x1,)
+    for got, expected in zip(first, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-13)
+    e = np.exp(x1)
+    np.testing.assert_allclose(grad1, np.cos(e) * e * x1 + np.sin(e), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [4, N])
+def test_a_branch_returning_its_operand_keeps_it(n):
+    x = np.linspace(0.1, 1.0, n * n).reshape(n, n)
+
+    def f(x):
+        e = gnp.exp(x)
+        kept = gs.cond(x[0, 0] > 0, lambda a: a, lambda a: -a, e)
+        return kept, gnp.sin(e) + gnp.cos(x)  # sin(e) would be written into e
+
+    got = gs.Engine().evaluate(gs.trace(f, x), x)
+    np.testing.assert_allclose(got[0], np.exp(x))
+    np.testing.assert_allclose(got[1], np.sin(np.exp(x)) + np.cos(x))
+
+
+@pytest.mark.parametrize("n", [4, N])
+def test_an_einsum_view_of_a_buffer_written_in_place(n):
+    # einsum of one operand returns a view of it
+    x = np.linspace(0.1, 1.0, n * n).reshape(n, n)
+
+    def f(x):
+        e, c = gnp.exp(x), gnp.cos(x)
+        # sin(e) and sin(c) would be written into e and c, where they die
+        return gnp.einsum("ij->ji", e), gnp.einsum("ii->i", c), gnp.sin(e) + gnp.sin(c)
+
+    eng = gs.Engine()
+    graph = gs.trace(f, x)
+    for _ in range(2):
+        got = eng.evaluate(graph, x)
+        np.testing.assert_allclose(got[0], np.exp(x).T)
+        np.testing.assert_allclose(got[1], np.diag(np.cos(x)))
+        np.testing.assert_allclose(got[2], np.sin(np.exp(x)) + np.sin(np.cos(x)))
+
+
+def test_scan_carries_and_loop_tapes_keep_their_operands():
+    x = square(3)
+
+    def f(x):
+        h0 = gnp.tanh(x)
+        carry, ys = gs.scan(lambda h, xi: (gnp.sin(h) + xi, h[0]), h0, x[:4])
+        return gnp.sum(carry * gnp.exp(h0)) + gnp.sum(ys)
+
+    def reference(x):
+        h0 = h = np.tanh(x)
+        ys = []
+        for xi in x[:4]:
+            ys.append(h[0])
+            h = np.sin(h) + xi
+        return np.sum(h * np.exp(h0)) + np.sum(ys)
+
+    graph = gs.trace(f, x)
+    for eng in (gs.Engine(), gs.Engine(max_tape_bytes=10**9)):  # stacked carries, loop tape
+        for _ in range(2):
+            value, grad = eng.value_and_grad(graph, x)
+            assert value == pytest.approx(reference(x), rel=1e-12)
+        step = np.zeros_like(x)
+        step[1, 2] = 1e-6
+        numeric = (reference(x + step) - reference(x - step)) / 2e-6
+        assert grad[1, 2] == pytest.approx(numeric, rel=1e-6)
