@@ -132,10 +132,11 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
             total = cotangents[name]
             for dense, sparse in ((total, ct), (ct, total)):
                 node = builder.producer.get(sparse.name)
-                if node is not None and node.op == "scatter_add" and dense.spec == sparse.spec:
-                    # add the slice into the running total: no zeroed array per slice
+                add_into = None if node is None else PRIMITIVES[node.op].add_into
+                if add_into is not None and dense.spec == sparse.spec:
+                    # add a slice into the running total: no zeroed array per slice
                     parts = [builder.tracer(n) for n in node.inputs]
-                    cotangents[name] = bind("add_at", dense, *parts, index=node.attrs["index"])
+                    cotangents[name] = add_into(dense, *parts, **node.attrs)
                     return
             cotangents[name] = total + ct
 
