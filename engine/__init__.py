@@ -5,6 +5,8 @@ from .engine import Engine
 from .errors import GraphError, LimitError, TracerBoolError
 from .graph import Graph, Port, Spec
 from .limits import Limits
+from .ops.control import checkpoint, cond
+from .ops.loops import fori_loop, scan, while_loop
 from .plan import Stats
 from .tracing import trace
 
@@ -18,5 +20,10 @@ __all__ = [
     "Spec",
     "Stats",
     "TracerBoolError",
+    "checkpoint",
+    "cond",
+    "fori_loop",
+    "scan",
     "trace",
+    "while_loop",
 ]

@@ -41,6 +41,11 @@ Flags:
 - `pure_broadcast`: the output is the first input broadcast to the output's shape, nothing
   else: an elementwise op reading it may read the first input instead;
 - `multiple_results`: the op gives a tuple of outputs (control flow).
+
+Ops with subgraph attributes (control flow) differentiate their bodies inside their `jvp`,
+`jvp_full` and `transpose` rules, so those rules also get `loop_tapes`, a keyword: whether the
+enclosing transformation differentiates loops through loop tapes (under a tape budget), to be
+passed on to the transformations of the bodies.
 """
 
 from __future__ import annotations
@@ -130,6 +135,8 @@ class Primitive:
         self.constant = constant
         self.splat_preserving = splat_preserving
         self.pure_broadcast = pure_broadcast
+        # ops with subgraphs (control flow) get the transformation's options in their rules
+        self.subgraphs = tuple(a for a, kind in self.attrs.items() if kind == "graph")
 
     def gives_fresh(self, node) -> bool:
         """Whether `node`'s output is a new array nothing else refers to (see `fresh`)."""

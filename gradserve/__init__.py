@@ -16,10 +16,14 @@ from gradserve.engine import (
     Spec,
     Stats,
     TracerBoolError,
+    checkpoint,
+    cond,
+    fori_loop,
     nn,
+    scan,
     trace,
+    while_loop,
 )
-from gradserve.engine.control import checkpoint, cond, fori_loop, scan, while_loop
 from gradserve.optimize import minimize
 
 __all__ = [
