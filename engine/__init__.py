@@ -6,6 +6,8 @@ from .errors import GraphError, LimitError, TracerBoolError
 from .graph import Graph, Port, Spec
 from .limits import Limits
 from .numerical import GradCheck
+from .ops.control import checkpoint, cond
+from .ops.loops import fori_loop, scan, while_loop
 from .plan import Stats
 from .tracing import Tracer, trace
 
@@ -21,5 +23,10 @@ __all__ = [
     "Stats",
     "Tracer",
     "TracerBoolError",
+    "checkpoint",
+    "cond",
+    "fori_loop",
+    "scan",
     "trace",
+    "while_loop",
 ]

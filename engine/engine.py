@@ -16,7 +16,6 @@ from .arguments import argnums_key, arguments, check_argnums, check_graph, coerc
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
-from .ops.loops import tape_mode
 from .plan import Plan, Stats
 from .tape import meter
 from .transforms import Program, batch, jvp, select_outputs, vjp
@@ -112,6 +111,7 @@ class Engine:
         return getattr(self._local, "stats", Stats())
 
     def _plan(self, graph: Graph, key, build) -> Plan:
+        """The plan of `build(loop_tapes)`, the Program for (graph, key), built once."""
         full_key = (graph.digest,) + key
         with self._lock:
             plan = self._plans.get(full_key)
@@ -122,8 +122,8 @@ class Engine:
         # except for second-order programs (hvp, hessian), which loop tapes do not support yet:
         # there a scan stacks its carries and the budget is checked as for any residual.
         second_order = key[0] in ("hvp", "hessian")
-        with tape_mode(self.max_tape_bytes is not None and not second_order):
-            plan = Plan(build())
+        loop_tapes = self.max_tape_bytes is not None and not second_order
+        plan = Plan(build(loop_tapes))
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > self._plan_cache_size:
@@ -227,7 +227,7 @@ class Engine:
         (array(6.), array(5.))
         """
         args = self._arguments(graph, args)
-        plan = self._plan(graph, ("evaluate",), lambda: Program(graph))
+        plan = self._plan(graph, ("evaluate",), lambda loop_tapes: Program(graph))
         out = self._run(plan, args, tape=False, should_stop=should_stop)
         return _single_or_tuple(out, len(out) == 1)
 
@@ -287,7 +287,11 @@ class Engine:
         self._scalar_output(graph, "value_and_grad")
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
-        plan = self._plan(graph, ("grad", nums), lambda: vjp(Program(graph), nums, seed_ones=True))
+        plan = self._plan(
+            graph,
+            ("grad", nums),
+            lambda loop_tapes: vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
+        )
         value, *grads = self._run(plan, args, should_stop=should_stop)
         return value, _single_or_tuple(grads, single(argnums))
 
@@ -403,7 +407,9 @@ class Engine:
             if dtypes.is_differentiable(p.spec.dtype)
         ]
         wrt = self._differentiable(graph)
-        plan = self._plan(graph, ("vjp",), lambda: vjp(Program(graph), wrt))
+        plan = self._plan(
+            graph, ("vjp",), lambda loop_tapes: vjp(Program(graph), wrt, loop_tapes=loop_tapes)
+        )
         out = self._run(plan, primals + cts, should_stop=should_stop)
         n = len(graph.outputs)
         grads = dict(zip(wrt, out[n:]))
@@ -460,7 +466,9 @@ class Engine:
         primals = self._arguments(graph, tuple(primals), "primals")
         tangents = self._arguments(graph, tuple(tangents), "tangents")
         wrt = self._differentiable(graph)
-        plan = self._plan(graph, ("jvp",), lambda: jvp(Program(graph), wrt))
+        plan = self._plan(
+            graph, ("jvp",), lambda loop_tapes: jvp(Program(graph), wrt, loop_tapes=loop_tapes)
+        )
         out = self._run(
             plan, primals + [tangents[i] for i in wrt], tape=False, should_stop=should_stop
         )
@@ -528,7 +536,7 @@ class Engine:
         )
         blocks = self._jacobian_blocks(
             graph,
-            lambda: Program(graph),
+            lambda loop_tapes: Program(graph),
             [p.spec for p in graph.outputs],
             ("jacobian",),
             args,
@@ -591,9 +599,12 @@ class Engine:
         wrt = self._differentiable(graph)
         n_wrt = len(wrt)
 
-        def build():
-            gradient = select_outputs(vjp(Program(graph), wrt, seed_ones=True), range(1, 1 + n_wrt))
-            forward = jvp(gradient, wrt)
+        def build(loop_tapes):
+            gradient = select_outputs(
+                vjp(Program(graph), wrt, seed_ones=True, loop_tapes=loop_tapes),
+                range(1, 1 + n_wrt),
+            )
+            forward = jvp(gradient, wrt, loop_tapes=loop_tapes)
             return select_outputs(forward, range(n_wrt, 2 * n_wrt))
 
         plan = self._plan(graph, ("hvp",), build)
@@ -658,9 +669,10 @@ class Engine:
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
 
-        def gradient():
+        def gradient(loop_tapes):
             return select_outputs(
-                vjp(Program(graph), nums, seed_ones=True), range(1, 1 + len(nums))
+                vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
+                range(1, 1 + len(nums)),
             )
 
         blocks = self._jacobian_blocks(
@@ -749,7 +761,7 @@ class Engine:
 
     def _jacobian_blocks(self, graph, make_program, outs, key, args, nums, mode, should_stop):
         """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape.
-        `outs` are the program's output specs."""
+        `make_program(loop_tapes)` gives the program, `outs` its output specs."""
         n_in = len(graph.inputs)
         blocks = [[None] * len(nums) for _ in outs]
         stats = []
@@ -758,9 +770,10 @@ class Engine:
                 spec = graph.inputs[i].spec
                 size = spec.size
 
-                def build(i=i, size=size):
+                def build(loop_tapes, i=i, size=size):
                     tangent_program = select_outputs(
-                        jvp(make_program(), (i,)), range(len(outs), 2 * len(outs))
+                        jvp(make_program(loop_tapes), (i,), loop_tapes=loop_tapes),
+                        range(len(outs), 2 * len(outs)),
                     )
                     return batch(tangent_program, [False] * n_in + [True], size)
 
@@ -775,9 +788,14 @@ class Engine:
             for k, out_spec in enumerate(outs):
                 size = out_spec.size
 
-                def build(k=k, size=size):
+                def build(loop_tapes, k=k, size=size):
                     row_program = select_outputs(
-                        vjp(select_outputs(make_program(), (k,)), nums), range(1, 1 + len(nums))
+                        vjp(
+                            select_outputs(make_program(loop_tapes), (k,)),
+                            nums,
+                            loop_tapes=loop_tapes,
+                        ),
+                        range(1, 1 + len(nums)),
                     )
                     return batch(row_program, [False] * n_in + [True], size)
 

@@ -110,7 +110,7 @@ def _numeric_gradient(engine, graph, args, i, method, relative_step, should_stop
     specs = [p.spec for p in graph.inputs]
     specs[i] = Spec(x.shape, dtype)
 
-    def build():
+    def build(loop_tapes):  # no derivative in this program
         program = Program(graph) if not complex_step else retype(Program(graph), specs)
         return batch(program, [k == i for k in range(len(specs))], chunk)
 

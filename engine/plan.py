@@ -123,26 +123,9 @@ def rematerialize(nodes, boundary, outputs):
     return kept + sorted(backward + moved, key=lambda n: position[id(n)]), len(kept)
 
 
-# Ops whose NumPy implementation always returns a new, writable array that it owns: their
-# outputs may be donated (overwritten in place by a later op, at the value's last use).
-FRESH = {
-    "scatter_add",
-    "add_at",
-    "concatenate",
-    "cumsum",
-    "select",
-    "full",
-    "logsumexp",
-    "mul_or_zero",
-    "div_or_zero",
-}
-
-
 def _owns_fresh_buffer(node) -> bool:
-    prim = PRIMITIVES[node.op]
-    return (
-        prim.ufunc is not None or node.op in FRESH or (node.op == "einsum" and len(node.inputs) > 1)
-    )
+    """Its output may be donated (overwritten in place by a later op, at its last use)."""
+    return PRIMITIVES[node.op].gives_fresh(node)
 
 
 def _holds_operands(node) -> bool:
@@ -233,15 +216,17 @@ class Plan:
         if boundary is not None:
             nodes, boundary = rematerialize(nodes, boundary, graph.output_names)
         self.graph = graph
-        # Small arrays made from nothing (`full`) are computed once, here, like constants.
+        # Small arrays made from nothing (`constant` ops) are computed once, here, like constants.
         # Read-only, like constants: one array serves every call (and may be an output).
         self.precomputed = {
             n.outputs[0]: readonly(PRIMITIVES[n.op].impl(**n.attrs))
             for n in nodes
-            if n.op == "full" and graph.avals[n.outputs[0]].size <= 4096
+            if PRIMITIVES[n.op].constant and graph.avals[n.outputs[0]].size <= 4096
         }
         kept = [
-            k for k, n in enumerate(nodes) if n.op != "full" or n.outputs[0] not in self.precomputed
+            k
+            for k, n in enumerate(nodes)
+            if not PRIMITIVES[n.op].constant or n.outputs[0] not in self.precomputed
         ]
         if boundary is not None:
             boundary = sum(1 for k in kept if k < boundary)

@@ -1,12 +1,51 @@
-"""The primitive registry. Each op is declared once, in one place (engine/ops/*.py), with:
+"""The primitive registry. Each op is declared once, in one place (engine/ops/*.py), with all
+that the tracer, the simplifier, the transformations and the planner know about it: none of
+them matches op names.
 
+Rules (callables):
 - `impl(*arrays, **attrs)`: the NumPy forward computation;
-- `shape(*specs, **attrs) -> Spec`: the shape and dtype rule (raises ShapeError);
+- `shape(*specs, **attrs) -> Spec`: the shape and dtype rule (raises ShapeError); a tuple of
+  Specs for ops with `multiple_results`;
 - `jvp(primals, tangents, out, **attrs)`: the forward-mode rule, written with the engine's own
   front end so that it is itself differentiable; a tangent of None is a symbolic zero;
+- `jvp_full(primals, tangents, **attrs) -> (outputs, tangents)`: used instead of `jvp` when
+  a tangent comes in, by ops whose JVP also changes how the primal is computed (a loop that
+  keeps its carries for the reverse pass);
 - for ops linear in some inputs, `transpose(ct, *args, **attrs)`: one cotangent per input, where
   the linear inputs arrive as `Linear` placeholders; reverse mode is JVP plus transposition;
-- `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass).
+- `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass);
+- `retype(args, **attrs) -> outputs`: for ops with subgraphs, which trace their bodies again
+  for arguments of other dtypes (the complex step);
+- `simplify(args, splats, out, **attrs)`: an algebraic shortcut taken while tracing, so that no
+  node is recorded: one of `args` when the output equals it (x * 1), a number when the output
+  holds that number everywhere (2 * 3), else None. `splats[i]` is the number filling `args[i]`
+  everywhere, or None when that is not known;
+- `splat(**attrs)`: the number filling the output everywhere, from the attributes alone
+  (`full`): the simplifier tracks it;
+- `add_into(total, *args, **attrs)`: `total + op(*args)` without making the op's output
+  (scatter_add adds its updates into `total`); reverse mode sums cotangents with it.
+
+Flags:
+- `elementwise`: applies elementwise and broadcasts its operands by itself; cheap, so the
+  planner may move it into the backward pass rather than keep its result on the tape;
+- `view`: the output aliases its first input's memory (reshape, transpose, ...);
+- `ufunc` (a NumPy ufunc computing `impl`) or `inplace(*args, **attrs)` (may overwrite
+  args[0]): the planner may have the op write into an input that dies at that step;
+- `fresh`: `impl` always returns a new writable array that nothing else refers to, so a later
+  op may write into it (true of every op with a `ufunc`); or `fresh(node) -> bool` when that
+  depends on the node (einsum: fresh with several operands; with one it may give a view);
+- `constant`: the output depends on the attributes alone (no inputs): the planner computes
+  small ones once, when it compiles the plan, like graph constants;
+- `splat_preserving`: the output holds one number everywhere when the first input does (the
+  same number): shape ops such as reshape and broadcast_to;
+- `pure_broadcast`: the output is the first input broadcast to the output's shape, nothing
+  else: an elementwise op reading it may read the first input instead;
+- `multiple_results`: the op gives a tuple of outputs (control flow).
+
+Ops with subgraph attributes (control flow) differentiate their bodies inside their `jvp`,
+`jvp_full` and `transpose` rules, so those rules also get `loop_tapes`, a keyword: whether the
+enclosing transformation differentiates loops through loop tapes (under a tape budget), to be
+passed on to the transformations of the bodies.
 """
 
 from __future__ import annotations
@@ -66,6 +105,13 @@ class Primitive:
         multiple_results: bool = False,
         jvp_full=None,
         retype=None,
+        simplify=None,
+        splat=None,
+        add_into=None,
+        fresh=False,
+        constant: bool = False,
+        splat_preserving: bool = False,
+        pure_broadcast: bool = False,
     ):
         self.name = name
         self.impl = impl
@@ -75,20 +121,28 @@ class Primitive:
         self.jvp = jvp
         self.transpose = transpose
         self.batch = batch
-        self.view = view  # output aliases its first input's memory (reshape, transpose, ...)
-        self.elementwise = elementwise  # cheap to recompute: the planner may move it later
-        # Buffer reuse: a NumPy ufunc computing impl (the planner may pass out= an input that
-        # dies at this step), or `inplace(*args, **attrs)` that may overwrite args[0].
+        self.view = view
+        self.elementwise = elementwise
         self.ufunc = ufunc
         self.inplace = inplace
-        # Ops with a tuple of outputs (control flow); their shape rules return tuples.
         self.multiple_results = multiple_results
-        # `jvp_full(primals, tangents, **attrs) -> (outputs, tangents)`: for ops whose JVP also
-        # changes how the primal is computed (a loop that keeps its carries for reverse mode).
         self.jvp_full = jvp_full
-        # `retype(args, **attrs) -> outputs`: ops with subgraphs re-trace their bodies for
-        # arguments of other dtypes (the complex step).
         self.retype = retype
+        self.simplify = simplify
+        self.splat = splat
+        self.add_into = add_into
+        self.fresh = fresh
+        self.constant = constant
+        self.splat_preserving = splat_preserving
+        self.pure_broadcast = pure_broadcast
+        # ops with subgraphs (control flow) get the transformation's options in their rules
+        self.subgraphs = tuple(a for a, kind in self.attrs.items() if kind == "graph")
+
+    def gives_fresh(self, node) -> bool:
+        """Whether `node`'s output is a new array nothing else refers to (see `fresh`)."""
+        if self.ufunc is not None:
+            return True
+        return self.fresh(node) if callable(self.fresh) else self.fresh
 
     def __repr__(self):
         return f"<primitive {self.name}>"

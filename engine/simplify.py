@@ -1,12 +1,13 @@
 """Algebraic simplification while a graph is built, so that derivative graphs do not multiply
-by ones or add zeros. Values known to hold one number everywhere ("splats": `full`, small
-uniform constants, and their broadcasts, reshapes and conversions) are tracked by name."""
+by ones or add zeros. Values known to hold one number everywhere ("splats": the outputs of ops
+with a `splat` rule, small uniform constants, and what `splat_preserving` ops make of them) are
+tracked by name. The algebra itself is each op's `simplify` rule (engine/primitive.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-SPLAT_PRESERVING = ("broadcast_to", "reshape", "transpose", "flip")
+from .primitive import PRIMITIVES
 
 
 def splat_of_constant(array: np.ndarray):
@@ -17,14 +18,14 @@ def splat_of_constant(array: np.ndarray):
 
 
 def unbroadcast_operands(builder, prim, args, out_spec):
-    """An elementwise op broadcasts by itself: an operand made by broadcast_to can be replaced
-    by its source when another operand already has the output's shape."""
+    """An elementwise op broadcasts by itself: an operand made by a `pure_broadcast` op can be
+    replaced by its source when another operand already has the output's shape."""
     if not prim.elementwise or len(args) < 2 or not any(a.shape == out_spec.shape for a in args):
         return args
     out = []
     for a in args:
         node = builder.producer.get(a.name)
-        if node is not None and node.op == "broadcast_to":
+        if node is not None and PRIMITIVES[node.op].pure_broadcast:
             a = builder.tracer(node.inputs[0])
         out.append(a)
     try:
@@ -35,30 +36,21 @@ def unbroadcast_operands(builder, prim, args, out_spec):
     return args
 
 
-def simplify(builder, op, args, attrs, out_spec):
-    """A Tracer equal to `op(*args)`, when one exists without a new node; else None."""
-    s = [builder.splats.get(a.name) for a in args]
-    if op == "multiply":
-        for i in (0, 1):
-            if s[i] == 1.0 and args[1 - i].spec == out_spec:
-                return args[1 - i]
-        if s[0] is not None and s[1] is not None:
-            return builder.splat(out_spec, s[0] * s[1])
-    elif op == "add":
-        for i in (0, 1):
-            if s[i] == 0.0 and args[1 - i].spec == out_spec:
-                return args[1 - i]
-    elif op == "subtract":
-        if s[1] == 0.0 and args[0].spec == out_spec:
-            return args[0]
-    elif op == "negative" and s[0] is not None:
-        return builder.splat(out_spec, -s[0])
-    return None
+def simplify(builder, prim, args, attrs, out_spec):
+    """A Tracer equal to `prim(*args)`, when one exists without a new node; else None."""
+    if prim.simplify is None:
+        return None
+    result = prim.simplify(args, [builder.splats.get(a.name) for a in args], out_spec, **attrs)
+    if isinstance(result, (int, float)):
+        return builder.splat(out_spec, result)
+    return result
 
 
-def propagate(builder, op, args, attrs, out):
-    """Record the output of a shape op on a splat as a splat."""
-    if op in SPLAT_PRESERVING and args and args[0].name in builder.splats:
+def propagate(builder, prim, args, attrs, out):
+    """Record the output of a splat-preserving op on a splat, or of a `splat` op, as a splat."""
+    if prim.splat_preserving and args and args[0].name in builder.splats:
         builder.splats[out.name] = builder.splats[args[0].name]
-    elif op == "full":
-        builder.splats[out.name] = attrs["value"]
+    elif prim.splat is not None:
+        value = prim.splat(**attrs)
+        if value is not None:
+            builder.splats[out.name] = value

@@ -113,7 +113,7 @@ class Builder:
             raise GraphError(str(exc), f"node {len(self.nodes)} '{prim.name}'") from None
         inputs = [Tracer(self, n, s) for n, s in zip(names, specs)]
         if not isinstance(out, tuple):
-            simpler = simplify(self, prim.name, inputs, attrs, out)
+            simpler = simplify(self, prim, inputs, attrs, out)
             if simpler is not None:
                 return simpler
             inputs = unbroadcast_operands(self, prim, inputs, out)
@@ -128,7 +128,7 @@ class Builder:
         for t in tracers:
             self.specs[t.name] = t.spec
             self.producer[t.name] = node
-        propagate(self, prim.name, inputs, attrs, tracers[0])
+        propagate(self, prim, inputs, attrs, tracers[0])
         result = tracers if isinstance(out, tuple) else tracers[0]
         self._computed[key] = result
         return result

@@ -57,9 +57,17 @@ def _zeros(spec):
     return gnp.zeros(spec.shape, spec.dtype)
 
 
-def jvp(program: Program, wrt) -> Program:
+def _options(prim, loop_tapes) -> dict:
+    """The keywords a rule gets besides the node's attributes: the rules of ops with subgraphs
+    pass the transformation's options on to the transformations of their bodies."""
+    return {"loop_tapes": loop_tapes} if prim.subgraphs else {}
+
+
+def jvp(program: Program, wrt, *, loop_tapes: bool = False) -> Program:
     """Inputs: the primals, then one tangent per input in `wrt` (indices of differentiable
-    inputs). Outputs: the primal outputs, then their tangents."""
+    inputs). Outputs: the primal outputs, then their tangents. With `loop_tapes`, a scan keeps
+    the carries its reverse pass reads on a loop tape (which can checkpoint under a tape
+    budget) rather than stacked in an array."""
     graph, boundary = program
     with Builder() as builder:
         env = _start(graph, builder)
@@ -75,15 +83,15 @@ def jvp(program: Program, wrt) -> Program:
             args = [env[n] for n in node.inputs]
             ins = [tangents.get(n) for n in node.inputs]
             differentiated = any(t is not None for t in ins)
+            options = _options(prim, loop_tapes)
             if differentiated and prim.jvp_full is not None:
-                outs, out_t = prim.jvp_full(args, ins, **node.attrs)
+                outs, out_t = prim.jvp_full(args, ins, **node.attrs, **options)
             else:
                 outs = _replay_node(node, args)
                 out_t = None
                 if differentiated:
-                    out_t = prim.jvp(
-                        args, ins, outs if prim.multiple_results else outs[0], **node.attrs
-                    )
+                    out = outs if prim.multiple_results else outs[0]
+                    out_t = prim.jvp(args, ins, out, **node.attrs, **options)
             env.update(zip(node.outputs, outs))
             if out_t is not None:
                 out_t = out_t if isinstance(out_t, tuple) else (out_t,)
@@ -97,12 +105,13 @@ def jvp(program: Program, wrt) -> Program:
         return Program(builder.build(primal_out + tangent_out), new_boundary)
 
 
-def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
+def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = False) -> Program:
     """Inputs: the primals, then one cotangent per output (none with `seed_ones`, for the
     gradient of a scalar). Outputs: the primal outputs, then one cotangent per input in `wrt`.
-    """
+    `loop_tapes`: as for `jvp`."""
     graph = program.graph
-    linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt))).graph  # argnums may repeat
+    # argnums may repeat
+    linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt)), loop_tapes=loop_tapes).graph
     n_out = len(graph.outputs)
     linear = {p.name for p in linearized.inputs[len(graph.inputs) :]}
     for node in linearized.nodes:
@@ -132,10 +141,11 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
             total = cotangents[name]
             for dense, sparse in ((total, ct), (ct, total)):
                 node = builder.producer.get(sparse.name)
-                if node is not None and node.op == "scatter_add" and dense.spec == sparse.spec:
-                    # add the slice into the running total: no zeroed array per slice
+                add_into = None if node is None else PRIMITIVES[node.op].add_into
+                if add_into is not None and dense.spec == sparse.spec:
+                    # add a slice into the running total: no zeroed array per slice
                     parts = [builder.tracer(n) for n in node.inputs]
-                    cotangents[name] = bind("add_at", dense, *parts, index=node.attrs["index"])
+                    cotangents[name] = add_into(dense, *parts, **node.attrs)
                     return
             cotangents[name] = total + ct
 
@@ -154,7 +164,8 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
             cts = [cotangents.pop(n, None) for n in node.outputs]
             if all(ct is None for ct in cts):
                 continue
-            if not PRIMITIVES[node.op].multiple_results:
+            prim = PRIMITIVES[node.op]
+            if not prim.multiple_results:
                 ct = cts[0]
             else:  # several outputs: the rule gets one cotangent each, zeros made explicit
                 ct = tuple(
@@ -162,9 +173,8 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False) -> Program:
                     for n, c in zip(node.outputs, cts)
                 )
             args = [Linear(linearized.avals[n]) if n in linear else env[n] for n in node.inputs]
-            for name, ct_in in zip(
-                node.inputs, PRIMITIVES[node.op].transpose(ct, *args, **node.attrs)
-            ):
+            options = _options(prim, loop_tapes)
+            for name, ct_in in zip(node.inputs, prim.transpose(ct, *args, **node.attrs, **options)):
                 if ct_in is not None and name in linear:
                     accumulate(name, ct_in)
 

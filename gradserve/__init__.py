@@ -21,10 +21,14 @@ from gradserve.engine import (
     Stats,
     Tracer,
     TracerBoolError,
+    checkpoint,
+    cond,
+    fori_loop,
     nn,
+    scan,
     trace,
+    while_loop,
 )
-from gradserve.engine.control import checkpoint, cond, fori_loop, scan, while_loop
 from gradserve.optimize import minimize
 
 

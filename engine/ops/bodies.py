@@ -1,16 +1,75 @@
-"""Subgraph helpers shared by the control-flow ops (engine/ops/control.py, loops.py): running a
-body, tracing one, and the bodies derivatives need (the tangent body, the transposed body, a
-body retyped for other dtypes)."""
+"""Subgraph helpers shared by the control-flow ops (engine/ops/control.py, loops.py): tracing a
+body (closure conversion), running one, and the bodies derivatives need (the tangent body,
+the transposed body, a body retyped for other dtypes)."""
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from .. import dtypes
 from .. import numpy as gnp
-from ..graph import Graph
+from ..graph import Graph, Port
 from ..primitive import ShapeError
-from ..tracing import Builder
+from ..pytree import flatten
+from ..tracing import Builder, Tracer, current_builder
+
+# ---- tracing a body --------------------------------------------------------------------------
+
+
+def trace_body(fn, specs):
+    """Trace `fn` on fresh inputs of `specs` as a subgraph of the current trace. A value `fn`
+    reads from an enclosing trace becomes one more input of the subgraph, after those of
+    `specs`, which the control-flow node passes in (closure conversion): the subgraph is
+    closed. Returns the subgraph, the enclosing values it reads (in the order of those extra
+    inputs) and the treedef of what `fn` returns (its leaves are the subgraph's outputs)."""
+    with Builder(current_builder()) as builder:
+        inputs = [builder.input(f"arg{i}", s) for i, s in enumerate(specs)]
+        leaves, treedef = flatten(fn(*inputs))
+        graph = builder.build(leaves)
+    captured = [outer for outer, _ in builder.captured.values()]
+    return graph, captured, treedef
+
+
+def derived_body(fn, specs) -> Graph:
+    """A body a rule makes (tangent, transposed, batched, retyped loop bodies): traced with
+    `trace_body`, from the values the rule passes in only."""
+    graph, captured, _ = trace_body(fn, specs)
+    if captured:
+        raise ShapeError("internal: a derivative body read an enclosing value")
+    return graph
+
+
+def captures_first(graph: Graph, n: int) -> Graph:
+    """The same graph with the inputs after its first `n` (the captured values) moved first:
+    a loop's node takes its constants before its carry."""
+    inputs = list(graph.inputs[n:]) + list(graph.inputs[:n])
+    return Graph(inputs, graph.constants, graph.nodes, graph.output_names)
+
+
+def with_unused_inputs(graph: Graph, n: int, before=(), after=()) -> Graph:
+    """The same graph with unused inputs of the specs of `before` inserted after its first `n`
+    inputs and of `after` appended (so that two branches share a signature)."""
+    unused = [Port(f"unused:{i}", s) for i, s in enumerate(list(before) + list(after))]
+    inputs = list(graph.inputs)
+    inputs = inputs[:n] + unused[: len(before)] + inputs[n:] + unused[len(before) :]
+    return Graph(inputs, graph.constants, graph.nodes, graph.output_names)
+
+
+def leaves_as_arrays(tree):
+    """A front end's arguments: the leaves (Tracers, else NumPy arrays) and the treedef."""
+    leaves, treedef = flatten(tree)
+    leaves = [x if isinstance(x, Tracer) else np.asarray(x) for x in leaves]
+    return leaves, treedef
+
+
+def in_trace(values) -> bool:
+    """Whether a front end records a node (else it runs the Python control flow at once)."""
+    return current_builder() is not None or any(isinstance(v, Tracer) for v in values)
+
+
+# ---- running a body --------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=1024)
@@ -25,26 +84,37 @@ def run_body(graph: Graph, args) -> list:
     return body_plan(graph).run(list(args))  # inherits the enclosing call's should_stop
 
 
+def check_signature(graph: Graph, specs, what):
+    got = [p.spec for p in graph.inputs]
+    if got != list(specs):
+        raise ShapeError(f"{what} takes {got}, the node passes {list(specs)}")
+
+
+# ---- the bodies derivatives need -------------------------------------------------------------
+
+
 def differentiable(spec) -> bool:
     return dtypes.is_differentiable(spec.dtype)
 
 
-def tangent_body(graph: Graph, wrt) -> Graph:
+def tangent_body(graph: Graph, wrt, loop_tapes) -> Graph:
     """Inputs: graph's inputs, then tangents of inputs `wrt`. Outputs: the output tangents."""
     from ..transforms import Program, jvp, select_outputs
 
     n = len(graph.outputs)
-    return select_outputs(jvp(Program(graph), wrt), range(n, 2 * n)).graph
+    return select_outputs(jvp(Program(graph), wrt, loop_tapes=loop_tapes), range(n, 2 * n)).graph
 
 
-def transposed_body(graph: Graph, linear) -> Graph:
+def transposed_body(graph: Graph, linear, loop_tapes) -> Graph:
     """For a graph linear in inputs `linear`: inputs are its other inputs, then one cotangent
     per differentiable output; outputs are the cotangents of the `linear` inputs. (Inside, the
     linear inputs are taken at 0: a linear map's transpose does not depend on the point.)"""
     from ..transforms import Program, inline, select_outputs, vjp
 
     n = len(graph.outputs)
-    full = select_outputs(vjp(Program(graph), linear), range(n, n + len(linear))).graph
+    full = select_outputs(
+        vjp(Program(graph), linear, loop_tapes=loop_tapes), range(n, n + len(linear))
+    ).graph
     keep = [p.spec for i, p in enumerate(graph.inputs) if i not in linear]
     n_cts = len(full.inputs) - len(graph.inputs)
 
@@ -56,7 +126,7 @@ def transposed_body(graph: Graph, linear) -> Graph:
         ]
         return inline(full, inputs + list(cts))
 
-    return trace_closed(body, keep + [p.spec for p in full.inputs[len(graph.inputs) :][:n_cts]])
+    return derived_body(body, keep + [p.spec for p in full.inputs[len(graph.inputs) :][:n_cts]])
 
 
 def retyped(graph: Graph, specs, out_dtypes=None) -> Graph:
@@ -66,7 +136,7 @@ def retyped(graph: Graph, specs, out_dtypes=None) -> Graph:
     body = retype(Program(graph), list(specs)).graph
     if out_dtypes is None:
         return body
-    return trace_closed(
+    return derived_body(
         lambda *a: tuple(gnp.astype(o, d) for o, d in zip(inline(body, a), out_dtypes)), list(specs)
     )
 
@@ -88,22 +158,3 @@ def loop_retype(carry_in, body_specs):
         if wider == carry:
             return carry, body
         carry = wider
-
-
-def check_signature(graph: Graph, specs, what):
-    got = [p.spec for p in graph.inputs]
-    if got != list(specs):
-        raise ShapeError(f"{what} takes {got}, the node passes {list(specs)}")
-
-
-def trace_closed(fn, specs) -> Graph:
-    """Trace `fn` on fresh inputs of `specs` as a closed subgraph of the current builder."""
-    from ..tracing import current_builder
-
-    with Builder(current_builder()) as builder:
-        inputs = [builder.input(f"arg{i}", s) for i, s in enumerate(specs)]
-        out = fn(*inputs)
-        graph = builder.build(list(out))
-    if builder.captured:
-        raise ShapeError("internal: a derivative body read an enclosing value")
-    return graph

@@ -148,6 +148,8 @@ primitive(
     shape=_einsum_shape,
     arity=(1, None),
     attrs={"subscripts": "str"},
+    # one operand may give a view of it ("ij->ji"); a contraction of several, a new array
+    fresh=lambda node: len(node.inputs) > 1,
     jvp=_einsum_jvp,
     transpose=_einsum_transpose,
     batch=_einsum_batch,

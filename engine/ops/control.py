@@ -1,6 +1,7 @@
-"""Control flow without loops: `cond` and `checkpoint`, ops whose attributes are subgraphs
-(closed: a body reads enclosing values only through inputs the node passes in). Loops are in
-loops.py; the helpers both use are in bodies.py.
+"""Control flow without loops: `cond` and `checkpoint`, the front ends (`gs.cond`,
+`gs.checkpoint`) and their primitives, ops whose attributes are subgraphs (closed: a body reads
+enclosing values only through inputs the node passes in). Loops are in loops.py; the helpers
+both use are in bodies.py.
 
 Derivatives follow one pattern. The JVP of a control-flow node is a second node of the same
 kind whose body is the JVP of the original body restricted to tangent outputs; that node is
@@ -13,18 +14,54 @@ from __future__ import annotations
 
 from .. import numpy as gnp
 from ..primitive import Linear, ShapeError, primitive
-from ..tracing import bind
+from ..pytree import flatten, unflatten
+from ..tracing import bind, spec_of
 from .bodies import (
     check_signature,
     common_dtypes,
     differentiable,
+    in_trace,
+    leaves_as_arrays,
     retyped,
     run_body,
     tangent_body,
+    trace_body,
     transposed_body,
+    with_unused_inputs,
 )
 
 # ---- cond ----------------------------------------------------------------------------------
+# inputs: the predicate, the operands, the values the true branch reads from the enclosing
+# trace, then those the false branch reads; each branch takes all but the predicate.
+
+
+def cond(pred, true_fn, false_fn, *operands):
+    """true_fn(*operands) if pred else false_fn(*operands); both branches are recorded."""
+    if not in_trace([pred, *flatten(operands)[0]]):
+        return true_fn(*operands) if pred else false_fn(*operands)
+    leaves, treedef = leaves_as_arrays(operands)
+    specs = [spec_of(x) for x in leaves]
+    true_graph, true_cap, out_def = trace_body(lambda *xs: true_fn(*unflatten(treedef, xs)), specs)
+    false_graph, false_cap, false_def = trace_body(
+        lambda *xs: false_fn(*unflatten(treedef, xs)), specs
+    )
+    if out_def != false_def:
+        raise TypeError("cond: the branches return different structures")
+    # one signature: each branch also takes, unused, what the other reads
+    n = len(leaves)
+    true_graph = with_unused_inputs(true_graph, n, after=[spec_of(c) for c in false_cap])
+    false_graph = with_unused_inputs(false_graph, n, before=[spec_of(c) for c in true_cap])
+    pred = gnp.not_equal(pred, 0) if spec_of(pred).dtype != "bool" else pred
+    out = bind(
+        "cond",
+        pred,
+        *leaves,
+        *true_cap,
+        *false_cap,
+        true_branch=true_graph,
+        false_branch=false_graph,
+    )
+    return unflatten(out_def, out)
 
 
 def _cond_shape(pred, *operands, true_branch, false_branch):
@@ -45,7 +82,7 @@ def _cond_impl(pred, *operands, true_branch, false_branch):
     return tuple(run_body(true_branch if pred else false_branch, operands))
 
 
-def _cond_jvp(primals, tangents, outs, true_branch, false_branch):
+def _cond_jvp(primals, tangents, outs, true_branch, false_branch, loop_tapes):
     pred, *operands = primals
     wrt = [i for i, t in enumerate(tangents[1:]) if t is not None]
     out = bind(
@@ -53,13 +90,13 @@ def _cond_jvp(primals, tangents, outs, true_branch, false_branch):
         pred,
         *operands,
         *[tangents[1 + i] for i in wrt],
-        true_branch=tangent_body(true_branch, wrt),
-        false_branch=tangent_body(false_branch, wrt),
+        true_branch=tangent_body(true_branch, wrt, loop_tapes),
+        false_branch=tangent_body(false_branch, wrt, loop_tapes),
     )
     return tuple(t if differentiable(t.spec) else None for t in out)
 
 
-def _cond_transpose(cts, pred, *args, true_branch, false_branch):
+def _cond_transpose(cts, pred, *args, true_branch, false_branch, loop_tapes):
     linear = [i for i, a in enumerate(args) if isinstance(a, Linear)]
     primal = [a for a in args if not isinstance(a, Linear)]
     cts = [c for c, p in zip(cts, true_branch.outputs) if differentiable(p.spec)]
@@ -68,8 +105,8 @@ def _cond_transpose(cts, pred, *args, true_branch, false_branch):
         pred,
         *primal,
         *cts,
-        true_branch=transposed_body(true_branch, linear),
-        false_branch=transposed_body(false_branch, linear),
+        true_branch=transposed_body(true_branch, linear, loop_tapes),
+        false_branch=transposed_body(false_branch, linear, loop_tapes),
     )
     result = [None] * (1 + len(args))
     for j, i in enumerate(linear):
@@ -118,6 +155,23 @@ primitive(
 
 
 # ---- checkpoint: a call whose body is recomputed in the backward pass -----------------------
+# inputs: the operands, then the values the body reads from the enclosing trace.
+
+
+def checkpoint(fn):
+    """fn, recorded so that the reverse pass keeps only its inputs and recomputes the rest."""
+
+    def wrapped(*args):
+        leaves, treedef = leaves_as_arrays(args)
+        if not in_trace(leaves):
+            return fn(*args)
+        graph, captured, out_def = trace_body(
+            lambda *xs: fn(*unflatten(treedef, xs)), [spec_of(x) for x in leaves]
+        )
+        out = bind("checkpoint", *leaves, *captured, body=graph)
+        return unflatten(out_def, out)
+
+    return wrapped
 
 
 def _checkpoint_shape(*operands, body):
@@ -125,17 +179,18 @@ def _checkpoint_shape(*operands, body):
     return tuple(p.spec for p in body.outputs)
 
 
-def _checkpoint_jvp(primals, tangents, outs, body):
+def _checkpoint_jvp(primals, tangents, outs, body, loop_tapes):
     wrt = [i for i, t in enumerate(tangents) if t is not None]
-    out = bind("checkpoint", *primals, *[tangents[i] for i in wrt], body=tangent_body(body, wrt))
+    body = tangent_body(body, wrt, loop_tapes)
+    out = bind("checkpoint", *primals, *[tangents[i] for i in wrt], body=body)
     return tuple(t if differentiable(t.spec) else None for t in out)
 
 
-def _checkpoint_transpose(cts, *args, body):
+def _checkpoint_transpose(cts, *args, body, loop_tapes):
     linear = [i for i, a in enumerate(args) if isinstance(a, Linear)]
     primal = [a for a in args if not isinstance(a, Linear)]
     cts = [c for c, p in zip(cts, body.outputs) if differentiable(p.spec)]
-    out = bind("checkpoint", *primal, *cts, body=transposed_body(body, linear))
+    out = bind("checkpoint", *primal, *cts, body=transposed_body(body, linear, loop_tapes))
     result = [None] * len(args)
     for j, i in enumerate(linear):
         result[i] = out[j]

@@ -24,7 +24,7 @@ def _real(x):
     return x.real if np.iscomplexobj(x) else x
 
 
-def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None):
+def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None, simplify=None):
     """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative."""
 
     def jvp(primals, tangents, ans):
@@ -41,10 +41,19 @@ def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None):
         batch=batch_elementwise(name),
         elementwise=True,
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
+        simplify=simplify,
     )
 
 
-unary("negative", operator.neg, lambda t, x, ans: -t, inexact=False, linear=True, ufunc=np.negative)
+unary(
+    "negative",
+    operator.neg,
+    lambda t, x, ans: -t,
+    inexact=False,
+    linear=True,
+    ufunc=np.negative,
+    simplify=lambda args, splats, out: None if splats[0] is None else -splats[0],
+)
 unary("exp", np.exp, lambda t, x, ans: t * ans)
 unary("expm1", np.expm1, lambda t, x, ans: t * (ans + 1))
 unary("log", np.log, lambda t, x, ans: gnp.div_or_zero(t, x))
@@ -84,7 +93,9 @@ def _sum_tangents(*terms):
     return total
 
 
-def binary(name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None):
+def binary(
+    name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None, simplify=None, fresh=False
+):
     """`rule(tx, ty, x, y, ans)` gives the output tangent; tx or ty may be None (zero)."""
 
     def jvp(primals, tangents, ans):
@@ -104,7 +115,25 @@ def binary(name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None):
         batch=batch_elementwise(name),
         elementwise=True,
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
+        simplify=simplify,
+        fresh=fresh,
     )
+
+
+def _neutral(value, *positions, fold=None):
+    """The `simplify` rule of a binary op whose operand at `positions` is neutral when it is
+    `value` everywhere (x + 0, 0 + x, x - 0, x * 1): the other operand, if it has the output's
+    shape and dtype. With `fold(a, b)`, two splat operands give a splat (2 * 3 is 6)."""
+
+    def rule(args, splats, out):
+        for i in positions:
+            if splats[i] == value and args[1 - i].spec == out:
+                return args[1 - i]
+        if fold is not None and splats[0] is not None and splats[1] is not None:
+            return fold(splats[0], splats[1])
+        return None
+
+    return rule
 
 
 def _either(tx, ty, on_x, on_y):
@@ -176,6 +205,7 @@ binary(
     lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: t),
     ufunc=np.add,
     transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct),
+    simplify=_neutral(0.0, 0, 1),
 )
 binary(
     "subtract",
@@ -183,6 +213,7 @@ binary(
     lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t, lambda t: -t),
     ufunc=np.subtract,
     transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct),
+    simplify=_neutral(0.0, 1),
 )
 binary(
     "multiply",
@@ -190,6 +221,7 @@ binary(
     lambda tx, ty, x, y, ans: _either(tx, ty, lambda t: t * y, lambda t: x * t),
     ufunc=np.multiply,
     transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct),
+    simplify=_neutral(1.0, 0, 1, fold=operator.mul),
 )
 binary(
     "divide",
@@ -264,6 +296,7 @@ binary(
     transpose=_transpose_linear_each(
         lambda ct, d: gnp.mul_or_zero(ct, d), lambda ct, t: gnp.mul_or_zero(t, ct)
     ),
+    fresh=True,
 )
 binary(
     "div_or_zero",
@@ -276,6 +309,7 @@ binary(
     ),
     inexact=True,
     transpose=lambda ct, t, d: (unbroadcast(gnp.div_or_zero(ct, d), t.spec), None),
+    fresh=True,
 )
 
 for _name, _fn in [
@@ -332,6 +366,7 @@ primitive(
     transpose=_select_transpose,
     batch=batch_elementwise("select"),
     elementwise=True,
+    fresh=True,
 )
 
 

@@ -164,6 +164,10 @@ primitive(
     shape=_scatter_add_shape,
     arity=(1, None),
     attrs={"shape": "ints", "index": "ints"},
+    fresh=True,
+    add_into=lambda total, updates, *arrays, shape, index: bind(
+        "add_at", total, updates, *arrays, index=index
+    ),
     jvp=lambda primals, tangents, ans, shape, index: (
         None
         if tangents[0] is None
@@ -237,6 +241,7 @@ primitive(
     shape=_add_at_shape,
     arity=(2, None),
     attrs={"index": "ints"},
+    fresh=True,
     jvp=_add_at_jvp,
     transpose=_add_at_transpose,
     batch=_add_at_batch,

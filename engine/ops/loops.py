@@ -1,35 +1,103 @@
-"""Loops: `scan` and `while_loop`, and the loop tapes that differentiate them under a tape
-budget or with a trip count known only at run time (`scan_record`, `while_record`,
+"""Loops: the front ends `scan`, `while_loop` and `fori_loop` (`gs.scan`, ...), the primitives
+`scan` and `while_loop`, and the loop tapes that differentiate them in reverse mode under a
+tape budget or with a trip count known only at run time (`scan_record`, `while_record`,
 `loop_tape`; the runtime side is engine/tape.py).
+
+Two drivers run every loop: `_run_scan` runs scan, scan_record and loop_tape (a loop over a
+recorded tape), `_run_while` runs while_loop and while_record.
 
 As for cond (control.py), a loop's JVP is a second loop linear in the tangents whose body reads
 the primal carry of each iteration, and its transpose a loop running the other way. What the
 reverse pass keeps is the carry entering every iteration: stacked by the primal scan, or
 recorded on a loop tape (which, under a budget, keeps checkpoints only and recomputes the rest).
+Transformations made with `loop_tapes` (engine/transforms.py) take the loop tape for scans too.
 """
 
 from __future__ import annotations
 
-import threading
+import functools
+import itertools
 
 import numpy as np
 
 from .. import dtypes
 from .. import numpy as gnp
+from ..errors import GraphError, LimitError
 from ..graph import Graph, Spec
 from ..primitive import Linear, ShapeError, primitive
-from ..tracing import bind
+from ..pytree import flatten, unflatten
+from ..tape import LoopTape
+from ..tracing import bind, spec_of
 from .bodies import (
     body_plan,
+    captures_first,
     check_signature,
+    derived_body,
     differentiable,
+    in_trace,
+    leaves_as_arrays,
     loop_retype,
     retyped,
     run_body,
     tangent_body,
-    trace_closed,
+    trace_body,
     transposed_body,
 )
+
+DEFAULT_MAX_ITERATIONS = 1_000_000
+
+# ---- the drivers, and helpers every loop uses ----------------------------------------------
+
+
+def _run_scan(body, consts, carry, xs, num_carry, length, reverse, *, steps=None, record=None):
+    """The loop of scan, scan_record and loop_tape. Iteration k runs `body` on (consts, carry,
+    the extra inputs of step k, the slices x[i] of xs), i = k, or length - 1 - k with
+    `reverse`; its first `num_carry` outputs are the next carry, the others are stacked at i.
+    `steps` yields (k, extra inputs): by default k = 0 .. length - 1 with none; a loop tape's
+    carries, in the order run or backwards, for loop_tape. `record(k, carry)` is given the
+    carry entering every iteration. Returns the final carry and the stacked outputs."""
+    ys = [np.empty((length,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
+    for k, extra in zip(range(length), itertools.repeat(())) if steps is None else steps:
+        i = length - 1 - k if reverse else k
+        if record is not None:
+            record(k, tuple(carry))
+        out = run_body(body, [*consts, *carry, *extra, *[x[i] for x in xs]])
+        carry = out[:num_carry]
+        for buffer, y in zip(ys, out[num_carry:]):
+            buffer[i] = y
+    return tuple(carry) + tuple(ys)
+
+
+def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, record=None):
+    """The loop of while_loop and while_record: `body` while `cond` holds, at most
+    `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`."""
+    k = 0
+    while run_body(cond, [*cond_consts, *carry])[0]:
+        if k == max_iterations:
+            raise LimitError(
+                f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
+            )
+        if record is not None:
+            record(k, tuple(carry))
+        carry = run_body(body, [*body_consts, *carry])
+        k += 1
+    return tuple(carry)
+
+
+def _cut(seq, *sizes):
+    """`seq` as lists of `sizes` and a last list of the rest: (consts, carry, xs) of a scan."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(list(seq[start : start + size]))
+        start += size
+    return parts + [list(seq[start:])]
+
+
+def _new_tape(advance, body, carry) -> LoopTape:
+    """A loop tape for a loop whose iteration k, `advance(k, carry)`, runs `body`."""
+    nbytes = int(sum(np.asarray(c).nbytes for c in carry))
+    return LoopTape(advance, nbytes, len(body_plan(body).steps))
+
 
 # ---- scan ----------------------------------------------------------------------------------
 # inputs: consts, initial carry, xs (scanned along axis 0); body: (consts, carry, x) -> (carry, y)
@@ -44,41 +112,89 @@ SCAN_ATTRS = {
 }
 
 
-def _split(seq, num_consts, num_carry):
-    return (
-        list(seq[:num_consts]),
-        list(seq[num_consts : num_consts + num_carry]),
-        list(seq[num_consts + num_carry :]),
+def scan(f, init, xs, length=None, reverse=False):
+    """carry, y = f(carry, x) over the leading axis of xs; returns (carry, stacked ys)."""
+    carry_leaves, carry_def = leaves_as_arrays(init)
+    x_leaves, x_def = leaves_as_arrays(xs) if xs is not None else ([], None)
+    if any(not spec_of(x).shape for x in x_leaves):
+        raise ValueError("scan: every array in xs needs a leading axis to scan over")
+    lengths = {int(x.shape[0]) for x in x_leaves}
+    if length is not None:
+        lengths.add(int(length))
+    if len(lengths) != 1:
+        raise ValueError(f"scan: inconsistent or missing lengths {sorted(lengths)}")
+    (n,) = lengths
+    carry_specs = [spec_of(c) for c in carry_leaves]
+    x_specs = [Spec(spec_of(x).shape[1:], spec_of(x).dtype) for x in x_leaves]
+    y_def = None
+
+    def body(*flat):
+        nonlocal y_def
+        carry = unflatten(carry_def, flat[: len(carry_leaves)])
+        x = unflatten(x_def, flat[len(carry_leaves) :]) if xs is not None else None
+        new_carry, y = f(carry, x)
+        new_leaves, new_def = flatten(new_carry)
+        if new_def != carry_def:
+            raise TypeError("scan: f must return a carry of the structure it was given")
+        y_leaves, y_def = flatten(y)
+        return new_leaves + y_leaves
+
+    graph, captured, _ = trace_body(body, carry_specs + x_specs)
+    out = bind(
+        "scan",
+        *captured,
+        *carry_leaves,
+        *x_leaves,
+        body=captures_first(graph, len(carry_leaves) + len(x_leaves)),
+        length=n,
+        num_consts=len(captured),
+        num_carry=len(carry_leaves),
+        reverse=bool(reverse),
     )
+    carry = unflatten(carry_def, out[: len(carry_leaves)])
+    return carry, unflatten(y_def, out[len(carry_leaves) :])
+
+
+def _bind_scan(consts, carry, xs, body, length, reverse):
+    return bind(
+        "scan",
+        *consts,
+        *carry,
+        *xs,
+        body=body,
+        length=length,
+        num_consts=len(consts),
+        num_carry=len(carry),
+        reverse=reverse,
+    )
+
+
+def _loop_shape(consts, carry, tape, xs, body, length):
+    """The outputs of scan or loop_tape, whose body takes (consts, carry, the carry a loop tape
+    recorded, x slices) and gives (carry, ys): the carry, then the ys stacked."""
+    for x in xs:
+        if not x.shape or x.shape[0] != length:
+            raise ShapeError(f"scanned input of shape {x.shape} has no leading axis of {length}")
+    check_signature(body, consts + carry + tape + [Spec(x.shape[1:], x.dtype) for x in xs], "body")
+    outs = [p.spec for p in body.outputs]
+    if outs[: len(carry)] != carry:
+        raise ShapeError(
+            f"the body turns carry {carry} into {outs[: len(carry)]}: a carry keeps "
+            "its shape and dtype across iterations"
+        )
+    return tuple(carry + [Spec((length,) + s.shape, s.dtype) for s in outs[len(carry) :]])
 
 
 def _scan_shape(*args, body, length, num_consts, num_carry, reverse):
     if length < 0 or num_consts < 0 or num_carry < 0 or num_consts + num_carry > len(args):
         raise ShapeError("bad length, num_consts or num_carry")
-    consts, carry, xs = _split(args, num_consts, num_carry)
-    for x in xs:
-        if not x.shape or x.shape[0] != length:
-            raise ShapeError(f"scanned input of shape {x.shape} has no leading axis of {length}")
-    check_signature(body, consts + carry + [Spec(x.shape[1:], x.dtype) for x in xs], "body")
-    outs = [p.spec for p in body.outputs]
-    if outs[:num_carry] != carry:
-        raise ShapeError(
-            f"the body turns carry {carry} into {outs[:num_carry]}: a carry keeps "
-            "its shape and dtype across iterations"
-        )
-    return tuple(carry + [Spec((length,) + s.shape, s.dtype) for s in outs[num_carry:]])
+    consts, carry, xs = _cut(args, num_consts, num_carry)
+    return _loop_shape(consts, carry, [], xs, body, length)
 
 
 def _scan_impl(*args, body, length, num_consts, num_carry, reverse):
-    consts, carry, xs = _split(args, num_consts, num_carry)
-    y_specs = [p.spec for p in body.outputs[num_carry:]]
-    ys = [np.empty((length,) + s.shape, s.dtype) for s in y_specs]
-    for i in range(length - 1, -1, -1) if reverse else range(length):
-        out = run_body(body, consts + carry + [x[i] for x in xs])
-        carry = out[:num_carry]
-        for buffer, y in zip(ys, out[num_carry:]):
-            buffer[i] = y
-    return tuple(carry) + tuple(ys)
+    consts, carry, xs = _cut(args, num_consts, num_carry)
+    return _run_scan(body, consts, carry, xs, num_carry, length, reverse)
 
 
 def _with_carries_out(body: Graph, num_consts, num_carry) -> Graph:
@@ -87,195 +203,75 @@ def _with_carries_out(body: Graph, num_consts, num_carry) -> Graph:
     return Graph(body.inputs, body.constants, body.nodes, list(body.output_names) + carry_in)
 
 
-def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, reverse):
+def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, reverse, loop_tapes):
     """The primal scan also stacks the carry entering every iteration (the tape); a second
-    scan, linear in the tangents, reads it. Under a tape budget the carries go on a loop tape
+    scan, linear in the tangents, reads it. With `loop_tapes` the carries go on a loop tape
     instead (`scan_record`, `loop_tape`), which can keep checkpoints only."""
-    consts, carry, xs = _split(primals, num_consts, num_carry)
-    t_consts, t_carry, t_xs = _split(tangents, num_consts, num_carry)
-    if getattr(_mode, "on", False):
-        recorded = bind(
-            "scan_record",
-            *primals,
-            body=body,
-            length=length,
-            num_consts=num_consts,
-            num_carry=num_carry,
-            reverse=reverse,
+    consts, carry, xs = _cut(primals, num_consts, num_carry)
+    t_consts, t_carry, t_xs = _cut(tangents, num_consts, num_carry)
+    attrs = {
+        "body": body,
+        "length": length,
+        "num_consts": num_consts,
+        "num_carry": num_carry,
+        "reverse": reverse,
+    }
+    if loop_tapes:
+        *outs, tape = bind("scan_record", *primals, **attrs)
+        tangent_loop = functools.partial(
+            _bind_loop_tape, tape=tape, length=length, num_tape=num_carry, reverse=reverse
         )
-        outs, tape = recorded[:-1], recorded[-1]
-
-        def tangent_loop(consts_, init, xs_, step, linear):
-            return bind(
-                "loop_tape",
-                *consts_,
-                *init,
-                *xs_,
-                tape,
-                body=step,
-                length=length,
-                num_consts=len(consts_),
-                num_carry=len(init),
-                num_tape=num_carry,
-                backward=False,
-                reverse=reverse,
-                linear=tuple(linear),
-            )
     else:
-        n_out = len(body.outputs)
         stacked = bind(
-            "scan",
-            *primals,
-            body=_with_carries_out(body, num_consts, num_carry),
-            length=length,
-            num_consts=num_consts,
-            num_carry=num_carry,
-            reverse=reverse,
+            "scan", *primals, **{**attrs, "body": _with_carries_out(body, num_consts, num_carry)}
         )
-        outs, carries = stacked[:n_out], stacked[n_out:]
+        outs, carries = stacked[: len(body.outputs)], stacked[len(body.outputs) :]
 
-        def tangent_loop(consts_, init, xs_, step, linear):
-            return bind(
-                "scan",
-                *consts_,
-                *init,
-                *carries,
-                *xs_,
-                body=step,
-                length=length,
-                num_consts=len(consts_),
-                num_carry=len(init),
-                reverse=reverse,
-            )
+        def tangent_loop(consts, init, xs, step, linear):
+            return _bind_scan(consts, init, list(carries) + list(xs), step, length, reverse)
 
-    return tuple(outs), _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop)
+    t_outs = _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop, loop_tapes)
+    return tuple(outs), t_outs
 
 
-def _scan_jvp(primals, tangents, outs, **attrs):
-    return _scan_jvp_full(primals, tangents, **attrs)[1]
+def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse, loop_tapes):
+    consts, carry, xs = _cut(args, num_consts, num_carry)
 
+    def backwards(consts, init, xs, step, linear):
+        return _bind_scan(consts, init, xs, step, length, not reverse)
 
-def _transpose_loop(cts, consts, carry, xs, body, num_tape, run_backwards):
-    """The transpose of a loop (scan, or loop_tape reading `num_tape` recorded carries) that is
-    linear in its carry, some consts and some xs: it runs the other way, the carry's cotangent
-    flowing from the last iteration to the first, the linear consts' cotangents accumulating in
-    extra carries, the linear xs' cotangents stacked. Every carry of such a loop is linear; one
-    that starts from a constant zero (a symbolically zero tangent) just gets no cotangent.
-
-    `run_backwards(p_consts, init, xs, body, num_consts, num_carry)` binds the reversed loop.
-    Returns the cotangents of consts, carry and xs, in that order (None where not linear)."""
-    from ..transforms import inline
-
-    num_consts, num_carry = len(consts), len(carry)
-    lin_consts = [i for i, c in enumerate(consts) if isinstance(c, Linear)]
-    lin_xs = [i for i, x in enumerate(xs) if isinstance(x, Linear)]
-    p_consts = [c for c in consts if not isinstance(c, Linear)]
-    p_xs = [x for x in xs if not isinstance(x, Linear)]
-    first_x = num_consts + num_carry + num_tape
-    linear = lin_consts + [num_consts + i for i in range(num_carry)] + [first_x + i for i in lin_xs]
-    transposed = transposed_body(body, linear)
-    ct_carry, ct_ys = list(cts[:num_carry]), list(cts[num_carry:])
-    diff_ys = [j for j, p in enumerate(body.outputs[num_carry:]) if differentiable(p.spec)]
-    tape_specs = [p.spec for p in body.inputs[num_consts + num_carry : first_x]]
-    n_pc, n_acc = len(p_consts), len(lin_consts)
-
-    def step(*a):
-        pc, ctc = a[:n_pc], a[n_pc : n_pc + num_carry]
-        acc = a[n_pc + num_carry : n_pc + num_carry + n_acc]
-        rest = a[n_pc + num_carry + n_acc :]
-        tc, px, cty = (
-            rest[:num_tape],
-            rest[num_tape : num_tape + len(p_xs)],
-            rest[num_tape + len(p_xs) :],
-        )
-        out = inline(transposed, list(pc) + list(tc) + list(px) + list(ctc) + list(cty))
-        ct_lin_consts, ct_carry_in = out[:n_acc], out[n_acc : n_acc + num_carry]
-        return (
-            tuple(ct_carry_in)
-            + tuple(s + c for s, c in zip(acc, ct_lin_consts))
-            + tuple(out[n_acc + num_carry :])
-        )
-
-    specs = (
-        [c.spec for c in p_consts]
-        + [c.spec for c in carry]
-        + [consts[i].spec for i in lin_consts]
-        + tape_specs
-        + [Spec(x.shape[1:], x.dtype) for x in p_xs]
-        + [Spec(ct_ys[j].shape[1:], ct_ys[j].dtype) for j in diff_ys]
+    ct_consts, ct_carry, ct_xs = _transpose_loop(
+        cts, consts, carry, xs, body, 0, backwards, loop_tapes
     )
-    init = ct_carry + [gnp.zeros(consts[i].shape, consts[i].dtype) for i in lin_consts]
-    # the reversed loop is linear in its carry (cotangents and accumulators) and the ys' cotangents
-    n_init = num_carry + n_acc
-    linear = list(range(n_pc, n_pc + n_init)) + [
-        n_pc + n_init + len(p_xs) + j for j in range(len(diff_ys))
-    ]
-    back = run_backwards(
-        p_consts,
-        init,
-        p_xs + [ct_ys[j] for j in diff_ys],
-        trace_closed(step, specs),
-        n_pc,
-        n_init,
-        linear,
-    )
-    ct_consts, ct_xs = [None] * num_consts, [None] * len(xs)
-    ct_init = [back[j] if isinstance(carry[j], Linear) else None for j in range(num_carry)]
-    for j, i in enumerate(lin_consts):
-        ct_consts[i] = back[num_carry + j]
-    for j, i in enumerate(lin_xs):
-        ct_xs[i] = back[num_carry + n_acc + j]
-    return ct_consts, ct_init, ct_xs
-
-
-def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse):
-    consts, carry, xs = _split(args, num_consts, num_carry)
-
-    def run_backwards(p_consts, init, xs, step, n_consts, n_carry, linear):
-        return bind(
-            "scan",
-            *p_consts,
-            *init,
-            *xs,
-            body=step,
-            length=length,
-            num_consts=n_consts,
-            num_carry=n_carry,
-            reverse=not reverse,
-        )
-
-    ct_consts, ct_carry, ct_xs = _transpose_loop(cts, consts, carry, xs, body, 0, run_backwards)
     return tuple(ct_consts + ct_carry + ct_xs)
 
 
-def _scan_batch(args, batched, body, length, num_consts, num_carry, reverse):
-    """Every carry is batched (a carry that starts unbatched usually becomes batched in the
-    first iteration); scanned inputs move their batch axis behind the scanned one."""
+def _batch_loop(args, batched, num_consts, num_carry, num_tape, body, bind_loop):
+    """The batch rule of scan and loop_tape (`args` without the tape). Every carry is batched
+    (a carry that starts unbatched usually becomes batched in the first iteration); scanned
+    inputs move their batch axis behind the scanned one."""
     from ..transforms import Program, batch
 
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
-    consts, carry, xs = _split(list(args), num_consts, num_carry)
-    b_consts, b_carry, b_xs = _split(list(batched), num_consts, num_carry)
+    consts, carry, xs = _cut(list(args), num_consts, num_carry)
+    b_consts, b_carry, b_xs = _cut(list(batched), num_consts, num_carry)
     carry = [c if b else gnp.broadcast_to(c, (size,) + c.shape) for c, b in zip(carry, b_carry)]
     xs = [gnp.moveaxis(x, 0, 1) if b else x for x, b in zip(xs, b_xs)]
-    batched_body = batch(Program(body), b_consts + [True] * num_carry + b_xs, size).graph
-    out = bind(
-        "scan",
-        *consts,
-        *carry,
-        *xs,
-        body=batched_body,
-        length=length,
-        num_consts=num_consts,
-        num_carry=num_carry,
-        reverse=reverse,
-    )
+    flags = b_consts + [True] * num_carry + [False] * num_tape + b_xs
+    out = bind_loop(consts, carry, xs, batch(Program(body), flags, size).graph)
     # batch() makes every body output batched: ys come out (length, size, ...)
     return tuple(out[:num_carry]) + tuple(gnp.moveaxis(y, 1, 0) for y in out[num_carry:])
 
 
+def _scan_batch(args, batched, body, length, num_consts, num_carry, reverse):
+    def bind_loop(consts, carry, xs, body):
+        return _bind_scan(consts, carry, xs, body, length, reverse)
+
+    return _batch_loop(args, batched, num_consts, num_carry, 0, body, bind_loop)
+
+
 def _scan_retype(args, body, length, num_consts, num_carry, reverse):
-    consts, carry, xs = _split(args, num_consts, num_carry)
+    consts, carry, xs = _cut(args, num_consts, num_carry)
     const_specs = [c.spec for c in consts]
     x_specs = [Spec(x.shape[1:], x.dtype) for x in xs]
     carry_dtypes, _ = loop_retype(
@@ -288,17 +284,7 @@ def _scan_retype(args, body, length, num_consts, num_carry, reverse):
     specs = const_specs + [c.spec for c in carry] + x_specs
     first = retyped(body, specs)
     out_dtypes = carry_dtypes + [p.spec.dtype for p in first.outputs[num_carry:]]
-    return bind(
-        "scan",
-        *consts,
-        *carry,
-        *xs,
-        body=retyped(body, specs, out_dtypes),
-        length=length,
-        num_consts=num_consts,
-        num_carry=num_carry,
-        reverse=reverse,
-    )
+    return _bind_scan(consts, carry, xs, retyped(body, specs, out_dtypes), length, reverse)
 
 
 primitive(
@@ -308,7 +294,6 @@ primitive(
     arity=(0, None),
     attrs=SCAN_ATTRS,
     multiple_results=True,
-    jvp=_scan_jvp,
     jvp_full=_scan_jvp_full,
     transpose=_scan_transpose,
     batch=_scan_batch,
@@ -329,9 +314,62 @@ WHILE_ATTRS = {
 }
 
 
-def _while_split(args, num_cond_consts, num_body_consts):
-    n = num_cond_consts + num_body_consts
-    return list(args[:num_cond_consts]), list(args[num_cond_consts:n]), list(args[n:])
+def while_loop(cond_fun, body_fun, init_val, *, max_iterations=DEFAULT_MAX_ITERATIONS):
+    """while cond_fun(val): val = body_fun(val); return val. Past `max_iterations` the call
+    fails with gs.LimitError."""
+    leaves, treedef = leaves_as_arrays(init_val)
+    if not in_trace(leaves):
+        val = init_val
+        while cond_fun(val):
+            val = body_fun(val)
+        return val
+    specs = [spec_of(x) for x in leaves]
+    cond_graph, cond_cap, _ = trace_body(lambda *xs: cond_fun(unflatten(treedef, xs)), specs)
+    body_graph, body_cap, out_def = trace_body(lambda *xs: body_fun(unflatten(treedef, xs)), specs)
+    if out_def != treedef:
+        raise TypeError("while_loop: body_fun must return the structure it was given")
+    out = bind(
+        "while_loop",
+        *cond_cap,
+        *body_cap,
+        *leaves,
+        cond=captures_first(cond_graph, len(leaves)),
+        body=captures_first(body_graph, len(leaves)),
+        num_cond_consts=len(cond_cap),
+        num_body_consts=len(body_cap),
+        max_iterations=int(max_iterations),
+    )
+    return unflatten(treedef, out)
+
+
+def fori_loop(lower, upper, body_fun, init_val):
+    """for i in range(lower, upper): val = body_fun(i, val). With Python-int bounds it is a
+    scan (so reverse mode works); with traced bounds, a while_loop."""
+    if isinstance(lower, (int, np.integer)) and isinstance(upper, (int, np.integer)):
+
+        def step(carry, _):
+            i, val = carry
+            return (i + 1, body_fun(i, val)), ()
+
+        (_, val), _ = scan(
+            step,
+            (np.asarray(lower, np.int64), init_val),
+            None,
+            length=max(int(upper) - int(lower), 0),
+        )
+        return val
+
+    def keep_going(carry):
+        return carry[0] < carry[1]
+
+    def step(carry):
+        i, stop, val = carry
+        return i + 1, stop, body_fun(i, val)
+
+    _, _, val = while_loop(
+        keep_going, step, (gnp.astype(lower, "int64"), gnp.astype(upper, "int64"), init_val)
+    )
+    return val
 
 
 def _while_shape(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
@@ -339,7 +377,7 @@ def _while_shape(*args, cond, body, num_cond_consts, num_body_consts, max_iterat
         num_cond_consts, num_body_consts, max_iterations
     ) < 0 or num_cond_consts + num_body_consts > len(args):
         raise ShapeError("bad num_cond_consts, num_body_consts or max_iterations")
-    cc, bc, carry = _while_split(args, num_cond_consts, num_body_consts)
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
     check_signature(cond, cc + carry, "cond")
     check_signature(body, bc + carry, "body")
     if [p.spec for p in cond.outputs] != [Spec((), "bool")]:
@@ -353,18 +391,31 @@ def _while_shape(*args, cond, body, num_cond_consts, num_body_consts, max_iterat
 
 
 def _while_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
-    from ..errors import LimitError
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
+    return _run_while(cond, body, cc, bc, carry, max_iterations)
 
-    cc, bc, carry = _while_split(args, num_cond_consts, num_body_consts)
-    iterations = 0
-    while run_body(cond, cc + carry)[0]:
-        if iterations == max_iterations:
-            raise LimitError(
-                f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
-            )
-        carry = run_body(body, bc + carry)
-        iterations += 1
-    return tuple(carry)
+
+def _while_jvp_full(
+    primals, tangents, cond, body, num_cond_consts, num_body_consts, max_iterations, loop_tapes
+):
+    """The primal loop records the carry entering every iteration on a loop tape (its trip
+    count is known only when it has run); a loop_tape linear in the tangents reads it."""
+    _cc, bc, carry = _cut(primals, num_cond_consts, num_body_consts)
+    _, t_bc, t_carry = _cut(tangents, num_cond_consts, num_body_consts)
+    *outs, tape = bind(
+        "while_record",
+        *primals,
+        cond=cond,
+        body=body,
+        num_cond_consts=num_cond_consts,
+        num_body_consts=num_body_consts,
+        max_iterations=max_iterations,
+    )
+    tangent_loop = functools.partial(
+        _bind_loop_tape, tape=tape, length=-1, num_tape=len(carry), reverse=False
+    )
+    t_outs = _tangents(body, bc, t_bc, carry, t_carry, [], [], tangent_loop, loop_tapes)
+    return tuple(outs), t_outs
 
 
 def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, max_iterations):
@@ -373,8 +424,8 @@ def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, ma
     from ..transforms import Program, batch, inline
 
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
-    cc, bc, carry = _while_split(list(args), num_cond_consts, num_body_consts)
-    f_cc, f_bc, f_carry = _while_split(list(batched), num_cond_consts, num_body_consts)
+    cc, bc, carry = _cut(list(args), num_cond_consts, num_body_consts)
+    f_cc, f_bc, f_carry = _cut(list(batched), num_cond_consts, num_body_consts)
     carry = [c if b else gnp.broadcast_to(c, (size,) + c.shape) for c, b in zip(carry, f_carry)]
     b_cond = batch(Program(cond), f_cc + [True] * len(carry), size).graph
     b_body = batch(Program(body), f_bc + [True] * len(carry), size).graph
@@ -384,7 +435,7 @@ def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, ma
         return (gnp.max(inline(b_cond, list(a))[0]),)
 
     def masked_body(*a):
-        c_consts, b_consts, c = a[:n_cc], a[n_cc : n_cc + n_bc], a[n_cc + n_bc :]
+        c_consts, b_consts, c = _cut(a, n_cc, n_bc)
         going = inline(b_cond, list(c_consts) + list(c))[0]
         new = inline(b_body, list(b_consts) + list(c))
         return tuple(
@@ -399,8 +450,8 @@ def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, ma
         *cc,
         *bc,
         *carry,
-        cond=trace_closed(any_cond, [c.spec for c in cc] + carry_specs),
-        body=trace_closed(masked_body, [c.spec for c in cc] + [c.spec for c in bc] + carry_specs),
+        cond=derived_body(any_cond, [c.spec for c in cc] + carry_specs),
+        body=derived_body(masked_body, [c.spec for c in cc] + [c.spec for c in bc] + carry_specs),
         num_cond_consts=n_cc,
         num_body_consts=n_cc + n_bc,
         max_iterations=max_iterations,
@@ -408,7 +459,7 @@ def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, ma
 
 
 def _while_retype(args, cond, body, num_cond_consts, num_body_consts, max_iterations):
-    cc, bc, carry = _while_split(args, num_cond_consts, num_body_consts)
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
     bc_specs = [c.spec for c in bc]
     carry_dtypes, _ = loop_retype(
         [c.dtype.name for c in carry],
@@ -436,8 +487,7 @@ primitive(
     arity=(0, None),
     attrs=WHILE_ATTRS,
     multiple_results=True,
-    jvp=lambda primals, tangents, outs, **attrs: _while_jvp_full(primals, tangents, **attrs)[1],
-    jvp_full=lambda primals, tangents, **attrs: _while_jvp_full(primals, tangents, **attrs),
+    jvp_full=_while_jvp_full,
     batch=_while_batch,
     retype=_while_retype,
 )
@@ -450,26 +500,8 @@ primitive(
 # (its trip count is known only when it has run), and so is scan under a tape budget (the tape
 # then keeps checkpoints and recomputes the rest).
 
-_mode = threading.local()
-
-
-class tape_mode:
-    """Within it, scans are differentiated through loop tapes (used under a tape budget)."""
-
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        self.before = getattr(_mode, "on", False)
-        _mode.on = self.on
-
-    def __exit__(self, *exc):
-        _mode.on = self.before
-
 
 def _no_second_order(*args, **kwargs):
-    from ..errors import GraphError
-
     raise GraphError(
         "derivatives of a loop's derivative (second order) through a while_loop, "
         "or through a scan under a tape budget, are not supported; use a scan "
@@ -478,30 +510,16 @@ def _no_second_order(*args, **kwargs):
     )
 
 
-def _carry_bytes(carry) -> int:
-    return int(sum(np.asarray(c).nbytes for c in carry))
-
-
 def _scan_record_impl(*args, body, length, num_consts, num_carry, reverse):
-    from ..tape import LoopTape
+    consts, carry, xs = _cut(args, num_consts, num_carry)
 
-    consts, carry, xs = _split(args, num_consts, num_carry)
+    def advance(k, c):  # iteration k again, for the tape to recompute a carry it dropped
+        i = length - 1 - k if reverse else k
+        return tuple(run_body(body, consts + list(c) + [x[i] for x in xs])[:num_carry])
 
-    def index(k):
-        return length - 1 - k if reverse else k
-
-    def advance(k, c):
-        return tuple(run_body(body, consts + list(c) + [x[index(k)] for x in xs])[:num_carry])
-
-    tape = LoopTape(advance, _carry_bytes(carry), len(body_plan(body).steps))
-    ys = [np.empty((length,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
-    for k in range(length):
-        tape.record(k, tuple(carry))
-        out = run_body(body, consts + list(carry) + [x[index(k)] for x in xs])
-        carry = out[:num_carry]
-        for buffer, y in zip(ys, out[num_carry:]):
-            buffer[index(k)] = y
-    return tuple(carry) + tuple(ys) + (tape,)
+    tape = _new_tape(advance, body, carry)
+    out = _run_scan(body, consts, carry, xs, num_carry, length, reverse, record=tape.record)
+    return out + (tape,)
 
 
 primitive(
@@ -516,25 +534,9 @@ primitive(
 
 
 def _while_record_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
-    from ..errors import LimitError
-    from ..tape import LoopTape
-
-    cc, bc, carry = _while_split(args, num_cond_consts, num_body_consts)
-    tape = LoopTape(
-        lambda k, c: tuple(run_body(body, bc + list(c))),
-        _carry_bytes(carry),
-        len(body_plan(body).steps),
-    )
-    k = 0
-    while run_body(cond, cc + list(carry))[0]:
-        if k == max_iterations:
-            raise LimitError(
-                f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
-            )
-        tape.record(k, tuple(carry))
-        carry = run_body(body, bc + list(carry))
-        k += 1
-    return tuple(carry) + (tape,)
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
+    tape = _new_tape(lambda k, c: tuple(run_body(body, bc + list(c))), body, carry)
+    return _run_while(cond, body, cc, bc, carry, max_iterations, tape.record) + (tape,)
 
 
 primitive(
@@ -547,6 +549,8 @@ primitive(
     jvp=_no_second_order,
 )
 
+# inputs: consts, initial carry, xs, the tape; body: (consts, carry, recorded carry, x) ->
+# (carry, y). `length` is the recorded loop's (-1 for a while loop: no xs, no ys).
 # `linear`: the inputs the loop is linear in (its carry, tangent consts and xs); a JVP along
 # those only is the same loop on the tangents (reverse mode of an enclosing loop needs it).
 LOOP_TAPE_ATTRS = {
@@ -561,9 +565,24 @@ LOOP_TAPE_ATTRS = {
 }
 
 
-def _loop_tape_split(args, num_consts, num_carry):
-    consts, carry, rest = _split(args, num_consts, num_carry)
-    return consts, carry, rest[:-1], rest[-1]
+def _bind_loop_tape(
+    consts, carry, xs, body, linear, *, tape, length, num_tape, reverse, backward=False
+):
+    return bind(
+        "loop_tape",
+        *consts,
+        *carry,
+        *xs,
+        tape,
+        body=body,
+        length=length,
+        num_consts=len(consts),
+        num_carry=len(carry),
+        num_tape=num_tape,
+        backward=backward,
+        reverse=reverse,
+        linear=tuple(linear),
+    )
 
 
 def _loop_tape_shape(
@@ -573,63 +592,45 @@ def _loop_tape_shape(
         raise ShapeError("the last input of loop_tape must be a loop tape")
     if any(not 0 <= i < len(args) - 1 for i in linear):
         raise ShapeError(f"linear positions {linear} out of range")
-    consts, carry, xs, _ = _loop_tape_split(args, num_consts, num_carry)
-    if length < 0 and xs:
-        raise ShapeError("a loop tape of unknown length cannot scan inputs")
-    tape_specs = [
-        p.spec for p in body.inputs[num_consts + num_carry : num_consts + num_carry + num_tape]
-    ]
-    x_specs = [Spec(x.shape[1:], x.dtype) for x in xs]
-    if any(not x.shape or x.shape[0] != length for x in xs):
-        raise ShapeError(f"scanned inputs must have a leading axis of {length}")
-    check_signature(body, consts + carry + tape_specs + x_specs, "body")
-    outs = [p.spec for p in body.outputs]
-    if outs[:num_carry] != carry:
-        raise ShapeError("the body must give back a carry of the shape and dtype it gets")
-    if length < 0 and len(outs) > num_carry:
-        raise ShapeError("a loop tape of unknown length cannot stack outputs")
-    return tuple(carry + [Spec((length,) + s.shape, s.dtype) for s in outs[num_carry:]])
+    consts, carry, xs = _cut(args[:-1], num_consts, num_carry)
+    if length < 0 and (xs or len(body.outputs) > num_carry):
+        raise ShapeError("a loop tape of unknown length cannot scan inputs or stack outputs")
+    recorded = body.inputs[num_consts + num_carry : num_consts + num_carry + num_tape]
+    return _loop_shape(consts, carry, [p.spec for p in recorded], xs, body, length)
 
 
 def _loop_tape_impl(
     *args, body, length, num_consts, num_carry, num_tape, backward, reverse, linear
 ):
-    consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
-    n = tape.length
-    ys = [np.empty((n,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
-    for k, tape_carry in tape.backward() if backward else tape.forward():
-        i = n - 1 - k if reverse else k
-        out = run_body(body, consts + list(carry) + list(tape_carry) + [x[i] for x in xs])
-        carry = out[:num_carry]
-        for buffer, y in zip(ys, out[num_carry:]):
-            buffer[i] = y
-    return tuple(carry) + tuple(ys)
+    (consts, carry, xs), tape = _cut(args[:-1], num_consts, num_carry), args[-1]
+    steps = tape.backward() if backward else tape.forward()
+    return _run_scan(body, consts, carry, xs, num_carry, tape.length, reverse, steps=steps)
 
 
 def _loop_tape_transpose(
-    cts, *args, body, length, num_consts, num_carry, num_tape, backward, reverse, linear
+    cts,
+    *args,
+    body,
+    length,
+    num_consts,
+    num_carry,
+    num_tape,
+    backward,
+    reverse,
+    linear,
+    loop_tapes,
 ):
-    consts, carry, xs, tape = _loop_tape_split(args, num_consts, num_carry)
-
-    def run_backwards(p_consts, init, xs, step, n_consts, n_carry, linear):
-        return bind(
-            "loop_tape",
-            *p_consts,
-            *init,
-            *xs,
-            tape,
-            body=step,
-            length=length,
-            num_consts=n_consts,
-            num_carry=n_carry,
-            num_tape=num_tape,
-            backward=not backward,
-            reverse=reverse,
-            linear=tuple(linear),
-        )
-
+    (consts, carry, xs), tape = _cut(args[:-1], num_consts, num_carry), args[-1]
+    backwards = functools.partial(
+        _bind_loop_tape,
+        tape=tape,
+        length=length,
+        num_tape=num_tape,
+        backward=not backward,
+        reverse=reverse,
+    )
     ct_consts, ct_carry, ct_xs = _transpose_loop(
-        cts, consts, carry, xs, body, num_tape, run_backwards
+        cts, consts, carry, xs, body, num_tape, backwards, loop_tapes
     )
     return tuple(ct_consts + ct_carry + ct_xs) + (None,)
 
@@ -637,33 +638,19 @@ def _loop_tape_transpose(
 def _loop_tape_batch(
     args, batched, body, length, num_consts, num_carry, num_tape, backward, reverse, linear
 ):
-    from ..transforms import Program, batch
-
-    size = next(a.shape[0] for a, b in zip(args, batched) if b)
-    consts, carry, xs, tape = _loop_tape_split(list(args), num_consts, num_carry)
-    b_consts, b_carry, b_xs, _ = _loop_tape_split(list(batched), num_consts, num_carry)
-    carry = [c if b else gnp.broadcast_to(c, (size,) + c.shape) for c, b in zip(carry, b_carry)]
-    xs = [gnp.moveaxis(x, 0, 1) if b else x for x, b in zip(xs, b_xs)]
-    flags = b_consts + [True] * num_carry + [False] * num_tape + b_xs
-    out = bind(
-        "loop_tape",
-        *consts,
-        *carry,
-        *xs,
-        tape,
-        body=batch(Program(body), flags, size).graph,
+    bind_loop = functools.partial(
+        _bind_loop_tape,
+        linear=linear,
+        tape=args[-1],
         length=length,
-        num_consts=num_consts,
-        num_carry=num_carry,
         num_tape=num_tape,
         backward=backward,
         reverse=reverse,
-        linear=linear,
     )
-    return tuple(out[:num_carry]) + tuple(gnp.moveaxis(y, 1, 0) for y in out[num_carry:])
+    return _batch_loop(args[:-1], batched[:-1], num_consts, num_carry, num_tape, body, bind_loop)
 
 
-def _loop_tape_jvp(primals, tangents, outs, *, linear, **attrs):
+def _loop_tape_jvp(primals, tangents, outs, *, linear, loop_tapes, **attrs):
     """Along its linear inputs only, a loop_tape's JVP is the same loop on the tangents (zeros
     for linear inputs without one). A tangent of the tape or of a primal input is second order."""
     if any(t is not None and i not in linear for i, t in enumerate(tangents)):
@@ -689,11 +676,15 @@ primitive(
 )
 
 
-def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop):
+# ---- the derivative loops, for every loop kind ---------------------------------------------
+
+
+def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop, loop_tapes):
     """The tangents of a loop's outputs, from a second loop linear in the tangents whose body
-    reads the primal carry of each iteration. `tangent_loop(consts, init, xs, step)` binds that
-    loop: a scan over the stacked carries, or a loop_tape over a recorded tape; either way the
-    step gets (consts, tangent consts, tangent carry, primal carry, x, tangent x)."""
+    reads the primal carry of each iteration. `tangent_loop(consts, init, xs, step, linear)`
+    binds that loop: a scan over the stacked carries, or a loop_tape over a recorded tape;
+    either way the step gets (consts, tangent consts, tangent carry, primal carry, x, tangent x).
+    """
     from ..transforms import inline
 
     num_consts, num_carry = len(consts), len(carry)
@@ -705,20 +696,13 @@ def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop):
         which_consts
         + [num_consts + i for i in diff_carry]
         + [num_consts + num_carry + i for i in which_xs],
+        loop_tapes,
     )
     n_c, n_tc, n_t, n_x = num_consts, len(which_consts), len(diff_carry), len(xs)
 
     def step(*a):
-        pc, tc, tcarry = a[:n_c], a[n_c : n_c + n_tc], a[n_c + n_tc : n_c + n_tc + n_t]
-        rest = a[n_c + n_tc + n_t :]
-        p_carry, p_x, tx = (
-            rest[:num_carry],
-            rest[num_carry : num_carry + n_x],
-            rest[num_carry + n_x :],
-        )
-        t_out = inline(
-            tangent_graph, list(pc) + list(p_carry) + list(p_x) + list(tc) + list(tcarry) + list(tx)
-        )
+        pc, tc, tcarry, p_carry, p_x, tx = _cut(a, n_c, n_tc, n_t, num_carry, n_x)
+        t_out = inline(tangent_graph, pc + p_carry + p_x + tc + tcarry + tx)
         return tuple(t_out[i] for i in diff_carry) + t_out[num_carry:]
 
     specs = (
@@ -734,16 +718,13 @@ def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop):
         for i in diff_carry
     ]
     # the tangent loop is linear in the tangent consts, its carry and the tangent xs
-    linear = (
-        list(range(n_c, n_c + n_tc))
-        + list(range(n_c + n_tc, n_c + n_tc + n_t))
-        + list(range(n_c + n_tc + n_t + n_x, n_c + n_tc + n_t + n_x + len(which_xs)))
-    )
+    first_tx = n_c + n_tc + n_t + n_x
+    linear = list(range(n_c, n_c + n_tc + n_t)) + list(range(first_tx, first_tx + len(which_xs)))
     t_outs = tangent_loop(
         list(consts) + [t_consts[i] for i in which_consts],
         init,
         list(xs) + [t_xs[i] for i in which_xs],
-        trace_closed(step, specs),
+        derived_body(step, specs),
         linear,
     )
     t_carry_out = [None] * num_carry
@@ -753,37 +734,58 @@ def _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop):
     return tuple(t_carry_out + t_ys)
 
 
-def _while_jvp_full(
-    primals, tangents, cond, body, num_cond_consts, num_body_consts, max_iterations
-):
-    _cc, bc, carry = _while_split(primals, num_cond_consts, num_body_consts)
-    _, t_bc, t_carry = _while_split(tangents, num_cond_consts, num_body_consts)
-    recorded = bind(
-        "while_record",
-        *primals,
-        cond=cond,
-        body=body,
-        num_cond_consts=num_cond_consts,
-        num_body_consts=num_body_consts,
-        max_iterations=max_iterations,
-    )
-    outs, tape = recorded[:-1], recorded[-1]
+def _transpose_loop(cts, consts, carry, xs, body, num_tape, backwards, loop_tapes):
+    """The transpose of a loop (scan, or loop_tape reading `num_tape` recorded carries) that is
+    linear in its carry, some consts and some xs: it runs the other way, the carry's cotangent
+    flowing from the last iteration to the first, the linear consts' cotangents accumulating in
+    extra carries, the linear xs' cotangents stacked. Every carry of such a loop is linear; one
+    that starts from a constant zero (a symbolically zero tangent) just gets no cotangent.
 
-    def tangent_loop(consts, init, xs, step, linear):
-        return bind(
-            "loop_tape",
-            *consts,
-            *init,
-            *xs,
-            tape,
-            body=step,
-            length=-1,
-            num_consts=len(consts),
-            num_carry=len(init),
-            num_tape=len(carry),
-            backward=False,
-            reverse=False,
-            linear=tuple(linear),
+    `backwards(consts, init, xs, step, linear)` binds the reversed loop. Returns the
+    cotangents of consts, carry and xs, in that order (None where not linear)."""
+    from ..transforms import inline
+
+    num_consts, num_carry = len(consts), len(carry)
+    lin_consts = [i for i, c in enumerate(consts) if isinstance(c, Linear)]
+    lin_xs = [i for i, x in enumerate(xs) if isinstance(x, Linear)]
+    p_consts = [c for c in consts if not isinstance(c, Linear)]
+    p_xs = [x for x in xs if not isinstance(x, Linear)]
+    first_x = num_consts + num_carry + num_tape
+    linear = lin_consts + [num_consts + i for i in range(num_carry)] + [first_x + i for i in lin_xs]
+    transposed = transposed_body(body, linear, loop_tapes)
+    ct_carry, ct_ys = list(cts[:num_carry]), list(cts[num_carry:])
+    diff_ys = [j for j, p in enumerate(body.outputs[num_carry:]) if differentiable(p.spec)]
+    tape_specs = [p.spec for p in body.inputs[num_consts + num_carry : first_x]]
+    n_pc, n_acc = len(p_consts), len(lin_consts)
+
+    def step(*a):
+        pc, ctc, acc, tc, px, cty = _cut(a, n_pc, num_carry, n_acc, num_tape, len(p_xs))
+        ct_lin_consts, ct_carry_in, ct_xs = _cut(
+            inline(transposed, pc + tc + px + ctc + cty), n_acc, num_carry
         )
+        return tuple(ct_carry_in + [s + c for s, c in zip(acc, ct_lin_consts)] + ct_xs)
 
-    return outs, _tangents(body, bc, t_bc, carry, t_carry, [], [], tangent_loop)
+    specs = (
+        [c.spec for c in p_consts]
+        + [c.spec for c in carry]
+        + [consts[i].spec for i in lin_consts]
+        + tape_specs
+        + [Spec(x.shape[1:], x.dtype) for x in p_xs]
+        + [Spec(ct_ys[j].shape[1:], ct_ys[j].dtype) for j in diff_ys]
+    )
+    init = ct_carry + [gnp.zeros(consts[i].shape, consts[i].dtype) for i in lin_consts]
+    # the reversed loop is linear in its carry (cotangents and accumulators) and the ys' cotangents
+    n_init = num_carry + n_acc
+    linear = list(range(n_pc, n_pc + n_init)) + [
+        n_pc + n_init + len(p_xs) + j for j in range(len(diff_ys))
+    ]
+    back = backwards(
+        p_consts, init, p_xs + [ct_ys[j] for j in diff_ys], derived_body(step, specs), linear
+    )
+    ct_consts, ct_xs = [None] * num_consts, [None] * len(xs)
+    ct_init = [back[j] if isinstance(carry[j], Linear) else None for j in range(num_carry)]
+    for j, i in enumerate(lin_consts):
+        ct_consts[i] = back[num_carry + j]
+    for j, i in enumerate(lin_xs):
+        ct_xs[i] = back[num_carry + n_acc + j]
+    return ct_consts, ct_init, ct_xs

@@ -40,11 +40,14 @@ def _sum_dtype(dtype):
 REDUCE_ATTRS = {"axes": "ints", "keepdims": "bool"}
 
 
-def reduction(name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None):
+def reduction(
+    name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None, fresh=False
+):
     primitive(
         name,
         impl=impl,
         attrs=REDUCE_ATTRS,
+        fresh=fresh,
         jvp=jvp,
         transpose=transpose,
         shape=lambda x, axes, keepdims: Spec(
@@ -153,7 +156,7 @@ def _inexact_dtype(dtype):
     return dtype
 
 
-reduction("logsumexp", _logsumexp_impl, _logsumexp_jvp, out_dtype=_inexact_dtype)
+reduction("logsumexp", _logsumexp_impl, _logsumexp_jvp, out_dtype=_inexact_dtype, fresh=True)
 
 
 def _arg_shape(x, axes, keepdims):
@@ -195,6 +198,7 @@ primitive(
     impl=lambda x, axis: np.cumsum(x, axis=axis),
     shape=_cumsum_shape,
     attrs={"axis": "int"},
+    fresh=True,
     jvp=lambda primals, tangents, ans, axis: (
         None if tangents[0] is None else gnp.cumsum(tangents[0], axis=axis)
     ),
