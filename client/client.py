@@ -29,6 +29,7 @@ from gradserve.engine.arguments import (
     coerce,
     single,
 )
+from gradserve.engine.docstrings import CLIENT, backend_docstring
 from gradserve.engine.graph import Graph
 from gradserve.engine.numerical import GradCheck
 from gradserve.engine.plan import Stats
@@ -333,43 +334,8 @@ class Client:
         """
         return getattr(self._local, "stats", RemoteStats())
 
+    @backend_docstring(CLIENT)
     def evaluate(self, graph: Graph, *args, timeout=None):
-        """The graph's outputs at `args`.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to run.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        ndarray or tuple of ndarray
-            The output when the graph has one, else a tuple with one array per output.
-
-        Raises
-        ------
-        ValueError
-            An argument's shape differs from its input's.
-        TypeError
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, or more memory than the server has;
-            or a `gs.while_loop` ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         args = _arguments(graph, args)
         reply = self._call(
             "Evaluate",
@@ -381,57 +347,8 @@ class Client:
         )
         return from_value(reply.outputs)
 
+    @backend_docstring(CLIENT)
     def value_and_grad(self, graph: Graph, *args, argnums=0, timeout=None):
-        """The value of a graph with one real scalar output, and its gradient.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        value : ndarray
-            The output, a 0-d array.
-        grad : ndarray or tuple of ndarray
-            For an int `argnums`, the gradient with respect to that input, of its shape and
-            dtype; for a sequence, a tuple of them in the order of `argnums`.
-
-        Raises
-        ------
-        ValueError
-            An index in `argnums` is out of range; or an argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-            not an int or a sequence of ints, or names an input that is not float or complex; or
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-
-        See Also
-        --------
-        grad : the gradient alone.
-        check_grad : the gradient compared with finite differences.
-        """
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
@@ -445,100 +362,12 @@ class Client:
         )
         return result_array(reply.value), from_value(reply.grad)
 
+    @backend_docstring(CLIENT)
     def grad(self, graph: Graph, *args, argnums=0, timeout=None):
-        """The gradient of a graph with one real scalar output: `value_and_grad` without the
-        value.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        ndarray or tuple of ndarray
-            For an int `argnums`, the gradient with respect to that input, of its shape and
-            dtype; for a sequence, a tuple of them in the order of `argnums`.
-
-        Raises
-        ------
-        ValueError
-            An index in `argnums` is out of range; or an argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-            not an int or a sequence of ints, or names an input that is not float or complex; or
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         return self.value_and_grad(graph, *args, argnums=argnums, timeout=timeout)[1]
 
+    @backend_docstring(CLIENT)
     def vjp(self, graph: Graph, primals, cotangents, timeout=None):
-        """Vector-Jacobian product (reverse mode): the outputs at `primals` and the cotangents
-        of every input.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to differentiate; any outputs.
-        primals : sequence of array_like
-            One value per graph input, in order, converted as `args` are for `evaluate`.
-        cotangents : array_like or tuple of array_like
-            One per graph output, of that output's shape (converted to its dtype); a graph with
-            one output also takes the array itself. The cotangents of outputs that are not
-            float or complex are ignored (None will do).
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        outputs : ndarray or tuple of ndarray
-            The outputs, as `evaluate` returns them.
-        input_cotangents : tuple of ndarray
-            One per graph input, of its shape and dtype: the sum over the outputs of
-            ``cotangent · d output / d input``; zeros for inputs that are not float or complex.
-
-        Raises
-        ------
-        ValueError
-            A cotangent's shape differs from its output's; or an argument's shape differs from its
-            input's.
-        TypeError
-            The number of cotangents differs from the graph's outputs, or a cotangent's dtype does
-            not convert to its output's; or `graph` is not a `gs.Graph`, the number of arguments
-            differs from the graph's inputs, or an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         single = len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
@@ -563,50 +392,8 @@ class Client:
         )
         return from_value(reply.outputs), tuple(result_array(t) for t in reply.input_cotangents)
 
+    @backend_docstring(CLIENT)
     def jvp(self, graph: Graph, primals, tangents, timeout=None):
-        """Jacobian-vector product (forward mode): the outputs at `primals` and their
-        derivatives along `tangents`.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to differentiate; any outputs.
-        primals : sequence of array_like
-            One value per graph input, in order, converted as `args` are for `evaluate`.
-        tangents : sequence of array_like
-            One per graph input, of that input's shape and dtype (converted as `primals`
-            are); those of inputs that are not float or complex are ignored.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        outputs : ndarray or tuple of ndarray
-            The outputs, as `evaluate` returns them.
-        output_tangents : ndarray or tuple of ndarray
-            The directional derivative of each output, of its shape and dtype, structured as
-            `outputs` (an array when the graph has one output); zeros for outputs that are not
-            float or complex.
-
-        Raises
-        ------
-        ValueError
-            An argument's shape differs from its input's.
-        TypeError
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, or more memory than the server has;
-            or a `gs.while_loop` ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
@@ -620,58 +407,8 @@ class Client:
         )
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
+    @backend_docstring(CLIENT)
     def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", timeout=None):
-        """The Jacobian of every output with respect to the inputs named by `argnums`.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to differentiate; any outputs.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        mode : {"auto", "fwd", "rev"}, optional
-            "fwd": one batched forward-mode pass per input in `argnums`, over all its elements
-            at once; "rev": one batched reverse-mode pass per output. "auto" (the default)
-            takes "fwd" when the inputs in `argnums` have fewer elements in total than the
-            outputs, else "rev". The result is the same.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        ndarray or tuple
-            The block of output ``k`` and input ``argnums[j]`` has shape
-            ``outputs[k].shape + inputs[argnums[j]].shape``: its element ``[o..., i...]`` is
-            ``d out[o...] / d in[i...]``. With one output and an int `argnums`, that block;
-            with a sequence `argnums`, a tuple of blocks over `argnums`; with several outputs,
-            a tuple over the outputs of those: ``J[k][j]`` (``J[k]`` for an int `argnums`).
-
-        Raises
-        ------
-        ValueError
-            `mode` is not "auto", "fwd" or "rev"; an index in `argnums` is out of range; or an
-            argument's shape differs from its input's.
-        TypeError
-            `argnums` is not an int or a sequence of ints, or names an input that is not float or
-            complex; or `graph` is not a `gs.Graph`, the number of arguments differs from the
-            graph's inputs, or an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
@@ -687,52 +424,8 @@ class Client:
         )
         return from_value(reply.jacobian)
 
+    @backend_docstring(CLIENT)
     def hvp(self, graph: Graph, primals, tangents, timeout=None):
-        """Hessian-vector product of a graph with one real scalar output: the derivative of its
-        gradient along `tangents` (forward mode over reverse mode).
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        primals : sequence of array_like
-            One value per graph input, in order, converted as `args` are for `evaluate`.
-        tangents : sequence of array_like
-            One per graph input, of that input's shape and dtype (converted as `primals`
-            are); those of inputs that are not float or complex are ignored.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        tuple of ndarray
-            One per graph input (a tuple even for one input), of its shape and dtype:
-            ``sum over j of H[i, j] · tangents[j]``, with H the Hessian over every float and
-            complex input; zeros for the other inputs.
-
-        Raises
-        ------
-        ValueError
-            An argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; or `graph` is
-            not a `gs.Graph`, the number of arguments differs from the graph's inputs, or an
-            argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.GraphError
-            The graph has a `gs.while_loop`: second derivatives through one are not supported.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         check_graph(graph)
         primals = _arguments(graph, tuple(primals), "primals")
         tangents = _arguments(graph, tuple(tangents), "tangents")
@@ -746,54 +439,8 @@ class Client:
         )
         return tuple(result_array(t) for t in reply.tangents)
 
+    @backend_docstring(CLIENT)
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
-        """The Hessian of a graph with one real scalar output, with respect to the inputs
-        named by `argnums` (forward mode over reverse mode).
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        ndarray or tuple of tuple of ndarray
-            For an int `argnums`, one array of shape ``x.shape + x.shape``, x the input; for a
-            sequence, a nested tuple ``H[i][j]`` of shape
-            ``inputs[argnums[i]].shape + inputs[argnums[j]].shape``.
-
-        Raises
-        ------
-        ValueError
-            An index in `argnums` is out of range; or an argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-            not an int or a sequence of ints, or names an input that is not float or complex; or
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.GraphError
-            The graph has a `gs.while_loop`: second derivatives through one are not supported.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         check_graph(graph)
         nums = _encode_argnums(argnums, graph)
         args = _arguments(graph, args)
@@ -807,61 +454,8 @@ class Client:
         )
         return from_value(reply.hessian)
 
+    @backend_docstring(CLIENT)
     def check_grad(self, graph: Graph, *args, method="central", timeout=None):
-        """The gradient compared with numerical differentiation, for a graph with one real
-        scalar output.
-
-        The gradient with respect to every float64 and float32 input (other inputs are held
-        fixed) is compared with finite differences, each element perturbed by a step scaled by
-        ``max(1, |x|)``; all the perturbations of an input are evaluated in a few batched
-        passes.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        method : {"central", "forward", "complex"}, optional
-            "central" (the default): ``(f(x + h) - f(x - h)) / 2h`` with h ≈ cbrt(eps);
-            "forward": ``(f(x + h) - f(x)) / h`` with h ≈ sqrt(eps); "complex": the complex
-            step ``Im f(x + ih) / h`` with h = 1e-20 (the input takes complex values), exact to
-            rounding where the graph is analytic. eps is the machine epsilon of the output's
-            dtype.
-        timeout : float, optional
-            Seconds this call may take, retries included; default (None): the Client's
-            `timeout`.
-
-        Returns
-        -------
-        gs.GradCheck
-            `ok` is True when every element agrees within ``tol · (max(1, |f|) + |numeric|)``,
-            tol being 100 sqrt(eps) ("central", "forward") or 100 eps ("complex"); with the
-            largest absolute and relative errors and both gradients, one array per input
-            checked.
-
-        Raises
-        ------
-        ValueError
-            `method` is not "central", "forward" or "complex"; or an argument's shape differs from
-            its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; the graph has
-            no float64 or float32 input; or `graph` is not a `gs.Graph`, the number of arguments
-            differs from the graph's inputs, or an argument's dtype does not convert to its input's.
-        gs.LimitError
-            Over one of the server's limits: a graph or array over its --max-nodes or
-            --max-elements, a request over --max-message-bytes, a tape over --max-tape-bytes that
-            loops cannot checkpoint to fit, or more memory than the server has; or a `gs.while_loop`
-            ran past its `max_iterations`.
-        gs.DeadlineExceeded
-            The timeout passed before the server answered; the server stops the computation.
-        gs.ServiceUnavailable
-            The server could not be reached, after the retries.
-        gs.ServiceError
-            Any other failure of the service (cancelled, internal error).
-        """
         args = _arguments(graph, args)
         if not isinstance(method, str):
             raise ValueError(

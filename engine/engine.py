@@ -13,6 +13,7 @@ import numpy as np
 
 from . import dtypes
 from .arguments import argnums_key, arguments, check_argnums, check_graph, coerce, single
+from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
@@ -190,99 +191,15 @@ class Engine:
 
     # ---- the API -----------------------------------------------------------------------
 
+    @backend_docstring(ENGINE)
     def evaluate(self, graph: Graph, *args, should_stop=None):
-        """The graph's outputs at `args`.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to run.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        ndarray or tuple of ndarray
-            The output when the graph has one, else a tuple with one array per output.
-
-        Raises
-        ------
-        ValueError
-            An argument's shape differs from its input's.
-        TypeError
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            A `gs.while_loop` ran past its `max_iterations`.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x, y: (x * y, x + y), 2.0, 3.0)
-        >>> gs.Engine().evaluate(graph, 2.0, 3.0)
-        (array(6.), array(5.))
-        """
         args = self._arguments(graph, args)
         plan = self._plan(graph, ("evaluate",), lambda loop_tapes: Program(graph))
         out = self._run(plan, args, tape=False, should_stop=should_stop)
         return _single_or_tuple(out, len(out) == 1)
 
+    @backend_docstring(ENGINE)
     def value_and_grad(self, graph: Graph, *args, argnums=0, should_stop=None):
-        """The value of a graph with one real scalar output, and its gradient.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        value : ndarray
-            The output, a 0-d array.
-        grad : ndarray or tuple of ndarray
-            For an int `argnums`, the gradient with respect to that input, of its shape and
-            dtype; for a sequence, a tuple of them in the order of `argnums`.
-
-        Raises
-        ------
-        ValueError
-            An index in `argnums` is out of range; or an argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-            not an int or a sequence of ints, or names an input that is not float or complex; or
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-
-        See Also
-        --------
-        grad : the gradient alone.
-        check_grad : the gradient compared with finite differences.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
-        >>> value, (g1, g2) = gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
-        >>> round(float(value), 6), float(g1), round(float(g2), 6)
-        (11.652071, 5.5, 1.716338)
-        """
         self._check_graph(graph)
         self._scalar_output(graph, "value_and_grad")
         nums = self._argnums(graph, argnums)
@@ -295,101 +212,12 @@ class Engine:
         value, *grads = self._run(plan, args, should_stop=should_stop)
         return value, _single_or_tuple(grads, single(argnums))
 
+    @backend_docstring(ENGINE)
     def grad(self, graph: Graph, *args, argnums=0, should_stop=None):
-        """The gradient of a graph with one real scalar output: `value_and_grad` without the
-        value.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        ndarray or tuple of ndarray
-            For an int `argnums`, the gradient with respect to that input, of its shape and
-            dtype; for a sequence, a tuple of them in the order of `argnums`.
-
-        Raises
-        ------
-        ValueError
-            An index in `argnums` is out of range; or an argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-            not an int or a sequence of ints, or names an input that is not float or complex; or
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x: gnp.sum(x * x), np.array([1.0, 2.0]))
-        >>> gs.Engine().grad(graph, np.array([1.0, 2.0]))
-        array([2., 4.])
-        """
         return self.value_and_grad(graph, *args, argnums=argnums, should_stop=should_stop)[1]
 
+    @backend_docstring(ENGINE)
     def vjp(self, graph: Graph, primals, cotangents, should_stop=None):
-        """Vector-Jacobian product (reverse mode): the outputs at `primals` and the cotangents
-        of every input.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to differentiate; any outputs.
-        primals : sequence of array_like
-            One value per graph input, in order, converted as `args` are for `evaluate`.
-        cotangents : array_like or tuple of array_like
-            One per graph output, of that output's shape (converted to its dtype); a graph with
-            one output also takes the array itself. The cotangents of outputs that are not
-            float or complex are ignored (None will do).
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        outputs : ndarray or tuple of ndarray
-            The outputs, as `evaluate` returns them.
-        input_cotangents : tuple of ndarray
-            One per graph input, of its shape and dtype: the sum over the outputs of
-            ``cotangent · d output / d input``; zeros for inputs that are not float or complex.
-
-        Raises
-        ------
-        ValueError
-            A cotangent's shape differs from its output's; or an argument's shape differs from its
-            input's.
-        TypeError
-            The number of cotangents differs from the graph's outputs, or a cotangent's dtype does
-            not convert to its output's; or `graph` is not a `gs.Graph`, the number of arguments
-            differs from the graph's inputs, or an argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x: x * x, np.array([1.0, 2.0]))
-        >>> outputs, (ct,) = gs.Engine().vjp(graph, (np.array([1.0, 2.0]),), np.ones(2))
-        >>> ct
-        array([2., 4.])
-        """
         self._check_graph(graph)
         primals = self._arguments(graph, tuple(primals), "primals")
         cotangents = (
@@ -419,49 +247,8 @@ class Engine:
         )
         return _single_or_tuple(out[:n], n == 1), input_cts
 
+    @backend_docstring(ENGINE)
     def jvp(self, graph: Graph, primals, tangents, should_stop=None):
-        """Jacobian-vector product (forward mode): the outputs at `primals` and their
-        derivatives along `tangents`.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to differentiate; any outputs.
-        primals : sequence of array_like
-            One value per graph input, in order, converted as `args` are for `evaluate`.
-        tangents : sequence of array_like
-            One per graph input, of that input's shape and dtype (converted as `primals`
-            are); those of inputs that are not float or complex are ignored.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        outputs : ndarray or tuple of ndarray
-            The outputs, as `evaluate` returns them.
-        output_tangents : ndarray or tuple of ndarray
-            The directional derivative of each output, of its shape and dtype, structured as
-            `outputs` (an array when the graph has one output); zeros for outputs that are not
-            float or complex.
-
-        Raises
-        ------
-        ValueError
-            An argument's shape differs from its input's.
-        TypeError
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            A `gs.while_loop` ran past its `max_iterations`.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x: gnp.sin(x), 0.0)
-        >>> gs.Engine().jvp(graph, (0.0,), (2.0,))
-        (array(0.), array(2.))
-        """
         self._check_graph(graph)
         primals = self._arguments(graph, tuple(primals), "primals")
         tangents = self._arguments(graph, tuple(tangents), "tangents")
@@ -475,59 +262,8 @@ class Engine:
         n = len(graph.outputs)
         return _single_or_tuple(out[:n], n == 1), _single_or_tuple(out[n:], n == 1)
 
+    @backend_docstring(ENGINE)
     def jacobian(self, graph: Graph, *args, argnums=0, mode="auto", should_stop=None):
-        """The Jacobian of every output with respect to the inputs named by `argnums`.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            The graph to differentiate; any outputs.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        mode : {"auto", "fwd", "rev"}, optional
-            "fwd": one batched forward-mode pass per input in `argnums`, over all its elements
-            at once; "rev": one batched reverse-mode pass per output. "auto" (the default)
-            takes "fwd" when the inputs in `argnums` have fewer elements in total than the
-            outputs, else "rev". The result is the same.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        ndarray or tuple
-            The block of output ``k`` and input ``argnums[j]`` has shape
-            ``outputs[k].shape + inputs[argnums[j]].shape``: its element ``[o..., i...]`` is
-            ``d out[o...] / d in[i...]``. With one output and an int `argnums`, that block;
-            with a sequence `argnums`, a tuple of blocks over `argnums`; with several outputs,
-            a tuple over the outputs of those: ``J[k][j]`` (``J[k]`` for an int `argnums`).
-
-        Raises
-        ------
-        ValueError
-            `mode` is not "auto", "fwd" or "rev"; an index in `argnums` is out of range; or an
-            argument's shape differs from its input's.
-        TypeError
-            `argnums` is not an int or a sequence of ints, or names an input that is not float or
-            complex; or `graph` is not a `gs.Graph`, the number of arguments differs from the
-            graph's inputs, or an argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x: 2.0 * gnp.sin(x), np.zeros(2))
-        >>> gs.Engine().jacobian(graph, np.zeros(2))
-        array([[2., 0.],
-               [0., 2.]])
-        """
         self._check_graph(graph)
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
@@ -546,52 +282,8 @@ class Engine:
         )
         return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
+    @backend_docstring(ENGINE)
     def hvp(self, graph: Graph, primals, tangents, should_stop=None):
-        """Hessian-vector product of a graph with one real scalar output: the derivative of its
-        gradient along `tangents` (forward mode over reverse mode).
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        primals : sequence of array_like
-            One value per graph input, in order, converted as `args` are for `evaluate`.
-        tangents : sequence of array_like
-            One per graph input, of that input's shape and dtype (converted as `primals`
-            are); those of inputs that are not float or complex are ignored.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        tuple of ndarray
-            One per graph input (a tuple even for one input), of its shape and dtype:
-            ``sum over j of H[i, j] · tangents[j]``, with H the Hessian over every float and
-            complex input; zeros for the other inputs.
-
-        Raises
-        ------
-        ValueError
-            An argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; or `graph` is
-            not a `gs.Graph`, the number of arguments differs from the graph's inputs, or an
-            argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-        gs.GraphError
-            The graph has a `gs.while_loop`: second derivatives through one are not supported.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x: gnp.sum(x**3), np.ones(2))
-        >>> gs.Engine().hvp(graph, (np.array([1.0, 2.0]),), (np.array([1.0, 0.0]),))
-        (array([6., 0.]),)
-        """
         self._check_graph(graph)
         self._scalar_output(graph, "hvp")
         primals = self._arguments(graph, tuple(primals), "primals")
@@ -616,54 +308,8 @@ class Engine:
             for i, p in enumerate(graph.inputs)
         )
 
+    @backend_docstring(ENGINE)
     def hessian(self, graph: Graph, *args, argnums=0, should_stop=None):
-        """The Hessian of a graph with one real scalar output, with respect to the inputs
-        named by `argnums` (forward mode over reverse mode).
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        argnums : int or sequence of int, optional
-            The inputs to differentiate with respect to: indices into ``graph.inputs``,
-            negative ones counting from the end; each a float or complex input. Default 0.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        ndarray or tuple of tuple of ndarray
-            For an int `argnums`, one array of shape ``x.shape + x.shape``, x the input; for a
-            sequence, a nested tuple ``H[i][j]`` of shape
-            ``inputs[argnums[i]].shape + inputs[argnums[j]].shape``.
-
-        Raises
-        ------
-        ValueError
-            An index in `argnums` is out of range; or an argument's shape differs from its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-            not an int or a sequence of ints, or names an input that is not float or complex; or
-            `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-            an argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-        gs.GraphError
-            The graph has a `gs.while_loop`: second derivatives through one are not supported.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x, y: x * x * y, 1.0, 3.0)
-        >>> gs.Engine().hessian(graph, 1.0, 3.0, argnums=(0, 1))
-        ((array(6.), array(2.)), (array(2.), array(0.)))
-        """
         self._check_graph(graph)
         self._scalar_output(graph, "hessian")
         nums = self._argnums(graph, argnums)
@@ -687,62 +333,8 @@ class Engine:
         )
         return self._nest(blocks, single(argnums), single(argnums))
 
+    @backend_docstring(ENGINE)
     def check_grad(self, graph: Graph, *args, method="central", should_stop=None):
-        """The gradient compared with numerical differentiation, for a graph with one real
-        scalar output.
-
-        The gradient with respect to every float64 and float32 input (other inputs are held
-        fixed) is compared with finite differences, each element perturbed by a step scaled by
-        ``max(1, |x|)``; all the perturbations of an input are evaluated in a few batched
-        passes.
-
-        Parameters
-        ----------
-        graph : gs.Graph
-            A graph whose one output is a float64 or float32 scalar.
-        *args : array_like
-            One value per graph input, in order: a number or an array of that input's shape,
-            converted to its dtype (see the Notes of `gs.Engine`).
-        method : {"central", "forward", "complex"}, optional
-            "central" (the default): ``(f(x + h) - f(x - h)) / 2h`` with h ≈ cbrt(eps);
-            "forward": ``(f(x + h) - f(x)) / h`` with h ≈ sqrt(eps); "complex": the complex
-            step ``Im f(x + ih) / h`` with h = 1e-20 (the input takes complex values), exact to
-            rounding where the graph is analytic. eps is the machine epsilon of the output's
-            dtype.
-        should_stop : callable, optional
-            Called with no arguments between operations (and before every control-flow
-            operation) while the call runs; raise an exception from it to abort the call,
-            which then raises that exception.
-
-        Returns
-        -------
-        gs.GradCheck
-            `ok` is True when every element agrees within ``tol · (max(1, |f|) + |numeric|)``,
-            tol being 100 sqrt(eps) ("central", "forward") or 100 eps ("complex"); with the
-            largest absolute and relative errors and both gradients, one array per input
-            checked.
-
-        Raises
-        ------
-        ValueError
-            `method` is not "central", "forward" or "complex"; or an argument's shape differs from
-            its input's.
-        TypeError
-            The graph does not have exactly one output, a float64 or float32 scalar; the graph has
-            no float64 or float32 input; or `graph` is not a `gs.Graph`, the number of arguments
-            differs from the graph's inputs, or an argument's dtype does not convert to its input's.
-        gs.LimitError
-            The reverse pass would hold more than `max_tape_bytes` of tape (raised before anything
-            runs), a loop cannot be reversed within it, or a `gs.while_loop` ran past its
-            `max_iterations`.
-
-        Examples
-        --------
-        >>> graph = gs.trace(lambda x: gnp.sum(gnp.exp(x)), np.zeros(3))
-        >>> report = gs.Engine().check_grad(graph, np.zeros(3), method="complex")
-        >>> report.ok, report.max_abs_error
-        (True, 0.0)
-        """
         from .numerical import check_grad
 
         return check_grad(self, graph, args, method, should_stop)

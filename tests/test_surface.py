@@ -256,6 +256,22 @@ def test_docstring_examples_run():
     assert runner.summarize(verbose=False).failed == 0
 
 
+def test_client_docstring_examples_run_against_a_server(server):
+    """The Client's examples are the Engine's, run against a live server."""
+    parser = doctest.DocTestParser()
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    address = server.address
+    examples = 0
+    for name in sorted(n for n in vars(gs.Client) if not n.startswith("_")):
+        doc = inspect.getdoc(getattr(gs.Client, name)) or ""
+        doc = doc.replace('gs.Client("localhost:50051")', f"gs.Client({address!r})")
+        test = parser.get_doctest(doc, {"gs": gs, "gnp": gnp, "np": np}, name, None, 0)
+        examples += len(test.examples)
+        runner.run(test)
+    assert examples >= 9
+    assert runner.summarize(verbose=False).failed == 0
+
+
 # ---- stats reprs -----------------------------------------------------------------------------
 
 
