@@ -17,6 +17,15 @@ argnums : int or sequence of int, optional
     The inputs to differentiate with respect to: indices into ``graph.inputs``,
     negative ones counting from the end; each a float or complex input. Default 0."""
 
+GRADIENT_ERRORS = """\
+ValueError
+    An index in `argnums` is out of range; or an argument's shape differs from its input's.
+TypeError
+    The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
+    not an int or a sequence of ints, or names an input that is not float or complex; or
+    `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
+    an argument's dtype does not convert to its input's."""
+
 ENGINE = {
     "backend": "gs.Engine()",
     "call": """\
@@ -69,7 +78,9 @@ def backend_docstring(backend: dict):
 
     def decorate(method):
         template = TEMPLATES[method.__name__]
-        method.__doc__ = template.format(args=ARGS, argnums=ARGNUMS, **backend)
+        method.__doc__ = template.format(
+            args=ARGS, argnums=ARGNUMS, gradient_errors=GRADIENT_ERRORS, **backend
+        )
         return method
 
     return decorate
@@ -127,13 +138,7 @@ grad : ndarray or tuple of ndarray
 
 Raises
 ------
-ValueError
-    An index in `argnums` is out of range; or an argument's shape differs from its input's.
-TypeError
-    The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-    not an int or a sequence of ints, or names an input that is not float or complex; or
-    `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-    an argument's dtype does not convert to its input's.
+{gradient_errors}
 {tape_limits}
 
 See Also
@@ -169,13 +174,7 @@ ndarray or tuple of ndarray
 
 Raises
 ------
-ValueError
-    An index in `argnums` is out of range; or an argument's shape differs from its input's.
-TypeError
-    The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-    not an int or a sequence of ints, or names an input that is not float or complex; or
-    `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-    an argument's dtype does not convert to its input's.
+{gradient_errors}
 {tape_limits}
 
 Examples
@@ -374,13 +373,7 @@ ndarray or tuple of tuple of ndarray
 
 Raises
 ------
-ValueError
-    An index in `argnums` is out of range; or an argument's shape differs from its input's.
-TypeError
-    The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
-    not an int or a sequence of ints, or names an input that is not float or complex; or
-    `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-    an argument's dtype does not convert to its input's.
+{gradient_errors}
 {tape_limits}
 gs.GraphError
     The graph has a `gs.while_loop`: second derivatives through one are not supported.
