@@ -1,4 +1,8 @@
-"""The dtypes a graph may carry, and NumPy's promotion between them."""
+"""The dtypes a graph may carry, and NumPy's promotion between them.
+
+In Python a dtype may be given in any spelling NumPy accepts (`canonical`); on the wire only
+the six names of SUPPORTED are dtypes (`wire_name`): no aliases ("double", "f8"), no byte
+orders (">f8": wire data is always little-endian), no internal pseudo-dtypes ("tape")."""
 
 import numpy as np
 
@@ -17,6 +21,19 @@ def canonical(dtype) -> str:
     if name not in SUPPORTED:
         raise TypeError(f"unsupported dtype {name!r}; gradserve carries {', '.join(SUPPORTED)}")
     return name
+
+
+def wire_name(name: str) -> str:
+    """`name` when it is one of the six dtype names the wire carries, else TypeError."""
+    if name in SUPPORTED:
+        return name
+    shown = repr(name)
+    if len(shown) > 40:
+        shown = shown[:40] + "..."
+    raise TypeError(
+        f"unsupported dtype {shown}; the wire carries exactly {', '.join(SUPPORTED)}"
+        " (by these names; data little-endian)"
+    )
 
 
 def is_differentiable(dtype: str) -> bool:

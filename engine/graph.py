@@ -16,6 +16,11 @@ import numpy as np
 from . import dtypes
 from .limits import DEFAULT_LIMITS, Limits
 
+# The version of the op set (the ops, their attributes and semantics) this engine implements.
+# A graph records the version it was written for (`Graph.opset`, the `opset` field of
+# gradserve.v1.Graph, where 0 or absent means 1); decoding refuses a newer one.
+OPSET = 1
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -125,6 +130,11 @@ class Graph:
         The arrays the graph holds, read-only, by name.
     nodes : tuple
         The operations, in the order they run.
+    opset : int
+        The op set version the graph was written for (`gs.trace` writes the engine's, 1).
+    node_count : int
+        Nodes, subgraphs included (a subgraph counts each time a node holds it): what
+        ``Limits.max_nodes`` bounds.
     """
 
     def __init__(
@@ -136,10 +146,19 @@ class Graph:
         *,
         declared_outputs: Sequence[Spec] | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        outer: Mapping[str, Spec] | None = None,
+        opset: int = OPSET,
     ):
-        from .validate import check_graph
+        from .validate import check_graph, count_nodes
 
+        if not isinstance(opset, int) or not 1 <= opset <= OPSET:
+            from .errors import GraphError
+
+            raise GraphError(
+                f"op set version {opset!r}: this engine supports op set version {OPSET}"
+                f" (and earlier)",
+                "opset",
+            )
+        self.opset = opset
         self.inputs = tuple(Port(n, s) for n, s in inputs)
         self.constants = {name: readonly(value) for name, value in constants.items()}
         self.nodes = tuple(nodes)
@@ -151,8 +170,8 @@ class Graph:
             output_names,
             declared_outputs,
             limits,
-            outer or {},
         )
+        self.node_count = count_nodes(self.nodes)
         self.outputs = tuple(Port(n, self.avals[n]) for n in output_names)
         self._digest = None
 
@@ -208,7 +227,9 @@ class Graph:
         ------
         gs.GraphError
             The bytes are not such a message, or the graph fails the checker (`where` names
-            the offending node or field).
+            the offending node or field): among others, a dtype other than the six names, an
+            op internal to the engine (in a subgraph too), or an `opset` newer than this
+            engine's.
         gs.LimitError
             The graph or one of its arrays is over `limits`.
 

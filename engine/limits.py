@@ -10,7 +10,8 @@ class Limits:
     Parameters
     ----------
     max_nodes : int, optional
-        Nodes in one graph, subgraphs included. Default 1_000_000.
+        Nodes in one graph, subgraphs included (a subgraph counts once for each node that
+        holds it). Default 1_000_000.
     max_elements : int, optional
         Elements of any one value of a graph (an input, a constant, an intermediate result)
         and of any array a server decodes from a request. Default 2**28 (2 GiB of float64).

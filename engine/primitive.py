@@ -40,7 +40,13 @@ Flags:
   same number): shape ops such as reshape and broadcast_to;
 - `pure_broadcast`: the output is the first input broadcast to the output's shape, nothing
   else: an elementwise op reading it may read the first input instead;
-- `multiple_results`: the op gives a tuple of outputs (control flow).
+- `multiple_results`: the op gives a tuple of outputs (control flow);
+- `internal`: the engine records the op in graphs it builds itself (the loop-tape ops of
+  reverse mode) and no client may send it: decoding a graph from bytes (`Graph.from_bytes`,
+  the server) rejects it, in subgraphs too.
+
+Attribute kinds: int, float, str, bool, ints, floats, graph (a subgraph), and dtype: a str that
+is one of the six dtype names (never an alias such as "double" or ">f8", nor "tape").
 
 Ops with subgraph attributes (control flow) differentiate their bodies inside their `jvp`,
 `jvp_full` and `transpose` rules, so those rules also get `loop_tapes`, a keyword: whether the
@@ -53,6 +59,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from . import dtypes
 from .graph import Graph
 
 ATTR_KINDS = {
@@ -65,6 +72,7 @@ ATTR_KINDS = {
     ),
     "floats": lambda v: isinstance(v, tuple) and all(isinstance(x, float) for x in v),
     "graph": lambda v: isinstance(v, Graph),
+    "dtype": lambda v: isinstance(v, str) and v in dtypes.SUPPORTED,
 }
 
 
@@ -112,6 +120,7 @@ class Primitive:
         constant: bool = False,
         splat_preserving: bool = False,
         pure_broadcast: bool = False,
+        internal: bool = False,
     ):
         self.name = name
         self.impl = impl
@@ -135,6 +144,7 @@ class Primitive:
         self.constant = constant
         self.splat_preserving = splat_preserving
         self.pure_broadcast = pure_broadcast
+        self.internal = internal
         # ops with subgraphs (control flow) get the transformation's options in their rules
         self.subgraphs = tuple(a for a, kind in self.attrs.items() if kind == "graph")
 

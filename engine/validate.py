@@ -1,16 +1,37 @@
 """The graph checker: known ops, typed attributes, arity, SSA, topological order, shape and
-dtype inference, sizes within limits. Every failure is a GraphError naming the node or field."""
+dtype inference, sizes within limits. Every failure is a GraphError naming the node or field.
+
+Subgraphs are closed: a subgraph (already checked when it was made) sees only its own inputs,
+constants and nodes, never a value of the enclosing graph; its names are its own."""
 
 from __future__ import annotations
 
+from . import dtypes
 from .errors import GraphError, LimitError
 from .primitive import ATTR_KINDS, PRIMITIVES
 
 
-def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
-    if len(nodes) > limits.max_nodes:
-        raise LimitError(f"{len(nodes)} nodes, over the limit of {limits.max_nodes}", "graph.nodes")
-    avals = dict(outer)
+def count_nodes(nodes) -> int:
+    """Nodes, subgraphs included: a subgraph counts each time a node holds it."""
+    from .graph import Graph
+
+    return len(nodes) + sum(
+        value.node_count
+        for node in nodes
+        for value in node.attrs.values()
+        if isinstance(value, Graph)
+    )
+
+
+def check_graph(inputs, constants, nodes, outputs, declared, limits):
+    """The avals of the graph's own values and outputs; GraphError (LimitError) on a fault."""
+    total = count_nodes(nodes)
+    if total > limits.max_nodes:
+        raise LimitError(
+            f"{total} nodes (subgraphs included), over the limit of {limits.max_nodes}",
+            "graph.nodes",
+        )
+    avals = {}
     local = set()
 
     def define(name, spec, where):
@@ -90,6 +111,11 @@ def _check_attrs(prim, attrs, where):
         extra = sorted(set(attrs) - set(prim.attrs))
         raise GraphError(f"attributes: missing {missing}, unexpected {extra}", where)
     for name, kind in prim.attrs.items():
+        if kind == "dtype" and isinstance(attrs[name], str):
+            try:
+                dtypes.wire_name(attrs[name])
+            except TypeError as exc:
+                raise GraphError(f"attribute {name!r}: {exc}", where) from None
         if not ATTR_KINDS[kind](attrs[name]):
             raise GraphError(
                 f"attribute {name!r} must be {kind}, got {type(attrs[name]).__name__}", where

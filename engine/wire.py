@@ -1,9 +1,12 @@
 """The protobuf wire format of proto/gradserve/v1/graph.proto: tensors to and from NumPy
 arrays, graphs to and from the Graph IR.
 
-Decoding checks every size before it allocates: a tensor's byte length must equal
-prod(shape) * itemsize, and prod(shape) must be within the limits. Whatever the bytes, the
-only exception that comes out is GraphError. The service's own messages (TensorRef, Value,
+Decoding accepts exactly what graph.proto documents: the six dtype names (no aliases, no byte
+orders, no internal pseudo-dtype) wherever a dtype appears, public ops only (an op declared
+`internal` is refused at any depth of subgraphs), closed subgraphs, and an op set version no
+newer than the engine's. It checks every size before it allocates: a tensor's byte length must
+equal prod(shape) * itemsize, and prod(shape) must be within the limits. Whatever the bytes,
+the only exception that comes out is GraphError. The service's own messages (TensorRef, Value,
 digests) are encoded in gradserve.protocol, on top of the tensor functions here."""
 
 from __future__ import annotations
@@ -14,8 +17,14 @@ from gradserve.v1 import graph_pb2 as pb
 
 from . import dtypes
 from .errors import GraphError, LimitError
-from .graph import Graph, Node, Port, Spec
+from .graph import OPSET, Graph, Node, Port, Spec
 from .limits import DEFAULT_LIMITS, Limits
+from .primitive import PRIMITIVES
+
+# The op set version a Graph message with `opset` 0 (absent) was written for; the canonical
+# encoding leaves it implicit, so graphs written before the field existed keep their bytes and
+# digests.
+IMPLICIT_OPSET = 1
 
 # ---- tensors ------------------------------------------------------------------------------------
 # A tensor travels as its dtype name, its shape and its raw little-endian C-order bytes. Graph
@@ -64,7 +73,7 @@ def to_tensor(array) -> pb.Tensor:
 def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "tensor"):
     """The array a Tensor carries: a read-only view of the message's bytes (native byte order).
 
-    Checked before anything is allocated: a supported dtype, no negative dimension, prod(shape)
+    Checked before anything is allocated: one of the six dtype names, no negative dimension, prod(shape)
     within `limits.max_elements` (else LimitError) and a byte length of prod(shape) * itemsize;
     any failure is a GraphError whose `where` is `where`."""
     wire = _WIRE.get(msg.dtype)
@@ -86,9 +95,9 @@ def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "t
 
 
 def _from_tensor_checked(msg: pb.Tensor, limits: Limits, where: str):
-    """from_tensor one check at a time, for the exact error (and dtype aliases such as "f8")."""
+    """from_tensor one check at a time, for the exact error."""
     try:
-        dtype = dtypes.canonical(msg.dtype)
+        dtype = dtypes.wire_name(msg.dtype)
     except TypeError as exc:
         raise GraphError(str(exc), f"{where}.dtype") from None
     shape = tuple(msg.shape)
@@ -125,14 +134,17 @@ def _attr_to_proto(name, value) -> pb.Attribute:
     if isinstance(value, str):
         return pb.Attribute(name=name, s=value)
     if isinstance(value, Graph):
-        return pb.Attribute(name=name, graph=graph_to_proto(value))
+        return pb.Attribute(name=name, graph=graph_to_proto(value, subgraph=True))
     if all(isinstance(v, float) for v in value) and value:
         return pb.Attribute(name=name, floats=pb.Floats(values=value))
     return pb.Attribute(name=name, ints=pb.Ints(values=value))
 
 
-def graph_to_proto(graph: Graph) -> pb.Graph:
+def graph_to_proto(graph: Graph, subgraph: bool = False) -> pb.Graph:
+    """The canonical message: `opset` only on the outermost graph and only when it is not
+    IMPLICIT_OPSET (subgraphs share the enclosing graph's)."""
     return pb.Graph(
+        opset=0 if subgraph or graph.opset == IMPLICIT_OPSET else graph.opset,
         inputs=[
             pb.ValueInfo(name=p.name, dtype=p.spec.dtype, shape=p.spec.shape) for p in graph.inputs
         ],
@@ -154,12 +166,12 @@ def graph_to_proto(graph: Graph) -> pb.Graph:
 
 def _spec(info, where) -> Spec:
     try:
-        return Spec(tuple(info.shape), info.dtype)
+        return Spec(tuple(info.shape), dtypes.wire_name(info.dtype))
     except (TypeError, ValueError) as exc:
         raise GraphError(str(exc), where) from None
 
 
-def _attr_from_proto(attr, limits, outer, where):
+def _attr_from_proto(attr, limits, opset, where):
     kind = attr.WhichOneof("value")
     if kind is None:
         raise GraphError(f"attribute {attr.name!r} has no value", where)
@@ -169,13 +181,37 @@ def _attr_from_proto(attr, limits, outer, where):
         return tuple(attr.floats.values)
     if kind == "graph":
         try:
-            return graph_from_proto(attr.graph, limits, outer)
+            return graph_from_proto(attr.graph, limits, enclosing_opset=opset)
         except GraphError as exc:  # name the node that holds the subgraph, then the place in it
             raise GraphError(exc.reason, f"{where} attribute {attr.name!r} > {exc.where}") from None
     return getattr(attr, kind)
 
 
-def graph_from_proto(msg: pb.Graph, limits: Limits = DEFAULT_LIMITS, outer=None) -> Graph:
+def _opset(msg: pb.Graph, enclosing: int | None) -> int:
+    if enclosing is not None:  # a subgraph: the enclosing graph's version, or nothing
+        if msg.opset not in (0, enclosing):
+            raise GraphError(
+                f"a subgraph's opset must be 0 (unset) or the enclosing graph's ({enclosing}),"
+                f" got {msg.opset}",
+                "opset",
+            )
+        return enclosing
+    opset = msg.opset or IMPLICIT_OPSET
+    if opset > OPSET:
+        raise GraphError(
+            f"the graph was written for op set version {opset}; this server supports op set"
+            f" version {OPSET} (0 or unset means 1)",
+            "opset",
+        )
+    return opset
+
+
+def graph_from_proto(
+    msg: pb.Graph, limits: Limits = DEFAULT_LIMITS, *, enclosing_opset: int | None = None
+) -> Graph:
+    """The Graph a message describes, checked. Subgraphs are decoded with the enclosing
+    graph's op set version and see none of its values."""
+    opset = _opset(msg, enclosing_opset)
     inputs = [Port(i.name, _spec(i, f"inputs[{k}] {i.name!r}")) for k, i in enumerate(msg.inputs)]
     constants = {}
     for k, c in enumerate(msg.constants):
@@ -186,11 +222,18 @@ def graph_from_proto(msg: pb.Graph, limits: Limits = DEFAULT_LIMITS, outer=None)
     nodes = []
     for k, n in enumerate(msg.nodes):
         where = f"node {k} '{n.op}'"
+        prim = PRIMITIVES.get(n.op)
+        if prim is not None and prim.internal:
+            raise GraphError(
+                f"op {n.op!r} is internal to the engine (it records loop tapes for reverse"
+                " mode) and is not accepted on the wire",
+                where,
+            )
         attrs = {}
         for a in n.attributes:
             if a.name in attrs:
                 raise GraphError(f"attribute {a.name!r} appears twice", where)
-            attrs[a.name] = _attr_from_proto(a, limits, outer, where)
+            attrs[a.name] = _attr_from_proto(a, limits, opset, where)
         nodes.append(Node(n.op, tuple(n.inputs), tuple(n.outputs), attrs))
     declared = [_spec(o, f"outputs[{k}] {o.name!r}") for k, o in enumerate(msg.outputs)]
     return Graph(
@@ -200,7 +243,7 @@ def graph_from_proto(msg: pb.Graph, limits: Limits = DEFAULT_LIMITS, outer=None)
         [o.name for o in msg.outputs],
         declared_outputs=declared,
         limits=limits,
-        outer=outer,
+        opset=opset,
     )
 
 

@@ -719,7 +719,7 @@ from gradserve.engine.primitive import PRIMITIVES  # noqa: E402
 GEN_OPS = sorted(n for n, p in PRIMITIVES.items() if "graph" not in p.attrs.values())
 GEN_DTYPES = ["float64", "float32", "int64", "int32", "bool", "complex128"]
 GEN_STRS = {
-    "dtype": GEN_DTYPES + ["float16"],
+    "dtype": GEN_DTYPES + ["float16", "double", ">f8", "tape"],
     "subscripts": [
         "ij->ji",
         "i->",
@@ -767,7 +767,7 @@ def generated_graphs(draw):
                 attrs[name] = draw(st.sampled_from([0.0, 1.5, -2.0]))
             elif kind == "bool":
                 attrs[name] = draw(st.booleans())
-            elif kind == "str":
+            elif kind in ("str", "dtype"):
                 attrs[name] = draw(st.sampled_from(GEN_STRS.get(name, ["x"])))
             elif kind == "ints" and name == "index":
                 entries = []

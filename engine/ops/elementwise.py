@@ -405,7 +405,7 @@ primitive(
     "convert",
     impl=_convert_impl,
     shape=_convert_shape,
-    attrs={"dtype": "str"},
+    attrs={"dtype": "dtype"},
     jvp=_convert_jvp,
     transpose=lambda ct, x, dtype: (gnp.astype(ct, x.dtype),),
     batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype),

@@ -530,6 +530,7 @@ primitive(
     shape=lambda *a, **k: _scan_shape(*a, **k) + (Spec((), dtypes.TAPE),),
     multiple_results=True,
     jvp=_no_second_order,
+    internal=True,
 )
 
 
@@ -547,6 +548,7 @@ primitive(
     shape=lambda *a, **k: _while_shape(*a, **k) + (Spec((), dtypes.TAPE),),
     multiple_results=True,
     jvp=_no_second_order,
+    internal=True,
 )
 
 # inputs: consts, initial carry, xs, the tape; body: (consts, carry, recorded carry, x) ->
@@ -673,6 +675,7 @@ primitive(
     jvp=_loop_tape_jvp,
     transpose=_loop_tape_transpose,
     batch=_loop_tape_batch,
+    internal=True,
 )
 
 

@@ -173,7 +173,7 @@ primitive(
     impl=lambda shape, dtype, value: np.full(shape, value, dtype),
     shape=_full_shape,
     arity=0,
-    attrs={"shape": "ints", "dtype": "str", "value": "float"},
+    attrs={"shape": "ints", "dtype": "dtype", "value": "float"},
     constant=True,
     fresh=True,
     splat=lambda shape, dtype, value: value,

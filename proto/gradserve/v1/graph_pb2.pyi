@@ -79,13 +79,15 @@ class Constant(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Graph(_message.Message):
-    __slots__ = ("inputs", "constants", "nodes", "outputs")
+    __slots__ = ("inputs", "constants", "nodes", "outputs", "opset")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     CONSTANTS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    OPSET_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[ValueInfo]
     constants: _containers.RepeatedCompositeFieldContainer[Constant]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     outputs: _containers.RepeatedCompositeFieldContainer[ValueInfo]
-    def __init__(self, inputs: _Optional[_Iterable[_Union[ValueInfo, _Mapping]]] = ..., constants: _Optional[_Iterable[_Union[Constant, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ValueInfo, _Mapping]]] = ...) -> None: ...
+    opset: int
+    def __init__(self, inputs: _Optional[_Iterable[_Union[ValueInfo, _Mapping]]] = ..., constants: _Optional[_Iterable[_Union[Constant, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ValueInfo, _Mapping]]] = ..., opset: _Optional[int] = ...) -> None: ...
