@@ -73,10 +73,10 @@ def _pairwise(a, b, sa, sb, out):
     sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, shape_out, perm_out = _pairwise_plan(
         sa, sb, out, a.shape, b.shape
     )
-    if sum_a:
-        a = a.sum(axis=sum_a)
-    if sum_b:
-        b = b.sum(axis=sum_b)
+    if sum_a or sum_b:  # sum in the result's precision, as np.einsum does
+        dtype = np.result_type(a, b)
+        a = a.sum(axis=sum_a, dtype=dtype) if sum_a else a
+        b = b.sum(axis=sum_b, dtype=dtype) if sum_b else b
     product = np.matmul(a.transpose(perm_a).reshape(shape_a), b.transpose(perm_b).reshape(shape_b))
     return product.reshape(shape_out).transpose(perm_out)
 

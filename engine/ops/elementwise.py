@@ -227,7 +227,7 @@ binary(
     "divide",
     operator.truediv,
     lambda tx, ty, x, y, ans: gnp.div_or_zero(
-        _either(tx, ty, lambda t: t, lambda t: -(t * ans)), y
+        _either(tx, ty, lambda t: t, lambda t: -gnp.mul_or_zero(t, ans)), y
     ),
     ufunc=np.true_divide,
     # linear in the numerator: a rule such as arctan's t / (1 + x*x) is transposed through it
