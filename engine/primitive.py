@@ -48,6 +48,12 @@ Flags:
 Attribute kinds: int, float, str, bool, ints, floats, graph (a subgraph), and dtype: a str that
 is one of the six dtype names (never an alias such as "double" or ">f8", nor "tape").
 
+Documentation: `doc`, an `OpDoc`, holds what the rules cannot say about the op on the wire: a
+one-line description, the operands' names in order, the result in words, what each attribute
+means, and who records the op. `python -m gradserve.engine.opdoc` renders every op's `doc`
+(with the attribute kinds, arity and dtype rules read from the primitive itself) into
+docs/wire.md.
+
 Ops with subgraph attributes (control flow) differentiate their bodies inside their `jvp`,
 `jvp_full` and `transpose` rules, so those rules also get `loop_tapes`, a keyword: whether the
 enclosing transformation differentiates loops through loop tapes (under a tape budget), to be
@@ -78,6 +84,33 @@ ATTR_KINDS = {
 
 class ShapeError(ValueError):
     """A shape rule's rejection; the checker wraps it in a GraphError naming the node."""
+
+
+class OpDoc(NamedTuple):
+    """An op's documentation (docs/wire.md), beside its rules.
+
+    - `summary`: one line, what the op computes;
+    - `operands`: the operands' names in order; a name starting with "*" stands for any number
+      of operands (the last such group takes what the others leave);
+    - `result`: the result's shape (and dtype, where the probe below does not show it), in words;
+    - `attrs`: attribute name -> its meaning (every attribute; the kind comes from `attrs`);
+    - `role`: who records the op: "front end" (gradserve.numpy, gs.nn, the control-flow
+      functions) or "derivative" (only derivative rules; a client may still send it); ops
+      no client may send are flagged `internal` on the primitive;
+    - `probe(dtype) -> (specs, attrs)`: operands and attributes of `dtype` to call the shape
+      rule with, so that the generated table shows the result dtype for each operand dtype;
+      None for ops where that says nothing (control flow).
+    """
+
+    summary: str
+    operands: tuple = ("x",)
+    result: str = ""
+    attrs: dict = {}  # noqa: RUF012  (never mutated)
+    role: str = "front end"
+    probe: Callable | None = None
+
+
+ROLES = ("front end", "derivative")
 
 
 class Linear(NamedTuple):
@@ -121,6 +154,7 @@ class Primitive:
         splat_preserving: bool = False,
         pure_broadcast: bool = False,
         internal: bool = False,
+        doc: OpDoc | None = None,
     ):
         self.name = name
         self.impl = impl
@@ -145,6 +179,7 @@ class Primitive:
         self.splat_preserving = splat_preserving
         self.pure_broadcast = pure_broadcast
         self.internal = internal
+        self.doc = doc
         # ops with subgraphs (control flow) get the transformation's options in their rules
         self.subgraphs = tuple(a for a, kind in self.attrs.items() if kind == "graph")
 

@@ -13,7 +13,7 @@ import numpy as np
 from .. import dtypes
 from .. import numpy as gnp
 from ..graph import Spec
-from ..primitive import Linear, ShapeError, primitive
+from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..tracing import bind
 
 LETTERS = set(string.ascii_letters)
@@ -153,4 +153,19 @@ primitive(
     jvp=_einsum_jvp,
     transpose=_einsum_transpose,
     batch=_einsum_batch,
+    doc=OpDoc(
+        "Einstein summation with explicit output subscripts: products of the operands' "
+        "elements, summed over every letter the output does not name (matmul, dot, outer and "
+        "tensordot are einsums)",
+        ("*operands",),
+        "one axis per output letter, of that letter's size; the dtype the operands promote to",
+        {
+            "subscripts": 'explicit form "ij,jk->ik": one term per operand, comma-separated, '
+            'then exactly one "->" and the output term; letters a-z and A-Z only (no "...", '
+            "no spaces); a term has one letter per axis of its operand; a letter repeated "
+            "within a term takes a diagonal; equal letters have equal sizes (no broadcasting); "
+            "the output letters are distinct and each appears in some operand"
+        },
+        probe=lambda dtype: ([Spec((2,), dtype)] * 2, {"subscripts": "i,i->"}),
+    ),
 )

@@ -13,7 +13,7 @@ keeps is only what crosses the node boundary: for cond and checkpoint, the opera
 from __future__ import annotations
 
 from .. import numpy as gnp
-from ..primitive import Linear, ShapeError, primitive
+from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..pytree import flatten, unflatten
 from ..tracing import bind, spec_of
 from .bodies import (
@@ -151,6 +151,19 @@ primitive(
     transpose=_cond_transpose,
     batch=_cond_batch,
     retype=_cond_retype,
+    doc=OpDoc(
+        "runs true_branch on the operands if pred is true, else false_branch (gs.cond). The "
+        "front end passes the operands, then the values the true branch reads from the "
+        "enclosing graph, then those the false branch reads; each branch takes all of them",
+        ("pred", "*operands"),
+        "one result per branch output: the outputs of the branch taken",
+        {
+            "true_branch": "subgraph (*operands) -> (*results): inputs of exactly the "
+            "operands' shapes and dtypes, in order",
+            "false_branch": "subgraph (*operands) -> (*results), the same inputs as "
+            "true_branch and outputs of the same shapes and dtypes",
+        },
+    ),
 )
 
 
@@ -215,4 +228,15 @@ primitive(
     transpose=_checkpoint_transpose,
     batch=_checkpoint_batch,
     retype=lambda args, body: bind("checkpoint", *args, body=retyped(body, [a.spec for a in args])),
+    doc=OpDoc(
+        "runs body on the operands; reverse mode keeps only the operands and runs body again "
+        "(gs.checkpoint). The front end passes the arguments, then the values the function "
+        "reads from the enclosing graph",
+        ("*operands",),
+        "one result per body output",
+        {
+            "body": "subgraph (*operands) -> (*results): inputs of exactly the operands' "
+            "shapes and dtypes, in order"
+        },
+    ),
 )

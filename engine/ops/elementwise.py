@@ -15,7 +15,8 @@ import operator
 import numpy as np
 
 from .. import numpy as gnp
-from ..primitive import ShapeError, primitive
+from ..graph import Spec
+from ..primitive import OpDoc, ShapeError, primitive
 from ..tracing import bind
 from .common import batch_elementwise, broadcast_tangent, elementwise_shape, unbroadcast
 
@@ -24,8 +25,14 @@ def _real(x):
     return x.real if np.iscomplexobj(x) else x
 
 
-def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None, simplify=None):
-    """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative."""
+def same_dtype_probe(arity):
+    """An elementwise op's dtype probe: `arity` scalar operands of one dtype."""
+    return lambda dtype: ([Spec((), dtype)] * arity, {})
+
+
+def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None, simplify=None, doc):
+    """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative. `doc`: the
+    one-line description (docs/wire.md)."""
 
     def jvp(primals, tangents, ans):
         t = tangents[0]
@@ -42,6 +49,7 @@ def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None, simpli
         elementwise=True,
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
         simplify=simplify,
+        doc=OpDoc(doc, ("x",), "the shape of x", probe=same_dtype_probe(1)),
     )
 
 
@@ -53,34 +61,66 @@ unary(
     linear=True,
     ufunc=np.negative,
     simplify=lambda args, splats, out: None if splats[0] is None else -splats[0],
+    doc="-x",
 )
-unary("exp", np.exp, lambda t, x, ans: t * ans)
-unary("expm1", np.expm1, lambda t, x, ans: t * (ans + 1))
-unary("log", np.log, lambda t, x, ans: gnp.div_or_zero(t, x))
-unary("log1p", np.log1p, lambda t, x, ans: gnp.div_or_zero(t, x + 1))
-unary("sqrt", np.sqrt, lambda t, x, ans: gnp.div_or_zero(t, ans * 2))
-unary("square", np.square, lambda t, x, ans: t * (x * 2), inexact=False)
-unary("sin", np.sin, lambda t, x, ans: t * gnp.cos(x))
-unary("cos", np.cos, lambda t, x, ans: t * -gnp.sin(x))
-unary("tan", np.tan, lambda t, x, ans: t * (ans * ans + 1))
-unary("arcsin", np.arcsin, lambda t, x, ans: gnp.div_or_zero(t, gnp.sqrt(1 - x * x)))
-unary("arccos", np.arccos, lambda t, x, ans: gnp.div_or_zero(-t, gnp.sqrt(1 - x * x)))
-unary("arctan", np.arctan, lambda t, x, ans: t / (x * x + 1))
-unary("sinh", np.sinh, lambda t, x, ans: t * gnp.cosh(x))
-unary("cosh", np.cosh, lambda t, x, ans: t * gnp.sinh(x))
-unary("tanh", np.tanh, lambda t, x, ans: t * (1 - ans * ans))
+unary("exp", np.exp, lambda t, x, ans: t * ans, doc="e to the power x")
+unary("expm1", np.expm1, lambda t, x, ans: t * (ans + 1), doc="exp(x) - 1, accurate near 0")
+unary("log", np.log, lambda t, x, ans: gnp.div_or_zero(t, x), doc="natural logarithm")
+unary(
+    "log1p",
+    np.log1p,
+    lambda t, x, ans: gnp.div_or_zero(t, x + 1),
+    doc="log(1 + x), accurate near 0",
+)
+unary(
+    "sqrt",
+    np.sqrt,
+    lambda t, x, ans: gnp.div_or_zero(t, ans * 2),
+    doc="square root (principal branch for complex)",
+)
+unary("square", np.square, lambda t, x, ans: t * (x * 2), inexact=False, doc="x * x")
+unary("sin", np.sin, lambda t, x, ans: t * gnp.cos(x), doc="sine (radians)")
+unary("cos", np.cos, lambda t, x, ans: t * -gnp.sin(x), doc="cosine (radians)")
+unary("tan", np.tan, lambda t, x, ans: t * (ans * ans + 1), doc="tangent (radians)")
+unary(
+    "arcsin",
+    np.arcsin,
+    lambda t, x, ans: gnp.div_or_zero(t, gnp.sqrt(1 - x * x)),
+    doc="inverse sine",
+)
+unary(
+    "arccos",
+    np.arccos,
+    lambda t, x, ans: gnp.div_or_zero(-t, gnp.sqrt(1 - x * x)),
+    doc="inverse cosine",
+)
+unary("arctan", np.arctan, lambda t, x, ans: t / (x * x + 1), doc="inverse tangent")
+unary("sinh", np.sinh, lambda t, x, ans: t * gnp.cosh(x), doc="hyperbolic sine")
+unary("cosh", np.cosh, lambda t, x, ans: t * gnp.sinh(x), doc="hyperbolic cosine")
+unary("tanh", np.tanh, lambda t, x, ans: t * (1 - ans * ans), doc="hyperbolic tangent")
 unary(
     "abs",
     lambda x: x * np.sign(x.real) if np.iscomplexobj(x) else np.abs(x),
     lambda t, x, ans: t * gnp.sign(x),
     inexact=False,
+    doc="|x|; for complex x it is x * sign(Re x) (the complex step's extension), not the modulus",
 )
-unary("sign", lambda x: np.sign(_real(x)), inexact=False)
-unary("floor", lambda x: np.floor(_real(x)), inexact=False)
-unary("ceil", lambda x: np.ceil(_real(x)), inexact=False)
-unary("round", lambda x: np.round(_real(x)), inexact=False)
-unary("isfinite", np.isfinite, inexact=False)
-unary("logical_not", np.logical_not, inexact=False)
+unary(
+    "sign",
+    lambda x: np.sign(_real(x)),
+    inexact=False,
+    doc="-1, 0 or 1 by the sign of x (of Re x for complex x)",
+)
+unary("floor", lambda x: np.floor(_real(x)), inexact=False, doc="floor (of Re x for complex x)")
+unary("ceil", lambda x: np.ceil(_real(x)), inexact=False, doc="ceiling (of Re x for complex x)")
+unary(
+    "round",
+    lambda x: np.round(_real(x)),
+    inexact=False,
+    doc="round to the nearest integer, halves to even (of Re x for complex x)",
+)
+unary("isfinite", np.isfinite, inexact=False, doc="true where x is neither inf nor nan")
+unary("logical_not", np.logical_not, inexact=False, doc="true where x is 0 (false)")
 
 
 def _sum_tangents(*terms):
@@ -94,9 +134,20 @@ def _sum_tangents(*terms):
 
 
 def binary(
-    name, fn, rule=None, *, inexact=False, transpose=None, ufunc=None, simplify=None, fresh=False
+    name,
+    fn,
+    rule=None,
+    *,
+    inexact=False,
+    transpose=None,
+    ufunc=None,
+    simplify=None,
+    fresh=False,
+    doc,
+    role="front end",
 ):
-    """`rule(tx, ty, x, y, ans)` gives the output tangent; tx or ty may be None (zero)."""
+    """`rule(tx, ty, x, y, ans)` gives the output tangent; tx or ty may be None (zero). `doc`:
+    the one-line description (docs/wire.md), `role` who records the op (see OpDoc)."""
 
     def jvp(primals, tangents, ans):
         tx, ty = tangents
@@ -117,6 +168,13 @@ def binary(
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
         simplify=simplify,
         fresh=fresh,
+        doc=OpDoc(
+            doc,
+            ("x", "y"),
+            "x and y broadcast together",
+            role=role,
+            probe=same_dtype_probe(2),
+        ),
     )
 
 
@@ -206,6 +264,7 @@ binary(
     ufunc=np.add,
     transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct),
     simplify=_neutral(0.0, 0, 1),
+    doc="x + y",
 )
 binary(
     "subtract",
@@ -214,6 +273,7 @@ binary(
     ufunc=np.subtract,
     transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct),
     simplify=_neutral(0.0, 1),
+    doc="x - y",
 )
 binary(
     "multiply",
@@ -222,6 +282,7 @@ binary(
     ufunc=np.multiply,
     transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct),
     simplify=_neutral(1.0, 0, 1, fold=operator.mul),
+    doc="x * y",
 )
 binary(
     "divide",
@@ -232,6 +293,7 @@ binary(
     ufunc=np.true_divide,
     # linear in the numerator: a rule such as arctan's t / (1 + x*x) is transposed through it
     transpose=lambda ct, x, y: (unbroadcast(ct / y, x.spec), None),
+    doc="x / y (true division)",
 )
 # As JAX: d/dx is 0 where y == 0 (x**0 is 1 everywhere, also at x = 0, where y * x**(y-1) is
 # 0 * inf; this also makes the Hessian of x**1 at 0 finite), and d/dy takes log(1) = 0 at x = 0
@@ -246,6 +308,7 @@ binary(
         lambda t: gnp.mul_or_zero(t, gnp.log(gnp.where(x == 0, 1, x)) * ans),
     ),
     inexact=True,
+    doc="x to the power y",
 )
 binary(
     "maximum",
@@ -253,6 +316,7 @@ binary(
     lambda tx, ty, x, y, ans: _either(
         tx, ty, lambda t: t * _tie_weight(x, y), lambda t: t * _tie_weight(y, x)
     ),
+    doc="the larger of x and y, x at ties (by real part for complex); nan if either is nan",
 )
 binary(
     "minimum",
@@ -260,6 +324,7 @@ binary(
     lambda tx, ty, x, y, ans: _either(
         tx, ty, lambda t: t * _tie_weight(y, x), lambda t: t * _tie_weight(x, y)
     ),
+    doc="the smaller of x and y, x at ties (by real part for complex); nan if either is nan",
 )
 
 
@@ -283,6 +348,7 @@ binary(
         lambda t: t * gnp.exp(y - _finite_or_zero(ans)),
     ),
     inexact=True,
+    doc="log(exp(x) + exp(y)), without overflow",
 )
 # div_or_zero is linear in its first operand: t / d, but exactly 0 wherever t is 0.
 # Zero-safe products for derivative rules: linear in each operand separately, like multiply.
@@ -297,6 +363,8 @@ binary(
         lambda ct, d: gnp.mul_or_zero(ct, d), lambda ct, t: gnp.mul_or_zero(t, ct)
     ),
     fresh=True,
+    doc="x * y, but exactly 0 wherever x or y is 0 (also when the other is inf or nan)",
+    role="derivative",
 )
 binary(
     "div_or_zero",
@@ -310,23 +378,25 @@ binary(
     inexact=True,
     transpose=lambda ct, t, d: (unbroadcast(gnp.div_or_zero(ct, d), t.spec), None),
     fresh=True,
+    doc="x / y, but exactly 0 wherever x is 0 (also when y is 0, inf or nan)",
+    role="derivative",
 )
 
-for _name, _fn in [
-    ("less", np.less),
-    ("less_equal", np.less_equal),
-    ("greater", np.greater),
-    ("greater_equal", np.greater_equal),
-    ("equal", np.equal),
-    ("not_equal", np.not_equal),
+for _name, _fn, _doc in [
+    ("less", np.less, "x < y"),
+    ("less_equal", np.less_equal, "x <= y"),
+    ("greater", np.greater, "x > y"),
+    ("greater_equal", np.greater_equal, "x >= y"),
+    ("equal", np.equal, "x == y"),
+    ("not_equal", np.not_equal, "x != y"),
 ]:
-    binary(_name, _compare(_fn))
-for _name, _fn in [
-    ("logical_and", np.logical_and),
-    ("logical_or", np.logical_or),
-    ("logical_xor", np.logical_xor),
+    binary(_name, _compare(_fn), doc=f"{_doc} (complex operands: their real parts)")
+for _name, _fn, _doc in [
+    ("logical_and", np.logical_and, "x and y, each true where nonzero"),
+    ("logical_or", np.logical_or, "x or y, each true where nonzero"),
+    ("logical_xor", np.logical_xor, "x xor y, each true where nonzero"),
 ]:
-    binary(_name, _fn)
+    binary(_name, _fn, doc=_doc)
 
 
 def _select_jvp(primals, tangents, ans):
@@ -367,6 +437,12 @@ primitive(
     batch=batch_elementwise("select"),
     elementwise=True,
     fresh=True,
+    doc=OpDoc(
+        "x where condition is true, else y",
+        ("condition", "x", "y"),
+        "condition (bool), x and y broadcast together; the dtype x and y promote to",
+        probe=lambda dtype: ([Spec((), "bool"), Spec((), dtype), Spec((), dtype)], {}),
+    ),
 )
 
 
@@ -411,4 +487,11 @@ primitive(
     batch=lambda args, batched, dtype: bind("convert", *args, dtype=dtype),
     elementwise=True,
     retype=_convert_retype,
+    doc=OpDoc(
+        "x converted to another dtype, as NumPy's astype: float to int truncates toward 0, "
+        "complex to real keeps the real part, nonzero to bool is true",
+        ("x",),
+        "the shape of x, of dtype `dtype`",
+        {"dtype": "the dtype to convert to, one of the six names"},
+    ),
 )

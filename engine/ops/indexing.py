@@ -12,10 +12,19 @@ import numpy as np
 
 from .. import numpy as gnp
 from ..graph import Spec
-from ..primitive import ShapeError, primitive
+from ..primitive import OpDoc, ShapeError, primitive
 from ..tracing import bind
 
 SLICE, INT, NEWAXIS, ARRAY = 0, 1, 2, 3
+INDEX_DOC = (
+    "four ints per entry, the entries in order: (0, start, stop, step) a slice, "
+    "0 <= start <= n, -1 <= stop <= n (-1: no stop, to the end or, with a negative step, to "
+    "the beginning), step not 0; (1, i, 0, 0) an integer 0 <= i < n, which drops the axis; "
+    "(2, 0, 0, 0) a new axis of size 1; (3, k, 0, 0) the k-th index-array operand (k = 0, 1, "
+    "... in the order the entries name them; int32 or int64 arrays, broadcast together, "
+    "placed as NumPy places advanced indices). Every axis of x is consumed by exactly one "
+    "entry that is not a new axis; n is the size of that axis"
+)
 
 
 def entries(index):
@@ -156,6 +165,13 @@ primitive(
         (bind("scatter_add", ct, *arrays, shape=x.shape, index=index),) + (None,) * len(arrays)
     ),
     batch=_getitem_batch,
+    doc=OpDoc(
+        "NumPy indexing x[index]: slices, integers, new axes and integer index arrays",
+        ("x", "*index_arrays"),
+        "NumPy's result shape for that index; the dtype of x",
+        {"index": INDEX_DOC},
+        probe=lambda dtype: ([Spec((2,), dtype)], {"index": (SLICE, 0, 1, 1)}),
+    ),
 )
 
 primitive(
@@ -177,6 +193,18 @@ primitive(
         (gnp_getitem(ct, arrays, index),) + (None,) * len(arrays)
     ),
     batch=_scatter_add_batch,
+    doc=OpDoc(
+        "zeros of a shape with updates added at [index] (repeated index-array entries "
+        "accumulate): the transpose of getitem",
+        ("updates", "*index_arrays"),
+        "`shape`, of the dtype of updates; updates must have the shape the index selects",
+        {
+            "shape": "the result's shape",
+            "index": "as for getitem, applied to an array of `shape`",
+        },
+        role="derivative",
+        probe=lambda dtype: ([Spec((1,), dtype)], {"shape": (2,), "index": (SLICE, 0, 1, 1)}),
+    ),
 )
 
 
@@ -245,4 +273,16 @@ primitive(
     jvp=_add_at_jvp,
     transpose=_add_at_transpose,
     batch=_add_at_batch,
+    doc=OpDoc(
+        "base with updates added at [index] (repeated index-array entries accumulate)",
+        ("base", "updates", "*index_arrays"),
+        "the shape and dtype of base; updates must have base's dtype and the shape the index "
+        "selects",
+        {"index": "as for getitem, applied to base"},
+        role="derivative",
+        probe=lambda dtype: (
+            [Spec((2,), dtype), Spec((1,), dtype)],
+            {"index": (SLICE, 0, 1, 1)},
+        ),
+    ),
 )

@@ -24,7 +24,7 @@ from .. import dtypes
 from .. import numpy as gnp
 from ..errors import GraphError, LimitError
 from ..graph import Graph, Spec
-from ..primitive import Linear, ShapeError, primitive
+from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..pytree import flatten, unflatten
 from ..tape import LoopTape
 from ..tracing import bind, spec_of
@@ -110,6 +110,20 @@ SCAN_ATTRS = {
     "num_carry": "int",
     "reverse": "bool",
 }
+SCAN_DOCS = {
+    "body": "subgraph (*consts, *carry, *x) -> (*new_carry, *y): x holds one slice x[i] of "
+    "each xs operand (its shape without the leading axis); new_carry has exactly the carry's "
+    "shapes and dtypes",
+    "length": "the number of iterations, >= 0: the leading axis of every xs operand",
+    "num_consts": "how many operands are consts, >= 0",
+    "num_carry": "how many operands after the consts are the initial carry, >= 0; the rest are xs",
+    "reverse": "run i = length-1 down to 0 instead of 0 up to length-1 (y of iteration i "
+    "still lands at index i)",
+}
+SCAN_RESULT = (
+    "the final carry, then each y stacked along a new leading axis of size length (shape "
+    "(length, *y.shape))"
+)
 
 
 def scan(f, init, xs, length=None, reverse=False):
@@ -298,6 +312,14 @@ primitive(
     transpose=_scan_transpose,
     batch=_scan_batch,
     retype=_scan_retype,
+    doc=OpDoc(
+        "a loop over the leading axis of xs carrying state (gs.scan, gs.fori_loop with "
+        "Python-int bounds): carry, y = body(consts, carry, xs[i]). The front end passes the "
+        "values the function reads from the enclosing graph as consts",
+        ("*consts", "*init", "*xs"),
+        SCAN_RESULT,
+        SCAN_DOCS,
+    ),
 )
 
 
@@ -311,6 +333,16 @@ WHILE_ATTRS = {
     "num_cond_consts": "int",
     "num_body_consts": "int",
     "max_iterations": "int",
+}
+WHILE_DOCS = {
+    "cond": "subgraph (*cond_consts, *carry) -> (keep_going): one bool scalar output",
+    "body": "subgraph (*body_consts, *carry) -> (*new_carry): new_carry has exactly the "
+    "carry's shapes and dtypes",
+    "num_cond_consts": "how many operands are cond_consts, >= 0",
+    "num_body_consts": "how many operands after those are body_consts, >= 0; the rest are "
+    "the initial carry",
+    "max_iterations": "the most iterations allowed, >= 0; one more fails the call with "
+    "LimitError (RESOURCE_EXHAUSTED). gs.while_loop's default is 1000000",
 }
 
 
@@ -490,6 +522,14 @@ primitive(
     jvp_full=_while_jvp_full,
     batch=_while_batch,
     retype=_while_retype,
+    doc=OpDoc(
+        "while cond(cond_consts, carry): carry = body(body_consts, carry) (gs.while_loop, "
+        "gs.fori_loop with traced bounds). The front end passes the values cond reads from "
+        "the enclosing graph as cond_consts, those body reads as body_consts",
+        ("*cond_consts", "*body_consts", "*init"),
+        "the final carry",
+        WHILE_DOCS,
+    ),
 )
 
 
@@ -531,6 +571,13 @@ primitive(
     multiple_results=True,
     jvp=_no_second_order,
     internal=True,
+    doc=OpDoc(
+        "scan that also records the carry entering every iteration on a loop tape (reverse "
+        "mode under a tape budget)",
+        ("*consts", "*init", "*xs"),
+        "as scan, then the loop tape",
+        SCAN_DOCS,
+    ),
 )
 
 
@@ -549,6 +596,13 @@ primitive(
     multiple_results=True,
     jvp=_no_second_order,
     internal=True,
+    doc=OpDoc(
+        "while_loop that also records the carry entering every iteration on a loop tape "
+        "(reverse mode through a while loop)",
+        ("*cond_consts", "*body_consts", "*init"),
+        "as while_loop, then the loop tape",
+        WHILE_DOCS,
+    ),
 )
 
 # inputs: consts, initial carry, xs, the tape; body: (consts, carry, recorded carry, x) ->
@@ -676,6 +730,23 @@ primitive(
     transpose=_loop_tape_transpose,
     batch=_loop_tape_batch,
     internal=True,
+    doc=OpDoc(
+        "a loop run once per iteration a loop tape recorded, forwards or backwards, its body "
+        "reading the carry recorded for that iteration (the derivative loops of while_loop, "
+        "and of scan under a tape budget)",
+        ("*consts", "*init", "*xs", "tape"),
+        "as scan",
+        {
+            "body": "subgraph (*consts, *carry, *recorded_carry, *x) -> (*new_carry, *y)",
+            "length": "the recorded loop's length; -1 for a while loop (then no xs and no y)",
+            "num_consts": SCAN_DOCS["num_consts"],
+            "num_carry": SCAN_DOCS["num_carry"],
+            "num_tape": "how many recorded carry values the body reads",
+            "backward": "read the tape from the last iteration to the first",
+            "reverse": SCAN_DOCS["reverse"],
+            "linear": "the operand positions the loop is linear in",
+        },
+    ),
 )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from .. import dtypes
 from .. import numpy as gnp
 from ..graph import Spec
-from ..primitive import ShapeError, primitive
+from ..primitive import OpDoc, ShapeError, primitive
 from .common import batch_shift_axes, normalize_axes
 
 
@@ -38,11 +38,22 @@ def _sum_dtype(dtype):
 
 
 REDUCE_ATTRS = {"axes": "ints", "keepdims": "bool"}
+REDUCE_DOCS = {
+    "axes": "the axes reduced: sorted, distinct, each in 0 .. ndim-1; () reduces none",
+    "keepdims": "keep each reduced axis, with size 1",
+}
+REDUCED = "the shape of x without the reduced axes (with them as 1 when keepdims)"
+
+
+def reduce_probe(dtype):
+    """A reduction's dtype probe: a vector of `dtype`, reduced along its axis."""
+    return [Spec((2,), dtype)], {"axes": (0,), "keepdims": False}
 
 
 def reduction(
-    name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None, fresh=False
+    name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None, fresh=False, doc
 ):
+    """`doc`: the one-line description (docs/wire.md)."""
     primitive(
         name,
         impl=impl,
@@ -54,6 +65,7 @@ def reduction(
             _reduced_shape(x, axes, keepdims, nonempty=nonempty), out_dtype(x.dtype)
         ),
         batch=batch_shift_axes(name),
+        doc=OpDoc(doc, ("x",), REDUCED, REDUCE_DOCS, probe=reduce_probe),
     )
 
 
@@ -139,14 +151,30 @@ reduction(
     _sum_jvp,
     out_dtype=_sum_dtype,
     transpose=_sum_transpose,
+    doc="sum over axes",
 )
-reduction("reduce_max", _extremum_impl(np.max), _extremum_jvp, nonempty=True)
-reduction("reduce_min", _extremum_impl(np.min), _extremum_jvp, nonempty=True)
+reduction(
+    "reduce_max",
+    _extremum_impl(np.max),
+    _extremum_jvp,
+    nonempty=True,
+    doc="largest element over axes (by real part for complex x); a reduced axis of size 0 "
+    "is rejected",
+)
+reduction(
+    "reduce_min",
+    _extremum_impl(np.min),
+    _extremum_jvp,
+    nonempty=True,
+    doc="smallest element over axes (by real part for complex x); a reduced axis of size 0 "
+    "is rejected",
+)
 reduction(
     "reduce_prod",
     lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims),
     _prod_jvp,
     out_dtype=_sum_dtype,
+    doc="product over axes",
 )
 
 
@@ -156,7 +184,15 @@ def _inexact_dtype(dtype):
     return dtype
 
 
-reduction("logsumexp", _logsumexp_impl, _logsumexp_jvp, out_dtype=_inexact_dtype, fresh=True)
+reduction(
+    "logsumexp",
+    _logsumexp_impl,
+    _logsumexp_jvp,
+    out_dtype=_inexact_dtype,
+    fresh=True,
+    doc="log(sum(exp(x))) over axes, shifted by the maximum so that it does not overflow "
+    "(-inf where every element is -inf)",
+)
 
 
 def _arg_shape(x, axes, keepdims):
@@ -176,7 +212,10 @@ def _arg_impl(pick):
     return impl
 
 
-for _name, _pick in [("argmax", np.argmax), ("argmin", np.argmin)]:
+for _name, _pick, _which in [
+    ("argmax", np.argmax, "largest"),
+    ("argmin", np.argmin, "smallest"),
+]:
     primitive(
         _name,
         impl=_arg_impl(_pick),
@@ -184,6 +223,19 @@ for _name, _pick in [("argmax", np.argmax), ("argmin", np.argmin)]:
         attrs=REDUCE_ATTRS,
         jvp=lambda primals, tangents, ans, axes, keepdims: None,
         batch=batch_shift_axes(_name),
+        doc=OpDoc(
+            f"index of the first {_which} element along the one axis of axes (by real part "
+            "for complex x); with axes () the index into x flattened in C order; x must not "
+            "be empty",
+            ("x",),
+            "int64; the shape of x without that axis (as 1 when keepdims); with axes (): a "
+            "scalar, or all ones when keepdims",
+            {
+                "axes": "one axis in 0 .. ndim-1, or () for the flattened array",
+                "keepdims": REDUCE_DOCS["keepdims"],
+            },
+            probe=reduce_probe,
+        ),
     )
 
 
@@ -204,4 +256,11 @@ primitive(
     ),
     transpose=lambda ct, x, axis: (gnp.flip(gnp.cumsum(gnp.flip(ct, axis), axis=axis), axis),),
     batch=batch_shift_axes("cumsum"),
+    doc=OpDoc(
+        "cumulative sum along axis",
+        ("x",),
+        "the shape of x",
+        {"axis": "the axis summed along, in 0 .. ndim-1"},
+        probe=lambda dtype: ([Spec((2,), dtype)], {"axis": 0}),
+    ),
 )

@@ -6,7 +6,7 @@ import numpy as np
 from .. import dtypes
 from .. import numpy as gnp
 from ..graph import Spec
-from ..primitive import Linear, ShapeError, primitive
+from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..tracing import bind
 from .common import batch_shift_axes, normalize_axes, unbroadcast
 
@@ -39,6 +39,13 @@ primitive(
     jvp=_linear_jvp("reshape"),
     transpose=lambda ct, x, shape: (gnp.reshape(ct, x.shape),),
     batch=lambda args, batched, shape: gnp.reshape(args[0], args[0].shape[:1] + shape),
+    doc=OpDoc(
+        "the elements of x, in C order, in a new shape",
+        ("x",),
+        "`shape`, of the dtype of x",
+        {"shape": "the new shape: no negative (no -1) dimension, as many elements as x"},
+        probe=lambda dtype: ([Spec((2,), dtype)], {"shape": (2, 1)}),
+    ),
 )
 
 
@@ -58,6 +65,13 @@ primitive(
     jvp=_linear_jvp("transpose"),
     transpose=lambda ct, x, perm: (gnp.transpose(ct, tuple(np.argsort(perm).tolist())),),
     batch=lambda args, batched, perm: gnp.transpose(args[0], (0,) + tuple(p + 1 for p in perm)),
+    doc=OpDoc(
+        "x with its axes permuted",
+        ("x",),
+        "axis i of the result is axis perm[i] of x",
+        {"perm": "a permutation of 0 .. ndim-1"},
+        probe=lambda dtype: ([Spec((2, 1), dtype)], {"perm": (1, 0)}),
+    ),
 )
 
 
@@ -88,6 +102,14 @@ primitive(
     jvp=_linear_jvp("broadcast_to"),
     transpose=lambda ct, x, shape: (unbroadcast(ct, x.spec),),
     batch=_broadcast_batch,
+    doc=OpDoc(
+        "x broadcast to a shape (NumPy's rules: x's shape, aligned on the right, has each "
+        "dimension equal to the target's or 1)",
+        ("x",),
+        "`shape`, of the dtype of x",
+        {"shape": "the target shape; x's shape must broadcast to exactly it"},
+        probe=lambda dtype: ([Spec((1,), dtype)], {"shape": (2, 2)}),
+    ),
 )
 
 
@@ -106,6 +128,13 @@ primitive(
     jvp=_linear_jvp("flip"),
     transpose=lambda ct, x, axes: (gnp.flip(ct, axes),),
     batch=batch_shift_axes("flip"),
+    doc=OpDoc(
+        "x with the order of its elements reversed along axes",
+        ("x",),
+        "the shape and dtype of x",
+        {"axes": "distinct axes, each in -ndim .. ndim-1 (negative counts from the end)"},
+        probe=lambda dtype: ([Spec((2,), dtype)], {"axes": (0,)}),
+    ),
 )
 
 
@@ -159,6 +188,14 @@ primitive(
     jvp=_concatenate_jvp,
     transpose=_concatenate_transpose,
     batch=_concatenate_batch,
+    doc=OpDoc(
+        "the operands joined along an axis",
+        ("*xs",),
+        "the shape of the operands (which agree but along axis) with the sizes along axis "
+        "added; the dtype they promote to",
+        {"axis": "the axis joined along, in 0 .. ndim-1"},
+        probe=lambda dtype: ([Spec((2,), dtype)] * 2, {"axis": 0}),
+    ),
 )
 
 
@@ -178,4 +215,15 @@ primitive(
     fresh=True,
     splat=lambda shape, dtype, value: value,
     jvp=lambda primals, tangents, ans, **attrs: None,
+    doc=OpDoc(
+        "an array filled with one number (so that large fills need not travel as constants)",
+        (),
+        "`shape`, of dtype `dtype`",
+        {
+            "shape": "the result's shape, no negative dimension",
+            "dtype": "the result's dtype, one of the six names",
+            "value": "the number, converted to dtype as NumPy's full does (for example "
+            "1.0 to true)",
+        },
+    ),
 )
