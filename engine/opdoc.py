@@ -30,6 +30,7 @@ ATTR_FIELDS = {
     "int": "`i` (int64)",
     "float": "`f` (double)",
     "str": "`s` (string)",
+    "dtype": "`s` (string): one of the six dtype names",
     "bool": "`b` (bool)",
     "ints": "`ints` (Ints)",
     "floats": "`floats` (Floats)",
