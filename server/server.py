@@ -240,7 +240,7 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
     )
     log.info(
         "gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
-        "max tape %s)",
+        "max tape %s, %s, %s)",
         config.host,
         running.port,
         metrics,
@@ -248,6 +248,8 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
         config.max_message_bytes,
         config.cache_bytes,
         config.max_tape_bytes,
+        ("mutual TLS" if config.tls_client_ca else "TLS") if running.tls else "plaintext",
+        "bearer tokens" if running.tokens else "no tokens",
     )
     if not block:
         return running
