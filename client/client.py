@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -244,6 +245,9 @@ class Client:
         "host:port" or any gRPC target (e.g. "dns:///name:port", whose addresses are then
         balanced per call), or a ready `grpc.Channel` (your credentials, interceptors and
         options; `close` leaves it open).
+        A ready channel's own options apply: gRPC receives at most 4 MiB by default, and a
+        larger reply raises `gs.LimitError` (``where == "reply"``) saying so; create it with
+        ``("grpc.max_receive_message_length", -1)``.
     timeout : float or None, optional
         Seconds each call may take, retries included; None (the default): no deadline.
         Every method also takes ``timeout=`` for that call.
@@ -253,8 +257,22 @@ class Client:
     backoff, max_backoff : float, optional
         The first and the longest pause between attempts, in seconds (0.05 and 2.0).
     options : list of (str, object), optional
-        gRPC channel options for a target string, in place of the defaults (which lift
-        gRPC's message size limits and balance calls round robin).
+        gRPC channel options for a target string, merged over the defaults (which lift
+        gRPC's message size limits and balance calls round robin): an option given here
+        replaces the default of the same name, the other defaults stay.
+    root_certificates : bytes or str, optional
+        PEM root certificates to verify the server with, as bytes or as the path of a file;
+        giving it (or `private_key` and `certificate_chain`, or ``tls=True``) makes the
+        channel TLS. With ``tls=True`` alone, the system's roots are used.
+    private_key, certificate_chain : bytes or str, optional
+        This client's PEM key and certificate chain (bytes or file paths), for servers that
+        require client certificates (mutual TLS, ``--tls-client-ca``).
+    token : str, optional
+        A bearer token (``--auth-token-file``), sent with every call as
+        ``authorization: Bearer <token>``: as call credentials over TLS, as call metadata
+        over plaintext (or on a ready channel).
+    tls : bool, optional
+        None (the default): TLS when any certificate argument is given; True: TLS always.
     digest_min_bytes : int, optional
         Arrays at least this large may travel as their digest once the server has them.
         Default 65536.
@@ -283,15 +301,45 @@ class Client:
         max_backoff: float = 2.0,
         options=None,
         digest_min_bytes: int = DIGEST_MIN_BYTES,
+        root_certificates=None,
+        private_key=None,
+        certificate_chain=None,
+        token: str | None = None,
+        tls: bool | None = None,
     ):
+        if token is not None:
+            token = str(token).strip()
+            if not token or any(c.isspace() for c in token) or not token.isprintable():
+                raise ValueError("token must be a non-empty string without spaces or newlines")
+        self._metadata = None
         if isinstance(target_or_channel, grpc.Channel):
             self._channel = target_or_channel
             self._owns_channel = False
             self.target = getattr(target_or_channel, "target", None) or repr(target_or_channel)
+            if token is not None:
+                self._metadata = (("authorization", f"Bearer {token}"),)
         elif isinstance(target_or_channel, str):
-            self._channel = grpc.insecure_channel(
-                target_or_channel, options=list(options or _DEFAULT_OPTIONS)
-            )
+            merged = dict(_DEFAULT_OPTIONS)
+            merged.update(dict(options or ()))
+            channel_options = list(merged.items())
+            certs = (root_certificates, private_key, certificate_chain)
+            if tls or (tls is None and any(c is not None for c in certs)):
+                if (private_key is None) != (certificate_chain is None):
+                    raise ValueError("private_key and certificate_chain go together (mutual TLS)")
+                credentials = grpc.ssl_channel_credentials(*(_pem(c) for c in certs))
+                if token is not None:
+                    credentials = grpc.composite_channel_credentials(
+                        credentials, grpc.access_token_call_credentials(token)
+                    )
+                self._channel = grpc.secure_channel(
+                    target_or_channel, credentials, options=channel_options
+                )
+            else:
+                # gRPC refuses call credentials on an insecure channel: the token travels as
+                # call metadata instead.
+                if token is not None:
+                    self._metadata = (("authorization", f"Bearer {token}"),)
+                self._channel = grpc.insecure_channel(target_or_channel, options=channel_options)
             self._owns_channel = True
             self.target = target_or_channel
         else:
@@ -620,24 +668,43 @@ class Client:
     def _unary(self, method, data, deadline, timeout):
         stub = self._stubs[method]
         delay = self.backoff
+        unavailable = None  # the last UNAVAILABLE answer, if any
         for attempt in range(self.retries + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if unavailable is not None:
+                    raise DeadlineExceeded(
+                        f"gradserve {method}: the deadline of {timeout} s passed while retrying "
+                        f"an unavailable server ({self.target}: {unavailable.details()})"
+                    )
                 raise DeadlineExceeded(
-                    f"gradserve {method}: the deadline of {timeout} s passed "
-                    f"while retrying an unavailable server ({self.target})"
+                    f"gradserve {method}: the deadline of {timeout} s passed while preparing "
+                    f"and sending the request ({len(data)} bytes), before the server answered"
                 )
             try:
-                return stub(data, timeout=remaining)
+                return stub(data, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    err._gradserve_sent = len(data)
+                    err._gradserve_unavailable = unavailable is not None
                     raise
+                unavailable = err
             pause = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
             delay *= 2
         raise AssertionError("unreachable")
+
+
+def _pem(value):
+    """PEM bytes from bytes, or from the file a str/path names (None stays None)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        with open(value, "rb") as f:
+            return f.read()
+    raise TypeError(f"expected PEM bytes or a file path, got {type(value).__name__}")
 
 
 # ---- argument handling, as the engine does it ---------------------------------------------
@@ -678,13 +745,22 @@ def _missing(err):
     return missing
 
 
+_TOO_LARGE = re.compile(
+    r"(CLIENT|SERVER)?:?\s*Received message larger than max \((\d+) vs\. (\d+)\)"
+)
+
+
 def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
     code = err.code()
     message = err.details() or code.name
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if getattr(err, "_gradserve_unavailable", False):
+            where = "while retrying an unavailable server"
+        else:
+            where = "while sending the request or waiting for the reply"
         return DeadlineExceeded(
-            f"gradserve {method}: deadline exceeded (timeout {timeout} s); "
-            f"the server stopped the computation ({message})"
+            f"gradserve {method}: the deadline of {timeout} s passed {where}; "
+            f"the server stops any computation it started ({message})"
         )
     reason, where = "", ""
     for detail in _details(err):
@@ -694,7 +770,19 @@ def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
             reason, where = info.reason, info.metadata.get("where", "")
     cls = _EXCEPTIONS.get(reason)
     if cls is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # gRPC's own receive limit: the request is over the server's --max-message-bytes.
+        too_large = _TOO_LARGE.search(message)
+        if too_large is not None:
+            side, size, limit = too_large.group(1), int(too_large.group(2)), too_large.group(3)
+            sent = getattr(err, "_gradserve_sent", None)
+            if side == "CLIENT" or (side is None and sent is not None and size != sent):
+                # This client's own receive limit (the channel's grpc.max_receive_message_length).
+                return LimitError(
+                    f"the reply ({size} bytes) is larger than this client's receive limit "
+                    f"({limit} bytes): raise the channel's grpc.max_receive_message_length "
+                    f"(-1: unlimited, gs.Client's default) ({message})",
+                    "reply",
+                )
+        # gRPC's own receive limit on the server: the request is over --max-message-bytes.
         return LimitError(message, "request")
     if cls is None:
         kind = ServiceUnavailable if code == grpc.StatusCode.UNAVAILABLE else ServiceError

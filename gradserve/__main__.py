@@ -67,6 +67,26 @@ _SERVE_OPTIONS = [
         "on SIGTERM/SIGINT: time health answers NOT_SERVING while "
         "calls are still accepted, before the drain starts",
     ),
+    (
+        "max-connection-age-seconds",
+        float,
+        "close (GOAWAY) each connection after this age, so that clients reconnect and reach "
+        "replicas added since; calls in flight finish (0: unlimited)",
+    ),
+    ("tls-cert", str, "PEM certificate chain file: serve TLS (with --tls-key)"),
+    ("tls-key", str, "PEM private key file of --tls-cert"),
+    (
+        "tls-client-ca",
+        str,
+        "PEM CA file: require client certificates signed by it (mutual TLS)",
+    ),
+    (
+        "auth-token-file",
+        str,
+        "file of bearer tokens, one a line ('#' comments): every call but health needs "
+        "'authorization: Bearer TOKEN'; reread on SIGHUP",
+    ),
+    ("metrics-host", str, "address for /metrics ('': the same as --host)"),
 ]
 
 

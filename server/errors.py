@@ -32,7 +32,12 @@ class Failure(Exception):
 
 
 class Stopped(Exception):
-    """Raised between ops when the client cancelled or the deadline passed."""
+    """Raised between ops when the client cancelled (deadline=False) or the client's deadline
+    passed (deadline=True)."""
+
+    def __init__(self, message: str, deadline: bool = False):
+        super().__init__(message)
+        self.deadline = deadline
 
 
 _ARGUMENT = re.compile(r"^((?:argument|primal|tangent|input) '[^']*'|cotangent of output \d+)")

@@ -15,16 +15,18 @@ import grpc
 from gradserve.engine import Engine, Limits
 from gradserve.engine.limits import DEFAULT_LIMITS
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from gradserve.protocol import SERVICE_NAME
 
+from . import reflection
+from .auth import ServerTls, TokenInterceptor, Tokens
 from .servicer import Servicer
 
 log = logging.getLogger("gradserve.server")
 
 MiB = 1 << 20
+_FOREVER_MS = 2**31 - 1
 
 
 def tune_malloc():
@@ -65,6 +67,12 @@ class Config:
     cache_bytes: int = 1024 * MiB
     grace_seconds: float = 10.0
     shutdown_delay_seconds: float = 1.0
+    max_connection_age_seconds: float = 300.0  # 0: unlimited
+    tls_cert: str = ""  # PEM files; both or neither
+    tls_key: str = ""
+    tls_client_ca: str = ""  # mutual TLS: client certificates signed by these CAs required
+    auth_token_file: str = ""  # bearer tokens, one a line; "" : no token needed
+    metrics_host: str = ""  # "": the same as host
 
     def replace(self, **changes) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -73,12 +81,24 @@ class Config:
 
 
 class Running:
-    """A started server: its ports, and stop()."""
+    """A started server: its ports, reload() and stop()."""
 
     def __init__(
-        self, config, server, servicer, health_servicer, metrics_http, port, metrics_port, pools=()
+        self,
+        config,
+        server,
+        servicer,
+        health_servicer,
+        metrics_http,
+        port,
+        metrics_port,
+        pools=(),
+        tokens=None,
+        tls=None,
     ):
         self.config = config
+        self.tokens = tokens
+        self.tls = tls
         self._pools = pools  # thread pools to shut down with the server
         self.servicer = servicer
         self.server = server
@@ -87,6 +107,14 @@ class Running:
         self.port = port
         self.metrics_port = metrics_port
         self._stopped = threading.Event()
+
+    def reload(self):
+        """Read --auth-token-file and the TLS files again (what SIGHUP does); a file that
+        cannot be read leaves what was in force."""
+        if self.tokens is not None:
+            self.tokens.load()
+        if self.tls is not None:
+            self.tls.reload()
 
     def stop(self, grace: float | None = None):
         """Stop accepting calls (health NOT_SERVING), let in-flight calls finish within the
@@ -124,17 +152,36 @@ def start(config: Config) -> Running:
         max_tape_bytes=config.max_tape_bytes,
         limits=Limits(max_nodes=config.max_nodes, max_elements=config.max_elements),
     )
+    tls = (
+        ServerTls(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if (config.tls_cert or config.tls_key)
+        else None
+    )
+    if config.tls_client_ca and tls is None:
+        raise OSError("--tls-client-ca needs --tls-cert and --tls-key")
+    tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
+    if tokens is not None and tls is None:
+        log.warning("bearer tokens over plaintext: use --tls-cert and --tls-key off loopback")
     servicer = Servicer(engine, config.cache_bytes, workers)
     # More threads than compute slots: health checks and reflection answer while every compute
     # slot is busy (the servicer's semaphore bounds concurrent computations to `workers`).
     executor = futures.ThreadPoolExecutor(max_workers=workers + 4, thread_name_prefix="gradserve")
+    options = [
+        ("grpc.max_receive_message_length", int(config.max_message_bytes)),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ]
+    if config.max_connection_age_seconds > 0:
+        # GOAWAY after this age (gRPC adds +-10% jitter): clients reconnect, re-resolving DNS,
+        # and so reach replicas added since. Calls in flight on an aged connection finish.
+        options += [
+            ("grpc.max_connection_age_ms", max(1, int(config.max_connection_age_seconds * 1e3))),
+            ("grpc.max_connection_age_grace_ms", _FOREVER_MS),
+        ]
     server = grpc.server(
         executor,
-        options=[
-            ("grpc.max_receive_message_length", int(config.max_message_bytes)),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=options,
+        interceptors=() if tokens is None else (TokenInterceptor(tokens),),
     )
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_pool = futures.ThreadPoolExecutor(max_workers=1)
@@ -142,16 +189,17 @@ def start(config: Config) -> Running:
         experimental_non_blocking=True, experimental_thread_pool=health_pool
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
     address = (
         f"{config.host}:{config.port}"
         if ":" not in config.host
         else f"[{config.host.strip('[]')}]:{config.port}"
     )
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     if not port:
@@ -159,7 +207,8 @@ def start(config: Config) -> Running:
     metrics_http = None
     metrics_port = 0
     if config.metrics_port >= 0:
-        metrics_host = "0.0.0.0" if config.host in ("[::]", "::") else config.host.strip("[]")
+        host = config.metrics_host or config.host
+        metrics_host = "0.0.0.0" if host in ("[::]", "::") else host.strip("[]")
         metrics_http, _ = start_http_server(config.metrics_port, addr=metrics_host)
         metrics_port = metrics_http.server_address[1]
     server.start()
@@ -174,6 +223,8 @@ def start(config: Config) -> Running:
         port,
         metrics_port,
         pools=(executor, health_pool),
+        tokens=tokens,
+        tls=tls,
     )
 
 
@@ -189,7 +240,7 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
     )
     log.info(
         "gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
-        "max tape %s)",
+        "max tape %s, %s, %s)",
         config.host,
         running.port,
         metrics,
@@ -197,6 +248,8 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
         config.max_message_bytes,
         config.cache_bytes,
         config.max_tape_bytes,
+        ("mutual TLS" if config.tls_client_ca else "TLS") if running.tls else "plaintext",
+        "bearer tokens" if running.tokens else "no tokens",
     )
     if not block:
         return running
@@ -206,11 +259,21 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
         log.info("received %s", signal.Signals(signum).name)
         stop.set()
 
+    reload = threading.Event()
+
+    def on_hup(signum, frame):
+        reload.set()
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.5):
-        pass
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, on_hup)
+    while not stop.wait(0.2):
+        if reload.is_set():
+            reload.clear()
+            log.info("received SIGHUP: reloading the token and TLS files")
+            running.reload()
     running.stop()
     sys.stdout.flush()
     return 0

@@ -54,6 +54,7 @@ class _Call:
         self.stats = None
         self.held = 0  # tape bytes this call has added to the in-use gauge
         self.pending = []  # (digest future, array) of tensors sent with `remember`
+        self.context = context
         try:
             remaining = context.time_remaining()
         except Exception:
@@ -75,10 +76,24 @@ class _Call:
         if held != self.held:
             m.TAPE_IN_USE.inc(held - self.held)
             self.held = held
-        if self.cancelled:
-            raise Stopped("the call was cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise Stopped("the deadline passed")
+            raise Stopped("the deadline passed", deadline=True)
+        if self.cancelled:
+            # grpc ends the RPC (and calls _terminated) both when the client cancels and when
+            # the client's deadline passes: tell them apart by the time left.
+            raise Stopped(
+                "the deadline passed" if self.deadline_passed() else "the call was cancelled",
+                deadline=self.deadline_passed(),
+            )
+
+    def deadline_passed(self) -> bool:
+        if self.deadline is None:
+            return False
+        try:
+            remaining = self.context.time_remaining()
+        except Exception:
+            remaining = self.deadline - time.monotonic()
+        return remaining is not None and remaining <= 0
 
     # -- resolving digests --------------------------------------------------------------------
 
@@ -352,7 +367,7 @@ class Servicer:
             return reply.to_bytes()
         except Exception as exc:
             if isinstance(exc, Stopped):
-                deadline = "deadline" in str(exc)
+                deadline = exc.deadline
                 failure = Failure(
                     grpc.StatusCode.DEADLINE_EXCEEDED if deadline else grpc.StatusCode.CANCELLED,
                     f"{method}: {exc}; the computation was stopped",
@@ -368,12 +383,13 @@ class Servicer:
                 )
             log.log(
                 level,
-                "%s %s peer=%s %.1fms: %s",
+                "%s %s peer=%s %.1fms: %s: %s",
                 method,
                 code,
                 context.peer(),
                 (time.perf_counter() - start) * 1e3,
-                failure.message[:500],
+                failure.reason or code,
+                redact(failure.message),
             )
             context.abort_with_status(to_status(failure))
         finally:
@@ -400,6 +416,18 @@ class Servicer:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME, {method.name: make(method) for method in SERVICE.methods}
         )
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|b'(?:[^'\\]|\\.)*'")
+
+
+def redact(message: str, limit: int = 300) -> str:
+    """A failure's message for the log: quoted text (names, values, bytes from the request:
+    node and input names, op names, digests, reprs) elided, and at most `limit` characters;
+    the client gets the whole message. No tensor content or graph body reaches the log."""
+    text = _QUOTED.sub("'…'", message)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _snake_case(name: str) -> str:
