@@ -73,7 +73,7 @@ class ServiceError(RuntimeError):
 
 
 class ServiceUnavailable(ServiceError, ConnectionError):
-    """The server could not be reached, after the retries."""
+    """The server could not be reached, or was overloaded, after the retries."""
 
 
 class RemoteStats(Stats):
@@ -253,7 +253,9 @@ class Client:
         Every method also takes ``timeout=`` for that call.
     retries : int, optional
         Further attempts when the server is UNAVAILABLE, after pauses growing from
-        `backoff` seconds (doubling, jittered) up to `max_backoff`. Default 5.
+        `backoff` seconds (doubling, jittered) up to `max_backoff`; or overloaded
+        (RESOURCE_EXHAUSTED with a RetryInfo), no sooner than the delay it asks for. A refusal
+        for a limit of the request is not retried. Default 5.
     backoff, max_backoff : float, optional
         The first and the longest pause between attempts, in seconds (0.05 and 2.0).
     options : list of (str, object), optional
@@ -684,12 +686,21 @@ class Client:
             try:
                 return stub(data, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                hint = _retry_delay(err) if err.code() == _EXHAUSTED else None
+                retry = err.code() == grpc.StatusCode.UNAVAILABLE or hint is not None
+                if not retry or attempt == self.retries:
                     err._gradserve_sent = len(data)
                     err._gradserve_unavailable = unavailable is not None
                     raise
-                unavailable = err
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    unavailable = err
+                refused = err
             pause = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
+            if hint is not None:
+                # An overloaded server said when to come back: not before, jittered after.
+                pause = max(hint, pause) * (1 + random.random() / 2)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise refused from None  # retrying would only meet the deadline
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
@@ -734,6 +745,20 @@ def _details(err):
     return [] if status is None else list(status.details)
 
 
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _retry_delay(err):
+    """The seconds a RESOURCE_EXHAUSTED refusal says to wait before retrying (its RetryInfo:
+    the server was overloaded), or None: a limit of the request, which retrying cannot help."""
+    for detail in _details(err):
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
 def _missing(err):
     missing = []
     for detail in _details(err):
@@ -769,6 +794,10 @@ def _exception(err: grpc.RpcError, method: str, timeout) -> Exception:
             detail.Unpack(info)
             reason, where = info.reason, info.metadata.get("where", "")
     cls = _EXCEPTIONS.get(reason)
+    if reason == "Overloaded" or (code == _EXHAUSTED and _retry_delay(err) is not None):
+        return ServiceUnavailable(
+            f"gradserve {method}: the server is overloaded, after the retries ({message})", code
+        )
     if cls is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         too_large = _TOO_LARGE.search(message)
         if too_large is not None:

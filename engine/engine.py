@@ -189,12 +189,116 @@ class Engine:
             i for i, p in enumerate(graph.inputs) if dtypes.is_differentiable(p.spec.dtype)
         )
 
+    def _one_pass_plan(self, graph: Graph, method, nums=None) -> Plan:
+        """The plan of a method that runs one pass: "evaluate", "grad" (value_and_grad, with
+        `nums` checked), "vjp", "jvp", "hvp" (over every differentiable input)."""
+        if method == "evaluate":
+            return self._plan(graph, ("evaluate",), lambda loop_tapes: Program(graph))
+        if method == "grad":
+            return self._plan(
+                graph,
+                ("grad", nums),
+                lambda loop_tapes: vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
+            )
+        wrt = self._differentiable(graph)
+        if method == "vjp":
+            return self._plan(
+                graph, ("vjp",), lambda loop_tapes: vjp(Program(graph), wrt, loop_tapes=loop_tapes)
+            )
+        if method == "jvp":
+            return self._plan(
+                graph, ("jvp",), lambda loop_tapes: jvp(Program(graph), wrt, loop_tapes=loop_tapes)
+            )
+        n_wrt = len(wrt)
+
+        def build(loop_tapes):  # hvp: forward over reverse
+            gradient = select_outputs(
+                vjp(Program(graph), wrt, seed_ones=True, loop_tapes=loop_tapes),
+                range(1, 1 + n_wrt),
+            )
+            forward = jvp(gradient, wrt, loop_tapes=loop_tapes)
+            return select_outputs(forward, range(n_wrt, 2 * n_wrt))
+
+        return self._plan(graph, ("hvp",), build)
+
+    def plan_stats(
+        self, graph: Graph, method: str, *, argnums=0, mode="auto", check_method="central"
+    ) -> Stats:
+        """The memory figures a call's schedule fixes, known before it runs.
+
+        Builds (and caches, as the call would) the plans of `method` on `graph` without
+        running them. Loop tapes, which grow as loops run, are not included: under
+        `max_tape_bytes` they hold at most what the static tape leaves of it.
+
+        Parameters
+        ----------
+        graph : gs.Graph
+            The graph of the call.
+        method : str
+            The Engine method's name: "evaluate", "value_and_grad", "grad", "vjp", "jvp",
+            "jacobian", "hvp", "hessian" or "check_grad".
+        argnums, mode : optional
+            As the method takes them (ignored by the methods that do not).
+        check_method : str, optional
+            check_grad's `method` ("central", "forward" or "complex").
+
+        Returns
+        -------
+        gs.Stats
+            `tape_bytes`, `tape_entries` and `peak_bytes` of the schedule (for `jacobian`,
+            `hessian` and `check_grad`, which run several passes, the largest over the
+            passes), `recomputed_ops` 0. `peak_bytes` includes the arguments and, for the
+            batched passes, the batch of basis vectors or perturbed inputs.
+
+        Raises
+        ------
+        As the method would, for the same graph, `argnums` and `mode`.
+
+        Examples
+        --------
+        >>> graph = gs.trace(lambda x: gnp.sum(gnp.sin(x)), np.ones(1000))
+        >>> gs.Engine().plan_stats(graph, "grad").peak_bytes >= 8000
+        True
+        """
+        self._check_graph(graph)
+        taped = True
+        if method in ("value_and_grad", "grad", "hvp", "hessian", "check_grad"):
+            self._scalar_output(graph, method)
+        if method in ("evaluate", "vjp", "jvp", "hvp"):
+            plans = [self._one_pass_plan(graph, method)]
+            taped = method not in ("evaluate", "jvp")
+        elif method in ("value_and_grad", "grad"):
+            plans = [self._one_pass_plan(graph, "grad", self._argnums(graph, argnums))]
+        elif method in ("jacobian", "hessian"):
+            nums = self._argnums(graph, argnums)
+            if method == "jacobian":
+                mode = self._mode(
+                    mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
+                )
+            passes, _ = self._jacobian_plans(
+                graph, method, nums, mode if method == "jacobian" else "fwd"
+            )
+            plans = [plan for plan, _, _ in passes]
+        elif method == "check_grad":
+            from .numerical import plan_stats as numerical_plan_stats
+
+            return numerical_plan_stats(self, graph, check_method)
+        else:
+            raise ValueError(f"no Engine method {method!r}")
+        figures = [plan.stats for plan in plans]
+        return Stats(
+            max(s.tape_bytes for s in figures) if taped else 0,
+            max(s.tape_entries for s in figures) if taped else 0,
+            max(s.peak_bytes for s in figures),
+            0,
+        )
+
     # ---- the API -----------------------------------------------------------------------
 
     @backend_docstring(ENGINE)
     def evaluate(self, graph: Graph, *args, should_stop=None):
         args = self._arguments(graph, args)
-        plan = self._plan(graph, ("evaluate",), lambda loop_tapes: Program(graph))
+        plan = self._one_pass_plan(graph, "evaluate")
         out = self._run(plan, args, tape=False, should_stop=should_stop)
         return _single_or_tuple(out, len(out) == 1)
 
@@ -204,11 +308,7 @@ class Engine:
         self._scalar_output(graph, "value_and_grad")
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
-        plan = self._plan(
-            graph,
-            ("grad", nums),
-            lambda loop_tapes: vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
-        )
+        plan = self._one_pass_plan(graph, "grad", nums)
         value, *grads = self._run(plan, args, should_stop=should_stop)
         return value, _single_or_tuple(grads, single(argnums))
 
@@ -235,9 +335,7 @@ class Engine:
             if dtypes.is_differentiable(p.spec.dtype)
         ]
         wrt = self._differentiable(graph)
-        plan = self._plan(
-            graph, ("vjp",), lambda loop_tapes: vjp(Program(graph), wrt, loop_tapes=loop_tapes)
-        )
+        plan = self._one_pass_plan(graph, "vjp")
         out = self._run(plan, primals + cts, should_stop=should_stop)
         n = len(graph.outputs)
         grads = dict(zip(wrt, out[n:]))
@@ -253,9 +351,7 @@ class Engine:
         primals = self._arguments(graph, tuple(primals), "primals")
         tangents = self._arguments(graph, tuple(tangents), "tangents")
         wrt = self._differentiable(graph)
-        plan = self._plan(
-            graph, ("jvp",), lambda loop_tapes: jvp(Program(graph), wrt, loop_tapes=loop_tapes)
-        )
+        plan = self._one_pass_plan(graph, "jvp")
         out = self._run(
             plan, primals + [tangents[i] for i in wrt], tape=False, should_stop=should_stop
         )
@@ -270,16 +366,7 @@ class Engine:
         mode = self._mode(
             mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
         )
-        blocks = self._jacobian_blocks(
-            graph,
-            lambda loop_tapes: Program(graph),
-            [p.spec for p in graph.outputs],
-            ("jacobian",),
-            args,
-            nums,
-            mode,
-            should_stop,
-        )
+        blocks = self._jacobian_blocks(graph, "jacobian", args, nums, mode, should_stop)
         return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
     @backend_docstring(ENGINE)
@@ -289,17 +376,7 @@ class Engine:
         primals = self._arguments(graph, tuple(primals), "primals")
         tangents = self._arguments(graph, tuple(tangents), "tangents")
         wrt = self._differentiable(graph)
-        n_wrt = len(wrt)
-
-        def build(loop_tapes):
-            gradient = select_outputs(
-                vjp(Program(graph), wrt, seed_ones=True, loop_tapes=loop_tapes),
-                range(1, 1 + n_wrt),
-            )
-            forward = jvp(gradient, wrt, loop_tapes=loop_tapes)
-            return select_outputs(forward, range(n_wrt, 2 * n_wrt))
-
-        plan = self._plan(graph, ("hvp",), build)
+        plan = self._one_pass_plan(graph, "hvp")
         out = dict(
             zip(wrt, self._run(plan, primals + [tangents[i] for i in wrt], should_stop=should_stop))
         )
@@ -314,23 +391,7 @@ class Engine:
         self._scalar_output(graph, "hessian")
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
-
-        def gradient(loop_tapes):
-            return select_outputs(
-                vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
-                range(1, 1 + len(nums)),
-            )
-
-        blocks = self._jacobian_blocks(
-            graph,
-            gradient,
-            [graph.inputs[i].spec for i in nums],
-            ("hessian", nums),
-            args,
-            nums,
-            "fwd",
-            should_stop,
-        )
+        blocks = self._jacobian_blocks(graph, "hessian", args, nums, "fwd", should_stop)
         return self._nest(blocks, single(argnums), single(argnums))
 
     @backend_docstring(ENGINE)
@@ -351,12 +412,30 @@ class Engine:
             return "fwd" if n_in < n_out else "rev"
         return mode
 
-    def _jacobian_blocks(self, graph, make_program, outs, key, args, nums, mode, should_stop):
-        """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape.
-        `make_program(loop_tapes)` gives the program, `outs` its output specs."""
+    def _jacobian_plans(self, graph, what, nums, mode):
+        """The passes of a Jacobian ("jacobian") or Hessian ("hessian", the Jacobian of the
+        gradient): [(plan, basis spec, index)], one per input in `nums` ("fwd", index into
+        `nums`) or per output ("rev", index of the output), and the output specs of the
+        program differentiated."""
         n_in = len(graph.inputs)
-        blocks = [[None] * len(nums) for _ in outs]
-        stats = []
+        if what == "hessian":
+            outs = [graph.inputs[i].spec for i in nums]
+            key = ("hessian", nums)
+
+            def make_program(loop_tapes):
+                return select_outputs(
+                    vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
+                    range(1, 1 + len(nums)),
+                )
+
+        else:
+            outs = [p.spec for p in graph.outputs]
+            key = ("jacobian",)
+
+            def make_program(loop_tapes):
+                return Program(graph)
+
+        passes = []
         if mode == "fwd":
             for j, i in enumerate(nums):
                 spec = graph.inputs[i].spec
@@ -369,13 +448,7 @@ class Engine:
                     )
                     return batch(tangent_program, [False] * n_in + [True], size)
 
-                plan = self._plan(graph, key + ("fwd", i), build)
-                basis = _basis(spec)
-                for k, column in enumerate(
-                    self._run(plan, args + [basis], should_stop=should_stop)
-                ):
-                    blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
-                stats.append(self.last_stats)
+                passes.append((self._plan(graph, key + ("fwd", i), build), spec, j))
         else:
             for k, out_spec in enumerate(outs):
                 size = out_spec.size
@@ -391,12 +464,27 @@ class Engine:
                     )
                     return batch(row_program, [False] * n_in + [True], size)
 
-                plan = self._plan(graph, key + ("rev", k, nums), build)
-                basis = _basis(out_spec)
-                for j, rows in enumerate(self._run(plan, args + [basis], should_stop=should_stop)):
+                passes.append((self._plan(graph, key + ("rev", k, nums), build), out_spec, k))
+        return passes, outs
+
+    def _jacobian_blocks(self, graph, what, args, nums, mode, should_stop):
+        """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape
+        (the program: the graph for "jacobian", its gradient for "hessian")."""
+        passes, outs = self._jacobian_plans(graph, what, nums, mode)
+        blocks = [[None] * len(nums) for _ in outs]
+        stats = []
+        for plan, basis_spec, index in passes:
+            results = self._run(plan, args + [_basis(basis_spec)], should_stop=should_stop)
+            if mode == "fwd":
+                j, spec = index, basis_spec
+                for k, column in enumerate(results):
+                    blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
+            else:
+                k = index
+                for j, rows in enumerate(results):
                     spec = graph.inputs[nums[j]].spec
-                    blocks[k][j] = rows.reshape(out_spec.shape + spec.shape)
-                stats.append(self.last_stats)
+                    blocks[k][j] = rows.reshape(basis_spec.shape + spec.shape)
+            stats.append(self.last_stats)
         self._local.stats = Stats(*[max(s[f] for s in stats) for f in range(len(Stats._fields))])
         return blocks
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Spec
+from .plan import Stats
 from .transforms import Program, batch, retype
 
 CHUNK = 256
@@ -97,6 +98,42 @@ def _check_grad(engine, graph, args, method, should_stop) -> GradCheck:
     return GradCheck(method, abs_err, rel_err, ok, analytic, numeric)
 
 
+def _batch_plan(engine, graph, i, method, chunk):
+    """The plan evaluating the graph at `chunk` perturbations of input i at once."""
+    specs = [p.spec for p in graph.inputs]
+    if method == "complex":
+        specs[i] = Spec(specs[i].shape, "complex128")
+
+    def build(loop_tapes):  # no derivative in this program
+        program = Program(graph) if method != "complex" else retype(Program(graph), specs)
+        return batch(program, [k == i for k in range(len(specs))], chunk)
+
+    return engine._plan(graph, ("check_grad", method, i, chunk), build)
+
+
+def plan_stats(engine, graph, method="central") -> Stats:
+    """Engine.plan_stats of check_grad: the gradient's pass and the batched evaluations,
+    the largest of each figure; the batched perturbed inputs and the differences (an array
+    of every input's size per evaluation) are added to the peak."""
+    if method not in _steps(np.finfo(graph.outputs[0].spec.dtype).eps):
+        raise ValueError(f"method must be one of {sorted(_steps(1.0))}, got {method!r}")
+    wrt = tuple(i for i, p in enumerate(graph.inputs) if p.spec.dtype in ("float64", "float32"))
+    if not wrt:
+        raise TypeError("check_grad needs at least one real floating-point input")
+    figures = [engine.plan_stats(graph, "grad", argnums=wrt)]
+    for i in wrt:
+        n = graph.inputs[i].spec.size
+        if n:
+            stats = _batch_plan(engine, graph, i, method, min(n, CHUNK)).stats
+            figures.append(stats._replace(peak_bytes=stats.peak_bytes + 3 * 16 * n))
+    return Stats(
+        max(s.tape_bytes for s in figures),
+        max(s.tape_entries for s in figures),
+        max(s.peak_bytes for s in figures),
+        0,
+    )
+
+
 def _numeric_gradient(engine, graph, args, i, method, relative_step, should_stop):
     x = args[i]
     flat = x.ravel()
@@ -107,14 +144,7 @@ def _numeric_gradient(engine, graph, args, i, method, relative_step, should_stop
     chunk = min(n, CHUNK)
     complex_step = method == "complex"
     dtype = "complex128" if complex_step else x.dtype
-    specs = [p.spec for p in graph.inputs]
-    specs[i] = Spec(x.shape, dtype)
-
-    def build(loop_tapes):  # no derivative in this program
-        program = Program(graph) if not complex_step else retype(Program(graph), specs)
-        return batch(program, [k == i for k in range(len(specs))], chunk)
-
-    plan = engine._plan(graph, ("check_grad", method, i, chunk), build)
+    plan = _batch_plan(engine, graph, i, method, chunk)
 
     def evaluate(offsets):
         """f at x + offsets[j] (along element j) for every j: one batched pass per chunk."""

@@ -32,6 +32,15 @@ def parse_optional_size(text):
     return None if str(text).strip().lower() in ("", "none", "0", "unlimited") else parse_size(text)
 
 
+def parse_optional_count(text):
+    """A count (0 or more), or none/unbounded (None)."""
+    if str(text).strip().lower() in ("none", "unbounded", "unlimited"):
+        return None
+    if not str(text).strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a number >= 0, or none)")
+    return int(text)
+
+
 # (flag, type, help); defaults come from server.Config.
 _SERVE_OPTIONS = [
     ("host", str, "address to listen on (gRPC and metrics)"),
@@ -87,6 +96,20 @@ _SERVE_OPTIONS = [
         "'authorization: Bearer TOKEN'; reread on SIGHUP",
     ),
     ("metrics-host", str, "address for /metrics ('': the same as --host)"),
+    (
+        "max-concurrent-rpcs",
+        parse_optional_count,
+        "Gradients calls held at once, computing or queued for a worker (0: 4 x workers; "
+        "none: unbounded); beyond, a call is refused at once with RESOURCE_EXHAUSTED and a "
+        "retry delay (health checks are not counted)",
+    ),
+    (
+        "max-request-memory",
+        parse_optional_size,
+        "bound on the memory one call may take (arguments, working arrays, results), "
+        "estimated before it runs; beyond: RESOURCE_EXHAUSTED (none/0: unbounded; default: "
+        "half the memory of the machine or cgroup)",
+    ),
 ]
 
 

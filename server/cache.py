@@ -79,6 +79,11 @@ class ByteLRU:
                 _, (_, size) = self._protected.popitem(last=False)
             self._bytes -= size
 
+    def nbytes_of(self, key) -> int:
+        """The payload bytes of an entry (0 if absent); neither a use nor a hit."""
+        item = self._protected.get(key) or self._probation.get(key)
+        return 0 if item is None else item[1] - ENTRY_OVERHEAD
+
     def __contains__(self, key):
         return key in self._protected or key in self._probation
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from gradserve.engine import GraphError, LimitError
 from grpc_status import rpc_status
@@ -21,9 +21,18 @@ class Failure(Exception):
     """A request that fails with `code`; raised inside the servicer and turned into a status."""
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str = "", where: str = "", missing=()
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        where: str = "",
+        missing=(),
+        metadata=None,
+        retry_delay: float | None = None,
     ):
         super().__init__(message)
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}  # ErrorInfo's
+        self.retry_delay = retry_delay  # seconds: a RetryInfo detail (the call may be retried)
         self.code = code
         self.message = message
         self.reason = reason
@@ -95,6 +104,7 @@ def to_status(failure: Failure) -> grpc.Status:
     details = []
     if failure.reason:
         metadata = {"where": failure.where} if failure.where else {}
+        metadata.update(failure.metadata)
         details.append(
             _pack(
                 error_details_pb2.ErrorInfo(
@@ -107,6 +117,10 @@ def to_status(failure: Failure) -> grpc.Status:
             field=failure.where, description=failure.message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if failure.retry_delay is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(failure.retry_delay * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     for resource_type, name in failure.missing:
         details.append(
             _pack(

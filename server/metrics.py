@@ -65,6 +65,13 @@ RECOMPUTED_OPS = Counter(
     "(--max-tape-bytes) instead of being held on the tape.",
     ["method"],
 )
+QUEUE_DEPTH = Gauge("gradserve_queue_depth", "Requests waiting for a compute slot (--workers) now.")
+REFUSED = Counter(
+    "gradserve_refused_requests",
+    "Requests refused with RESOURCE_EXHAUSTED before computing: overloaded (over "
+    "--max-concurrent-rpcs) or request_memory (over --max-request-memory).",
+    ["reason"],
+)
 CACHE_ENTRIES = Gauge(
     "gradserve_graph_cache_entries", "Entries (graphs and large tensors) in the digest cache."
 )

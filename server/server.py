@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import grpc
 from gradserve.engine import Engine, Limits
@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from gradserve.protocol import SERVICE_NAME
 
 from . import reflection
+from .admission import default_max_concurrent, default_request_memory
 from .auth import ServerTls, TokenInterceptor, Tokens
 from .servicer import Servicer
 
@@ -73,6 +74,9 @@ class Config:
     tls_client_ca: str = ""  # mutual TLS: client certificates signed by these CAs required
     auth_token_file: str = ""  # bearer tokens, one a line; "" : no token needed
     metrics_host: str = ""  # "": the same as host
+    max_concurrent_rpcs: int | None = 0  # 0: 4 x workers; None: unbounded
+    # None: unbounded; the default is half the memory the process may use
+    max_request_memory: int | None = field(default_factory=default_request_memory)
 
     def replace(self, **changes) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -162,10 +166,15 @@ def start(config: Config) -> Running:
     tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
     if tokens is not None and tls is None:
         log.warning("bearer tokens over plaintext: use --tls-cert and --tls-key off loopback")
-    servicer = Servicer(engine, config.cache_bytes, workers)
-    # More threads than compute slots: health checks and reflection answer while every compute
-    # slot is busy (the servicer's semaphore bounds concurrent computations to `workers`).
-    executor = futures.ThreadPoolExecutor(max_workers=workers + 4, thread_name_prefix="gradserve")
+    limit = config.max_concurrent_rpcs
+    limit = default_max_concurrent(workers) if limit == 0 else limit
+    servicer = Servicer(engine, config.cache_bytes, workers, limit, config.max_request_memory)
+    # More threads than the calls admitted: health checks, reflection and the refusal of calls
+    # over --max-concurrent-rpcs answer while every admitted call holds a thread (computing, or
+    # waiting on the servicer's semaphore of `workers` compute slots).
+    executor = futures.ThreadPoolExecutor(
+        max_workers=max(workers, limit or 0) + 4, thread_name_prefix="gradserve"
+    )
     options = [
         ("grpc.max_receive_message_length", int(config.max_message_bytes)),
         ("grpc.max_send_message_length", -1),
@@ -240,7 +249,7 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
     )
     log.info(
         "gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
-        "max tape %s, %s, %s)",
+        "max tape %s, max concurrent calls %s, max request memory %s, %s, %s)",
         config.host,
         running.port,
         metrics,
@@ -248,6 +257,8 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
         config.max_message_bytes,
         config.cache_bytes,
         config.max_tape_bytes,
+        running.servicer.admission.max_concurrent,
+        config.max_request_memory,
         ("mutual TLS" if config.tls_client_ca else "TLS") if running.tls else "plaintext",
         "bearer tokens" if running.tokens else "no tokens",
     )

@@ -34,6 +34,7 @@ from gradserve.protocol import (
 )
 
 from . import metrics as m
+from .admission import Admission
 from .cache import ByteLRU
 from .errors import Failure, Stopped, failure_from_exception, to_status
 
@@ -53,6 +54,8 @@ class _Call:
         self.compute_seconds = 0.0
         self.stats = None
         self.held = 0  # tape bytes this call has added to the in-use gauge
+        self.memory = 0  # the call's memory estimate (admission.request_memory), when bounded
+        self.static_tape = 0  # the tape its plan holds; loop tapes hold the rest of `held`
         self.pending = []  # (digest future, array) of tensors sent with `remember`
         self.context = context
         try:
@@ -76,6 +79,8 @@ class _Call:
         if held != self.held:
             m.TAPE_IN_USE.inc(held - self.held)
             self.held = held
+            if self.memory:
+                self.servicer.admission.check_running(self.memory, held - self.static_tape)
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise Stopped("the deadline passed", deadline=True)
         if self.cancelled:
@@ -100,6 +105,7 @@ class _Call:
     def resolve(self, graph_ref, *fields):
         """The graph and, for each (name, repeated TensorRef) field, its arrays (None for an
         empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
+        self.servicer.admission.check_declared(fields, self.servicer.cache)
         missing = []
         graph = self.servicer.graph(graph_ref, missing)
         arrays = [
@@ -124,14 +130,18 @@ class _Call:
     def run(self, fn, graph, *args, **kwargs):
         servicer = self.servicer
         slots = servicer.slots
-        while not slots.acquire(timeout=0.05):  # queued: still honour deadline/cancellation
-            self()
+        self.memory, self.static_tape = servicer.admission.check_call(fn.__name__, graph, kwargs)
+        if not slots.acquire(blocking=False):
+            with servicer.admission.waiting():
+                while not slots.acquire(timeout=0.05):  # queued: honour deadline/cancellation
+                    self()
         start = time.perf_counter()
         try:
             result = fn(graph, *args, should_stop=self, **kwargs)
             self.stats = servicer.engine.last_stats
         finally:
             self.compute_seconds = time.perf_counter() - start
+            servicer.admission.computed(self.compute_seconds)
             m.TAPE_IN_USE.dec(self.held)
             self.held = 0
             slots.release()
@@ -198,15 +208,26 @@ def _argnums(req):
 
 
 class Servicer:
-    def __init__(self, engine: Engine, cache_bytes: int, workers: int):
+    def __init__(
+        self,
+        engine: Engine,
+        cache_bytes: int,
+        workers: int,
+        max_concurrent_rpcs: int | None = None,
+        max_request_memory: int | None = None,
+    ):
         self.engine = engine
         self.limits = engine.limits
         self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
         self.slots = threading.BoundedSemaphore(workers)
         self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradserve-hash")
-        self.inflight = 0  # Gradients calls being handled (for draining)
-        self._inflight_lock = threading.Lock()
+        self.admission = Admission(engine, workers, max_concurrent_rpcs, max_request_memory)
         m.initialise()
+
+    @property
+    def inflight(self) -> int:
+        """Gradients calls being handled (for draining)."""
+        return self.admission.inflight
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -336,11 +357,13 @@ class Servicer:
 
     def _handle(self, method, request_cls, compute, request_bytes, context):
         start = time.perf_counter()
-        m.INFLIGHT.inc()
-        with self._inflight_lock:
-            self.inflight += 1
+        admitted = self.admission.enter()
+        if admitted:
+            m.INFLIGHT.inc()
         code = "OK"
         try:
+            if not admitted:
+                raise self.admission.overloaded(method)
             try:
                 request = request_cls.FromString(request_bytes)
             except Exception as exc:
@@ -377,6 +400,8 @@ class Servicer:
                 failure = failure_from_exception(exc)
             code = failure.code.name
             level = logging.INFO if code == "NOT_FOUND" else logging.WARNING
+            if not admitted:
+                level = logging.DEBUG  # a flood of them: gradserve_refused_requests_total
             if code == "INTERNAL":
                 log.exception(
                     "%s INTERNAL peer=%s: unexpected server error", method, context.peer()
@@ -393,9 +418,9 @@ class Servicer:
             )
             context.abort_with_status(to_status(failure))
         finally:
-            with self._inflight_lock:
-                self.inflight -= 1
-            m.INFLIGHT.dec()
+            if admitted:
+                self.admission.leave()
+                m.INFLIGHT.dec()
             series = m.series(method)
             series.duration.observe(time.perf_counter() - start)
             (series.ok if code == "OK" else m.REQUESTS.labels(method, code)).inc()
