@@ -6,6 +6,9 @@ from __future__ import annotations
 from .errors import GraphError, LimitError
 from .primitive import ATTR_KINDS, PRIMITIVES
 
+# NumPy's broadcasting (np.broadcast, np.broadcast_shapes) takes at most 32 dimensions.
+MAX_NDIM = 32
+
 
 def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
     if len(nodes) > limits.max_nodes:
@@ -18,6 +21,10 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
             raise GraphError("a value needs a non-empty name", where)
         if len(name) > limits.max_name_length:
             raise GraphError(f"name longer than {limits.max_name_length} characters", where)
+        if len(spec.shape) > MAX_NDIM:
+            raise GraphError(
+                f"value {name!r} has {len(spec.shape)} dimensions, over {MAX_NDIM}", where
+            )
         if name in avals:
             raise GraphError(f"value {name!r} is defined twice (each value is defined once)", where)
         if spec.size > limits.max_elements:
@@ -64,6 +71,8 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
         except (ValueError, TypeError, IndexError) as exc:
             raise GraphError(str(exc), where) from None
         outs = out if isinstance(out, tuple) else (out,)
+        if not outs:
+            raise GraphError("gives no value (a node gives at least one)", where)
         if len(node.outputs) != len(outs):
             raise GraphError(f"has {len(node.outputs)} outputs, the op gives {len(outs)}", where)
         for name, spec in zip(node.outputs, outs):
