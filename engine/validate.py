@@ -68,7 +68,7 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, outer):
                 raise GraphError(f"input {name!r} {why}", where)
         try:
             out = prim.shape(*[avals[n] for n in node.inputs], **node.attrs)
-        except (ValueError, TypeError, IndexError) as exc:
+        except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # NumPy's, on odd shapes
             raise GraphError(str(exc), where) from None
         outs = out if isinstance(out, tuple) else (out,)
         if not outs:

@@ -108,6 +108,7 @@ def fitting_args(graph, rng):
     return [sample(p.spec, rng) for p in graph.inputs]
 
 
+HANG_SECONDS = 60.0
 ENGINE = gs.Engine(max_tape_bytes=8 << 20, limits=LIMITS)
 
 
@@ -147,8 +148,13 @@ def run_engine(graph, args=None, seconds=5.0, methods=None):
                 call(_stop_after(seconds))
             outcome[name] = "OK"
         except TimeUp:
-            if not has_loop(graph):
-                raise Bug(f"{name} ran over {seconds}s on a graph without loops") from None
+            if not has_loop(graph):  # slow (deep nesting, a loaded machine) or a hang?
+                try:
+                    call(_stop_after(HANG_SECONDS))
+                except TimeUp:
+                    raise Bug(f"{name} ran over {HANG_SECONDS}s on a graph without loops") from None
+                except CLIENT_EXCEPTIONS:
+                    pass
             outcome[name] = "TimeUp"
         except CLIENT_EXCEPTIONS as exc:
             outcome[name] = type(exc).__name__

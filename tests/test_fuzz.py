@@ -101,6 +101,15 @@ def test_more_than_32_dimensions_is_a_graph_error():
     with pytest.raises(gs.GraphError):
         Graph([Port("x", Spec((1,) * 40))], {}, [], ["x"])
     assert Graph([Port("x", Spec((1,) * 32))], {}, [], ["x"])  # 32 is fine
+    # the same in an attribute: broadcast_to a shape of 33 or 64 dimensions
+    for ndim in (33, 64, 65):
+        msg = graph_pb2.Graph.FromString(gs.trace(lambda x: x + 1.0, 1.0).to_bytes())
+        node = msg.nodes.add(op="broadcast_to", inputs=[msg.outputs[0].name], outputs=["b"])
+        node.attributes.add(name="shape").ints.values[:] = [1] * ndim
+        msg.outputs[0].name = "b"
+        msg.outputs[0].shape[:] = [1] * ndim
+        with pytest.raises(gs.GraphError):
+            gs.Graph.from_bytes(msg.SerializeToString())
 
 
 @pytest.mark.parametrize("op", ["checkpoint", "scan", "while_loop"])
