@@ -53,7 +53,7 @@ def test_generated_graphs_are_valid_and_run(op, data):
         assert value.shape == port.spec.shape and value.dtype == np.dtype(port.spec.dtype)
 
 
-@settings(CI, max_examples=500)
+@settings(CI, max_examples=1200)
 @given(mutated_graph_bytes())
 def test_mutated_graphs_only_graph_error(case_and_bytes):
     _case, data = case_and_bytes
@@ -78,7 +78,7 @@ def target():
     server.close()
 
 
-@settings(CI, max_examples=500)
+@settings(CI, max_examples=1000)
 @given(requests())
 def test_every_rpc_answers_only_client_errors(target, request_):
     method, case, data, _mutated = request_
