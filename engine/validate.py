@@ -10,6 +10,9 @@ from . import dtypes
 from .errors import GraphError, LimitError
 from .primitive import ATTR_KINDS, PRIMITIVES
 
+# NumPy's broadcasting (np.broadcast, np.broadcast_shapes) takes at most 32 dimensions.
+MAX_NDIM = 32
+
 
 def count_nodes(nodes) -> int:
     """Nodes, subgraphs included: a subgraph counts each time a node holds it."""
@@ -39,6 +42,10 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits):
             raise GraphError("a value needs a non-empty name", where)
         if len(name) > limits.max_name_length:
             raise GraphError(f"name longer than {limits.max_name_length} characters", where)
+        if len(spec.shape) > MAX_NDIM:
+            raise GraphError(
+                f"value {name!r} has {len(spec.shape)} dimensions, over {MAX_NDIM}", where
+            )
         if name in avals:
             raise GraphError(f"value {name!r} is defined twice (each value is defined once)", where)
         if spec.size > limits.max_elements:
@@ -82,9 +89,11 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits):
                 raise GraphError(f"input {name!r} {why}", where)
         try:
             out = prim.shape(*[avals[n] for n in node.inputs], **node.attrs)
-        except (ValueError, TypeError, IndexError) as exc:
+        except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # NumPy's, on odd shapes
             raise GraphError(str(exc), where) from None
         outs = out if isinstance(out, tuple) else (out,)
+        if not outs:
+            raise GraphError("gives no value (a node gives at least one)", where)
         if len(node.outputs) != len(outs):
             raise GraphError(f"has {len(node.outputs)} outputs, the op gives {len(outs)}", where)
         for name, spec in zip(node.outputs, outs):

@@ -88,8 +88,17 @@ def _getitem_shape(x, *arrays, index):
     return Spec(_indexed_shape(x.shape, index, arrays), x.dtype)
 
 
+def _out_of_bounds(exc):
+    """Index arrays are arguments: a value out of bounds is the caller's ValueError (the
+    server's INVALID_ARGUMENT), not NumPy's IndexError."""
+    return ValueError(f"an index array holds an index out of bounds: {exc}")
+
+
 def _getitem_impl(x, *arrays, index):
-    return x[index_tuple(index, arrays)]
+    try:
+        return x[index_tuple(index, arrays)]
+    except IndexError as exc:
+        raise _out_of_bounds(exc) from None
 
 
 def _scatter_add_shape(updates, *arrays, shape, index):
@@ -104,10 +113,13 @@ def _scatter_add_shape(updates, *arrays, shape, index):
 def _scatter_add_impl(updates, *arrays, shape, index):
     out = np.zeros(shape, updates.dtype)
     key = index_tuple(index, arrays)
-    if arrays:
-        np.add.at(out, key, updates)
-    else:
-        out[key] = updates
+    try:
+        if arrays:
+            np.add.at(out, key, updates)
+        else:
+            out[key] = updates
+    except IndexError as exc:
+        raise _out_of_bounds(exc) from None
     return out
 
 
@@ -224,10 +236,13 @@ def _add_at_inplace(base, updates, *arrays, index):
     if not isinstance(base, np.ndarray):  # a ufunc's 0-d result is a NumPy scalar
         base = np.array(base)
     key = index_tuple(index, arrays)
-    if arrays:
-        np.add.at(base, key, updates)
-    else:
-        base[key] += updates
+    try:
+        if arrays:
+            np.add.at(base, key, updates)
+        else:
+            base[key] += updates
+    except IndexError as exc:
+        raise _out_of_bounds(exc) from None
     return base
 
 

@@ -7,6 +7,7 @@ from .. import dtypes
 from .. import numpy as gnp
 from ..graph import Spec
 from ..primitive import OpDoc, ShapeError, primitive
+from ..tracing import bind
 from .common import batch_shift_axes, normalize_axes
 
 
@@ -212,6 +213,22 @@ def _arg_impl(pick):
     return impl
 
 
+def _arg_batch(name):
+    """With an axis, shift it past the batch axis; with none (over all elements), flatten
+    each batch entry and take the index along it, not over the whole batch."""
+    shifted = batch_shift_axes(name)
+
+    def rule(args, batched, axes, keepdims):
+        if axes:
+            return shifted(args, batched, axes=axes, keepdims=keepdims)
+        x = args[0]
+        flat = gnp.reshape(x, (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))))
+        out = bind(name, flat, axes=(1,), keepdims=False)
+        return gnp.reshape(out, (x.shape[0],) + (1,) * (x.ndim - 1)) if keepdims else out
+
+    return rule
+
+
 for _name, _pick, _which in [
     ("argmax", np.argmax, "largest"),
     ("argmin", np.argmin, "smallest"),
@@ -222,7 +239,7 @@ for _name, _pick, _which in [
         shape=_arg_shape,
         attrs=REDUCE_ATTRS,
         jvp=lambda primals, tangents, ans, axes, keepdims: None,
-        batch=batch_shift_axes(_name),
+        batch=_arg_batch(_name),
         doc=OpDoc(
             f"index of the first {_which} element along the one axis of axes (by real part "
             "for complex x); with axes () the index into x flattened in C order; x must not "
