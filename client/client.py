@@ -127,6 +127,11 @@ _DEFAULT_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     # Per-call balancing over every address of a name (dns:///name:port, headless services).
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    # Reconnect to a server that went away within 2 s of its return. gRPC's own backoff grows
+    # to 120 s, and while it waits every call fails at once with UNAVAILABLE, so the Client's
+    # retries ran out against a server that was back up (a restart of a few seconds).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 

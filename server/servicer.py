@@ -75,10 +75,14 @@ class _Call:
         if held != self.held:
             m.TAPE_IN_USE.inc(held - self.held)
             self.held = held
-        if self.cancelled:
-            raise Stopped("the call was cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise Stopped("the deadline passed")
+        if self.cancelled:
+            # grpc ends the RPC when its deadline passes, as it does when the client cancels:
+            # a call ended at (about) its deadline is a DEADLINE_EXCEEDED, not a CANCELLED.
+            if self.deadline is not None and time.monotonic() > self.deadline - 0.1:
+                raise Stopped("the deadline passed")
+            raise Stopped("the call was cancelled")
 
     # -- resolving digests --------------------------------------------------------------------
 
