@@ -234,6 +234,10 @@ class Workload:
     check_grad: str | None = None  # check_grad's method, or None: not checked here
     expected: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # Zero tangents for the data: read-only, so a Client sends a large one once.
+        self.zeros = tuple(_readonly(np.zeros(np.shape(a))) for a in self.fixed)
+
 
 def workloads(seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
@@ -305,11 +309,8 @@ def _ones_like(args):
 
 def _unit_tangents(w: Workload, args):
     """A tangent on the parameters, zero on the data (read-only zeros: sent once)."""
-    zeros = w.expected.setdefault(
-        "_zeros", tuple(_readonly(np.zeros(np.shape(a))) for a in w.fixed)
-    )
     return tuple(
-        np.full(np.shape(a), 0.5) if i in w.params else zeros[i] for i, a in enumerate(args)
+        np.full(np.shape(a), 0.5) if i in w.params else w.zeros[i] for i, a in enumerate(args)
     )
 
 
@@ -417,13 +418,13 @@ class Report:
         t_end = self.rss[-1][0]
         start = [b for t, b in self.rss if self.warmup <= t < self.warmup + 2] or [self.rss[0][1]]
         end = [b for t, b in self.rss if t > t_end - 2] or [self.rss[-1][1]]
-        peak = max(b for t, b in self.rss if t >= self.warmup) if self.rss else 0
+        peak = max((b for t, b in self.rss if t >= self.warmup), default=self.rss[-1][1])
         return float(np.median(start)), float(np.median(end)), float(peak)
 
     def rss_slope_mib_per_minute(self) -> float:
         pts = [(t, b) for t, b in self.rss if t >= self.warmup]
-        if len(pts) < 3:
-            return 0.0
+        if len(pts) < 10:  # too few seconds for a trend
+            return float("nan")
         t, b = np.array(pts).T
         return float(np.polyfit(t, b / MiB, 1)[0] * 60)
 

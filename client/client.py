@@ -258,7 +258,8 @@ class Client:
         The first and the longest pause between attempts, in seconds (0.05 and 2.0).
     options : list of (str, object), optional
         gRPC channel options for a target string, in place of the defaults (which lift
-        gRPC's message size limits and balance calls round robin).
+        gRPC's message size limits, balance calls round robin and try a lost connection
+        again at least every 2 s).
     digest_min_bytes : int, optional
         Arrays at least this large may travel as their digest once the server has them.
         Default 65536.
