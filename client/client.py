@@ -129,6 +129,11 @@ _DEFAULT_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     # Per-call balancing over every address of a name (dns:///name:port, headless services).
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    # Reconnect to a server that went away within 2 s of its return. gRPC's own backoff grows
+    # to 120 s, and while it waits every call fails at once with UNAVAILABLE, so the Client's
+    # retries ran out against a server that was back up (a restart of a few seconds).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 
@@ -260,7 +265,8 @@ class Client:
         The first and the longest pause between attempts, in seconds (0.05 and 2.0).
     options : list of (str, object), optional
         gRPC channel options for a target string, merged over the defaults (which lift
-        gRPC's message size limits and balance calls round robin): an option given here
+        gRPC's message size limits, balance calls round robin and try a lost connection
+        again at least every 2 s): an option given here
         replaces the default of the same name, the other defaults stay.
     root_certificates : bytes or str, optional
         PEM root certificates to verify the server with, as bytes or as the path of a file;

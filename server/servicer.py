@@ -57,7 +57,6 @@ class _Call:
         self.memory = 0  # the call's memory estimate (admission.request_memory), when bounded
         self.static_tape = 0  # the tape its plan holds; loop tapes hold the rest of `held`
         self.pending = []  # (digest future, array) of tensors sent with `remember`
-        self.context = context
         try:
             remaining = context.time_remaining()
         except Exception:
@@ -85,20 +84,14 @@ class _Call:
             raise Stopped("the deadline passed", deadline=True)
         if self.cancelled:
             # grpc ends the RPC (and calls _terminated) both when the client cancels and when
-            # the client's deadline passes: tell them apart by the time left.
-            raise Stopped(
-                "the deadline passed" if self.deadline_passed() else "the call was cancelled",
-                deadline=self.deadline_passed(),
-            )
+            # the client's deadline passes: a call ended at (about) its deadline is a
+            # DEADLINE_EXCEEDED, not a CANCELLED.
+            if self.deadline_passed():
+                raise Stopped("the deadline passed", deadline=True)
+            raise Stopped("the call was cancelled")
 
     def deadline_passed(self) -> bool:
-        if self.deadline is None:
-            return False
-        try:
-            remaining = self.context.time_remaining()
-        except Exception:
-            remaining = self.deadline - time.monotonic()
-        return remaining is not None and remaining <= 0
+        return self.deadline is not None and time.monotonic() > self.deadline - 0.1
 
     # -- resolving digests --------------------------------------------------------------------
 
