@@ -66,6 +66,7 @@ __all__ = [
     "isfinite",
     "less",
     "less_equal",
+    "linalg",
     "log",
     "log1p",
     "logaddexp",
@@ -107,6 +108,7 @@ __all__ = [
     "swapaxes",
     "tan",
     "tanh",
+    "tensordot",
     "transpose",
     "true_divide",
     "var",
@@ -513,6 +515,39 @@ def outer(a, b):
     return einsum("i,j->ij", ravel(a), ravel(b))
 
 
+def tensordot(a, b, axes=2):
+    """NumPy's tensordot: the sum over the last `axes` axes of a and the first of b, or over
+    the axes (axes_a, axes_b) pair by pair; an einsum."""
+    a, b = _operands(a, b)
+    na, nb = _ndim(a), _ndim(b)
+    if isinstance(axes, (int, _np.integer)):
+        axes = int(axes)
+        if axes < 0 or axes > builtins.min(na, nb):
+            raise ValueError(f"tensordot: axes={axes} does not fit shapes {_shape(a)}, {_shape(b)}")
+        axes_a, axes_b = list(range(na - axes, na)), list(range(axes))
+    else:
+        axes_a, axes_b = axes
+        axes_a = [axes_a] if isinstance(axes_a, (int, _np.integer)) else list(axes_a)
+        axes_b = [axes_b] if isinstance(axes_b, (int, _np.integer)) else list(axes_b)
+    if len(axes_a) != len(axes_b):
+        raise ValueError("shape-mismatch for sum")
+    axes_a = [_axis(x, na) for x in axes_a]
+    axes_b = [_axis(x, nb) for x in axes_b]
+    if len(set(axes_a)) != len(axes_a) or len(set(axes_b)) != len(axes_b):
+        raise ValueError("tensordot: repeated axis")
+    for i, j in zip(axes_a, axes_b):
+        if _shape(a)[i] != _shape(b)[j]:
+            raise ValueError("shape-mismatch for sum")
+    letters = _fresh_letters(na + nb)
+    sub_a = list(letters[:na])
+    sub_b = list(letters[na:])
+    for i, j in zip(axes_a, axes_b):
+        sub_b[j] = sub_a[i]
+    out = [c for k, c in enumerate(sub_a) if k not in axes_a]
+    out += [c for k, c in enumerate(sub_b) if k not in axes_b]
+    return bind("einsum", a, b, subscripts=f"{''.join(sub_a)},{''.join(sub_b)}->{''.join(out)}")
+
+
 def inner(a, b):
     return (
         einsum("...i,...i->...", a, b) if _ndim(a) == _ndim(b) == 1 else dot(a, swapaxes(b, -1, -2))
@@ -707,3 +742,5 @@ Tracer.dot = dot
 Tracer.transpose = lambda self, *axes: transpose(
     self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None)
 )
+
+from . import linalg  # noqa: E402  (gnp.linalg, as numpy.linalg; it uses the functions above)

@@ -41,6 +41,7 @@ FAMILIES = {
     "shapes": "Shapes and fills",
     "contraction": "Contraction",
     "indexing": "Indexing",
+    "linalg": "Linear algebra",
 }
 
 
@@ -68,8 +69,8 @@ def result_dtypes(prim: Primitive) -> dict:
             result = prim.shape(*specs, **attrs)
         except (ValueError, TypeError, IndexError):
             out[dtype] = None
-        else:
-            out[dtype] = result.dtype
+        else:  # ops with several results: the first one's dtype (linalg's are all alike)
+            out[dtype] = (result[0] if isinstance(result, tuple) else result).dtype
     return out
 
 

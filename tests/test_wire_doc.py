@@ -95,7 +95,7 @@ def _ops_of(graph) -> set[str]:
 def _front_end_corpus():
     """One traced function per public front-end feature: the ops they record are exactly the
     ops documented as recorded by the front ends."""
-    x, v, m = 0.5, np.ones(3), np.ones((2, 3))
+    x, v, m, sq = 0.5, np.ones(3), np.ones((2, 3)), np.eye(2)
     unary = [
         "exp", "expm1", "log", "log1p", "sqrt", "square", "sin", "cos", "tan", "arcsin",
         "arccos", "arctan", "sinh", "cosh", "tanh", "abs", "sign", "floor", "ceil", "round",
@@ -120,6 +120,9 @@ def _front_end_corpus():
         (lambda a: gs.checkpoint(gnp.sin)(a), (x,)),
         (lambda a: gs.scan(lambda c, y: (c + y, c), 0.0, a), (v,)),
         (lambda a: gs.while_loop(lambda c: c < 10.0, lambda c: c * 2.0, a), (x,)),
+        (lambda a: (gnp.linalg.solve(a, a), gnp.linalg.det(a), *gnp.linalg.slogdet(a)), (sq,)),
+        (lambda a: (gnp.linalg.cholesky(a), *gnp.linalg.eigh(a), *gnp.linalg.qr(a)), (sq,)),
+        (lambda a: tuple(gnp.linalg.svd(a, full_matrices=False)), (m,)),
     ]
     return corpus
 
