@@ -1,3 +1,12 @@
 """Importing this package registers every primitive."""
 
-from . import contraction, control, elementwise, indexing, loops, reductions, shapes  # noqa: F401
+from . import (  # noqa: F401
+    contraction,
+    control,
+    custom,
+    elementwise,
+    indexing,
+    loops,
+    reductions,
+    shapes,
+)
