@@ -7,6 +7,7 @@ from .graph import Graph, Port, Spec
 from .limits import Limits
 from .numerical import GradCheck
 from .ops.control import checkpoint, cond
+from .ops.custom import custom_jvp, custom_vjp
 from .ops.loops import fori_loop, scan, while_loop
 from .plan import Stats
 from .tracing import Tracer, trace
@@ -25,6 +26,8 @@ __all__ = [
     "TracerBoolError",
     "checkpoint",
     "cond",
+    "custom_jvp",
+    "custom_vjp",
     "fori_loop",
     "scan",
     "trace",

@@ -165,6 +165,11 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
             if all(ct is None for ct in cts):
                 continue
             prim = PRIMITIVES[node.op]
+            if prim.transpose is None:  # only a custom_jvp rule can make such a graph
+                raise TypeError(
+                    f"reverse mode: '{node.op}' is applied to a tangent and is not linear; the "
+                    "tangent outputs of a gs.custom_jvp rule must be linear in its tangents"
+                )
             if not prim.multiple_results:
                 ct = cts[0]
             else:  # several outputs: the rule gets one cotangent each, zeros made explicit

@@ -39,9 +39,10 @@ INEXACT = ("float64", "float32", "complex128")
 REAL = ("float64", "float32")
 # Ops the engine makes for itself (reverse mode under a tape budget): not part of the public
 # op set a client builds graphs from; the mutations still put them on the wire.
-INTERNAL_OPS = ("scan_record", "while_record", "loop_tape")
+INTERNAL_OPS = tuple(sorted(n for n, p in PRIMITIVES.items() if p.internal))
 PUBLIC_OPS = tuple(sorted(n for n in PRIMITIVES if n not in INTERNAL_OPS))
 CONTROL_OPS = ("cond", "scan", "while_loop", "checkpoint")
+LINALG_OPS = ("solve", "det", "slogdet", "cholesky", "eigh", "svd", "qr")
 LOOP_OPS = ("scan", "while_loop", "scan_record", "while_record", "loop_tape")
 
 
@@ -139,7 +140,9 @@ def _probe_dtypes(op):
 
 
 ELEMENTWISE = tuple(
-    n for n in PUBLIC_OPS if not PRIMITIVES[n].attrs and PRIMITIVES[n].arity[0] in (1, 2)
+    n
+    for n in PUBLIC_OPS
+    if not PRIMITIVES[n].attrs and PRIMITIVES[n].arity[0] in (1, 2) and n not in LINALG_OPS
 ) + ("select",)
 ELEMENTWISE_DTYPES = {op: _probe_dtypes(op) for op in ELEMENTWISE}
 
@@ -400,6 +403,41 @@ def _control(b, op):
     return gs.trace(fn, Spec(shape, dtype), Spec(shape, dtype))
 
 
+def _custom(b, op):
+    """A traced custom_jvp or custom_vjp function of one array: returns the whole Graph."""
+    draw = b.draw
+    dtype = draw(st.sampled_from(REAL))
+    shape = draw(shapes(max_dims=2, max_side=3))
+    f = BODY_FNS[draw(st.sampled_from(sorted(BODY_FNS)))]
+    if op == "custom_jvp_call":
+        fun = gs.custom_jvp(lambda v: f(v))
+        fun.defjvp(lambda primals, tangents: (f(primals[0]), tangents[0] * 2.0))
+    else:
+        fun = gs.custom_vjp(lambda v: f(v))
+        fun.defvjp(lambda v: (f(v), ()), lambda residuals, ct: (ct * 2.0,))
+    return gs.trace(fun, Spec(shape, dtype))
+
+
+def _linalg(b, op):
+    """A traced gnp.linalg function of a stack of square matrices: returns the whole Graph."""
+    draw = b.draw
+    dtype = draw(st.sampled_from(REAL))
+    n = draw(st.integers(1, 3))
+    stack = draw(shapes(max_dims=1, max_side=2))
+    a = Spec((*stack, n, n), dtype)
+    if op == "solve":
+        return gs.trace(gnp.linalg.solve, a, Spec((*stack, n, draw(st.integers(1, 2))), dtype))
+    fn = {
+        "det": gnp.linalg.det,
+        "slogdet": lambda m: tuple(gnp.linalg.slogdet(m)),
+        "cholesky": gnp.linalg.cholesky,
+        "eigh": lambda m: tuple(gnp.linalg.eigh(m)),
+        "svd": lambda m: tuple(gnp.linalg.svd(m)),
+        "qr": lambda m: tuple(gnp.linalg.qr(m)),
+    }[op]
+    return gs.trace(fn, a)
+
+
 OP_CASES = {
     **dict.fromkeys(ELEMENTWISE, _elementwise),
     **dict.fromkeys(
@@ -420,6 +458,8 @@ OP_CASES = {
     "scatter_add": _scatter_add,
     "add_at": _add_at,
     **dict.fromkeys(CONTROL_OPS, _control),
+    **dict.fromkeys(("custom_jvp_call", "custom_vjp_call"), _custom),
+    **dict.fromkeys(LINALG_OPS, _linalg),
 }
 
 
@@ -447,8 +487,8 @@ def cases(draw, ops=PUBLIC_OPS):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     b = _Builder(draw, rng)
     try:
-        if op in CONTROL_OPS:
-            graph = _control(b, op)
+        if op in CONTROL_OPS or op in LINALG_OPS or op in ("custom_jvp_call", "custom_vjp_call"):
+            graph = OP_CASES[op](b, op)
         else:
             outs = OP_CASES[op](b, op)
             graph = b.graph(outs)

@@ -106,6 +106,10 @@ def _front_end_corpus():
         "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
         "logical_and", "logical_or", "logical_xor",
     ]  # fmt: skip
+    jvp_sin = gs.custom_jvp(gnp.sin)
+    jvp_sin.defjvp(lambda p, t: (gnp.sin(p[0]), gnp.cos(p[0]) * t[0]))
+    vjp_sin = gs.custom_vjp(gnp.sin)
+    vjp_sin.defvjp(lambda a: (gnp.sin(a), gnp.cos(a)), lambda c, ct: (c * ct,))
     corpus = [(getattr(gnp, n), (x,)) for n in unary]
     corpus += [(getattr(gnp, n), (x, 2.0)) for n in binary]
     corpus += [
@@ -118,6 +122,7 @@ def _front_end_corpus():
         (lambda a: (a @ a.T, a[0, 1:]), (m,)),
         (lambda a: gs.cond(a > 0, lambda b: b, lambda b: -b, a), (x,)),
         (lambda a: gs.checkpoint(gnp.sin)(a), (x,)),
+        (lambda a: (jvp_sin(a), vjp_sin(a)), (x,)),
         (lambda a: gs.scan(lambda c, y: (c + y, c), 0.0, a), (v,)),
         (lambda a: gs.while_loop(lambda c: c < 10.0, lambda c: c * 2.0, a), (x,)),
         (lambda a: (gnp.linalg.solve(a, a), gnp.linalg.det(a), *gnp.linalg.slogdet(a)), (sq,)),

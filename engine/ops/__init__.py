@@ -3,6 +3,7 @@
 from . import (  # noqa: F401
     contraction,
     control,
+    custom,
     elementwise,
     indexing,
     linalg,
