@@ -28,7 +28,9 @@ from gradserve.engine.arguments import (
     check_argnums,
     check_graph,
     coerce,
+    selected_inputs,
     single,
+    tangent_arguments,
 )
 from gradserve.engine.docstrings import CLIENT, backend_docstring
 from gradserve.engine.graph import Graph
@@ -423,8 +425,9 @@ class Client:
         return self.value_and_grad(graph, *args, argnums=argnums, timeout=timeout)[1]
 
     @backend_docstring(CLIENT)
-    def vjp(self, graph: Graph, primals, cotangents, timeout=None):
+    def vjp(self, graph: Graph, primals, cotangents, argnums=None, timeout=None):
         check_graph(graph)
+        nums = None if argnums is None else _encode_argnums(argnums, graph)
         primals = _arguments(graph, tuple(primals), "primals")
         single = len(graph.outputs) == 1 and not isinstance(cotangents, tuple)
         cotangents = (cotangents,) if single else tuple(cotangents)
@@ -444,22 +447,22 @@ class Client:
             graph,
             [("primals", primals), ("cotangents", cts)],
             timeout,
-            lambda g: pb.VjpRequest(graph=g),
+            lambda g: pb.VjpRequest(graph=g, argnums=nums),
         )
         return from_value(reply.outputs), tuple(result_array(t) for t in reply.input_cotangents)
 
     @backend_docstring(CLIENT)
-    def jvp(self, graph: Graph, primals, tangents, timeout=None):
+    def jvp(self, graph: Graph, primals, tangents, argnums=None, timeout=None):
         check_graph(graph)
+        nums, tangents = _selected_tangents(graph, tangents, argnums, "jvp")
         primals = _arguments(graph, tuple(primals), "primals")
-        tangents = _arguments(graph, tuple(tangents), "tangents")
         reply = self._call(
             "Jvp",
             pb.JvpResponse,
             graph,
             [("primals", primals), ("tangents", tangents)],
             timeout,
-            lambda g: pb.JvpRequest(graph=g),
+            lambda g: pb.JvpRequest(graph=g, argnums=nums),
         )
         return from_value(reply.outputs), from_value(reply.output_tangents)
 
@@ -481,17 +484,17 @@ class Client:
         return from_value(reply.jacobian)
 
     @backend_docstring(CLIENT)
-    def hvp(self, graph: Graph, primals, tangents, timeout=None):
+    def hvp(self, graph: Graph, primals, tangents, argnums=None, timeout=None):
         check_graph(graph)
+        nums, tangents = _selected_tangents(graph, tangents, argnums, "hvp")
         primals = _arguments(graph, tuple(primals), "primals")
-        tangents = _arguments(graph, tuple(tangents), "tangents")
         reply = self._call(
             "Hvp",
             pb.HvpResponse,
             graph,
             [("primals", primals), ("tangents", tangents)],
             timeout,
-            lambda g: pb.HvpRequest(graph=g),
+            lambda g: pb.HvpRequest(graph=g, argnums=nums),
         )
         return tuple(result_array(t) for t in reply.tangents)
 
@@ -729,6 +732,17 @@ def _pem(value):
 
 def _arguments(graph, args, what="arguments"):
     return [canonical_array(a) for a in arguments(graph, args, what)]
+
+
+def _selected_tangents(graph, tangents, argnums, method):
+    """(argnums as sent or None, the tangents sent): every input's without argnums (as the
+    contract has it: one per input), else only the selected inputs', checked as the engine
+    checks them."""
+    if argnums is None:
+        return None, _arguments(graph, tuple(tangents), "tangents")
+    wrt = selected_inputs(graph, argnums, method)
+    selected = tangent_arguments(graph, tangents, argnums, wrt)
+    return _encode_argnums(argnums, graph), [canonical_array(t) for t in selected]
 
 
 def _encode_argnums(argnums, graph) -> pb.Argnums:

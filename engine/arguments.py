@@ -76,3 +76,45 @@ def check_argnums(graph: Graph, argnums) -> tuple:
                 "differentiable (only float and complex inputs are)"
             )
     return nums
+
+
+def selected_inputs(graph: Graph, argnums, method, nums=None) -> tuple:
+    """The inputs vjp, jvp or hvp differentiate: every float and complex input for argnums
+    None, else those argnums names (checked as for grad; `nums`: already checked). jvp and hvp
+    take one tangent per selected input, so there an input may not be named twice."""
+    if argnums is None:
+        return tuple(
+            i for i, p in enumerate(graph.inputs) if dtypes.is_differentiable(p.spec.dtype)
+        )
+    if nums is None:
+        nums = check_argnums(graph, argnums)
+    if method != "vjp" and len(set(nums)) != len(nums):
+        raise ValueError(
+            f"argnums {argnums!r} names an input twice; {method} takes one tangent per "
+            "selected input"
+        )
+    return nums
+
+
+def tangent_arguments(graph: Graph, tangents, argnums, wrt) -> list:
+    """The tangents of jvp and hvp for the inputs `wrt` (checked and converted as arguments
+    are). argnums None: `tangents` has one per graph input (those of inputs not in `wrt` are
+    checked and dropped); else one per selected input, in the order of argnums, in a tuple or
+    list (for an int argnums too)."""
+    if argnums is None:
+        every = arguments(graph, tuple(tangents), "tangents")
+        return [every[i] for i in wrt]
+    if not isinstance(tangents, (tuple, list)):
+        raise TypeError(
+            "with argnums, tangents is a tuple or list of one array per selected input, "
+            f"got {type(tangents).__name__}"
+        )
+    if len(tangents) != len(wrt):
+        names = ", ".join(graph.inputs[i].name for i in wrt)
+        raise TypeError(
+            f"argnums {argnums!r} selects {len(wrt)} inputs ({names}), got {len(tangents)} tangents"
+        )
+    return [
+        coerce(t, graph.inputs[i].spec, f"tangent {graph.inputs[i].name!r}")
+        for t, i in zip(tangents, wrt)
+    ]

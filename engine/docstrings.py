@@ -17,6 +17,19 @@ argnums : int or sequence of int, optional
     The inputs to differentiate with respect to: indices into ``graph.inputs``,
     negative ones counting from the end; each a float or complex input. Default 0."""
 
+VJP_ARGNUMS = """\
+argnums : int or sequence of int, optional
+    The inputs whose cotangents are returned: indices into ``graph.inputs``, negative
+    ones counting from the end; each a float or complex input. An int is a sequence of
+    one (the result is a tuple all the same). None (the default): every input."""
+
+TANGENT_ARGNUMS = """\
+argnums : int or sequence of int, optional
+    The inputs with a tangent; the others are held fixed: indices into
+    ``graph.inputs``, negative ones counting from the end, none repeated; each a float
+    or complex input. An int is a sequence of one (`tangents` too). None (the
+    default): every input."""
+
 GRADIENT_ERRORS = """\
 ValueError
     An index in `argnums` is out of range; or an argument's shape differs from its input's.
@@ -79,7 +92,12 @@ def backend_docstring(backend: dict):
     def decorate(method):
         template = TEMPLATES[method.__name__]
         method.__doc__ = template.format(
-            args=ARGS, argnums=ARGNUMS, gradient_errors=GRADIENT_ERRORS, **backend
+            args=ARGS,
+            argnums=ARGNUMS,
+            vjp_argnums=VJP_ARGNUMS,
+            tangent_argnums=TANGENT_ARGNUMS,
+            gradient_errors=GRADIENT_ERRORS,
+            **backend,
         )
         return method
 
@@ -198,6 +216,7 @@ cotangents : array_like or tuple of array_like
     One per graph output, of that output's shape (converted to its dtype); a graph with
     one output also takes the array itself. The cotangents of outputs that are not
     float or complex are ignored (None will do).
+{vjp_argnums}
 {call}
 
 Returns
@@ -207,16 +226,19 @@ outputs : ndarray or tuple of ndarray
 input_cotangents : tuple of ndarray
     One per graph input, of its shape and dtype: the sum over the outputs of
     ``cotangent · d output / d input``; zeros for inputs that are not float or complex.
+    With `argnums`, one per index of `argnums`, in its order (a tuple of one for an int).
 
 Raises
 ------
 ValueError
-    A cotangent's shape differs from its output's; or an argument's shape differs from its
-    input's.
+    A cotangent's shape differs from its output's; an index in `argnums` is out of range;
+    or an argument's shape differs from its input's.
 TypeError
     The number of cotangents differs from the graph's outputs, or a cotangent's dtype does
-    not convert to its output's; or `graph` is not a `gs.Graph`, the number of arguments
-    differs from the graph's inputs, or an argument's dtype does not convert to its input's.
+    not convert to its output's; `argnums` is not an int or a sequence of ints, or names an
+    input that is not float or complex; or `graph` is not a `gs.Graph`, the number of
+    arguments differs from the graph's inputs, or an argument's dtype does not convert to
+    its input's.
 {tape_limits}
 
 Examples
@@ -225,6 +247,10 @@ Examples
 >>> outputs, (ct,) = {backend}.vjp(graph, (np.array([1.0, 2.0]),), np.ones(2))
 >>> ct
 array([2., 4.])
+>>> data = gs.trace(lambda w, X: gnp.sum(X @ w), np.zeros(2), np.zeros((3, 2)))
+>>> outputs, (ct_w,) = {backend}.vjp(data, (np.ones(2), np.ones((3, 2))), 1.0, argnums=0)
+>>> ct_w
+array([3., 3.])
 """
 
 JVP = """\
@@ -239,7 +265,9 @@ primals : sequence of array_like
     One value per graph input, in order, converted as `args` are for `evaluate`.
 tangents : sequence of array_like
     One per graph input, of that input's shape and dtype (converted as `primals`
-    are); those of inputs that are not float or complex are ignored.
+    are); those of inputs that are not float or complex are ignored. With `argnums`, a
+    tuple or list of one per index of `argnums`, in its order.
+{tangent_argnums}
 {call}
 
 Returns
@@ -254,10 +282,13 @@ output_tangents : ndarray or tuple of ndarray
 Raises
 ------
 ValueError
-    An argument's shape differs from its input's.
+    An index in `argnums` is out of range or repeated; or an argument's shape differs from
+    its input's.
 TypeError
-    `graph` is not a `gs.Graph`, the number of arguments differs from the graph's inputs, or
-    an argument's dtype does not convert to its input's.
+    `argnums` is not an int or a sequence of ints, or names an input that is not float or
+    complex; the number of tangents differs from the inputs selected; or `graph` is not a
+    `gs.Graph`, the number of arguments differs from the graph's inputs, or an argument's
+    dtype does not convert to its input's.
 {limits}
 
 Examples
@@ -265,6 +296,9 @@ Examples
 >>> graph = gs.trace(lambda x: gnp.sin(x), 0.0)
 >>> {backend}.jvp(graph, (0.0,), (2.0,))
 (array(0.), array(2.))
+>>> scaled = gs.trace(lambda x, a: a * gnp.sin(x), 0.0, 3.0)
+>>> {backend}.jvp(scaled, (0.0, 3.0), (2.0,), argnums=0)  # a held fixed
+(array(0.), array(6.))
 """
 
 JACOBIAN = """\
@@ -323,7 +357,9 @@ primals : sequence of array_like
     One value per graph input, in order, converted as `args` are for `evaluate`.
 tangents : sequence of array_like
     One per graph input, of that input's shape and dtype (converted as `primals`
-    are); those of inputs that are not float or complex are ignored.
+    are); those of inputs that are not float or complex are ignored. With `argnums`, a
+    tuple or list of one per index of `argnums`, in its order.
+{tangent_argnums}
 {call}
 
 Returns
@@ -331,16 +367,21 @@ Returns
 tuple of ndarray
     One per graph input (a tuple even for one input), of its shape and dtype:
     ``sum over j of H[i, j] · tangents[j]``, with H the Hessian over every float and
-    complex input; zeros for the other inputs.
+    complex input; zeros for the other inputs. With `argnums`, one per index of
+    `argnums`, in its order (a tuple of one for an int), i and j running over the
+    selected inputs only.
 
 Raises
 ------
 ValueError
-    An argument's shape differs from its input's.
+    An index in `argnums` is out of range or repeated; or an argument's shape differs from
+    its input's.
 TypeError
-    The graph does not have exactly one output, a float64 or float32 scalar; or `graph` is
-    not a `gs.Graph`, the number of arguments differs from the graph's inputs, or an
-    argument's dtype does not convert to its input's.
+    The graph does not have exactly one output, a float64 or float32 scalar; `argnums` is
+    not an int or a sequence of ints, or names an input that is not float or complex; the
+    number of tangents differs from the inputs selected; or `graph` is not a `gs.Graph`,
+    the number of arguments differs from the graph's inputs, or an argument's dtype does
+    not convert to its input's.
 {tape_limits}
 gs.GraphError
     The graph has a `gs.while_loop`: second derivatives through one are not supported.
@@ -350,6 +391,9 @@ Examples
 >>> graph = gs.trace(lambda x: gnp.sum(x**3), np.ones(2))
 >>> {backend}.hvp(graph, (np.array([1.0, 2.0]),), (np.array([1.0, 0.0]),))
 (array([6., 0.]),)
+>>> fit = gs.trace(lambda w, X: gnp.sum((X @ w) ** 2), np.zeros(2), np.zeros((3, 2)))
+>>> {backend}.hvp(fit, (np.zeros(2), np.ones((3, 2))), (np.array([1.0, 0.0]),), argnums=0)
+(array([6., 6.]),)
 """
 
 HESSIAN = """\

@@ -12,7 +12,16 @@ from collections import OrderedDict
 import numpy as np
 
 from . import dtypes
-from .arguments import argnums_key, arguments, check_argnums, check_graph, coerce, single
+from .arguments import (
+    argnums_key,
+    arguments,
+    check_argnums,
+    check_graph,
+    coerce,
+    selected_inputs,
+    single,
+    tangent_arguments,
+)
 from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
@@ -158,6 +167,7 @@ class Engine:
         return [np.asarray(o) for o in out]
 
     _check_graph = staticmethod(check_graph)
+    _tangents = staticmethod(tangent_arguments)
 
     def _arguments(self, graph: Graph, args, what="arguments"):
         return arguments(graph, args, what)
@@ -189,9 +199,17 @@ class Engine:
             i for i, p in enumerate(graph.inputs) if dtypes.is_differentiable(p.spec.dtype)
         )
 
+    def _selected(self, graph: Graph, argnums, method) -> tuple:
+        """The inputs vjp, jvp or hvp differentiate (see arguments.selected_inputs)."""
+        if argnums is None:
+            return self._differentiable(graph)
+        nums = self._argnums(graph, argnums)
+        return selected_inputs(graph, argnums, method, nums)
+
     def _one_pass_plan(self, graph: Graph, method, nums=None) -> Plan:
         """The plan of a method that runs one pass: "evaluate", "grad" (value_and_grad, with
-        `nums` checked), "vjp", "jvp", "hvp" (over every differentiable input)."""
+        `nums` checked), "vjp", "jvp", "hvp" (over the inputs `nums`; None: every
+        differentiable input). Cached per (graph, method, nums)."""
         if method == "evaluate":
             return self._plan(graph, ("evaluate",), lambda loop_tapes: Program(graph))
         if method == "grad":
@@ -200,14 +218,18 @@ class Engine:
                 ("grad", nums),
                 lambda loop_tapes: vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
             )
-        wrt = self._differentiable(graph)
+        wrt = self._differentiable(graph) if nums is None else tuple(nums)
         if method == "vjp":
             return self._plan(
-                graph, ("vjp",), lambda loop_tapes: vjp(Program(graph), wrt, loop_tapes=loop_tapes)
+                graph,
+                ("vjp", wrt),
+                lambda loop_tapes: vjp(Program(graph), wrt, loop_tapes=loop_tapes),
             )
         if method == "jvp":
             return self._plan(
-                graph, ("jvp",), lambda loop_tapes: jvp(Program(graph), wrt, loop_tapes=loop_tapes)
+                graph,
+                ("jvp", wrt),
+                lambda loop_tapes: jvp(Program(graph), wrt, loop_tapes=loop_tapes),
             )
         n_wrt = len(wrt)
 
@@ -219,10 +241,10 @@ class Engine:
             forward = jvp(gradient, wrt, loop_tapes=loop_tapes)
             return select_outputs(forward, range(n_wrt, 2 * n_wrt))
 
-        return self._plan(graph, ("hvp",), build)
+        return self._plan(graph, ("hvp", wrt), build)
 
     def plan_stats(
-        self, graph: Graph, method: str, *, argnums=0, mode="auto", check_method="central"
+        self, graph: Graph, method: str, *, argnums=None, mode="auto", check_method="central"
     ) -> Stats:
         """The memory figures a call's schedule fixes, known before it runs.
 
@@ -238,7 +260,8 @@ class Engine:
             The Engine method's name: "evaluate", "value_and_grad", "grad", "vjp", "jvp",
             "jacobian", "hvp", "hessian" or "check_grad".
         argnums, mode : optional
-            As the method takes them (ignored by the methods that do not).
+            As the method takes them (ignored by the methods that do not); argnums None is
+            the method's default (0; every float and complex input for vjp, jvp and hvp).
         check_method : str, optional
             check_grad's `method` ("central", "forward" or "complex").
 
@@ -264,13 +287,17 @@ class Engine:
         taped = True
         if method in ("value_and_grad", "grad", "hvp", "hessian", "check_grad"):
             self._scalar_output(graph, method)
-        if method in ("evaluate", "vjp", "jvp", "hvp"):
+        if method == "evaluate":
             plans = [self._one_pass_plan(graph, method)]
-            taped = method not in ("evaluate", "jvp")
+            taped = False
+        elif method in ("vjp", "jvp", "hvp"):
+            plans = [self._one_pass_plan(graph, method, self._selected(graph, argnums, method))]
+            taped = method != "jvp"
         elif method in ("value_and_grad", "grad"):
-            plans = [self._one_pass_plan(graph, "grad", self._argnums(graph, argnums))]
+            nums = self._argnums(graph, 0 if argnums is None else argnums)
+            plans = [self._one_pass_plan(graph, "grad", nums)]
         elif method in ("jacobian", "hessian"):
-            nums = self._argnums(graph, argnums)
+            nums = self._argnums(graph, 0 if argnums is None else argnums)
             if method == "jacobian":
                 mode = self._mode(
                     mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
@@ -317,8 +344,9 @@ class Engine:
         return self.value_and_grad(graph, *args, argnums=argnums, should_stop=should_stop)[1]
 
     @backend_docstring(ENGINE)
-    def vjp(self, graph: Graph, primals, cotangents, should_stop=None):
+    def vjp(self, graph: Graph, primals, cotangents, argnums=None, should_stop=None):
         self._check_graph(graph)
+        wrt = self._selected(graph, argnums, "vjp")
         primals = self._arguments(graph, tuple(primals), "primals")
         cotangents = (
             (cotangents,)
@@ -334,27 +362,27 @@ class Engine:
             for k, (c, p) in enumerate(zip(cotangents, graph.outputs))
             if dtypes.is_differentiable(p.spec.dtype)
         ]
-        wrt = self._differentiable(graph)
-        plan = self._one_pass_plan(graph, "vjp")
+        plan = self._one_pass_plan(graph, "vjp", wrt)
         out = self._run(plan, primals + cts, should_stop=should_stop)
         n = len(graph.outputs)
+        outputs = _single_or_tuple(out[:n], n == 1)
+        if argnums is not None:  # the selected inputs' cotangents, in the order of argnums
+            return outputs, tuple(out[n:])
         grads = dict(zip(wrt, out[n:]))
         input_cts = tuple(
             grads[i] if i in grads else np.zeros(p.spec.shape, p.spec.dtype)
             for i, p in enumerate(graph.inputs)
         )
-        return _single_or_tuple(out[:n], n == 1), input_cts
+        return outputs, input_cts
 
     @backend_docstring(ENGINE)
-    def jvp(self, graph: Graph, primals, tangents, should_stop=None):
+    def jvp(self, graph: Graph, primals, tangents, argnums=None, should_stop=None):
         self._check_graph(graph)
+        wrt = self._selected(graph, argnums, "jvp")
         primals = self._arguments(graph, tuple(primals), "primals")
-        tangents = self._arguments(graph, tuple(tangents), "tangents")
-        wrt = self._differentiable(graph)
-        plan = self._one_pass_plan(graph, "jvp")
-        out = self._run(
-            plan, primals + [tangents[i] for i in wrt], tape=False, should_stop=should_stop
-        )
+        tangents = self._tangents(graph, tangents, argnums, wrt)
+        plan = self._one_pass_plan(graph, "jvp", wrt)
+        out = self._run(plan, primals + tangents, tape=False, should_stop=should_stop)
         n = len(graph.outputs)
         return _single_or_tuple(out[:n], n == 1), _single_or_tuple(out[n:], n == 1)
 
@@ -370,16 +398,17 @@ class Engine:
         return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
     @backend_docstring(ENGINE)
-    def hvp(self, graph: Graph, primals, tangents, should_stop=None):
+    def hvp(self, graph: Graph, primals, tangents, argnums=None, should_stop=None):
         self._check_graph(graph)
         self._scalar_output(graph, "hvp")
+        wrt = self._selected(graph, argnums, "hvp")
         primals = self._arguments(graph, tuple(primals), "primals")
-        tangents = self._arguments(graph, tuple(tangents), "tangents")
-        wrt = self._differentiable(graph)
-        plan = self._one_pass_plan(graph, "hvp")
-        out = dict(
-            zip(wrt, self._run(plan, primals + [tangents[i] for i in wrt], should_stop=should_stop))
-        )
+        tangents = self._tangents(graph, tangents, argnums, wrt)
+        plan = self._one_pass_plan(graph, "hvp", wrt)
+        products = self._run(plan, primals + tangents, should_stop=should_stop)
+        if argnums is not None:  # one per selected input, in the order of argnums
+            return tuple(products)
+        out = dict(zip(wrt, products))
         return tuple(
             out[i] if i in out else np.zeros(p.spec.shape, p.spec.dtype)
             for i, p in enumerate(graph.inputs)

@@ -295,15 +295,34 @@ def mean(x, axis=None, keepdims=False):
     return sum(_inexact(x), axis, keepdims) / builtins.max(_count(x, axis), 1)
 
 
+def _squared_deviations(x, axis):
+    """|x - mean(x)|² along axis: real for complex x, as NumPy's var, from the real and
+    imaginary parts (smooth, so its Hessian holds at 0 too). For real x it is recorded as
+    (x - m) * (x - m), which the complex step extends holomorphically."""
+    centered = x - mean(x, axis, keepdims=True)
+    if _dtype(x) != "complex128":
+        return centered, centered * centered
+    re, im = astype(centered, "float64"), astype(centered * -1j, "float64")
+    return centered, re * re + im * im
+
+
 def var(x, axis=None, keepdims=False, ddof=0):
     (x,) = _operands(x)
     x = _inexact(x)
-    centered = x - mean(x, axis, keepdims=True)
+    _, squares = _squared_deviations(x, axis)
     n = _count(x, axis)
-    return sum(centered * centered, axis, keepdims) / builtins.max(n - ddof, 0)
+    return sum(squares, axis, keepdims) / builtins.max(n - ddof, 0)
 
 
 def std(x, axis=None, keepdims=False, ddof=0):
+    (x,) = _operands(x)
+    x = _inexact(x)
+    if _count(x, axis) == 1 and ddof == 0:
+        # One element: x - mean(x) is 0 whatever x, so the std and all its derivatives are
+        # 0 (sqrt's derivative at 0 would make them nan). |x - mean(x)| keeps nan and inf
+        # (nan - nan) flowing, as NumPy's std does, and abs has derivative 0 at 0.
+        centered = x - mean(x, axis, keepdims=True)
+        return sum(absolute(centered), axis, keepdims)
     return sqrt(var(x, axis, keepdims, ddof))
 
 
@@ -549,9 +568,15 @@ def tensordot(a, b, axes=2):
 
 
 def inner(a, b):
-    return (
-        einsum("...i,...i->...", a, b) if _ndim(a) == _ndim(b) == 1 else dot(a, swapaxes(b, -1, -2))
-    )
+    """NumPy's inner: a 0-d operand multiplies; else the sum over the last axes of both, of
+    shape a.shape[:-1] + b.shape[:-1]."""
+    a, b = _operands(a, b)
+    na, nb = _ndim(a), _ndim(b)
+    if na == 0 or nb == 0:
+        return multiply(a, b)
+    letters = _fresh_letters(na + nb - 2, "z")
+    rest_a, rest_b = letters[: na - 1], letters[na - 1 :]
+    return bind("einsum", a, b, subscripts=f"{rest_a}z,{rest_b}z->{rest_a}{rest_b}")
 
 
 # ---- creation ----------------------------------------------------------------------------

@@ -16,6 +16,10 @@ Rules (callables):
 - `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass);
 - `retype(args, **attrs) -> outputs`: for ops with subgraphs, which trace their bodies again
   for arguments of other dtypes (the complex step);
+- `complex_step(args, **attrs) -> outputs`: the holomorphic-friendly extension the complex
+  step evaluates instead of the op where an operand was real in the graph and is complex only
+  because of the step (abs: x * sign(Re x)); an operand complex in the graph itself keeps the
+  op's own (NumPy's) meaning;
 - `simplify(args, splats, out, **attrs)`: an algebraic shortcut taken while tracing, so that no
   node is recorded: one of `args` when the output equals it (x * 1), a number when the output
   holds that number everywhere (2 * 3), else None. `splats[i]` is the number filling `args[i]`
@@ -146,6 +150,7 @@ class Primitive:
         multiple_results: bool = False,
         jvp_full=None,
         retype=None,
+        complex_step=None,
         simplify=None,
         splat=None,
         add_into=None,
@@ -171,6 +176,7 @@ class Primitive:
         self.multiple_results = multiple_results
         self.jvp_full = jvp_full
         self.retype = retype
+        self.complex_step = complex_step
         self.simplify = simplify
         self.splat = splat
         self.add_into = add_into

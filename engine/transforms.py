@@ -253,7 +253,8 @@ def prune(program: Program) -> Program:
 
 def retype(program: Program, specs) -> Program:
     """The same graph traced again for inputs of other specs (complex inputs for the complex
-    step): every shape and dtype rule runs anew."""
+    step): every shape and dtype rule runs anew. An op with a `complex_step` extension (abs)
+    evaluates it where an operand was real in `graph` and is complex now."""
     graph, _boundary = program
     with Builder() as builder:
         env = _start(graph, builder, specs)
@@ -262,6 +263,12 @@ def retype(program: Program, specs) -> Program:
             prim = PRIMITIVES[node.op]
             if prim.retype is not None:  # ops with subgraphs retype their bodies
                 outs = prim.retype(args, **node.attrs)
+            elif prim.complex_step is not None and any(
+                a.spec.dtype == "complex128" and graph.avals[n].dtype != "complex128"
+                for n, a in zip(node.inputs, args)
+            ):  # real in the graph, complex for the step: the op's holomorphic extension
+                outs = prim.complex_step(args, **node.attrs)
+                outs = outs if isinstance(outs, tuple) else (outs,)
             else:
                 outs = _replay_node(node, args)
             env.update(zip(node.outputs, outs))

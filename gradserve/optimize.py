@@ -8,7 +8,8 @@
 
 SciPy's gradient methods get the value and the gradient from ONE backend call per evaluation
 (`value_and_grad`, passed to SciPy with `jac=True`); Newton-CG, trust-ncg, trust-krylov and
-trust-constr get `hessp` from the backend's `hvp`, dogleg and trust-exact get `hess` from its
+trust-constr get `hessp` from the backend's `hvp` (with argnums=0: the inputs held fixed are
+neither differentiated nor sent back), dogleg and trust-exact get `hess` from its
 `hessian`; Nelder-Mead, Powell, COBYLA and COBYQA get the value alone (`evaluate`). Besides
 SciPy's methods there are two first-order loops, "sgd" (heavy-ball momentum, optionally
 Nesterov) and "adam".
@@ -181,7 +182,6 @@ class _Objective:
         self.fixed = fixed
         spec = graph.inputs[0].spec
         self.shape, self.dtype = spec.shape, np.dtype(spec.dtype)
-        self._zero_tangents = None
         self.calls: dict[str, int] = {}
         self.nfev = 0
         self._seen: OrderedDict = OrderedDict()  # x bytes -> (loss, gradient or None)
@@ -223,15 +223,12 @@ class _Objective:
 
     def hessp(self, xflat, p):
         self._count("hvp")
-        if self._zero_tangents is None:
-            # One zero array per fixed input, reused: a Client sends each large one once.
-            self._zero_tangents = tuple(
-                _readonly(np.zeros(q.spec.shape, q.spec.dtype)) for q in self.graph.inputs[1:]
-            )
-        out = self.backend.hvp(
-            self.graph, (self._x(xflat),) + self.fixed, (self._x(p),) + self._zero_tangents
+        # argnums=0: only x is differentiated and gets a tangent; the fixed data is neither
+        # differentiated nor, over the wire, answered with a product of its size.
+        (out,) = self.backend.hvp(
+            self.graph, (self._x(xflat),) + self.fixed, (self._x(p),), argnums=0
         )
-        return np.asarray(out[0], dtype=np.float64).reshape(-1)
+        return np.asarray(out, dtype=np.float64).reshape(-1)
 
     def hess(self, xflat):
         self._count("hessian")

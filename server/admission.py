@@ -83,25 +83,30 @@ def _block_bytes(out_spec, in_spec) -> int:
 
 def _nums(graph, argnums) -> tuple:
     n = len(graph.inputs)
+    if argnums is None:  # vjp, jvp, hvp: every input
+        return tuple(range(n))
     indices = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     return tuple(i % n for i in indices if -n <= i < n)
 
 
 def result_bytes(method: str, graph, argnums=0) -> int:
-    """Bytes of the results of `method` (an Engine method's name) on `graph`, from its specs."""
+    """Bytes of the results of `method` (an Engine method's name) on `graph`, from its specs;
+    `argnums` as the method takes it (None: its default, 0 or, for vjp and hvp, every input)."""
     inputs = [p.spec for p in graph.inputs]
     outputs = [p.spec for p in graph.outputs]
     if method == "evaluate":
         return sum(_nbytes(s) for s in outputs)
     if method == "jvp":
         return 2 * sum(_nbytes(s) for s in outputs)
-    if method == "vjp":
-        return sum(_nbytes(s) for s in outputs + inputs)
+    if method == "vjp":  # argnums None: one cotangent per input, else per selected input
+        return sum(_nbytes(s) for s in outputs) + sum(
+            _nbytes(inputs[i]) for i in _nums(graph, argnums)
+        )
     if method == "hvp":
-        return sum(_nbytes(s) for s in inputs)
+        return sum(_nbytes(inputs[i]) for i in _nums(graph, argnums))
     if method == "check_grad":  # the analytic and the numerical gradient
         return 2 * sum(_nbytes(s) for s in inputs if s.dtype in ("float64", "float32"))
-    nums = _nums(graph, argnums)
+    nums = _nums(graph, 0 if argnums is None else argnums)
     if method in ("value_and_grad", "grad"):
         return sum(_nbytes(s) for s in outputs) + sum(_nbytes(inputs[i]) for i in nums)
     if method == "jacobian":
@@ -111,7 +116,7 @@ def result_bytes(method: str, graph, argnums=0) -> int:
     return 0
 
 
-def request_memory(engine, method: str, graph, argnums=0, mode="auto", check_method="central"):
+def request_memory(engine, method: str, graph, argnums=None, mode="auto", check_method="central"):
     """(total bytes, {part: bytes}, Engine.plan_stats) a call of `method` on `graph` is estimated to allocate:
     the working memory of its plans (Engine.plan_stats().peak_bytes: every array alive at once,
     arguments and outputs included) and its results again (held while the reply is encoded; for
@@ -241,7 +246,7 @@ class Admission:
             self.engine,
             method,
             graph,
-            argnums=kwargs.get("argnums", 0),
+            argnums=kwargs.get("argnums"),  # None: the method's default
             mode=kwargs.get("mode", "auto"),
             check_method=kwargs.get("method", "central"),
         )

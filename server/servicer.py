@@ -184,9 +184,9 @@ class _Reply:
         return b"".join(parts)
 
 
-def _argnums(req):
+def _argnums(req, absent=0):
     if not req.HasField("argnums"):
-        return 0
+        return absent
     indices = tuple(req.argnums.indices)
     if req.argnums.is_tuple:
         return indices
@@ -298,7 +298,10 @@ class Servicer:
         graph, (primals, cts) = call.resolve(
             req.graph, ("primals", req.primals), ("cotangents", req.cotangents)
         )
-        out, input_cts = call.run(self.engine.vjp, graph, tuple(primals), tuple(cts))
+        argnums = _argnums(req, None)
+        out, input_cts = call.run(
+            self.engine.vjp, graph, tuple(primals), tuple(cts), argnums=argnums
+        )
         return _Reply(
             pb.VjpResponse(), outputs=("value", out), input_cotangents=("tensors", input_cts)
         )
@@ -307,7 +310,10 @@ class Servicer:
         graph, (primals, tangents) = call.resolve(
             req.graph, ("primals", req.primals), ("tangents", req.tangents)
         )
-        out, out_tangents = call.run(self.engine.jvp, graph, tuple(primals), tuple(tangents))
+        argnums = _argnums(req, None)
+        out, out_tangents = call.run(
+            self.engine.jvp, graph, tuple(primals), tuple(tangents), argnums=argnums
+        )
         return _Reply(
             pb.JvpResponse(), outputs=("value", out), output_tangents=("value", out_tangents)
         )
@@ -323,7 +329,8 @@ class Servicer:
         graph, (primals, tangents) = call.resolve(
             req.graph, ("primals", req.primals), ("tangents", req.tangents)
         )
-        out = call.run(self.engine.hvp, graph, tuple(primals), tuple(tangents))
+        argnums = _argnums(req, None)
+        out = call.run(self.engine.hvp, graph, tuple(primals), tuple(tangents), argnums=argnums)
         return _Reply(pb.HvpResponse(), tangents=("tensors", out))
 
     def hessian(self, req, call):

@@ -5,8 +5,9 @@ NaN-safety: where a derivative factor can be infinite (sqrt, log, arcsin, divisi
 incoming tangent or cotangent is 0. So `where(x > 0, sqrt(x), 0)` at x = 0 sends a zero
 cotangent into sqrt's rule and gets 0, not 0 * inf = nan.
 
-Complex step: the non-holomorphic ops get the standard extensions (abs(z) = z * sign(Re z);
-sign, comparisons, maximum and minimum look at the real part).
+Complex step: the non-holomorphic ops get the standard extensions (abs(z) = z * sign(Re z),
+its `complex_step`, only where its operand is complex because of the step: complex data keeps
+NumPy's modulus; sign, comparisons, maximum and minimum look at the real part).
 """
 
 import math
@@ -30,7 +31,18 @@ def same_dtype_probe(arity):
     return lambda dtype: ([Spec((), dtype)] * arity, {})
 
 
-def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None, simplify=None, doc):
+def unary(
+    name,
+    fn,
+    rule=None,
+    *,
+    inexact=True,
+    linear=False,
+    ufunc=None,
+    simplify=None,
+    complex_step=None,
+    doc,
+):
     """`rule(t, x, ans)` gives the output tangent; no rule means a zero derivative. `doc`: the
     one-line description (docs/wire.md)."""
 
@@ -49,6 +61,7 @@ def unary(name, fn, rule=None, *, inexact=True, linear=False, ufunc=None, simpli
         elementwise=True,
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
         simplify=simplify,
+        complex_step=complex_step,
         doc=OpDoc(doc, ("x",), "the shape of x", probe=same_dtype_probe(1)),
     )
 
@@ -98,12 +111,34 @@ unary("arctan", np.arctan, lambda t, x, ans: t / (x * x + 1), doc="inverse tange
 unary("sinh", np.sinh, lambda t, x, ans: t * gnp.cosh(x), doc="hyperbolic sine")
 unary("cosh", np.cosh, lambda t, x, ans: t * gnp.sinh(x), doc="hyperbolic cosine")
 unary("tanh", np.tanh, lambda t, x, ans: t * (1 - ans * ans), doc="hyperbolic tangent")
+
+
+def real_part(z):
+    """Re z as float64, for rules on complex values (convert keeps the real part)."""
+    return gnp.astype(z, "float64")
+
+
+def imag_part(z):
+    """Im z as float64: the real part of -i z."""
+    return gnp.astype(z * -1j, "float64")
+
+
+def _abs_rule(t, x, ans):
+    if x.dtype != "complex128":
+        return t * gnp.sign(x)
+    # |x| = sqrt(Re² + Im²): d|x| = Re(conj(u) t) with u = x / |x| (0 at 0, as sign(0)),
+    # real; u is a primal factor, so the cotangent conj(u) * ct is finite everywhere
+    u = gnp.div_or_zero(x, ans)
+    return real_part(u) * real_part(t) + imag_part(u) * imag_part(t)
+
+
 unary(
     "abs",
-    lambda x: x * np.sign(x.real) if np.iscomplexobj(x) else np.abs(x),
-    lambda t, x, ans: t * gnp.sign(x),
+    np.abs,
+    _abs_rule,
     inexact=False,
-    doc="|x|; for complex x it is x * sign(Re x) (the complex step's extension), not the modulus",
+    complex_step=lambda args: args[0] * gnp.sign(args[0]),
+    doc="|x|; the modulus (float64) for complex x",
 )
 unary(
     "sign",

@@ -98,14 +98,16 @@ class ValueAndGradResponse(_message.Message):
     def __init__(self, value: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., grad: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class VjpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "cotangents")
+    __slots__ = ("graph", "primals", "cotangents", "argnums")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
+    ARGNUMS_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     cotangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ...) -> None: ...
+    argnums: Argnums
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
 
 class VjpResponse(_message.Message):
     __slots__ = ("outputs", "input_cotangents", "stats")
@@ -118,14 +120,16 @@ class VjpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., input_cotangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class JvpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "tangents")
+    __slots__ = ("graph", "primals", "tangents", "argnums")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
+    ARGNUMS_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     tangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ...) -> None: ...
+    argnums: Argnums
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
 
 class JvpResponse(_message.Message):
     __slots__ = ("outputs", "output_tangents", "stats")
@@ -158,14 +162,16 @@ class JacobianResponse(_message.Message):
     def __init__(self, jacobian: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class HvpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "tangents")
+    __slots__ = ("graph", "primals", "tangents", "argnums")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
+    ARGNUMS_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     tangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ...) -> None: ...
+    argnums: Argnums
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
 
 class HvpResponse(_message.Message):
     __slots__ = ("tangents", "stats")
