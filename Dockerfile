@@ -34,9 +34,11 @@ ENV GRADSERVE_HOST=0.0.0.0 \
 EXPOSE 50051 9464
 
 # The standard gRPC health check (grpc.health.v1): exits 0 only when the server is SERVING,
-# so a draining replica (NOT_SERVING after SIGTERM) is taken out of rotation.
+# so a draining replica (NOT_SERVING after SIGTERM) is taken out of rotation. Its other exit
+# statuses (1 not serving, 3 unreachable, 4 timeout; see `gradserve health --help`) become 1,
+# the one failure status Docker defines. The probe imports grpc only, not the engine.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["sh", "-c", "exec gradserve health --target \"127.0.0.1:${GRADSERVE_PORT}\""]
+    CMD ["sh", "-c", "gradserve health --target \"127.0.0.1:${GRADSERVE_PORT}\" || exit 1"]
 
 # SIGTERM (docker stop) makes the server stop accepting and drain in-flight calls.
 STOPSIGNAL SIGTERM

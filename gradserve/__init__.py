@@ -7,43 +7,47 @@ gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
 `__all__` lists the public surface: the two backends (Engine, Client), tracing (trace, Spec,
 Graph, Port, Tracer), control flow, gs.minimize, the types the backends return (Stats,
-RemoteStats, GradCheck) and the exceptions they raise."""
+RemoteStats, GradCheck) and the exceptions they raise.
 
-from gradserve.engine import (
-    Engine,
-    GradCheck,
-    Graph,
-    GraphError,
-    LimitError,
-    Limits,
-    Port,
-    Spec,
-    Stats,
-    Tracer,
-    TracerBoolError,
-    checkpoint,
-    cond,
-    custom_jvp,
-    custom_vjp,
-    fori_loop,
-    nn,
-    scan,
-    trace,
-    while_loop,
-)
-from gradserve.optimize import minimize
+The names are imported on first use: `import gradserve` alone loads neither NumPy nor the
+engine, so that `gradserve health` (a probe run every few seconds) stays light."""
 
+from __future__ import annotations
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING
 
-    try:
-        return version("gradserve")
-    except PackageNotFoundError:  # a source tree on sys.path, not installed
-        return "0+unknown"
-
-
-__version__ = _version()
+if TYPE_CHECKING:
+    from gradserve.client import (
+        Client,
+        DeadlineExceeded,
+        RemoteStats,
+        ServiceError,
+        ServiceUnavailable,
+    )
+    from gradserve.engine import (
+        Engine,
+        GradCheck,
+        Graph,
+        GraphError,
+        LimitError,
+        Limits,
+        Port,
+        Spec,
+        Stats,
+        Tracer,
+        TracerBoolError,
+        checkpoint,
+        cond,
+        custom_jvp,
+        custom_vjp,
+        fori_loop,
+        nn,
+        scan,
+        trace,
+        while_loop,
+    )
+    from gradserve.optimize import minimize
 
 __all__ = [
     "Client",
@@ -74,17 +78,41 @@ __all__ = [
     "while_loop",
 ]
 
-_CLIENT_NAMES = ("Client", "DeadlineExceeded", "RemoteStats", "ServiceError", "ServiceUnavailable")
+# Where each public name lives. The client pulls in grpc, the rest NumPy and the engine.
+_HOMES = {
+    **dict.fromkeys(
+        ("Client", "DeadlineExceeded", "RemoteStats", "ServiceError", "ServiceUnavailable"),
+        "gradserve.client",
+    ),
+    "minimize": "gradserve.optimize",
+}
+_HOMES.update((name, "gradserve.engine") for name in __all__ if name not in _HOMES)
+_SUBMODULES = ("client", "engine", "numpy", "optimize", "protocol", "server", "v1")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradserve")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
 
 
 def __getattr__(name):
-    # The client pulls in grpc; import it only when asked for.
-    if name in _CLIENT_NAMES:
-        from gradserve import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module 'gradserve' has no attribute {name!r}")
+    if name in _HOMES:
+        home = importlib.import_module(_HOMES[name])
+        # As `from home import name`: a submodule (engine.nn) when the package lacks the name.
+        value = getattr(home, name, None) or importlib.import_module(f"{home.__name__}.{name}")
+    elif name == "__version__":
+        value = _version()
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'gradserve' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"__version__"})

@@ -30,6 +30,35 @@ MiB = 1 << 20
 _FOREVER_MS = 2**31 - 1
 
 
+def format_size(nbytes: int) -> str:
+    """256 MiB, 1 GiB, 1.5 KiB, 100 B: how sizes are shown (`gradserve serve --help`, logs)."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.4g} {unit}"
+    return f"{nbytes} B"
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _why_not_bound(host: str, port: int) -> str:
+    """Why gRPC could not listen on host:port (it does not say): bind a socket there as it
+    does (SO_REUSEADDR) and report the error, e.g. 'address already in use'."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return "gRPC could not bind it"
+
+
 def tune_malloc():
     """Keep freed memory in the process (glibc): requests allocate and free megabyte arrays
     (arguments, results, their wire copies) every call, and with glibc's defaults each such
@@ -199,26 +228,32 @@ def start(config: Config) -> Running:
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
-    address = (
-        f"{config.host}:{config.port}"
-        if ":" not in config.host
-        else f"[{config.host.strip('[]')}]:{config.port}"
-    )
+    address = _address(config.host, config.port)
+    pools = (executor, health_pool)
     try:
         if tls is None:
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, tls.credentials)
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen on {address}: {exc}") from None
+    except RuntimeError:
+        port = 0
     if not port:
-        raise OSError(f"cannot listen on {address}")
+        _close(server, pools)
+        raise OSError(
+            f"cannot listen on {address} (--port): {_why_not_bound(config.host, config.port)}"
+        )
     metrics_http = None
     metrics_port = 0
     if config.metrics_port >= 0:
         host = config.metrics_host or config.host
         metrics_host = "0.0.0.0" if host in ("[::]", "::") else host.strip("[]")
-        metrics_http, _ = start_http_server(config.metrics_port, addr=metrics_host)
+        try:
+            metrics_http, _ = start_http_server(config.metrics_port, addr=metrics_host)
+        except OSError as exc:
+            _close(server, pools)
+            where = _address(metrics_host, config.metrics_port)
+            reason = (exc.strerror or str(exc)).lower()
+            raise OSError(f"cannot listen on {where} (--metrics-port): {reason}") from None
         metrics_port = metrics_http.server_address[1]
     server.start()
     for name in ("", SERVICE_NAME):
@@ -231,10 +266,16 @@ def start(config: Config) -> Running:
         metrics_http,
         port,
         metrics_port,
-        pools=(executor, health_pool),
+        pools=pools,
         tokens=tokens,
         tls=tls,
     )
+
+
+def _close(server, pools):
+    server.stop(None)
+    for pool in pools:
+        pool.shutdown(wait=False)
 
 
 def serve(config: Config | None = None, *, block: bool = True, **overrides):
@@ -247,18 +288,22 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
         if running.metrics_port
         else ""
     )
+    tape = "unbounded" if config.max_tape_bytes is None else format_size(config.max_tape_bytes)
     log.info(
-        "gradserve serving on %s:%d%s (workers %d, max message %d bytes, cache %d bytes, "
-        "max tape %s, max concurrent calls %s, max request memory %s, %s, %s)",
-        config.host,
-        running.port,
+        "gradserve serving on %s%s (workers %d, max message %s, cache %s, max tape %s, "
+        "max nodes %d, max elements %d, max concurrent calls %s, max request memory %s, %s, %s)",
+        _address(config.host, running.port),
         metrics,
         config.workers or default_workers(),
-        config.max_message_bytes,
-        config.cache_bytes,
-        config.max_tape_bytes,
-        running.servicer.admission.max_concurrent,
-        config.max_request_memory,
+        format_size(config.max_message_bytes),
+        format_size(config.cache_bytes),
+        tape,
+        config.max_nodes,
+        config.max_elements,
+        running.servicer.admission.max_concurrent or "unbounded",
+        "unbounded"
+        if config.max_request_memory is None
+        else format_size(config.max_request_memory),
         ("mutual TLS" if config.tls_client_ca else "TLS") if running.tls else "plaintext",
         "bearer tokens" if running.tokens else "no tokens",
     )

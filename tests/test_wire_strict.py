@@ -173,13 +173,6 @@ def test_engine_built_graphs_with_internal_ops_do_not_decode(loop):
     rejected(built.to_bytes())
 
 
-def test_internal_ops_are_flagged_on_their_primitives():
-    from gradserve.engine.primitive import PRIMITIVES
-
-    internal = {name for name, prim in PRIMITIVES.items() if prim.internal}
-    assert internal == {"scan_record", "while_record", "loop_tape"}
-
-
 def test_internal_dtype_in_a_dtype_attribute_is_rejected():
     msg = message(gs.trace(lambda x: gnp.astype(x, "float32"), 1.0))
     (attr,) = msg.nodes[0].attributes
