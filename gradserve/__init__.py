@@ -6,7 +6,7 @@ graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
 gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
 `__all__` lists the public surface: the two backends (Engine, Client), tracing (trace, Spec,
-Graph, Port, Tracer), control flow, gs.minimize, the types the backends return (Stats,
+Graph, Port, Tracer), control flow, gs.minimize, gs.explain, the types the backends return (Stats,
 RemoteStats, GradCheck) and the exceptions they raise."""
 
 from gradserve.engine import (
@@ -29,6 +29,7 @@ from gradserve.engine import (
     trace,
     while_loop,
 )
+from gradserve.engine.explain import explain
 from gradserve.optimize import minimize
 
 
@@ -62,6 +63,7 @@ __all__ = [
     "TracerBoolError",
     "checkpoint",
     "cond",
+    "explain",
     "fori_loop",
     "minimize",
     "nn",
