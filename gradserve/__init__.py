@@ -6,7 +6,7 @@ graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
 gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
 `__all__` lists the public surface: the two backends (Engine, Client), tracing (trace, Spec,
-Graph, Port, Tracer), control flow, gs.minimize, the types the backends return (Stats,
+Graph, Port, Tracer), control flow, gs.minimize, gs.explain, the types the backends return (Stats,
 RemoteStats, GradCheck) and the exceptions they raise.
 
 The names are imported on first use: `import gradserve` alone loads neither NumPy nor the
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         trace,
         while_loop,
     )
+    from gradserve.engine.explain import explain
     from gradserve.optimize import minimize
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "cond",
     "custom_jvp",
     "custom_vjp",
+    "explain",
     "fori_loop",
     "minimize",
     "nn",
@@ -85,6 +87,7 @@ _HOMES = {
         "gradserve.client",
     ),
     "minimize": "gradserve.optimize",
+    "explain": "gradserve.engine.explain",
 }
 _HOMES.update((name, "gradserve.engine") for name in __all__ if name not in _HOMES)
 _SUBMODULES = ("client", "engine", "numpy", "optimize", "protocol", "server", "v1")

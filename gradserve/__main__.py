@@ -360,7 +360,48 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service", default="", help="service name to check ('' = the whole server)"
     )
+    _add_explain(commands)
     return parser
+
+
+def _add_explain(commands) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="print a graph's evaluation trace with tangents or adjoints (gs.explain)",
+        description="Print the evaluation trace of a graph saved with graph.to_bytes(): one "
+        "row per value (inputs v_{1-n}..v_0, intermediates v_1, v_2, ..., outputs y) with its "
+        "primal value and its tangent (forward mode) or adjoint (reverse mode).",
+    )
+    explain.add_argument("graph_file", nargs="?", metavar="GRAPH_FILE", help="the graph")
+    explain.add_argument(
+        "--args",
+        nargs="+",
+        metavar="VALUE",
+        help="one value per input: a number (which fills an array input) or a JSON list",
+    )
+    explain.add_argument(
+        "--mode",
+        choices=("forward", "reverse"),
+        help="forward (tangents) or reverse (adjoints); default forward, both with --example",
+    )
+    explain.add_argument("--wrt", help="forward mode: the input seeded, index or name (0)")
+    explain.add_argument("--output", type=int, help="reverse mode: the output seeded (0)")
+    explain.add_argument(
+        "--example",
+        action="store_true",
+        help="the function ln(x1) + x1*x2 - sin(x2) at (2, 5) instead of GRAPH_FILE",
+    )
+
+
+def run_explain(args) -> int:
+    from gradserve.engine.explain import command
+
+    try:
+        print(command(args.graph_file, args.args, args.mode, args.wrt, args.output, args.example))
+    except (OSError, ValueError, TypeError) as exc:  # GraphError is a ValueError
+        print(f"gradserve explain: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def check_health(target: str, timeout: float = 3.0, service: str = "") -> tuple[int, str]:
@@ -402,6 +443,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "explain":
+        return run_explain(args)
     if args.command == "health":
         status, line = check_health(args.target, args.timeout, args.service)
         print(line)
