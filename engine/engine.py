@@ -240,7 +240,7 @@ class Engine:
         argnums, mode : optional
             As the method takes them (ignored by the methods that do not).
         check_method : str, optional
-            check_grad's `method` ("central", "forward" or "complex").
+            check_grad's `method` ("central", "forward", "complex" or "richardson").
 
         Returns
         -------

@@ -6,7 +6,8 @@ graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
 gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
 `__all__` lists the public surface: the two backends (Engine, Client), tracing (trace, Spec,
-Graph, Port, Tracer), control flow, gs.minimize, the types the backends return (Stats,
+Graph, Port, Tracer), control flow, gs.minimize, the numerical and symbolic derivatives (numeric_grad,
+to_sympy, symbolic_derivative, expression_size), the types the backends return (Stats,
 RemoteStats, GradCheck) and the exceptions they raise."""
 
 from gradserve.engine import (
@@ -23,9 +24,13 @@ from gradserve.engine import (
     TracerBoolError,
     checkpoint,
     cond,
+    expression_size,
     fori_loop,
     nn,
+    numeric_grad,
     scan,
+    symbolic_derivative,
+    to_sympy,
     trace,
     while_loop,
 )
@@ -62,10 +67,14 @@ __all__ = [
     "TracerBoolError",
     "checkpoint",
     "cond",
+    "expression_size",
     "fori_loop",
     "minimize",
     "nn",
+    "numeric_grad",
     "scan",
+    "symbolic_derivative",
+    "to_sympy",
     "trace",
     "while_loop",
 ]
