@@ -6,9 +6,9 @@ graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
 gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
 `__all__` lists the public surface: the two backends (Engine, Client), tracing (trace, Spec,
-Graph, Port, Tracer), control flow, gs.minimize, the numerical and symbolic derivatives (numeric_grad,
-to_sympy, symbolic_derivative, expression_size), the types the backends return (Stats,
-RemoteStats, GradCheck) and the exceptions they raise."""
+Graph, Port, Tracer), control flow, gs.minimize, the numerical and symbolic derivatives
+(numeric_grad, to_sympy, symbolic_derivative, expression_size), the types the backends return
+(Stats, RemoteStats, GradCheck) and the exceptions they raise."""
 
 from gradserve.engine import (
     Engine,
