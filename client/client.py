@@ -518,7 +518,8 @@ class Client:
         args = _arguments(graph, args)
         if not isinstance(method, str):
             raise ValueError(
-                f"method must be one of ['central', 'complex', 'forward'], got {method!r}"
+                "method must be one of ['central', 'complex', 'forward', 'richardson'],"
+                f" got {method!r}"
             )
         reply = self._call(
             "CheckGrad",

@@ -5,11 +5,12 @@ from .engine import Engine
 from .errors import GraphError, LimitError, TracerBoolError
 from .graph import Graph, Port, Spec
 from .limits import Limits
-from .numerical import GradCheck
+from .numerical import GradCheck, numeric_grad
 from .ops.control import checkpoint, cond
 from .ops.custom import custom_jvp, custom_vjp
 from .ops.loops import fori_loop, scan, while_loop
 from .plan import Stats
+from .symbolic import expression_size, symbolic_derivative, to_sympy
 from .tracing import Tracer, trace
 
 __all__ = [
@@ -28,8 +29,12 @@ __all__ = [
     "cond",
     "custom_jvp",
     "custom_vjp",
+    "expression_size",
     "fori_loop",
+    "numeric_grad",
     "scan",
+    "symbolic_derivative",
+    "to_sympy",
     "trace",
     "while_loop",
 ]

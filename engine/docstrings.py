@@ -443,26 +443,29 @@ Parameters
 graph : gs.Graph
     A graph whose one output is a float64 or float32 scalar.
 {args}
-method : {{"central", "forward", "complex"}}, optional
+method : {{"central", "forward", "complex", "richardson"}}, optional
     "central" (the default): ``(f(x + h) - f(x - h)) / 2h`` with h ≈ cbrt(eps);
     "forward": ``(f(x + h) - f(x)) / h`` with h ≈ sqrt(eps); "complex": the complex
     step ``Im f(x + ih) / h`` with h = 1e-20 (the input takes complex values), exact to
-    rounding where the graph is analytic. eps is the machine epsilon of the output's
-    dtype.
+    rounding where the graph is analytic; "richardson": central differences at h, h/2
+    and h/4 with h ≈ eps**(1/7), extrapolated to cancel the h**2 and h**4 terms of their
+    error (``gs.numeric_grad(..., richardson=True)``). eps is the machine epsilon of the
+    output's dtype; each h is scaled by max(1, |x|).
 {call}
 
 Returns
 -------
 gs.GradCheck
     `ok` is True when every element agrees within ``tol · (max(1, |f|) + |numeric|)``,
-    tol being 100 sqrt(eps) ("central", "forward") or 100 eps ("complex"); with the
+    tol being 100 sqrt(eps) ("central", "forward", "richardson") or 100 eps
+    ("complex"); with the
     largest absolute and relative errors and both gradients, one array per input
     checked.
 
 Raises
 ------
 ValueError
-    `method` is not "central", "forward" or "complex"; or an argument's shape differs from
+    `method` is not "central", "forward", "complex" or "richardson"; or an argument's shape differs from
     its input's.
 TypeError
     The graph does not have exactly one output, a float64 or float32 scalar; the graph has

@@ -263,7 +263,7 @@ class Engine:
             As the method takes them (ignored by the methods that do not); argnums None is
             the method's default (0; every float and complex input for vjp, jvp and hvp).
         check_method : str, optional
-            check_grad's `method` ("central", "forward" or "complex").
+            check_grad's `method` ("central", "forward", "complex" or "richardson").
 
         Returns
         -------

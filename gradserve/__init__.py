@@ -6,7 +6,8 @@ graph = gs.trace(lambda x1, x2: gnp.log(x1) + x1 * x2 - gnp.sin(x2), 2.0, 5.0)
 gs.Engine().value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
 `__all__` lists the public surface: the two backends (Engine, Client), tracing (trace, Spec,
-Graph, Port, Tracer), control flow, gs.minimize, gs.explain, the types the backends return (Stats,
+Graph, Port, Tracer), control flow, gs.minimize, gs.explain, the numerical and symbolic
+derivatives (numeric_grad, to_sympy, symbolic_derivative, expression_size), the types the backends return (Stats,
 RemoteStats, GradCheck) and the exceptions they raise.
 
 The names are imported on first use: `import gradserve` alone loads neither NumPy nor the
@@ -41,9 +42,13 @@ if TYPE_CHECKING:
         cond,
         custom_jvp,
         custom_vjp,
+        expression_size,
         fori_loop,
         nn,
+        numeric_grad,
         scan,
+        symbolic_derivative,
+        to_sympy,
         trace,
         while_loop,
     )
@@ -72,10 +77,14 @@ __all__ = [
     "custom_jvp",
     "custom_vjp",
     "explain",
+    "expression_size",
     "fori_loop",
     "minimize",
     "nn",
+    "numeric_grad",
     "scan",
+    "symbolic_derivative",
+    "to_sympy",
     "trace",
     "while_loop",
 ]

@@ -394,7 +394,7 @@ def test_hvp_several_inputs(backend):
 # ---- check_grad ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["forward", "central", "complex"])
+@pytest.mark.parametrize("method", ["forward", "central", "complex", "richardson"])
 def test_check_grad_ok_on_correct_graphs(backend, method):
     graphs = [
         (gs.trace(seed_f, 2.0, 5.0), (2.0, 5.0)),
@@ -419,7 +419,9 @@ def test_check_grad_ok_on_correct_graphs(backend, method):
                 for i in range(len(args))
             ),
         )
-        tolerance = {"forward": 1e-6, "central": 1e-9, "complex": 1e-14}[method]
+        tolerance = {"forward": 1e-6, "central": 1e-9, "complex": 1e-14, "richardson": 1e-12}[
+            method
+        ]
         assert 0 <= report.max_abs_error < tolerance * scale
         assert 0 <= report.max_rel_error < max(tolerance, 1e-15) * 10
 

@@ -222,6 +222,8 @@ def test_every_public_method_has_a_numpy_style_docstring(cls):
 def _documented():
     yield "trace", gs.trace
     yield "minimize", gs.minimize
+    for name in ("numeric_grad", "to_sympy", "symbolic_derivative", "expression_size"):
+        yield name, getattr(gs, name)
     yield "Graph.from_bytes", gs.Graph.from_bytes
     yield "Graph.to_bytes", gs.Graph.to_bytes
     for name in ("digest", "input_names", "output_names"):
