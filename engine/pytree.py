@@ -1,31 +1,20 @@
-"""Nested tuples and lists of arrays (a loop's carry), flattened to a list of leaves and back."""
+"""Pytrees: nested tuples, lists, dicts and namedtuples of arrays and numbers, and `None` (a
+subtree with no leaves), as JAX has them; flattened to a list of leaves and a treedef, and
+back. The structures are optree's."""
+
+import optree
+
+NAMESPACE = "gradserve"
 
 
 def flatten(tree):
-    if tree is None:  # no arrays (a scan step's `None` output)
-        return [], "none"
-    if isinstance(tree, (tuple, list)):
-        leaves, shapes = [], []
-        for item in tree:
-            item_leaves, item_def = flatten(item)
-            leaves += item_leaves
-            shapes.append(item_def)
-        return leaves, (type(tree), tuple(shapes))
-    return [tree], None
+    """(leaves, treedef): the leaves in order (dict keys sorted), and the structure."""
+    return optree.tree_flatten(tree, none_is_leaf=False, namespace=NAMESPACE)
 
 
 def unflatten(treedef, leaves):
-    leaves = list(leaves)
-    tree = _build(treedef, leaves)
-    if leaves:
-        raise ValueError("more leaves than the structure holds")
-    return tree
+    """The tree of structure `treedef` holding `leaves` (a ValueError when they do not fit)."""
+    return optree.tree_unflatten(treedef, list(leaves))
 
 
-def _build(treedef, leaves):
-    if treedef == "none":
-        return None
-    if treedef is None:
-        return leaves.pop(0)
-    kind, children = treedef
-    return kind(_build(child, leaves) for child in children)
+NONE = flatten(None)[1]  # the structure of `None`: no leaves

@@ -34,7 +34,7 @@ import numpy as np
 from .. import numpy as gnp
 from ..graph import Graph, Port
 from ..primitive import Linear, OpDoc, ShapeError, primitive
-from ..pytree import flatten, unflatten
+from ..pytree import NONE, flatten, unflatten
 from ..tracing import Tracer, bind, spec_of
 from .bodies import (
     check_signature,
@@ -88,7 +88,7 @@ def _over(graph: Graph, head: int, captured, union, tail: int = 0) -> Graph:
 def _leaves_like(tree, treedef, specs, what):
     """The leaves of `tree`, which must have the structure `treedef` and leaves of `specs`
     (None gives zeros; a differentiable leaf of another dtype is cast)."""
-    if tree is None and treedef != "none":
+    if tree is None and treedef != NONE:
         return [gnp.zeros(s.shape, s.dtype) for s in specs]
     leaves, got = flatten(tree)
     if got != treedef:
