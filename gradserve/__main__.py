@@ -360,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service", default="", help="service name to check ('' = the whole server)"
     )
+    for flag, text in _HEALTH_TLS_OPTIONS:
+        env = "GRADSERVE_HEALTH_" + flag.upper().replace("-", "_")
+        health.add_argument(
+            f"--{flag}", default=os.environ.get(env, ""), help=f"{text} [env {env}]"
+        )
     _add_explain(commands)
     return parser
 
@@ -404,14 +409,35 @@ def run_explain(args) -> int:
     return 0
 
 
-def check_health(target: str, timeout: float = 3.0, service: str = "") -> tuple[int, str]:
+# `gradserve health` against a server that serves TLS (--tls-cert): (flag, help).
+_HEALTH_TLS_OPTIONS = [
+    ("tls-ca", "PEM root certificates to verify the server with: connect over TLS"),
+    ("tls-cert", "PEM client certificate chain, for a server that requires one (mutual TLS)"),
+    ("tls-key", "PEM private key of --tls-cert"),
+    ("tls-server-name", "the name the server's certificate carries, when TARGET is an address"),
+]
+
+
+def _health_channel(target: str, tls_ca="", tls_cert="", tls_key="", tls_server_name=""):
+    import grpc
+
+    if not (tls_ca or tls_cert or tls_key):
+        return grpc.insecure_channel(target)
+    from pathlib import Path
+
+    pem = [Path(path).read_bytes() if path else None for path in (tls_ca, tls_key, tls_cert)]
+    options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(*pem), options=options)
+
+
+def check_health(target: str, timeout: float = 3.0, service: str = "", **tls) -> tuple[int, str]:
     """(exit status, line to print) of `gradserve health`: see HEALTH_EXIT. A call that cannot
     connect fails at once (no wait_for_ready); one that connects but gets no answer, after
-    `timeout` seconds."""
+    `timeout` seconds. `tls`: the _HEALTH_TLS_OPTIONS (file paths), to check a TLS server."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with _health_channel(target, **tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -446,7 +472,14 @@ def main(argv=None) -> int:
     if args.command == "explain":
         return run_explain(args)
     if args.command == "health":
-        status, line = check_health(args.target, args.timeout, args.service)
+        tls = {
+            f.replace("-", "_"): getattr(args, f.replace("-", "_")) for f, _ in _HEALTH_TLS_OPTIONS
+        }
+        try:
+            status, line = check_health(args.target, args.timeout, args.service, **tls)
+        except OSError as exc:
+            print(f"gradserve health: {exc}", file=sys.stderr)
+            return 2
         print(line)
         return status
     import logging

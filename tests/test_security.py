@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import urllib.error
@@ -313,3 +314,36 @@ def test_security_flags_are_config_fields_and_env_vars():
     assert (fields.auth_token_file, fields.metrics_host) == ("", "")
     with pytest.raises(RuntimeError, match="cannot read --auth-token-file"):
         ServerProcess(env={"GRADSERVE_AUTH_TOKEN_FILE": "/nonexistent/tokens"})
+
+
+def test_health_command_checks_a_tls_and_a_mutual_tls_server(pki):
+    """`gradserve health` (the image's HEALTHCHECK) reaches a server that serves TLS."""
+    import subprocess
+    import sys
+
+    def health(target, *flags, env=None):
+        command = [sys.executable, "-m", "gradserve", "health", "--target", target, *flags]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+    tls = _start(tls_cert=pki["server.crt"], tls_key=pki["server.key"])
+    mutual = _start(tls_cert=pki["server.crt"], tls_key=pki["server.key"], tls_client_ca=pki["ca"])
+    try:
+        target = f"127.0.0.1:{tls.port}"
+        assert health(target).returncode == 3  # plaintext to a TLS port: no handshake
+        done = health(target, "--tls-ca", pki["ca"])
+        assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
+        env = {**os.environ, "GRADSERVE_HEALTH_TLS_CA": pki["ca"]}
+        assert health(target, env=env).returncode == 0
+        # the certificate names 127.0.0.1 and localhost, not this name
+        assert health(target, "--tls-ca", pki["ca"], "--tls-server-name", "other").returncode == 3
+
+        target = f"127.0.0.1:{mutual.port}"
+        assert health(target, "--tls-ca", pki["ca"]).returncode == 3  # no client certificate
+        client = ("--tls-cert", pki["client.crt"], "--tls-key", pki["client.key"])
+        done = health(target, "--tls-ca", pki["ca"], *client)
+        assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
+        missing = health(target, "--tls-ca", pki["ca"] + ".missing")
+        assert missing.returncode == 2 and "gradserve health:" in missing.stderr
+    finally:
+        tls.stop(0)
+        mutual.stop(0)
