@@ -19,6 +19,7 @@ large one once and names it by its digest afterwards (see gs.Client)."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -30,7 +31,8 @@ from collections import OrderedDict
 import numpy as np
 
 from gradserve.engine.arguments import coerce
-from gradserve.engine.graph import Graph
+from gradserve.engine.graph import Graph, Spec
+from gradserve.engine.pytree import flatten, unflatten
 
 __all__ = ["FIRST_ORDER_METHODS", "minimize"]
 
@@ -50,10 +52,18 @@ _HISTORY_FIELDS = ("step", "loss", "grad_norm", "time", "nfev")
 
 
 def minimize(
-    graph: Graph, x0, *args, method="L-BFGS-B", backend=None, options=None, progress=None, **kwargs
+    graph_or_fun,
+    x0,
+    *args,
+    method="L-BFGS-B",
+    backend=None,
+    options=None,
+    progress=None,
+    **kwargs,
 ):
-    """Minimise the scalar output of `graph` over its first input, starting at `x0`, with the
-    other inputs held at `args`.
+    """Minimise the scalar output of a graph over its first input, or of a Python function
+    over its first argument (a pytree), starting at `x0`, with the other inputs held at
+    `args`.
 
     SciPy's gradient methods get the value and the gradient from one backend call per
     evaluation (`value_and_grad`); Newton-CG, trust-ncg, trust-krylov and trust-constr get
@@ -62,12 +72,18 @@ def minimize(
 
     Parameters
     ----------
-    graph : gs.Graph
+    graph_or_fun : gs.Graph or callable
         A graph with one real scalar output; its first input, float64 or float32, is the
-        variable.
-    x0 : array_like
-        The starting point: as many elements as the first input (flattened for SciPy and
-        reshaped for the graph).
+        variable. Or a Python function ``fun(params, *args)`` returning a real scalar, where
+        `params` has the structure of `x0`: it is traced once with `gs.trace`, as a graph
+        whose first input is the flat vector of the leaves of `params` (in pytree order, dict
+        keys sorted) and whose other inputs are `args`.
+    x0 : array_like or pytree
+        The starting point. With a graph: as many elements as the first input (flattened for
+        SciPy and reshaped for the graph). With a function: a pytree (tuples, lists, dicts,
+        namedtuples, None) of arrays and numbers, every leaf real (integer and bool leaves
+        are optimised as float64); SciPy works on the flat vector of its leaves (float32 when
+        every leaf is float32, else float64).
     *args : array_like
         The other inputs, in order; converted once and passed unchanged to every call (so a
         `gs.Client` sends a large one once).
@@ -90,14 +106,18 @@ def minimize(
         Passed to `scipy.optimize.minimize`: bounds, constraints, tol, callback, hess, hessp
         (not jac: the backend gives the gradient). "adam" and "sgd" take bounds (they
         project onto them), tol (the default gtol) and callback. A callback receives x in the
-        input's shape (or, declared as ``callback(intermediate_result)``, an
-        OptimizeResult); raising StopIteration from it stops.
+        input's shape, or with a function objective as a pytree of x0's structure (or,
+        declared as ``callback(intermediate_result)``, an OptimizeResult whose x and jac are
+        so); raising StopIteration from it stops. With a pytree x0, bounds and constraints
+        are on the flat vector of the leaves (a `scipy.optimize.Bounds` or one (low, high)
+        pair per element, in leaf order).
 
     Returns
     -------
     scipy.optimize.OptimizeResult
-        SciPy's result (x in the input's shape, fun, jac, nit, nfev, success, status,
-        message, ...), with `history`, a dict of arrays with one entry per step (step 0 is
+        SciPy's result (x and jac in the input's shape, or pytrees of x0's structure with a
+        function objective: each leaf a float64 array of its leaf's shape, a float for a
+        number; fun, nit, nfev, success, status, message, ...), with `history`, a dict of arrays with one entry per step (step 0 is
         the first point evaluated): "step", "loss", "grad_norm" (Euclidean), "time" (wall
         seconds since the start) and "nfev" (value evaluations so far); and
         `backend_calls`, the number of backend calls by method name.
@@ -105,11 +125,12 @@ def minimize(
     Raises
     ------
     TypeError
-        `graph` is not a `gs.Graph`, its output is not one real scalar, its first input is
-        not float64 or float32, `args` does not give every other input, ``jac=`` is passed,
-        or "adam" or "sgd" is given an argument it does not take.
+        `graph_or_fun` is neither a `gs.Graph` nor callable, its output is not one real
+        scalar, the graph's first input is not float64 or float32, `args` does not give
+        every other input, x0 is a pytree with a graph or has a complex or non-numeric leaf,
+        ``jac=`` is passed, or "adam" or "sgd" is given an argument it does not take.
     ValueError
-        `x0` has not as many elements as the first input.
+        `x0` has not as many elements as the first input, or has no elements.
 
     Examples
     --------
@@ -117,9 +138,23 @@ def minimize(
     >>> res = gs.minimize(graph, np.zeros(2))
     >>> np.round(res.x, 6), res.backend_calls["value_and_grad"] > 0
     (array([3., 3.]), True)
+    >>> res = gs.minimize(lambda p: gnp.sum((p["w"] - 3.0) ** 2) + (p["b"] + 1.0) ** 2,
+    ...                   {"w": np.zeros(2), "b": 0.0})
+    >>> np.round(res.x["w"], 6), round(res.x["b"], 6)
+    (array([3., 3.]), -1.0)
     """
-    if not isinstance(graph, Graph):
-        raise TypeError(f"gs.minimize: expected a gs.Graph, got {type(graph).__name__}")
+    layout = None
+    if isinstance(graph_or_fun, Graph):
+        graph = graph_or_fun
+    elif callable(graph_or_fun):
+        layout = _Layout(x0)
+        graph = layout.trace(graph_or_fun, args)
+        x0 = layout.flatten(x0)
+    else:
+        raise TypeError(
+            "gs.minimize: expected a gs.Graph or a Python function, got "
+            f"{type(graph_or_fun).__name__}"
+        )
     _check_scalar_output(graph)
     if not graph.inputs:
         raise TypeError("gs.minimize: the graph has no inputs to optimise")
@@ -135,7 +170,13 @@ def minimize(
             f"gs.minimize: the graph's inputs after {variable.name!r} are held fixed "
             f"and need {len(graph.inputs) - 1} arguments ({names}), got {len(args)}"
         )
-    x0 = np.array(x0, dtype=np.float64)
+    try:
+        x0 = np.array(x0, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"gs.minimize: x0 for the graph's input {variable.name!r} must be array_like "
+            f"({exc}); to optimise a pytree, pass a Python function instead of a graph"
+        ) from None
     if x0.size != variable.spec.size:
         raise ValueError(
             f"x0 for input {variable.name!r} needs {variable.spec.size} elements "
@@ -155,7 +196,7 @@ def minimize(
         backend = Engine()
     options = dict(options or {})
     name = method.lower() if isinstance(method, str) else None
-    objective = _Objective(backend, graph, fixed)
+    objective = _Objective(backend, graph, fixed, layout)
     maxiter = options.get("maxiter")
     label = method if name else getattr(method, "__name__", "minimize")
     bar = _progress_bar(progress, maxiter, label)
@@ -170,18 +211,79 @@ def minimize(
     return _finish(res, objective)
 
 
+# ---- pytree parameters ------------------------------------------------------------------
+
+
+class _Layout:
+    """Where each leaf of a pytree x0 sits in the flat vector SciPy works on."""
+
+    def __init__(self, x0):
+        leaves, self.treedef = flatten(x0)
+        self.shapes, self.dtypes, self.numbers = [], [], []
+        for i, leaf in enumerate(leaves):
+            a = np.asarray(leaf)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"gs.minimize: leaf {i} of x0 must be real numbers, got "
+                    f"{type(leaf).__name__} of dtype {a.dtype}"
+                )
+            self.shapes.append(a.shape)
+            self.dtypes.append(np.dtype("float32") if a.dtype == np.float32 else None)
+            self.numbers.append(a.ndim == 0 and not isinstance(leaf, np.ndarray))
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.size = sum(self.sizes)
+        if self.size == 0:
+            raise ValueError("gs.minimize: x0 has no elements to optimise")
+        every32 = all(d is not None for d in self.dtypes)
+        self.dtype = np.dtype("float32" if every32 else "float64")
+
+    def flatten(self, tree):
+        leaves, _ = flatten(tree)
+        return np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in leaves])
+
+    def unflatten(self, flat):
+        leaves, start = [], 0
+        for shape, size, number in zip(self.shapes, self.sizes, self.numbers):
+            leaf = flat[start : start + size].reshape(shape)
+            leaves.append(float(leaf[()]) if number else leaf.copy())
+            start += size
+        return unflatten(self.treedef, leaves)
+
+    def trace(self, fun, args):
+        """`fun(params, *args)` as a graph of (flat params, *args)."""
+        from gradserve.engine import numpy as gnp
+        from gradserve.engine.tracing import trace
+
+        def objective(flat, *fixed):
+            leaves, start = [], 0
+            for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes):
+                leaf = gnp.reshape(flat[start : start + size], shape)
+                if dtype is not None and dtype != self.dtype:
+                    leaf = gnp.astype(leaf, dtype.name)
+                leaves.append(leaf)
+                start += size
+            return fun(unflatten(self.treedef, leaves), *fixed)
+
+        with contextlib.suppress(TypeError, ValueError):  # inputs named after fun's parameters
+            objective.__signature__ = inspect.signature(fun)
+        examples = [a if isinstance(a, Spec) else np.asarray(a) for a in args]
+        return trace(objective, Spec((self.size,), self.dtype.name), *examples)
+
+
 # ---- evaluations -------------------------------------------------------------------------
 
 
 class _Objective:
     """The backend calls, the record of evaluations (for the per-step history) and the steps."""
 
-    def __init__(self, backend, graph, fixed):
+    def __init__(self, backend, graph, fixed, layout=None):
         self.backend = backend
         self.graph = graph
         self.fixed = fixed
+        self.layout = layout
         spec = graph.inputs[0].spec
         self.shape, self.dtype = spec.shape, np.dtype(spec.dtype)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
         self.calls: dict[str, int] = {}
         self.nfev = 0
         self._seen: OrderedDict = OrderedDict()  # x bytes -> (loss, gradient or None)
@@ -191,6 +293,14 @@ class _Objective:
 
     def _x(self, xflat):
         return np.asarray(xflat).reshape(self.shape).astype(self.dtype, copy=True)
+
+    def user(self, xflat):
+        """A flat vector (x or a gradient) as the user sees it: in the first input's shape,
+        or a pytree of x0's structure (fresh arrays either way)."""
+        xflat = np.array(xflat, dtype=np.float64).reshape(-1)
+        if self.layout is not None:
+            return self.layout.unflatten(xflat)
+        return xflat.reshape(self.shape)
 
     def _count(self, name):
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -233,8 +343,7 @@ class _Objective:
     def hess(self, xflat):
         self._count("hessian")
         h = self.backend.hessian(self.graph, self._x(xflat), *self.fixed, argnums=0)
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return np.asarray(h, dtype=np.float64).reshape(n, n)
+        return np.asarray(h, dtype=np.float64).reshape(self.size, self.size)
 
     def lookup(self, xflat):
         """(loss, gradient) at x: from the record when x was evaluated, else a new call."""
@@ -359,9 +468,9 @@ def _scipy(method, name, obj: _Objective, x0, options, bar, **kwargs):
             _call_user(
                 user_callback,
                 wants_result,
-                x.reshape(obj.shape),
+                obj.user(x),
                 f,
-                None if g is None else g.reshape(obj.shape),
+                None if g is None else obj.user(g),
                 extra,
             )
 
@@ -430,14 +539,7 @@ def _first_order(
             break
         if k:
             try:
-                _call_user(
-                    callback,
-                    wants_result,
-                    x.reshape(obj.shape).copy(),
-                    f,
-                    g.reshape(obj.shape).copy(),
-                    nit=nit,
-                )
+                _call_user(callback, wants_result, obj.user(x), f, obj.user(g), nit=nit)
             except StopIteration:
                 status, message = 99, "`callback` raised `StopIteration`."
                 break
@@ -495,13 +597,12 @@ def _bounds(bounds, n):
 
 
 def _finish(res, obj: _Objective):
-    shape = obj.shape
     x = np.asarray(res.x, dtype=np.float64)
-    if x.size == int(np.prod(shape, dtype=np.int64)):
-        res.x = x.reshape(shape)
+    if x.size == obj.size:
+        res.x = obj.user(x)
     jac = res.get("jac")
-    if isinstance(jac, np.ndarray) and jac.size == res.x.size:
-        res.jac = jac.reshape(shape)
+    if isinstance(jac, np.ndarray) and jac.size == obj.size:
+        res.jac = obj.user(jac)
     if "fun" in res:
         res.fun = float(np.asarray(res.fun))
     res.history = {
