@@ -281,8 +281,10 @@ class Tracer:
 
     It supports NumPy's operators, indexing and the usual array methods (``sum``, ``mean``,
     ``reshape``, ``T``, ``astype``, ...), each recording a node; `gradserve.numpy` functions
-    take it as NumPy's take arrays. It has no concrete value: `bool()`, `float()` and
-    conversion to a NumPy array raise `gs.TracerBoolError`.
+    take it as NumPy's take arrays, and so do NumPy's own functions and ufuncs (`np.sin(x)`,
+    `np.sum(x, axis=0)`, `np.ones(3) + x`: NEP 13 and NEP 18 dispatch to `gradserve.numpy`).
+    It has no concrete value: `bool()`, `float()` and conversion to a NumPy array raise
+    `gs.TracerBoolError`.
 
     Attributes
     ----------
@@ -318,7 +320,26 @@ class Tracer:
             f"a traced value {self.name} has no concrete value while tracing. {CONTROL_FLOW_HINT}"
         )
 
-    __float__ = __int__ = __index__ = __complex__ = __array__ = _concrete
+    __float__ = __int__ = __index__ = __complex__ = _concrete
+
+    def __array__(self, *_, **__):
+        raise TracerBoolError(
+            f"np.asarray() or np.array() of traced value {self.name}: it has no concrete value "
+            "while tracing. Apply NumPy functions to it (np.sin(x), np.stack([x, y]), ...) or "
+            "gradserve.numpy ones: they record into the graph; gs.Engine().evaluate(graph, ...) "
+            f"gives values. {CONTROL_FLOW_HINT}"
+        )
+
+    # NumPy's dispatch protocols: np.sin(x), np.sum(x), ndarray + x, ... (engine/dispatch.py)
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from .dispatch import array_ufunc
+
+        return array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from .dispatch import array_function
+
+        return array_function(func, types, args, kwargs)
 
     def __len__(self):
         if not self.shape:
