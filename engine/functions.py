@@ -356,10 +356,10 @@ class _ValueAndGrad(_Transformed):
         derived, aux_def = entry.graph(("grad", tuple(wrt)), make)
         outs = _run(derived, leaves + entry.traced.captured, self.backend, traced)
         value, grads = outs[0], outs[1 : 1 + len(wrt)]
-        result = (value, self._grads(grads, arg_defs, ranges, one, nums))
+        grads = self._grads(grads, arg_defs, ranges, one, nums)
         if aux_def is None:
-            return result
-        return result, unflatten(aux_def, outs[1 + len(wrt) :])
+            return value, grads
+        return (value, unflatten(aux_def, outs[1 + len(wrt) :])), grads
 
 
 class _Grad(_ValueAndGrad):
@@ -368,7 +368,7 @@ class _Grad(_ValueAndGrad):
     def _apply(self, *a):
         result = super()._apply(*a)
         if self.options["has_aux"]:
-            (_, grads), aux = result
+            (_, aux), grads = result
             return grads, aux
         return result[1]
 
