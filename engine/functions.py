@@ -232,10 +232,6 @@ class _Cache:
         return entry
 
 
-def _signature(arg_defs, leaves):
-    return arg_defs, tuple(spec_of(x) for x in leaves)
-
-
 class _Entry:
     """One signature: the traced function and the graphs derived from it (made on demand)."""
 
@@ -251,15 +247,21 @@ class _Entry:
             return self.derived[key]
 
 
-def _entry(cache: _Cache | None, fun, arg_defs, ranges, leaves, has_aux=False) -> _Entry:
-    specs = [spec_of(x) for x in leaves]
+def _leaf_key(x):
+    """What of a concrete leaf its trace depends on, cheaper to compute than its Spec."""
+    if type(x) is np.ndarray or isinstance(x, np.generic):
+        return (x.shape, x.dtype)
+    return type(x)
 
+
+def _entry(cache: _Cache | None, fun, arg_defs, ranges, leaves, has_aux=False) -> _Entry:
     def make():
+        specs = [spec_of(x) for x in leaves]
         return _Entry(_Traced(fun, arg_defs, ranges, specs, has_aux))
 
     if cache is None:  # inside a trace: the function may read the enclosing trace's values
         return make()
-    return cache.get((arg_defs, tuple(specs)), make)
+    return cache.get((arg_defs, tuple(_leaf_key(x) for x in leaves)), make)
 
 
 # ---- the transformed functions --------------------------------------------------------------
@@ -304,15 +306,19 @@ class _Transformed:
         has_aux = self.options.get("has_aux", False)
         cache = None if traced else self._cache
         entry = _entry(cache, self.fun, arg_defs, ranges, leaves, has_aux)
-        wrt = [i for a in nums for i in ranges[a]]
+        wrt = entry.graph(("wrt", nums), lambda t: self._wrt(t, nums, ranges))
+        return self._apply(entry, leaves, arg_defs, ranges, one, nums, wrt, traced)
+
+    def _wrt(self, traced: _Traced, nums, ranges):
+        """The leaves differentiated: those of the arguments `nums`, each float or complex."""
         for a in nums:
             for i in ranges[a]:
-                if not _differentiable(entry.traced.specs[i]):
+                if not _differentiable(traced.specs[i]):
                     raise TypeError(
                         f"{self.kind} differentiates float or complex inputs only; argument "
-                        f"{a} has a leaf of dtype {entry.traced.specs[i].dtype}"
+                        f"{a} has a leaf of dtype {traced.specs[i].dtype}"
                     )
-        return self._apply(entry, leaves, arg_defs, ranges, one, nums, wrt, traced)
+        return tuple(i for a in nums for i in ranges[a])
 
     def _grads(self, leaves_out, arg_defs, ranges, one, nums):
         """Per-leaf results (one per differentiated leaf) in the arguments' structures."""
