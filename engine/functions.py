@@ -357,10 +357,16 @@ class _ValueAndGrad(_Transformed):
                     g,
                     lambda ins: list(inline(gradient, ins)) + list(inline(g, ins)[1 : 1 + n_aux]),
                 )
+            if not with_value:  # gs.grad: no value output (nor its nodes, when inlined)
+                n = len(gradient.outputs)
+                gradient = select_outputs(Program(gradient), range(1, n)).graph
             return gradient, aux_def
 
+        with_value = self.kind == "value_and_grad"
         derived, aux_def = entry.graph(("grad", tuple(wrt)), make)
         outs = _run(derived, leaves + entry.traced.captured, self.backend, traced)
+        if not with_value:
+            outs = [None] + outs
         value, grads = outs[0], outs[1 : 1 + len(wrt)]
         grads = self._grads(grads, arg_defs, ranges, one, nums)
         if aux_def is None:
@@ -620,6 +626,10 @@ def jvp(fun, primals, tangents, *, backend=None):
     >>> float(out), float(t)
     (0.0, 2.0)
     """
+    return _jvp(fun, primals, tangents, backend, True)
+
+
+def _jvp(fun, primals, tangents, backend, with_primal):
     primals, tangents = tuple(primals), tuple(tangents)
     leaves, arg_defs, ranges = _flatten_args(primals)
     tangent_leaves = _check_tree(tangents, arg_defs, "tangents")
@@ -627,11 +637,21 @@ def jvp(fun, primals, tangents, *, backend=None):
     entry = _entry(None if traced else _call_cache("jvp", fun), fun, arg_defs, ranges, leaves)
     specs = entry.traced.specs
     wrt = tuple(i for i, s in enumerate(specs) if _differentiable(s))
-    derived = entry.graph(("jvp", wrt), lambda t: _jvp_graph(t.graph, wrt))
+
+    def make(t: _Traced):
+        derived = _jvp_graph(t.graph, wrt)
+        if with_primal:
+            return derived
+        n = len(t.graph.outputs)  # hvp: the tangents only (nor the primal's nodes, inlined)
+        return select_outputs(Program(derived), range(n, 2 * n)).graph
+
+    derived = entry.graph(("jvp", wrt, with_primal), make)
     ts = _conform([tangent_leaves[i] for i in wrt], [specs[i] for i in wrt], "tangents")
     outs = _run(derived, leaves + entry.traced.captured + ts, backend, traced)
-    n = len(outs) // 2
     out_def = entry.traced.out_def
+    if not with_primal:
+        return unflatten(out_def, outs)
+    n = len(outs) // 2
     return unflatten(out_def, outs[:n]), unflatten(out_def, outs[n:])
 
 
@@ -716,4 +736,4 @@ def hvp(fun, primals, tangents, *, backend=None):
     """
     primals = tuple(primals)
     gradient = _Grad(fun, tuple(range(len(primals))), None, has_aux=False)
-    return jvp(gradient, primals, tuple(tangents), backend=backend)[1]
+    return _jvp(gradient, primals, tangents, backend, False)
