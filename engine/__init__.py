@@ -3,6 +3,7 @@
 from . import ops  # noqa: F401  (registers every primitive)
 from .engine import Engine
 from .errors import GraphError, LimitError, TracerBoolError
+from .functions import grad, hessian, hvp, jacfwd, jacobian, jacrev, jvp, value_and_grad, vjp
 from .graph import Graph, Port, Spec
 from .limits import Limits
 from .numerical import GradCheck, numeric_grad
@@ -31,10 +32,19 @@ __all__ = [
     "custom_vjp",
     "expression_size",
     "fori_loop",
+    "grad",
+    "hessian",
+    "hvp",
+    "jacfwd",
+    "jacobian",
+    "jacrev",
+    "jvp",
     "numeric_grad",
     "scan",
     "symbolic_derivative",
     "to_sympy",
     "trace",
+    "value_and_grad",
+    "vjp",
     "while_loop",
 ]
