@@ -12,6 +12,11 @@ def flatten(tree):
     return optree.tree_flatten(tree, none_is_leaf=False, namespace=NAMESPACE)
 
 
+def flatten_with_path(tree):
+    """(paths, leaves, treedef): `flatten`, with the keys leading to each leaf."""
+    return optree.tree_flatten_with_path(tree, none_is_leaf=False, namespace=NAMESPACE)
+
+
 def unflatten(treedef, leaves):
     """The tree of structure `treedef` holding `leaves` (a ValueError when they do not fit)."""
     return optree.tree_unflatten(treedef, list(leaves))

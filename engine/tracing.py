@@ -15,6 +15,7 @@ from . import dtypes
 from .errors import GraphError, TracerBoolError
 from .graph import Graph, Node, Port, Spec
 from .primitive import PRIMITIVES
+from .pytree import flatten, flatten_with_path, unflatten
 from .simplify import propagate, simplify, splat_of_constant, unbroadcast_operands
 
 _state = threading.local()
@@ -230,15 +231,18 @@ def trace(fn, *example_args) -> Graph:
     Parameters
     ----------
     fn : callable
-        Takes one positional argument per example argument and returns one array, or a tuple
-        or list of them: the graph's outputs, in order. The inputs are named after its
-        parameters (``*args`` gives args_0, args_1, ...; a callable without a signature
-        x0, x1, ...).
-    *example_args : number, ndarray or gs.Spec
-        One per input, giving its shape and dtype (not its value): a Python bool, int, float
-        or complex is a scalar of bool, int64, float64 or complex128; an array or NumPy scalar
-        gives its own; a `gs.Spec` is itself. The dtype must be one gradserve carries:
-        float64, float32, complex128, int32, int64 or bool.
+        Takes one positional argument per example argument and returns one array, or a pytree
+        of them (a tuple, list, dict, namedtuple, nested): the graph's outputs are its leaves,
+        in order (dict keys sorted). The inputs are named after its parameters (``*args``
+        gives args_0, args_1, ...; a callable without a signature x0, x1, ...).
+    *example_args : number, ndarray, gs.Spec, or a pytree of them
+        One per argument of `fn`, giving shapes and dtypes (not values): a Python bool, int,
+        float or complex is a scalar of bool, int64, float64 or complex128; an array or NumPy
+        scalar gives its own; a `gs.Spec` is itself. The dtype must be one gradserve carries:
+        float64, float32, complex128, int32, int64 or bool. A pytree (tuple, list, dict,
+        namedtuple) gives one graph input per leaf, named after the parameter and the path
+        (``params.W``, ``params.b``), in the order of its leaves: the Engine and the Client
+        take those leaves as the graph's arguments.
 
     Returns
     -------
@@ -268,12 +272,18 @@ def trace(fn, *example_args) -> Graph:
     >>> gs.Engine().evaluate(graph, np.ones((4, 3)), np.zeros(3))
     array([0., 0., 0., 0.])
     """
-    specs = [spec_of(a) for a in example_args]
+    names = parameter_names(fn, len(example_args))
     with Builder() as builder:
-        inputs = [
-            builder.input(name, spec) for name, spec in zip(parameter_names(fn, len(specs)), specs)
-        ]
-        return builder.build(fn(*inputs))
+        arguments = []
+        for name, example in zip(names, example_args):
+            paths, leaves, treedef = flatten_with_path(example)
+            inputs = [
+                builder.input(".".join([name, *map(str, path)]), spec_of(leaf))
+                for path, leaf in zip(paths, leaves)
+            ]
+            arguments.append(unflatten(treedef, inputs))
+        outputs, treedef = flatten(fn(*arguments))
+        return builder.build(outputs[0] if treedef.num_nodes == 1 else outputs)
 
 
 class Tracer:
