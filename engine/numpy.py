@@ -848,8 +848,9 @@ def take_along_axis(arr, indices, axis=-1):
     return getitem(arr, tuple(key))
 
 
-def argsort(a, axis=-1, kind=None, order=None):
-    """The indices that sort a along axis, ascending and stable (not differentiable)."""
+def argsort(a, axis=-1, kind=None, order=None, *, stable=None):
+    """The indices that sort a along axis, ascending and stable whatever `kind` and `stable`
+    say (not differentiable)."""
     if order is not None:
         raise ValueError("argsort: `order` (structured arrays) is not supported")
     (a,) = _operands(a)
@@ -858,7 +859,7 @@ def argsort(a, axis=-1, kind=None, order=None):
     return bind("argsort", a, axis=_axis(axis, _ndim(a)))
 
 
-def sort(a, axis=-1, kind=None, order=None):
+def sort(a, axis=-1, kind=None, order=None, *, stable=None):
     """a sorted along axis: a permutation of its elements, so its derivative permutes the
     tangents the same way (ties keep their order, as a stable sort)."""
     if order is not None:
