@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import string
+from itertools import pairwise as _pairwise
 
 import numpy as _np
 
@@ -23,53 +24,90 @@ __all__ = [
     "add",
     "amax",
     "amin",
+    "angle",
     "arange",
     "arccos",
+    "arccosh",
     "arcsin",
+    "arcsinh",
     "arctan",
+    "arctan2",
+    "arctanh",
     "argmax",
     "argmin",
+    "argsort",
     "around",
     "array",
+    "array_split",
     "asarray",
     "astype",
+    "atleast_1d",
+    "atleast_2d",
+    "atleast_3d",
     "bool_",
     "broadcast_to",
     "ceil",
     "clip",
+    "column_stack",
     "complex128",
     "concatenate",
+    "conj",
+    "conjugate",
     "cos",
     "cosh",
+    "cross",
     "cumsum",
+    "deg2rad",
+    "degrees",
+    "diag",
+    "diagonal",
+    "diff",
     "divide",
     "dot",
+    "dsplit",
+    "dstack",
     "e",
     "einsum",
     "equal",
     "exp",
+    "exp2",
     "expand_dims",
     "expm1",
     "eye",
     "flip",
+    "fliplr",
+    "flipud",
     "float32",
     "float64",
     "floor",
+    "fmax",
+    "fmin",
     "full",
     "full_like",
     "greater",
     "greater_equal",
+    "hsplit",
+    "hstack",
+    "hypot",
+    "imag",
     "inf",
     "inner",
     "int32",
     "int64",
     "isfinite",
+    "isinf",
+    "isnan",
+    "kron",
     "less",
     "less_equal",
     "linalg",
+    "linspace",
     "log",
     "log1p",
+    "log2",
+    "log10",
     "logaddexp",
+    "logaddexp2",
     "logical_and",
     "logical_not",
     "logical_or",
@@ -80,24 +118,38 @@ __all__ = [
     "mean",
     "min",
     "minimum",
+    "mod",
     "moveaxis",
     "multiply",
     "nan",
+    "nan_to_num",
     "negative",
     "newaxis",
     "not_equal",
     "ones",
     "ones_like",
     "outer",
+    "pad",
     "pi",
     "power",
     "prod",
+    "rad2deg",
+    "radians",
     "ravel",
+    "real",
+    "reciprocal",
+    "remainder",
+    "repeat",
     "reshape",
+    "roll",
+    "rot90",
     "round",
     "sign",
     "sin",
+    "sinc",
     "sinh",
+    "sort",
+    "split",
     "sqrt",
     "square",
     "squeeze",
@@ -106,12 +158,20 @@ __all__ = [
     "subtract",
     "sum",
     "swapaxes",
+    "take",
+    "take_along_axis",
     "tan",
     "tanh",
     "tensordot",
+    "tile",
+    "trace",
     "transpose",
+    "tril",
+    "triu",
     "true_divide",
     "var",
+    "vsplit",
+    "vstack",
     "where",
     "zeros",
     "zeros_like",
@@ -127,7 +187,9 @@ def _dtype(x) -> str:
 
 
 def _operands(*xs):
-    """Python numbers take the dtype of the arrays beside them (NumPy 2's weak scalars)."""
+    """Python numbers take the dtype of the arrays beside them (NumPy 2's weak scalars); a
+    list or tuple holding traced values is stacked (`sum([a, b])`, as NumPy's)."""
+    xs = [array(x) if isinstance(x, (list, tuple)) and _contains_tracer(x) else x for x in xs]
     strong = [_dtype(x) for x in xs if _is_array(x)]
     if not strong:
         return [_np.asarray(x) for x in xs]
@@ -163,6 +225,7 @@ sin, cos, tan, arcsin, arccos, arctan = (
     _unary(n) for n in ("sin", "cos", "tan", "arcsin", "arccos", "arctan")
 )
 sinh, cosh, tanh = (_unary(n) for n in ("sinh", "cosh", "tanh"))
+arcsinh, arccosh, arctanh = (_unary(n) for n in ("arcsinh", "arccosh", "arctanh"))
 negative, square, sign, absolute, isfinite, logical_not = (
     _unary(n, inexact=False)
     for n in ("negative", "square", "sign", "abs", "isfinite", "logical_not")
@@ -205,6 +268,8 @@ def multiply(x, y):
 divide = true_divide = _binary("divide", inexact=True)
 maximum, minimum = _binary("maximum"), _binary("minimum")
 logaddexp = _binary("logaddexp", inexact=True)
+mod = remainder = _binary("mod")
+arctan2, hypot = _binary("arctan2", inexact=True), _binary("hypot", inexact=True)
 less, less_equal, greater, greater_equal, equal, not_equal = (
     _binary(n) for n in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal")
 )
@@ -239,6 +304,136 @@ def clip(x, a_min=None, a_max=None):
     if a_max is not None:
         x = minimum(x, a_max)
     return x
+
+
+def isnan(x):
+    (x,) = _operands(x)
+    return not_equal(x, x)
+
+
+def isinf(x):
+    (x,) = _operands(x)
+    return logical_not(logical_or(isfinite(x), isnan(x)))
+
+
+def real(val):
+    (val,) = _operands(val)
+    return astype(val, "float64") if _dtype(val) == "complex128" else val
+
+
+def imag(val):
+    (val,) = _operands(val)
+    if _dtype(val) == "complex128":
+        return bind("imag", val)
+    return zeros_like(val)
+
+
+def conjugate(x):
+    (x,) = _operands(x)
+    if _dtype(x) != "complex128":
+        return x
+    return bind("conj", x)
+
+
+conj = conjugate
+
+
+def angle(z, deg=False):
+    (z,) = _operands(z)
+    if _dtype(z) == "complex128":
+        out = arctan2(imag(z), real(z))
+    else:
+        z = _inexact(z)
+        out = arctan2(zeros_like(z), z)
+    return out * (180 / _np.pi) if deg else out
+
+
+def _log_base(base):
+    def fn(x):
+        (x,) = _operands(x)
+        return log(_inexact(x)) / float(_np.log(base))
+
+    return fn
+
+
+log2, log10 = _log_base(2.0), _log_base(10.0)
+log2.__name__, log10.__name__ = "log2", "log10"
+
+
+def exp2(x):
+    (x,) = _operands(x)
+    return power(2.0, _inexact(x))
+
+
+def logaddexp2(x1, x2):
+    x1, x2 = _operands(x1, x2)
+    ln2 = float(_np.log(2.0))
+    return logaddexp(_inexact(x1) * ln2, _inexact(x2) * ln2) / ln2
+
+
+def deg2rad(x):
+    (x,) = _operands(x)
+    return _inexact(x) * (_np.pi / 180)
+
+
+def rad2deg(x):
+    (x,) = _operands(x)
+    return _inexact(x) * (180 / _np.pi)
+
+
+radians, degrees = deg2rad, rad2deg
+
+
+def sinc(x):
+    """sin(pi x) / (pi x), 1 at 0: near 0 its Taylor polynomial (to u**6, exact there to the
+    last bit), so every derivative at 0 is right too."""
+    (x,) = _operands(x)
+    u = _inexact(x) * _np.pi
+    small = absolute(u) < 1e-2
+    safe = where(small, 1.0, u)
+    u2 = u * u
+    series = 1 - u2 / 6 * (1 - u2 / 20 * (1 - u2 / 42))
+    return where(small, series, sin(safe) / safe)
+
+
+def reciprocal(x):
+    (x,) = _operands(x)
+    if _dtypes.is_differentiable(_dtype(x)):
+        return divide(1, x)
+    return astype(divide(1, x), _dtype(x))
+
+
+def _ignoring_nan(pick):
+    """fmax/fmin: `pick` of the operands with a nan replaced by the other one (so a nan never
+    reaches pick's derivative rule, which would make the gradient nan); nan where both are."""
+
+    def fn(x1, x2):
+        x1, x2 = _operands(x1, x2)
+        nan1, nan2 = isnan(x1), isnan(x2)
+        safe1 = where(nan1, where(nan2, 0, x2), x1)
+        safe2 = where(nan2, safe1, x2)
+        return where(logical_and(nan1, nan2), _np.nan, pick(safe1, safe2))
+
+    fn.__name__ = "f" + pick.__name__[:3]
+    return fn
+
+
+fmax, fmin = _ignoring_nan(maximum), _ignoring_nan(minimum)
+
+
+def nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
+    (x,) = _operands(x)
+    dtype = _dtype(x)
+    if not _dtypes.is_differentiable(dtype):
+        return x
+    if dtype == "complex128":
+        parts = [nan_to_num(p, nan=nan, posinf=posinf, neginf=neginf) for p in (real(x), imag(x))]
+        return parts[0] + parts[1] * 1j
+    big = float(_np.finfo(dtype).max)
+    high = big if posinf is None else posinf
+    low = -big if neginf is None else neginf
+    out = where(equal(x, _np.inf), high, where(equal(x, -_np.inf), low, x))
+    return where(isnan(x), nan, out)
 
 
 # ---- reductions --------------------------------------------------------------------------
@@ -442,6 +637,372 @@ def stack(arrays, axis=0):
     return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
 
 
+def _atleast(x, ndim):
+    (x,) = _operands(x)
+    shape = tuple(_shape(x))
+    if len(shape) >= ndim:
+        return x
+    if ndim == 3 and len(shape) == 2:
+        return reshape(x, shape + (1,))
+    if ndim == 3 and len(shape) == 1:
+        return reshape(x, (1,) + shape + (1,))
+    return reshape(x, (1,) * (ndim - len(shape)) + shape)
+
+
+def _each(arys, ndim):
+    out = [_atleast(a, ndim) for a in arys]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def atleast_1d(*arys):
+    return _each(arys, 1)
+
+
+def atleast_2d(*arys):
+    return _each(arys, 2)
+
+
+def atleast_3d(*arys):
+    return _each(arys, 3)
+
+
+def hstack(tup):
+    arrs = [_atleast(a, 1) for a in tup]
+    return concatenate(arrs, axis=0 if arrs and _ndim(arrs[0]) == 1 else 1)
+
+
+def vstack(tup):
+    return concatenate([_atleast(a, 2) for a in tup], axis=0)
+
+
+def dstack(tup):
+    return concatenate([_atleast(a, 3) for a in tup], axis=2)
+
+
+def column_stack(tup):
+    arrs = []
+    for a in tup:
+        (a,) = _operands(a)
+        arrs.append(reshape(a, (-1, 1)) if _ndim(a) < 2 else a)
+    return concatenate(arrs, axis=1)
+
+
+def _along(axis, ndim, key):
+    """An index applying `key` along `axis` of an ndim-d array."""
+    return (slice(None),) * axis + (key,) + (slice(None),) * (ndim - axis - 1)
+
+
+def array_split(ary, indices_or_sections, axis=0):
+    (ary,) = _operands(ary)
+    axis = _axis(axis, _ndim(ary))
+    n = _shape(ary)[axis]
+    if isinstance(indices_or_sections, (int, _np.integer)):
+        sections = int(indices_or_sections)
+        if sections <= 0:
+            raise ValueError("number sections must be larger than 0.")
+        each, extras = divmod(n, sections)
+        sizes = [each + 1] * extras + [each] * (sections - extras)
+        bounds = [0, *_np.cumsum(sizes).tolist()]
+    else:
+        bounds = [0, *[int(i) for i in indices_or_sections], n]
+    return [
+        getitem(ary, _along(axis, _ndim(ary), slice(start, stop)))
+        for start, stop in _pairwise(bounds)
+    ]
+
+
+def split(ary, indices_or_sections, axis=0):
+    if isinstance(indices_or_sections, (int, _np.integer)):
+        n = _shape(ary)[_axis(axis, _ndim(ary))]
+        if indices_or_sections <= 0 or n % indices_or_sections:
+            raise ValueError("array split does not result in an equal division")
+    return array_split(ary, indices_or_sections, axis)
+
+
+def hsplit(ary, indices_or_sections):
+    if _ndim(ary) == 0:
+        raise ValueError("hsplit only works on arrays of 1 or more dimensions")
+    return split(ary, indices_or_sections, 1 if _ndim(ary) > 1 else 0)
+
+
+def vsplit(ary, indices_or_sections):
+    if _ndim(ary) < 2:
+        raise ValueError("vsplit only works on arrays of 2 or more dimensions")
+    return split(ary, indices_or_sections, 0)
+
+
+def dsplit(ary, indices_or_sections):
+    if _ndim(ary) < 3:
+        raise ValueError("dsplit only works on arrays of 3 or more dimensions")
+    return split(ary, indices_or_sections, 2)
+
+
+def flipud(m):
+    if _ndim(m) < 1:
+        raise ValueError("Input must be >= 1-d.")
+    return flip(m, 0)
+
+
+def fliplr(m):
+    if _ndim(m) < 2:
+        raise ValueError("Input must be >= 2-d.")
+    return flip(m, 1)
+
+
+def rot90(m, k=1, axes=(0, 1)):
+    (m,) = _operands(m)
+    ndim = _ndim(m)
+    if len(axes) != 2:
+        raise ValueError("len(axes) must be 2.")
+    a, b = _axis(axes[0], ndim), _axis(axes[1], ndim)
+    if a == b:
+        raise ValueError("Axes must be different.")
+    k %= 4
+    if k == 0:
+        return m
+    if k == 2:
+        return flip(m, (a, b))
+    perm = list(range(ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    if k == 1:
+        return transpose(flip(m, b), perm)
+    return flip(transpose(m, perm), b)
+
+
+def roll(a, shift, axis=None):
+    (a,) = _operands(a)
+    if axis is None:
+        return reshape(roll(ravel(a), shift, 0), _shape(a))
+    shifts, axes = _np.broadcast_arrays(_np.asarray(shift), _np.asarray(axis))
+    total = {}
+    for sh, ax in zip(shifts.ravel().tolist(), axes.ravel().tolist()):
+        ax = _axis(ax, _ndim(a))
+        total[ax] = total.get(ax, 0) + sh
+    for ax, sh in sorted(total.items()):
+        n = _shape(a)[ax]
+        if n == 0 or sh % n == 0:
+            continue
+        cut = n - sh % n
+        ndim = _ndim(a)
+        a = concatenate(
+            [
+                getitem(a, _along(ax, ndim, slice(cut, n))),
+                getitem(a, _along(ax, ndim, slice(0, cut))),
+            ],
+            axis=ax,
+        )
+    return a
+
+
+def repeat(a, repeats, axis=None):
+    (a,) = _operands(a)
+    if axis is None:
+        a, axis = ravel(a), 0
+    axis = _axis(axis, _ndim(a))
+    index = _np.repeat(_np.arange(_shape(a)[axis]), repeats)
+    return getitem(a, _along(axis, _ndim(a), index))
+
+
+def tile(A, reps):
+    (A,) = _operands(A)
+    reps = (int(reps),) if isinstance(reps, (int, _np.integer)) else tuple(int(r) for r in reps)
+    ndim = builtins.max(_ndim(A), len(reps))
+    shape = (1,) * (ndim - _ndim(A)) + tuple(_shape(A))
+    reps = (1,) * (ndim - len(reps)) + reps
+    if builtins.all(r == 1 for r in reps):
+        return reshape(A, shape)
+    spread = reshape(A, tuple(v for d in shape for v in (1, d)))
+    spread = broadcast_to(spread, tuple(v for r, d in zip(reps, shape) for v in (r, d)))
+    return reshape(spread, tuple(r * d for r, d in zip(reps, shape)))
+
+
+def _index_operand(indices):
+    return indices if isinstance(indices, Tracer) else _np.asarray(indices)
+
+
+def take(a, indices, axis=None):
+    (a,) = _operands(a)
+    if axis is None:
+        a, axis = ravel(a), 0
+    axis = _axis(axis, _ndim(a))
+    return getitem(a, _along(axis, _ndim(a), _index_operand(indices)))
+
+
+def take_along_axis(arr, indices, axis=-1):
+    (arr,) = _operands(arr)
+    indices = _index_operand(indices)
+    if axis is None:
+        arr, axis = ravel(arr), 0
+    ndim = _ndim(arr)
+    axis = _axis(axis, ndim)
+    if _ndim(indices) != ndim:
+        raise ValueError("`indices` and `arr` must have the same number of dimensions")
+    key = []
+    for i in range(ndim):
+        if i == axis:
+            key.append(indices)
+        else:
+            at = [1] * ndim
+            at[i] = _shape(arr)[i]
+            key.append(_np.arange(_shape(arr)[i]).reshape(at))
+    return getitem(arr, tuple(key))
+
+
+def argsort(a, axis=-1, kind=None, order=None, *, stable=None):
+    """The indices that sort a along axis, ascending and stable whatever `kind` and `stable`
+    say (not differentiable)."""
+    if order is not None:
+        raise ValueError("argsort: `order` (structured arrays) is not supported")
+    (a,) = _operands(a)
+    if axis is None:
+        a, axis = ravel(a), 0
+    return bind("argsort", a, axis=_axis(axis, _ndim(a)))
+
+
+def sort(a, axis=-1, kind=None, order=None, *, stable=None):
+    """a sorted along axis: a permutation of its elements, so its derivative permutes the
+    tangents the same way (ties keep their order, as a stable sort)."""
+    if order is not None:
+        raise ValueError("sort: `order` (structured arrays) is not supported")
+    (a,) = _operands(a)
+    if axis is None:
+        a, axis = ravel(a), 0
+    return take_along_axis(a, argsort(a, axis), axis)
+
+
+def _zero_of(x):
+    return _np.zeros((), _dtype(x))
+
+
+def tril(m, k=0):
+    (m,) = _operands(m)
+    mask = _np.tri(*_shape(m)[-2:], k=k, dtype=bool)
+    return where(mask, m, _zero_of(m))
+
+
+def triu(m, k=0):
+    (m,) = _operands(m)
+    mask = _np.tri(*_shape(m)[-2:], k=k - 1, dtype=bool)
+    return where(mask, _zero_of(m), m)
+
+
+def diagonal(a, offset=0, axis1=0, axis2=1):
+    (a,) = _operands(a)
+    ndim = _ndim(a)
+    if ndim < 2:
+        raise ValueError("diag requires an array of at least two dimensions")
+    a1, a2 = _axis(axis1, ndim), _axis(axis2, ndim)
+    if a1 == a2:
+        raise ValueError("axis1 and axis2 cannot be the same")
+    a = transpose(a, [i for i in range(ndim) if i not in (a1, a2)] + [a1, a2])
+    n, m = _shape(a)[-2:]
+    if offset >= 0:
+        length = builtins.max(0, builtins.min(n, m - offset))
+        rows = _np.arange(length)
+        cols = rows + offset
+    else:
+        length = builtins.max(0, builtins.min(n + offset, m))
+        cols = _np.arange(length)
+        rows = cols - offset
+    return getitem(a, (Ellipsis, rows, cols))
+
+
+def trace(a, offset=0, axis1=0, axis2=1, dtype=None):
+    out = sum(diagonal(a, offset, axis1, axis2), axis=-1)
+    return out if dtype is None else astype(out, dtype)
+
+
+def diag(v, k=0):
+    (v,) = _operands(v)
+    if _ndim(v) == 2:
+        return diagonal(v, k)
+    if _ndim(v) != 1:
+        raise ValueError("Input must be 1- or 2-d.")
+    n = _shape(v)[0]
+    size = n + builtins.abs(k)
+    if n == 0:
+        return zeros((size, size), _dtype(v))
+    i, j = _np.indices((size, size))
+    source = _np.clip(i if k >= 0 else j, 0, n - 1)
+    return where(j - i == k, getitem(v, source), _zero_of(v))
+
+
+def diff(a, n=1, axis=-1, prepend=None, append=None):
+    (a,) = _operands(a)
+    if n < 0:
+        raise ValueError(f"order must be non-negative but got {n!r}")
+    if n == 0:
+        return a
+    ndim = _ndim(a)
+    if ndim == 0:
+        raise ValueError("diff requires input that is at least one dimensional")
+    axis = _axis(axis, ndim)
+    parts = []
+    for extra in (prepend, "a", append):
+        if extra is None:
+            continue
+        if isinstance(extra, str):
+            parts.append(a)
+            continue
+        (extra,) = _operands(extra)
+        if _ndim(extra) == 0:
+            shape = list(_shape(a))
+            shape[axis] = 1
+            extra = broadcast_to(extra, tuple(shape))
+        parts.append(extra)
+    if len(parts) > 1:
+        a = concatenate(parts, axis=axis)
+    for _ in range(n):
+        upper = getitem(a, _along(axis, ndim, slice(1, None)))
+        lower = getitem(a, _along(axis, ndim, slice(None, -1)))
+        a = not_equal(upper, lower) if _dtype(a) == "bool" else upper - lower
+    return a
+
+
+def pad(array, pad_width, mode="constant", **kwargs):
+    """NumPy's pad in modes constant (`constant_values`), edge, reflect, symmetric and wrap."""
+    (x,) = _operands(array)
+    ndim = _ndim(x)
+    widths = _np.broadcast_to(_np.asarray(pad_width), (ndim, 2)).astype(_np.int64)
+    if (widths < 0).any():
+        raise ValueError("index can't contain negative values")
+    if mode not in ("constant", "edge", "reflect", "symmetric", "wrap"):
+        raise NotImplementedError(f"pad: mode {mode!r} is not supported")
+    if mode == "constant":
+        values = _np.broadcast_to(_np.asarray(kwargs.get("constant_values", 0)), (ndim, 2))
+    for axis in range(ndim):
+        before, after = widths[axis].tolist()
+        if not before and not after:
+            continue
+        n = _shape(x)[axis]
+        if mode == "constant":
+            parts = [x]
+            for side, width in ((0, before), (1, after)):
+                if width:
+                    shape = list(_shape(x))
+                    shape[axis] = width
+                    block = full(tuple(shape), values[axis][side].item(), _dtype(x))
+                    parts.insert(len(parts) * side, block)
+            x = concatenate(parts, axis=axis)
+            continue
+        if n == 0:
+            raise ValueError("can't extend empty axis using modes other than constant")
+        # NumPy's pattern: the edge repeated, or the axis reflected or wrapped periodically
+        at = _np.arange(-before, n + after)
+        if mode == "edge" or (mode == "reflect" and n == 1):
+            index = _np.clip(at, 0, n - 1)
+        elif mode == "wrap":
+            index = at % n
+        elif mode == "reflect":
+            at = at % (2 * (n - 1))
+            index = _np.where(at < n, at, 2 * (n - 1) - at)
+        else:
+            at = at % (2 * n)
+            index = _np.where(at < n, at, 2 * n - 1 - at)
+        x = getitem(x, _along(axis, ndim, index))
+    return x
+
+
 # ---- contractions ------------------------------------------------------------------------
 
 
@@ -471,16 +1032,21 @@ def einsum(subscripts, *operands):
         ranks = [_ndim(op) - len(s.replace("...", "")) for s, op in zip(ins, operands)]
         width = builtins.max([r for r, s in zip(ranks, ins) if "..." in s], default=0)
         ell = _fresh_letters(width, named)
+        spans = [len(s.split("...")[0]) if "..." in s else 0 for s in ins]
         batch = _np.broadcast_shapes(
-            *[_shape(op)[:r] if "..." in s else () for s, op, r in zip(ins, operands, ranks)]
+            *[
+                _shape(op)[at : at + r] if "..." in s else ()
+                for s, op, r, at in zip(ins, operands, ranks, spans)
+            ]
         )
         new_ins, new_ops = [], []
-        for s, op, r in zip(ins, operands, ranks):
+        for s, op, r, at in zip(ins, operands, ranks, spans):
             if "..." in s:
                 head, tail = s.split("...")
-                want = tuple(batch[width - r :]) + tuple(_shape(op)[r:])
-                if tuple(_shape(op)[:r]) != tuple(batch[width - r :]):
-                    op = broadcast_to(op, want[:r] + tuple(_shape(op)[r:]))
+                shape = tuple(_shape(op))
+                want = batch[width - r :]
+                if shape[at : at + r] != want:
+                    op = broadcast_to(op, shape[:at] + want + shape[at + r :])
                 s = head + ell[width - r :] + tail
             new_ins.append(s)
             new_ops.append(op)
@@ -579,6 +1145,44 @@ def inner(a, b):
     return bind("einsum", a, b, subscripts=f"{rest_a}z,{rest_b}z->{rest_a}{rest_b}")
 
 
+def kron(a, b):
+    a, b = _operands(a, b)
+    ndim = builtins.max(_ndim(a), _ndim(b))
+    sa = (1,) * (ndim - _ndim(a)) + tuple(_shape(a))
+    sb = (1,) * (ndim - _ndim(b)) + tuple(_shape(b))
+    spread_a = reshape(a, tuple(v for d in sa for v in (d, 1)))
+    spread_b = reshape(b, tuple(v for d in sb for v in (1, d)))
+    return reshape(multiply(spread_a, spread_b), tuple(x * y for x, y in zip(sa, sb)))
+
+
+def cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    a, b = _operands(a, b)
+    a = moveaxis(a, axisa, -1)
+    b = moveaxis(b, axisb, -1)
+    na, nb = _shape(a)[-1], _shape(b)[-1]
+    if na not in (2, 3) or nb not in (2, 3):
+        raise ValueError("incompatible dimensions for cross product\n(dimension must be 2 or 3)")
+    a0, a1 = a[..., 0], a[..., 1]
+    b0, b1 = b[..., 0], b[..., 1]
+    c2 = a0 * b1 - a1 * b0
+    if na == 2 and nb == 2:
+        return c2
+    if na == 2:
+        b2 = b[..., 2]
+        c0, c1 = a1 * b2, -(a0 * b2)
+    elif nb == 2:
+        a2 = a[..., 2]
+        c0, c1 = -(a2 * b1), a2 * b0
+    else:
+        a2, b2 = a[..., 2], b[..., 2]
+        c0, c1 = a1 * b2 - a2 * b1, a2 * b0 - a0 * b2
+    shape = _np.broadcast_shapes(_shape(c0), _shape(c1), _shape(c2))
+    c = stack([broadcast_to(c, shape) for c in (c0, c1, c2)], axis=-1)
+    return moveaxis(c, -1, axisc)
+
+
 # ---- creation ----------------------------------------------------------------------------
 
 
@@ -626,6 +1230,12 @@ def arange(*args, dtype=None):
         raise ValueError("arange: the step must not be zero")
     _within_limits(builtins.max(0, int(_np.ceil((stop - start) / step))))
     return _np.arange(*args, dtype=dtype)
+
+
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
+    """NumPy's linspace: a NumPy array (a constant), as arange."""
+    _within_limits(int(num) * builtins.max(1, _np.size(start), _np.size(stop)))
+    return _np.linspace(start, stop, num, endpoint, retstep, dtype, axis)
 
 
 def eye(N, M=None, k=0, dtype="float64"):
@@ -724,6 +1334,7 @@ for _name, _fn in {
     "__mul__": multiply,
     "__truediv__": divide,
     "__pow__": power,
+    "__mod__": mod,
     "__matmul__": matmul,
     "__lt__": less,
     "__le__": less_equal,
@@ -742,6 +1353,7 @@ for _name, _fn in {
     "__rmul__": multiply,
     "__rtruediv__": divide,
     "__rpow__": power,
+    "__rmod__": mod,
     "__rmatmul__": matmul,
 }.items():
     setattr(Tracer, _name, _swap(_fn))
@@ -759,6 +1371,10 @@ Tracer.var, Tracer.std, Tracer.argmax, Tracer.argmin, Tracer.cumsum = (
     argmin,
     cumsum,
 )
+Tracer.real, Tracer.imag = property(real), property(imag)
+Tracer.conj = Tracer.conjugate = conjugate
+Tracer.diagonal, Tracer.trace, Tracer.repeat = diagonal, trace, repeat
+Tracer.argsort, Tracer.take, Tracer.clip = argsort, take, clip
 Tracer.ravel = Tracer.flatten = ravel
 Tracer.reshape = reshape
 Tracer.astype = astype

@@ -446,6 +446,7 @@ OP_CASES = {
     "argmax": _reduction,
     "argmin": _reduction,
     "cumsum": _cumsum,
+    "argsort": _cumsum,  # one array of any dtype, one axis
     "flip": _flip,
     "transpose": _transpose,
     "reshape": _reshape,

@@ -99,12 +99,12 @@ def _front_end_corpus():
     unary = [
         "exp", "expm1", "log", "log1p", "sqrt", "square", "sin", "cos", "tan", "arcsin",
         "arccos", "arctan", "sinh", "cosh", "tanh", "abs", "sign", "floor", "ceil", "round",
-        "isfinite", "logical_not", "negative",
+        "isfinite", "logical_not", "negative", "arcsinh", "arccosh", "arctanh",
     ]  # fmt: skip
     binary = [
         "add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "logaddexp",
         "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
-        "logical_and", "logical_or", "logical_xor",
+        "logical_and", "logical_or", "logical_xor", "mod", "arctan2", "hypot",
     ]  # fmt: skip
     jvp_sin = gs.custom_jvp(gnp.sin)
     jvp_sin.defjvp(lambda p, t: (gnp.sin(p[0]), gnp.cos(p[0]) * t[0]))
@@ -117,6 +117,8 @@ def _front_end_corpus():
         (lambda a: gnp.astype(a, "float32"), (x,)),
         (lambda a: (gnp.sum(a), gnp.max(a), gnp.min(a), gnp.prod(a)), (v,)),
         (lambda a: (gs.nn.logsumexp(a), gnp.argmax(a), gnp.argmin(a), gnp.cumsum(a)), (v,)),
+        (lambda a: gnp.argsort(a), (v,)),
+        (lambda a: (gnp.imag(a), gnp.conj(a)), (0.5 + 1j,)),
         (lambda a: (a.reshape(3, 2), a.T, gnp.flip(a, 0), gnp.concatenate([a, a])), (m,)),
         (lambda a: (gnp.broadcast_to(a, (4, 3)), gnp.zeros((2,)) + a[0]), (v,)),
         (lambda a: (a @ a.T, a[0, 1:]), (m,)),

@@ -111,6 +111,24 @@ unary("arctan", np.arctan, lambda t, x, ans: t / (x * x + 1), doc="inverse tange
 unary("sinh", np.sinh, lambda t, x, ans: t * gnp.cosh(x), doc="hyperbolic sine")
 unary("cosh", np.cosh, lambda t, x, ans: t * gnp.sinh(x), doc="hyperbolic cosine")
 unary("tanh", np.tanh, lambda t, x, ans: t * (1 - ans * ans), doc="hyperbolic tangent")
+unary(
+    "arcsinh",
+    np.arcsinh,
+    lambda t, x, ans: t / gnp.sqrt(x * x + 1),
+    doc="inverse hyperbolic sine",
+)
+unary(
+    "arccosh",
+    np.arccosh,
+    lambda t, x, ans: gnp.div_or_zero(t, gnp.sqrt(x * x - 1)),
+    doc="inverse hyperbolic cosine (x >= 1 for real x)",
+)
+unary(
+    "arctanh",
+    np.arctanh,
+    lambda t, x, ans: gnp.div_or_zero(t, 1 - x * x),
+    doc="inverse hyperbolic tangent (|x| < 1 for real x)",
+)
 
 
 def real_part(z):
@@ -139,6 +157,45 @@ unary(
     inexact=False,
     complex_step=lambda args: args[0] * gnp.sign(args[0]),
     doc="|x|; the modulus (float64) for complex x",
+)
+unary(
+    "conj",
+    np.conjugate,
+    lambda t, x, ans: bind("conj", t) if t.dtype == np.complex128 else t,
+    inexact=False,
+    linear=True,  # its own transpose (the pairing Re(a b) the transposes use)
+    complex_step=lambda args: args[0],  # a real value is its own conjugate
+    doc="the complex conjugate (x itself for real x)",
+)
+
+
+def _imag_jvp(primals, tangents, ans):
+    t = tangents[0]
+    return None if t is None or primals[0].dtype != np.complex128 else bind("imag", t)
+
+
+def _imag_transpose(ct, x):
+    # Im z = Re(-i z): the transpose (pairing Re(a b)) of the real part after -i
+    return (gnp.astype(ct, "complex128") * -1j if x.dtype == "complex128" else None,)
+
+
+primitive(
+    "imag",
+    impl=lambda x: np.array(np.imag(x)),
+    shape=elementwise_shape(np.imag),
+    jvp=_imag_jvp,
+    transpose=_imag_transpose,
+    batch=batch_elementwise("imag"),
+    elementwise=True,
+    fresh=True,
+    # a value real in the graph has imaginary part 0, whatever the step adds
+    complex_step=lambda args: gnp.zeros(args[0].shape, "float64"),
+    doc=OpDoc(
+        "the imaginary part (zeros of x's dtype for real x)",
+        ("x",),
+        "the shape of x",
+        probe=same_dtype_probe(1),
+    ),
 )
 unary(
     "sign",
@@ -385,6 +442,98 @@ binary(
     inexact=True,
     doc="log(exp(x) + exp(y)), without overflow",
 )
+
+
+def _real_only_shape(fn, inexact):
+    """The shape rule of an elementwise op NumPy has no complex loop for: complex operands are
+    refused (the complex step evaluates the op's `complex_step` extension instead)."""
+    rule = elementwise_shape(fn, inexact=inexact)
+
+    def shape(*specs):
+        if any(s.dtype == "complex128" for s in specs):
+            raise ShapeError(f"needs real operands, got {[s.dtype for s in specs]}")
+        return rule(*specs)
+
+    return shape
+
+
+def real_binary(name, fn, rule, *, inexact, complex_step, doc, operands=("x", "y")):
+    """A binary op on real operands (NumPy has no complex loop for it) with a complex-step
+    extension, written with gnp."""
+    primitive(
+        name,
+        impl=fn,
+        shape=_real_only_shape(fn, inexact),
+        arity=2,
+        jvp=lambda primals, tangents, ans: (
+            None
+            if tangents[0] is None and tangents[1] is None
+            else broadcast_tangent(rule(*tangents, *primals, ans), ans.spec)
+        ),
+        batch=batch_elementwise(name),
+        elementwise=True,
+        ufunc=fn,
+        complex_step=complex_step,
+        doc=OpDoc(
+            doc,
+            operands,
+            f"{operands[0]} and {operands[1]} broadcast together",
+            probe=same_dtype_probe(2),
+        ),
+    )
+
+
+def _mod_rule(tx, ty, x, y, ans):
+    # x mod y = x - y * floor(x / y): d/dx is 1, d/dy is -floor(x / y) (away from the jumps)
+    return _either(tx, ty, lambda t: t, lambda t: -t * gnp.floor(x / y))
+
+
+real_binary(
+    "mod",
+    np.mod,
+    _mod_rule,
+    inexact=False,
+    complex_step=lambda args: args[0] - args[1] * gnp.floor(args[0] / args[1]),
+    doc="x mod y with the sign of y, as NumPy's mod (Python's %); real operands",
+)
+
+
+def _arctan2_step(args):
+    y, x = args
+    # the quadrant from the real parts, the holomorphic arctan(y / x) for the rest
+    turn = gnp.where(gnp.real(x) < 0, gnp.where(gnp.real(y) < 0, -np.pi, np.pi), 0.0)
+    return gnp.arctan(y / x) + turn
+
+
+real_binary(
+    "arctan2",
+    np.arctan2,
+    # primal factors x / r² and -y / r², 0 at the origin, so no 0 * inf there in either mode
+    lambda ty, tx, y, x, ans: _either(
+        ty,
+        tx,
+        lambda t: t * gnp.div_or_zero(x, x * x + y * y),
+        lambda t: t * gnp.div_or_zero(-y, x * x + y * y),
+    ),
+    inexact=True,
+    complex_step=_arctan2_step,
+    doc="the angle of the point (x, y): arctan(y / x) in the right quadrant, in [-pi, pi], "
+    "as NumPy's arctan2(y, x); real operands",
+    operands=("y", "x"),
+)
+real_binary(
+    "hypot",
+    np.hypot,
+    # primal factors x / r and y / r, 0 at the origin (as sign(0)), finite in either mode
+    lambda tx, ty, x, y, ans: _either(
+        tx, ty, lambda t: t * gnp.div_or_zero(x, ans), lambda t: t * gnp.div_or_zero(y, ans)
+    ),
+    inexact=True,
+    complex_step=lambda args: gnp.sqrt(args[0] * args[0] + args[1] * args[1]),
+    doc="sqrt(x * x + y * y) without overflow; real operands",
+)
+
+
 # div_or_zero is linear in its first operand: t / d, but exactly 0 wherever t is 0.
 # Zero-safe products for derivative rules: linear in each operand separately, like multiply.
 binary(

@@ -135,7 +135,40 @@ def _batched_index(index, size):
     return (SLICE, 0, size, 1) + tuple(index)
 
 
+def _getitem_batch_arrays(args, batched, index):
+    """Batched index arrays: the batch axis becomes one more index array (arange(size), in
+    front), broadcast against the others; the result is moved back to NumPy's layout of the
+    unbatched index with the batch axis first."""
+    x, *arrays = args
+    size = next(a.shape[0] for a, b in zip(args, batched) if b)
+    if not batched[0]:
+        x = gnp.broadcast_to(x, (size,) + x.shape)
+    shapes = [a.shape[1:] if b else a.shape for a, b in zip(arrays, batched[1:])]
+    rank = len(np.broadcast_shapes(*shapes))
+    aligned = [
+        gnp.reshape(a, (size,) + (1,) * (rank - a.ndim + 1) + a.shape[1:]) if b else a
+        for a, b in zip(arrays, batched[1:])
+    ]
+    lead = np.arange(size, dtype=np.int64).reshape((size,) + (1,) * rank)
+    shifted = []
+    for code, a, b, c in entries(index):
+        shifted += [code, a + 1 if code == ARRAY else a, b, c]
+    out = gnp_getitem(x, [lead, *aligned], (ARRAY, 0, 0, 0) + tuple(shifted))
+    # the index arrays' axes come first now (the batch array is apart from the others when
+    # they do not start the index); unbatched, NumPy put them where the adjacent arrays were
+    codes = [e[0] for e in entries(index)]
+    advanced = [i for i, c in enumerate(codes) if c in (ARRAY, INT)]
+    if advanced[-1] - advanced[0] + 1 == len(advanced) and advanced[0] > 0:
+        before = sum(1 for c in codes[: advanced[0]] if c in (SLICE, NEWAXIS))
+        perm = [0, *range(1 + rank, 1 + rank + before), *range(1, 1 + rank)]
+        perm += range(1 + rank + before, out.ndim)
+        out = gnp.transpose(out, tuple(perm))
+    return out
+
+
 def _getitem_batch(args, batched, index):
+    if any(batched[1:]):
+        return _getitem_batch_arrays(args, batched, index)
     x, *arrays = args
     out = gnp_getitem(x, arrays, _batched_index(index, x.shape[0]))
     if _batch_axis(index):

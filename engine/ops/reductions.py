@@ -281,3 +281,30 @@ primitive(
         probe=lambda dtype: ([Spec((2,), dtype)], {"axis": 0}),
     ),
 )
+
+
+def _argsort_shape(x, axis):
+    if not 0 <= axis < x.ndim:
+        raise ShapeError(f"axis {axis} is out of range for {x.ndim} dimensions")
+    return Spec(x.shape, "int64")
+
+
+primitive(
+    "argsort",
+    impl=lambda x, axis: np.argsort(x, axis=axis, kind="stable").astype(np.int64),
+    shape=_argsort_shape,
+    attrs={"axis": "int"},
+    fresh=True,
+    jvp=lambda primals, tangents, ans, axis: None,
+    batch=batch_shift_axes("argsort"),
+    # the complex step orders by the real part (complex data: NumPy's lexicographic order)
+    complex_step=lambda args, axis: bind("argsort", gnp.astype(args[0], "float64"), axis=axis),
+    doc=OpDoc(
+        "the indices that sort x along axis, ascending and stable (equal elements keep their "
+        "order; nan last; complex x lexicographically, real part first)",
+        ("x",),
+        "int64, the shape of x",
+        {"axis": "the axis sorted along, in 0 .. ndim-1"},
+        probe=lambda dtype: ([Spec((2,), dtype)], {"axis": 0}),
+    ),
+)
