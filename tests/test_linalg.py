@@ -444,6 +444,114 @@ def test_through_the_client(remote):
     np.testing.assert_allclose(grad, want, rtol=1e-9, atol=1e-12)
 
 
+# ---- full SVD, complete QR ---------------------------------------------------------------------
+
+
+def _orthogonal(q):
+    eye = np.broadcast_to(np.eye(q.shape[-1]), q.shape)
+    np.testing.assert_allclose(np.swapaxes(q, -1, -2) @ q, eye, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (2, 4), (2, 3, 5), (3, 5, 3), (3, 3)])
+def test_full_svd_values(shape):
+    a = normal(np.random.default_rng(16), shape)
+    graph = gs.trace(lambda a: tuple(la.svd(a)), a)
+    u, s, vh = ENG.evaluate(graph, a)
+    want_u, want_s, want_vh = np.linalg.svd(a)
+    assert (u.shape, s.shape, vh.shape) == (want_u.shape, want_s.shape, want_vh.shape)
+    np.testing.assert_allclose(s, want_s, rtol=1e-12)
+    _orthogonal(u)
+    _orthogonal(vh.swapaxes(-1, -2))
+    k = s.shape[-1]
+    np.testing.assert_allclose((u[..., :k] * s[..., None, :]) @ vh[..., :k, :], a, atol=1e-12)
+    # the leading k columns are NumPy's up to sign: the rank-one projectors match
+    np.testing.assert_allclose(
+        projectors(u[..., :k], vh[..., :k, :]),
+        projectors(want_u[..., :k], want_vh[..., :k, :]),
+        atol=1e-12,
+    )
+    ops = {n.op for n in graph.nodes}
+    assert ops == ({"svd"} if shape[-1] == shape[-2] else {"svd_full"})
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (2, 5, 3), (2, 4), (3, 3)])
+def test_complete_qr_values(shape):
+    a = normal(np.random.default_rng(17), shape)
+    q, r = ENG.evaluate(gs.trace(lambda a: tuple(la.qr(a, mode="complete")), a), a)
+    want_q, want_r = np.linalg.qr(a, mode="complete")
+    assert (q.shape, r.shape) == (want_q.shape, want_r.shape)
+    _orthogonal(q)
+    np.testing.assert_allclose(q @ r, a, atol=1e-12)
+    np.testing.assert_array_equal(np.triu(r), r)
+    np.testing.assert_allclose(np.abs(r), np.abs(want_r), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "fn, shape, advice",
+    [
+        (lambda a: gnp.sum(la.svd(a).U), (4, 2), "full_matrices=False"),
+        (lambda a: gnp.sum(la.svd(a)[1]), (2, 3), "full_matrices=False"),
+        (lambda a: gnp.sum(la.qr(a, mode="complete").R), (4, 2), 'mode="reduced"'),
+    ],
+)
+def test_full_factorizations_of_non_square_matrices_have_no_derivative(fn, shape, advice):
+    a = well_conditioned(np.random.default_rng(18), shape)
+    graph = gs.trace(fn, a)
+    ENG.evaluate(graph, a)
+    for differentiate in (
+        lambda: ENG.grad(graph, a),
+        lambda: ENG.jvp(graph, (a,), (a,)),
+        lambda: ENG.jacobian(graph, a, mode="fwd"),
+    ):
+        with pytest.raises(NotImplementedError, match=advice):
+            differentiate()
+
+
+def test_full_forms_stay_differentiable_where_they_are_unique():
+    """Singular values alone (compute_uv=False), the full SVD of a square matrix and the
+    complete QR of a wide one (the reduced ones) differentiate."""
+    rng = np.random.default_rng(19)
+    for fn, np_fn, shape in [
+        (
+            lambda a: la.svd(a, compute_uv=False),
+            lambda a: np.linalg.svd(a, compute_uv=False),
+            (4, 2),
+        ),
+        (
+            lambda a: gprojectors(*la.svd(a)[::2]),
+            lambda a: projectors(*np.linalg.svd(a)[::2]),
+            (3, 3),
+        ),
+        (
+            lambda a: la.qr(a, mode="complete").R,
+            lambda a: np.linalg.qr(a, mode="complete").R,
+            (2, 4),
+        ),
+    ]:
+        check_op(fn, np_fn, [well_conditioned(rng, shape)], rtol=RTOL, atol=ATOL)
+
+
+def test_full_forms_on_the_wire():
+    a = well_conditioned(np.random.default_rng(20), (2, 4, 3))
+    graph = gs.trace(lambda a: (*la.svd(a), *la.qr(a, mode="complete")), a)
+    assert {"svd_full", "qr_complete"} <= {n.op for n in graph.nodes}
+    decoded = gs.Graph.from_bytes(graph.to_bytes())
+    assert decoded.digest == graph.digest
+    for x, y in zip(ENG.evaluate(decoded, a), ENG.evaluate(graph, a)):
+        np.testing.assert_array_equal(x, y)
+    from gradserve.engine.graph import Graph, Node, Port, Spec
+
+    for op in ("svd_full", "qr_complete"):
+        for spec in (Spec((3,)), Spec((3, 2), "complex128")):
+            with pytest.raises(gs.GraphError):
+                Graph(
+                    [Port("x", spec)],
+                    {},
+                    [Node(op, ("x",), ("u", "s", "v")[: 3 - (op == "qr_complete")], {})],
+                    ["u"],
+                )
+
+
 # ---- failures and rejections -------------------------------------------------------------------
 
 
@@ -469,8 +577,6 @@ def test_shapes_are_checked():
         gs.trace(la.solve, np.ones((3, 3)), np.ones((2, 1)))
     with pytest.raises(TypeError):
         gs.trace(la.eigh, np.ones((2, 2), complex))
-    with pytest.raises(NotImplementedError):
-        gs.trace(la.svd, np.ones((3, 2)))
     from gradserve.engine.graph import Graph, Node, Port, Spec
 
     for op, specs in [
