@@ -1,7 +1,8 @@
 """`gradserve.numpy.linalg`: NumPy's `numpy.linalg` functions that record into a graph, on
 stacks of matrices (the last two axes) as NumPy's; on concrete arrays they compute at once.
 
-`solve`, `det`, `slogdet`, `cholesky`, `eigh`, `svd` and `qr` are primitives
+`solve`, `det`, `slogdet`, `cholesky`, `eigh`, `eig`, `svd` (`svd_full`) and `qr`
+(`qr_complete`) are primitives
 (engine/ops/linalg.py); `inv` is a `solve`, `norm` and `pinv` are made of other ops. Every
 derivative composes to any order. `tensordot` is in `gradserve.numpy` itself, as in NumPy.
 """
@@ -18,7 +19,10 @@ from .tracing import Tracer, bind
 __all__ = [
     "cholesky",
     "det",
+    "eig",
     "eigh",
+    "eigvals",
+    "eigvalsh",
     "inv",
     "norm",
     "pinv",
@@ -35,6 +39,11 @@ class SlogdetResult(NamedTuple):
 
 
 class EighResult(NamedTuple):
+    eigenvalues: object
+    eigenvectors: object
+
+
+class EigResult(NamedTuple):
     eigenvalues: object
     eigenvectors: object
 
@@ -131,6 +140,24 @@ def eigh(a, UPLO="L"):
         raise ValueError("UPLO argument must be 'L' or 'U'")
     a = _real(_matrix(a, "eigh"), "eigh")
     return EighResult(*bind("eigh", a if UPLO == "L" else _mT(a)))
+
+
+def eigvalsh(a, UPLO="L"):
+    """The eigenvalues (ascending) of each symmetric matrix: eigh's."""
+    return eigh(a, UPLO).eigenvalues
+
+
+def eig(a):
+    """Eigenvalues and right eigenvectors (columns) of each general square matrix, real or
+    complex: always complex128 (NumPy gives real arrays when every eigenvalue is real; a
+    graph's dtypes do not depend on values). Eigenvectors have unit norm and their largest
+    component real, as LAPACK's. The derivative needs distinct eigenvalues."""
+    return EigResult(*bind("eig", _matrix(a, "eig")))
+
+
+def eigvals(a):
+    """The eigenvalues of each general square matrix (complex128): eig's."""
+    return eig(a).eigenvalues
 
 
 def svd(a, full_matrices=True, compute_uv=True, hermitian=False):

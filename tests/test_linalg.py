@@ -60,6 +60,15 @@ def gprojectors(u, vh):
     return gnp.einsum("...ik,...kj->...kij", u, vh)
 
 
+def parts(z):
+    """Real and imaginary parts, stacked: a real function of a complex result."""
+    return gnp.stack([gnp.real(z), gnp.imag(z)])
+
+
+def np_parts(z):
+    return np.stack([np.real(z), np.imag(z)])
+
+
 RTOL, ATOL = 1e-5, 1e-6
 
 # name: (gnp function, NumPy function, one maker per argument, shapes per argument)
@@ -114,6 +123,42 @@ CASES = {
     "eigh_upper": (
         lambda a: la.eigh(a, UPLO="U").eigenvalues,
         lambda a: np.linalg.eigh(a, UPLO="U").eigenvalues,
+        [symmetric_distinct],
+        [(3, 3)],
+    ),
+    "eigvalsh": (
+        la.eigvalsh,
+        symmetrized(np.linalg.eigvalsh),
+        [symmetric_distinct],
+        [(2, 3, 3)],
+    ),
+    "eigvalsh_upper": (
+        lambda a: la.eigvalsh(a, "U"),
+        lambda a: np.linalg.eigvalsh(a, "U"),
+        [symmetric_distinct],
+        [(3, 3)],
+    ),
+    "eigvals_parts": (
+        lambda a: parts(la.eigvals(a)),
+        lambda a: np_parts(np.linalg.eigvals(a)),
+        [normal],
+        [(2, 4, 4)],
+    ),
+    "eigvals_real_squared": (
+        lambda a: gnp.sum(gnp.real(la.eigvals(a)) ** 2),
+        lambda a: np.sum(np.real(np.linalg.eigvals(a)) ** 2),
+        [normal],
+        [(4, 4)],
+    ),
+    "eig_vectors_squared": (
+        lambda a: parts(la.eig(a).eigenvectors ** 2),  # free of LAPACK's sign
+        lambda a: np_parts(np.linalg.eig(a).eigenvectors ** 2),
+        [normal],
+        [(2, 3, 3)],
+    ),
+    "eig_symmetric_vectors": (
+        lambda a: parts(la.eig(a)[1] ** 2),
+        lambda a: np_parts(np.linalg.eig(a)[1].astype(complex) ** 2),
         [symmetric_distinct],
         [(3, 3)],
     ),
@@ -305,6 +350,11 @@ SECOND = {
         (3, 3),
     ),
     "svd": (lambda a: gnp.sum(la.svd(a, compute_uv=False) ** 3), well_conditioned, (3, 2)),
+    "eig": (
+        lambda a: gnp.sum(gnp.real(la.eigvals(a)) ** 3 + gnp.imag(la.eig(a)[1] ** 2)),
+        normal,
+        (3, 3),
+    ),
     "qr": (lambda a: gnp.sum(gnp.sin(la.qr(a).R)), well_conditioned, (3, 3)),
     "norm": (lambda a: la.norm(a) + la.norm(gnp.ravel(a), 3), well_conditioned, (2, 2)),
 }
@@ -550,6 +600,101 @@ def test_full_forms_on_the_wire():
                     [Node(op, ("x",), ("u", "s", "v")[: 3 - (op == "qr_complete")], {})],
                     ["u"],
                 )
+
+
+# ---- eig on general and complex matrices ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("shape", [(1, 1), (4, 4), (2, 3, 3)])
+def test_eig_values_against_numpy(dtype, shape):
+    rng = np.random.default_rng(21)
+    a = rng.normal(size=shape) + (1j * rng.normal(size=shape) if dtype == "complex128" else 0)
+    graph = gs.trace(lambda a: tuple(la.eig(a)), a)
+    assert [p.spec.dtype for p in graph.outputs] == ["complex128", "complex128"]
+    w, v = ENG.evaluate(graph, a)
+    assert w.dtype == v.dtype == np.complex128
+    np.testing.assert_allclose(
+        np.sort_complex(w), np.sort_complex(np.linalg.eigvals(a)), atol=1e-12
+    )
+    np.testing.assert_allclose(a @ v, v * w[..., None, :], atol=1e-12)  # A V = V diag(w)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=-2), 1.0)
+    np.testing.assert_allclose(ENG.evaluate(gs.trace(la.eigvals, a), a), w)
+    concrete = la.eigvals(a)
+    np.testing.assert_allclose(np.sort_complex(concrete), np.sort_complex(w), atol=1e-12)
+
+
+def _holomorphic_jacobian(fn, a, h=1e-6):
+    """d fn / d a by central differences along each complex direction of a holomorphic fn."""
+    out = fn(a)
+    jac = np.zeros(out.shape + a.shape, complex)
+    for j in np.ndindex(*a.shape):
+        step = np.zeros(a.shape, complex)
+        step[j] = h
+        jac[(Ellipsis,) + j] = (fn(a + step) - fn(a - step)) / (2 * h)
+    return jac
+
+
+def test_eigvals_of_complex_matrices_differentiate_holomorphically():
+    """Eigenvalues are holomorphic in a: JVP, VJP (no conjugation) and both Jacobians (the
+    batch rule) against central differences of NumPy's eigvals along complex directions."""
+    rng = np.random.default_rng(22)
+    shape = (2, 3, 3)
+    a = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    graph = gs.trace(la.eigvals, a)
+    jac = _holomorphic_jacobian(np.linalg.eigvals, a)
+    t = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    _, dw = ENG.jvp(graph, (a,), (t,))
+    np.testing.assert_allclose(dw, np.einsum("...ijk,ijk->...", jac, t), rtol=RTOL, atol=ATOL)
+    ct = rng.normal(size=shape[:-1]) + 1j * rng.normal(size=shape[:-1])
+    _, (abar,) = ENG.vjp(graph, (a,), ct)
+    np.testing.assert_allclose(abar, np.einsum("ab,ab...->...", ct, jac), rtol=RTOL, atol=ATOL)
+    for mode in ("fwd", "rev"):
+        np.testing.assert_allclose(ENG.jacobian(graph, a, mode=mode), jac, rtol=RTOL, atol=ATOL)
+
+
+def test_eig_of_a_real_matrix_real_scalar_gradient():
+    """sum(Re(w)^2) + sum(Im(w)^2) of a real matrix with complex eigenvalues: the gradient
+    against central differences; eig's derivative of eigenvalues is diag(V^-1 dA V)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 4))
+    assert np.any(np.abs(np.linalg.eigvals(a).imag) > 0.1)
+    graph = gs.trace(
+        lambda a: gnp.sum(gnp.real(la.eigvals(a)) ** 2 + gnp.imag(la.eigvals(a)) ** 2), a
+    )
+    assert ENG.check_grad(graph, a, method="central").ok
+    w, v = np.linalg.eig(a)
+    dw = np.einsum("ij,jk,ki->i", np.linalg.inv(v), np.ones((4, 4)), v)
+    _, tangent = ENG.jvp(graph, (a,), (np.ones((4, 4)),))
+    assert float(tangent) == pytest.approx(
+        float(np.sum(2 * w.real * dw.real + 2 * w.imag * dw.imag))
+    )
+
+
+def test_eig_on_the_wire():
+    rng = np.random.default_rng(24)
+    a = rng.normal(size=(2, 3, 3))
+    graph = gs.trace(
+        lambda a: (
+            gnp.sum(parts(la.eigvals(a)))
+            + gnp.sum(parts(la.eig(a)[1] ** 2) ** 2)
+            + gnp.sum(la.eigvalsh(a))
+        ),
+        a,
+    )
+    assert {"eig", "eigh"} <= {n.op for n in graph.nodes}
+    decoded = gs.Graph.from_bytes(graph.to_bytes())
+    assert decoded.digest == graph.digest
+    assert ENG.evaluate(decoded, a) == ENG.evaluate(graph, a)
+    np.testing.assert_array_equal(ENG.grad(decoded, a), ENG.grad(graph, a))
+    assert ENG.check_grad(graph, a, method="central").ok
+
+
+def test_eig_through_numpy_dispatch():
+    a = np.random.default_rng(25).normal(size=(3, 3))
+    traced = gs.trace(lambda a: gnp.sum(gnp.real(np.linalg.eigvals(a))), a)
+    reference = gs.trace(lambda a: gnp.sum(gnp.real(la.eigvals(a))), a)
+    assert traced.digest == reference.digest
 
 
 # ---- failures and rejections -------------------------------------------------------------------

@@ -131,6 +131,7 @@ def _front_end_corpus():
         (lambda a: (gnp.linalg.cholesky(a), *gnp.linalg.eigh(a), *gnp.linalg.qr(a)), (sq,)),
         (lambda a: tuple(gnp.linalg.svd(a, full_matrices=False)), (m,)),
         (lambda a: (*gnp.linalg.svd(a), *gnp.linalg.qr(a.T, mode="complete")), (m,)),
+        (lambda a: tuple(gnp.linalg.eig(a)), (sq,)),
     ]
     return corpus
 

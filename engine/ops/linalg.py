@@ -332,6 +332,53 @@ primitive(
 )
 
 
+# ---- eig -----------------------------------------------------------------------------------
+
+
+def _eig_shape(a):
+    batch, n, _ = _matrix(a, "eig")
+    return Spec(batch + (n,), "complex128"), Spec(a.shape, "complex128")
+
+
+def _eig_jvp(primals, tangents, ans):
+    """Eigenvalues as JAX's eig_jvp_rule: with M = V^-1 dA V, dw = diag(M). Eigenvectors:
+    dV = V (F * M), F[i, j] = 1 / (w[j] - w[i]) off the diagonal (distinct eigenvalues), 0
+    on it, then each column moved along itself, dv += v (p + iq), to keep LAPACK's gauge:
+    unit norm (p = -Re(v^H dv)) and the largest component real (q makes Im of its tangent 0)."""
+    (t,) = tangents
+    w, v = ans
+    n = w.shape[-1]
+    m = _solve(v, gnp.astype(t, "complex128")) @ v
+    f = _off_diagonal_inverse(gnp.expand_dims(w, -2) - gnp.expand_dims(w, -1), n)
+    du = v @ (f * m)
+    p = -gnp.real(gnp.sum(gnp.conj(v) * du, axis=-2, keepdims=True))  # (..., 1, n)
+    magnitude = gnp.real(v) ** 2 + gnp.imag(v) ** 2
+    k = gnp.expand_dims(gnp.argmax(magnitude, axis=-2), -2)  # the largest component
+    vk = gnp.take_along_axis(v, k, axis=-2)
+    duk = gnp.take_along_axis(du, k, axis=-2)
+    q = -(gnp.imag(duk) + gnp.imag(vk) * p) / gnp.real(vk)
+    return _diagonal(m), du + v * (p + 1j * q)
+
+
+primitive(
+    "eig",
+    impl=_guarded(lambda a: tuple(np.linalg.eig(a)), _eig_shape),
+    shape=_eig_shape,
+    fresh=True,
+    multiple_results=True,
+    jvp=_eig_jvp,
+    batch=_same_batch("eig"),
+    doc=OpDoc(
+        "eigenvalues and right eigenvectors (the columns, unit norm, largest component real: "
+        "LAPACK's) of each general square matrix of a stack, always complex128 (NumPy gives "
+        "real arrays when all eigenvalues are real); the derivative needs distinct eigenvalues",
+        ("a",),
+        "w: (..., n); v: (..., n, n), both complex128",
+        probe=_matrix_probe,
+    ),
+)
+
+
 # ---- svd -----------------------------------------------------------------------------------
 
 
