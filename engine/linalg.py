@@ -1,7 +1,8 @@
 """`gradserve.numpy.linalg`: NumPy's `numpy.linalg` functions that record into a graph, on
 stacks of matrices (the last two axes) as NumPy's; on concrete arrays they compute at once.
 
-`solve`, `det`, `slogdet`, `cholesky`, `eigh`, `svd` and `qr` are primitives
+`solve`, `det`, `slogdet`, `cholesky`, `eigh`, `eig`, `svd` (`svd_full`) and `qr`
+(`qr_complete`) are primitives
 (engine/ops/linalg.py); `inv` is a `solve`, `norm` and `pinv` are made of other ops. Every
 derivative composes to any order. `tensordot` is in `gradserve.numpy` itself, as in NumPy.
 """
@@ -18,7 +19,10 @@ from .tracing import Tracer, bind
 __all__ = [
     "cholesky",
     "det",
+    "eig",
     "eigh",
+    "eigvals",
+    "eigvalsh",
     "inv",
     "norm",
     "pinv",
@@ -35,6 +39,11 @@ class SlogdetResult(NamedTuple):
 
 
 class EighResult(NamedTuple):
+    eigenvalues: object
+    eigenvectors: object
+
+
+class EigResult(NamedTuple):
     eigenvalues: object
     eigenvectors: object
 
@@ -133,27 +142,50 @@ def eigh(a, UPLO="L"):
     return EighResult(*bind("eigh", a if UPLO == "L" else _mT(a)))
 
 
+def eigvalsh(a, UPLO="L"):
+    """The eigenvalues (ascending) of each symmetric matrix: eigh's."""
+    return eigh(a, UPLO).eigenvalues
+
+
+def eig(a):
+    """Eigenvalues and right eigenvectors (columns) of each general square matrix, real or
+    complex: always complex128 (NumPy gives real arrays when every eigenvalue is real; a
+    graph's dtypes do not depend on values). Eigenvectors have unit norm and their largest
+    component real, as LAPACK's. The derivative needs distinct eigenvalues."""
+    return EigResult(*bind("eig", _matrix(a, "eig")))
+
+
+def eigvals(a):
+    """The eigenvalues of each general square matrix (complex128): eig's."""
+    return eig(a).eigenvalues
+
+
 def svd(a, full_matrices=True, compute_uv=True, hermitian=False):
-    """The singular value decomposition a = U diag(S) Vh (reduced: `full_matrices=False`,
-    or square matrices). The derivative needs distinct nonzero singular values."""
+    """The singular value decomposition a = U diag(S) Vh[:k] (k = min(m, n)): U (m, m) and
+    Vh (n, n) with NumPy's default `full_matrices=True`, U (m, k) and Vh (k, n) with
+    `full_matrices=False`; S alone with `compute_uv=False`. The derivative needs distinct
+    nonzero singular values; as JAX, the full decomposition of a non-square matrix has none
+    (its extra columns are any orthonormal completion): use full_matrices=False."""
     a = _real(_matrix(a, "svd", square=False), "svd")
     m, n = a.shape[-2:]
-    if full_matrices and compute_uv and m != n:
-        raise NotImplementedError(
-            "svd: only the reduced decomposition of non-square matrices; pass full_matrices=False"
-        )
-    u, s, vh = bind("svd", a)
-    return SVDResult(u, s, vh) if compute_uv else s
+    if not compute_uv:
+        return bind("svd", a)[1]
+    if full_matrices and m != n:
+        return SVDResult(*bind("svd_full", a))
+    return SVDResult(*bind("svd", a))
 
 
 def qr(a, mode="reduced"):
-    """The reduced QR decomposition (Q, R), or R alone with mode='r'."""
+    """The QR decomposition (Q, R): reduced (Q (m, k), R (k, n), k = min(m, n)), complete
+    (Q (m, m), R (m, n)) with mode='complete', or R alone with mode='r'. As JAX, the complete
+    decomposition of a tall matrix has no derivative (Q's extra columns are any orthonormal
+    completion): use mode='reduced'."""
     if mode not in ("reduced", "r", "complete"):
         raise ValueError(f"Unrecognized mode '{mode}'")
     a = _real(_matrix(a, "qr", square=False), "qr")
     m, n = a.shape[-2:]
     if mode == "complete" and m > n:
-        raise NotImplementedError("qr: mode='complete' only for m <= n; use mode='reduced'")
+        return QRResult(*bind("qr_complete", a))
     q, r = bind("qr", a)
     return r if mode == "r" else QRResult(q, r)
 

@@ -42,7 +42,18 @@ REAL = ("float64", "float32")
 INTERNAL_OPS = tuple(sorted(n for n, p in PRIMITIVES.items() if p.internal))
 PUBLIC_OPS = tuple(sorted(n for n in PRIMITIVES if n not in INTERNAL_OPS))
 CONTROL_OPS = ("cond", "scan", "while_loop", "checkpoint")
-LINALG_OPS = ("solve", "det", "slogdet", "cholesky", "eigh", "svd", "qr")
+LINALG_OPS = (
+    "solve",
+    "det",
+    "slogdet",
+    "cholesky",
+    "eigh",
+    "eig",
+    "svd",
+    "qr",
+    "svd_full",
+    "qr_complete",
+)
 LOOP_OPS = ("scan", "while_loop", "scan_record", "while_record", "loop_tape")
 
 
@@ -421,10 +432,14 @@ def _custom(b, op):
 def _linalg(b, op):
     """A traced gnp.linalg function of a stack of square matrices: returns the whole Graph."""
     draw = b.draw
-    dtype = draw(st.sampled_from(REAL))
+    dtype = draw(st.sampled_from((*REAL, "complex128") if op == "eig" else REAL))
     n = draw(st.integers(1, 3))
     stack = draw(shapes(max_dims=1, max_side=2))
     a = Spec((*stack, n, n), dtype)
+    if op in ("svd_full", "qr_complete"):  # tall (wide too for svd): where "full" differs
+        extra = draw(st.integers(1, 2))
+        wide = op == "svd_full" and draw(st.booleans())
+        a = Spec((*stack, n, n + extra) if wide else (*stack, n + extra, n), dtype)
     if op == "solve":
         return gs.trace(gnp.linalg.solve, a, Spec((*stack, n, draw(st.integers(1, 2))), dtype))
     fn = {
@@ -434,6 +449,9 @@ def _linalg(b, op):
         "eigh": lambda m: tuple(gnp.linalg.eigh(m)),
         "svd": lambda m: tuple(gnp.linalg.svd(m)),
         "qr": lambda m: tuple(gnp.linalg.qr(m)),
+        "eig": lambda m: tuple(gnp.linalg.eig(m)),
+        "svd_full": lambda m: tuple(gnp.linalg.svd(m)),
+        "qr_complete": lambda m: tuple(gnp.linalg.qr(m, mode="complete")),
     }[op]
     return gs.trace(fn, a)
 

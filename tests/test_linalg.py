@@ -60,6 +60,15 @@ def gprojectors(u, vh):
     return gnp.einsum("...ik,...kj->...kij", u, vh)
 
 
+def parts(z):
+    """Real and imaginary parts, stacked: a real function of a complex result."""
+    return gnp.stack([gnp.real(z), gnp.imag(z)])
+
+
+def np_parts(z):
+    return np.stack([np.real(z), np.imag(z)])
+
+
 RTOL, ATOL = 1e-5, 1e-6
 
 # name: (gnp function, NumPy function, one maker per argument, shapes per argument)
@@ -114,6 +123,42 @@ CASES = {
     "eigh_upper": (
         lambda a: la.eigh(a, UPLO="U").eigenvalues,
         lambda a: np.linalg.eigh(a, UPLO="U").eigenvalues,
+        [symmetric_distinct],
+        [(3, 3)],
+    ),
+    "eigvalsh": (
+        la.eigvalsh,
+        symmetrized(np.linalg.eigvalsh),
+        [symmetric_distinct],
+        [(2, 3, 3)],
+    ),
+    "eigvalsh_upper": (
+        lambda a: la.eigvalsh(a, "U"),
+        lambda a: np.linalg.eigvalsh(a, "U"),
+        [symmetric_distinct],
+        [(3, 3)],
+    ),
+    "eigvals_parts": (
+        lambda a: parts(la.eigvals(a)),
+        lambda a: np_parts(np.linalg.eigvals(a)),
+        [normal],
+        [(2, 4, 4)],
+    ),
+    "eigvals_real_squared": (
+        lambda a: gnp.sum(gnp.real(la.eigvals(a)) ** 2),
+        lambda a: np.sum(np.real(np.linalg.eigvals(a)) ** 2),
+        [normal],
+        [(4, 4)],
+    ),
+    "eig_vectors_squared": (
+        lambda a: parts(la.eig(a).eigenvectors ** 2),  # free of LAPACK's sign
+        lambda a: np_parts(np.linalg.eig(a).eigenvectors ** 2),
+        [normal],
+        [(2, 3, 3)],
+    ),
+    "eig_symmetric_vectors": (
+        lambda a: parts(la.eig(a)[1] ** 2),
+        lambda a: np_parts(np.linalg.eig(a)[1].astype(complex) ** 2),
         [symmetric_distinct],
         [(3, 3)],
     ),
@@ -305,6 +350,11 @@ SECOND = {
         (3, 3),
     ),
     "svd": (lambda a: gnp.sum(la.svd(a, compute_uv=False) ** 3), well_conditioned, (3, 2)),
+    "eig": (
+        lambda a: gnp.sum(gnp.real(la.eigvals(a)) ** 3 + gnp.imag(la.eig(a)[1] ** 2)),
+        normal,
+        (3, 3),
+    ),
     "qr": (lambda a: gnp.sum(gnp.sin(la.qr(a).R)), well_conditioned, (3, 3)),
     "norm": (lambda a: la.norm(a) + la.norm(gnp.ravel(a), 3), well_conditioned, (2, 2)),
 }
@@ -444,6 +494,209 @@ def test_through_the_client(remote):
     np.testing.assert_allclose(grad, want, rtol=1e-9, atol=1e-12)
 
 
+# ---- full SVD, complete QR ---------------------------------------------------------------------
+
+
+def _orthogonal(q):
+    eye = np.broadcast_to(np.eye(q.shape[-1]), q.shape)
+    np.testing.assert_allclose(np.swapaxes(q, -1, -2) @ q, eye, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (2, 4), (2, 3, 5), (3, 5, 3), (3, 3)])
+def test_full_svd_values(shape):
+    a = normal(np.random.default_rng(16), shape)
+    graph = gs.trace(lambda a: tuple(la.svd(a)), a)
+    u, s, vh = ENG.evaluate(graph, a)
+    want_u, want_s, want_vh = np.linalg.svd(a)
+    assert (u.shape, s.shape, vh.shape) == (want_u.shape, want_s.shape, want_vh.shape)
+    np.testing.assert_allclose(s, want_s, rtol=1e-12)
+    _orthogonal(u)
+    _orthogonal(vh.swapaxes(-1, -2))
+    k = s.shape[-1]
+    np.testing.assert_allclose((u[..., :k] * s[..., None, :]) @ vh[..., :k, :], a, atol=1e-12)
+    # the leading k columns are NumPy's up to sign: the rank-one projectors match
+    np.testing.assert_allclose(
+        projectors(u[..., :k], vh[..., :k, :]),
+        projectors(want_u[..., :k], want_vh[..., :k, :]),
+        atol=1e-12,
+    )
+    ops = {n.op for n in graph.nodes}
+    assert ops == ({"svd"} if shape[-1] == shape[-2] else {"svd_full"})
+
+
+@pytest.mark.parametrize("shape", [(4, 2), (2, 5, 3), (2, 4), (3, 3)])
+def test_complete_qr_values(shape):
+    a = normal(np.random.default_rng(17), shape)
+    q, r = ENG.evaluate(gs.trace(lambda a: tuple(la.qr(a, mode="complete")), a), a)
+    want_q, want_r = np.linalg.qr(a, mode="complete")
+    assert (q.shape, r.shape) == (want_q.shape, want_r.shape)
+    _orthogonal(q)
+    np.testing.assert_allclose(q @ r, a, atol=1e-12)
+    np.testing.assert_array_equal(np.triu(r), r)
+    np.testing.assert_allclose(np.abs(r), np.abs(want_r), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "fn, shape, advice",
+    [
+        (lambda a: gnp.sum(la.svd(a).U), (4, 2), "full_matrices=False"),
+        (lambda a: gnp.sum(la.svd(a)[1]), (2, 3), "full_matrices=False"),
+        (lambda a: gnp.sum(la.qr(a, mode="complete").R), (4, 2), 'mode="reduced"'),
+    ],
+)
+def test_full_factorizations_of_non_square_matrices_have_no_derivative(fn, shape, advice):
+    a = well_conditioned(np.random.default_rng(18), shape)
+    graph = gs.trace(fn, a)
+    ENG.evaluate(graph, a)
+    for differentiate in (
+        lambda: ENG.grad(graph, a),
+        lambda: ENG.jvp(graph, (a,), (a,)),
+        lambda: ENG.jacobian(graph, a, mode="fwd"),
+    ):
+        with pytest.raises(NotImplementedError, match=advice):
+            differentiate()
+
+
+def test_full_forms_stay_differentiable_where_they_are_unique():
+    """Singular values alone (compute_uv=False), the full SVD of a square matrix and the
+    complete QR of a wide one (the reduced ones) differentiate."""
+    rng = np.random.default_rng(19)
+    for fn, np_fn, shape in [
+        (
+            lambda a: la.svd(a, compute_uv=False),
+            lambda a: np.linalg.svd(a, compute_uv=False),
+            (4, 2),
+        ),
+        (
+            lambda a: gprojectors(*la.svd(a)[::2]),
+            lambda a: projectors(*np.linalg.svd(a)[::2]),
+            (3, 3),
+        ),
+        (
+            lambda a: la.qr(a, mode="complete").R,
+            lambda a: np.linalg.qr(a, mode="complete").R,
+            (2, 4),
+        ),
+    ]:
+        check_op(fn, np_fn, [well_conditioned(rng, shape)], rtol=RTOL, atol=ATOL)
+
+
+def test_full_forms_on_the_wire():
+    a = well_conditioned(np.random.default_rng(20), (2, 4, 3))
+    graph = gs.trace(lambda a: (*la.svd(a), *la.qr(a, mode="complete")), a)
+    assert {"svd_full", "qr_complete"} <= {n.op for n in graph.nodes}
+    decoded = gs.Graph.from_bytes(graph.to_bytes())
+    assert decoded.digest == graph.digest
+    for x, y in zip(ENG.evaluate(decoded, a), ENG.evaluate(graph, a)):
+        np.testing.assert_array_equal(x, y)
+    from gradserve.engine.graph import Graph, Node, Port, Spec
+
+    for op in ("svd_full", "qr_complete"):
+        for spec in (Spec((3,)), Spec((3, 2), "complex128")):
+            with pytest.raises(gs.GraphError):
+                Graph(
+                    [Port("x", spec)],
+                    {},
+                    [Node(op, ("x",), ("u", "s", "v")[: 3 - (op == "qr_complete")], {})],
+                    ["u"],
+                )
+
+
+# ---- eig on general and complex matrices ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("shape", [(1, 1), (4, 4), (2, 3, 3)])
+def test_eig_values_against_numpy(dtype, shape):
+    rng = np.random.default_rng(21)
+    a = rng.normal(size=shape) + (1j * rng.normal(size=shape) if dtype == "complex128" else 0)
+    graph = gs.trace(lambda a: tuple(la.eig(a)), a)
+    assert [p.spec.dtype for p in graph.outputs] == ["complex128", "complex128"]
+    w, v = ENG.evaluate(graph, a)
+    assert w.dtype == v.dtype == np.complex128
+    np.testing.assert_allclose(
+        np.sort_complex(w), np.sort_complex(np.linalg.eigvals(a)), atol=1e-12
+    )
+    np.testing.assert_allclose(a @ v, v * w[..., None, :], atol=1e-12)  # A V = V diag(w)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=-2), 1.0)
+    np.testing.assert_allclose(ENG.evaluate(gs.trace(la.eigvals, a), a), w)
+    concrete = la.eigvals(a)
+    np.testing.assert_allclose(np.sort_complex(concrete), np.sort_complex(w), atol=1e-12)
+
+
+def _holomorphic_jacobian(fn, a, h=1e-6):
+    """d fn / d a by central differences along each complex direction of a holomorphic fn."""
+    out = fn(a)
+    jac = np.zeros(out.shape + a.shape, complex)
+    for j in np.ndindex(*a.shape):
+        step = np.zeros(a.shape, complex)
+        step[j] = h
+        jac[(Ellipsis,) + j] = (fn(a + step) - fn(a - step)) / (2 * h)
+    return jac
+
+
+def test_eigvals_of_complex_matrices_differentiate_holomorphically():
+    """Eigenvalues are holomorphic in a: JVP, VJP (no conjugation) and both Jacobians (the
+    batch rule) against central differences of NumPy's eigvals along complex directions."""
+    rng = np.random.default_rng(22)
+    shape = (2, 3, 3)
+    a = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    graph = gs.trace(la.eigvals, a)
+    jac = _holomorphic_jacobian(np.linalg.eigvals, a)
+    t = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    _, dw = ENG.jvp(graph, (a,), (t,))
+    np.testing.assert_allclose(dw, np.einsum("...ijk,ijk->...", jac, t), rtol=RTOL, atol=ATOL)
+    ct = rng.normal(size=shape[:-1]) + 1j * rng.normal(size=shape[:-1])
+    _, (abar,) = ENG.vjp(graph, (a,), ct)
+    np.testing.assert_allclose(abar, np.einsum("ab,ab...->...", ct, jac), rtol=RTOL, atol=ATOL)
+    for mode in ("fwd", "rev"):
+        np.testing.assert_allclose(ENG.jacobian(graph, a, mode=mode), jac, rtol=RTOL, atol=ATOL)
+
+
+def test_eig_of_a_real_matrix_real_scalar_gradient():
+    """sum(Re(w)^2) + sum(Im(w)^2) of a real matrix with complex eigenvalues: the gradient
+    against central differences; eig's derivative of eigenvalues is diag(V^-1 dA V)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 4))
+    assert np.any(np.abs(np.linalg.eigvals(a).imag) > 0.1)
+    graph = gs.trace(
+        lambda a: gnp.sum(gnp.real(la.eigvals(a)) ** 2 + gnp.imag(la.eigvals(a)) ** 2), a
+    )
+    assert ENG.check_grad(graph, a, method="central").ok
+    w, v = np.linalg.eig(a)
+    dw = np.einsum("ij,jk,ki->i", np.linalg.inv(v), np.ones((4, 4)), v)
+    _, tangent = ENG.jvp(graph, (a,), (np.ones((4, 4)),))
+    assert float(tangent) == pytest.approx(
+        float(np.sum(2 * w.real * dw.real + 2 * w.imag * dw.imag))
+    )
+
+
+def test_eig_on_the_wire():
+    rng = np.random.default_rng(24)
+    a = rng.normal(size=(2, 3, 3))
+    graph = gs.trace(
+        lambda a: (
+            gnp.sum(parts(la.eigvals(a)))
+            + gnp.sum(parts(la.eig(a)[1] ** 2) ** 2)
+            + gnp.sum(la.eigvalsh(a))
+        ),
+        a,
+    )
+    assert {"eig", "eigh"} <= {n.op for n in graph.nodes}
+    decoded = gs.Graph.from_bytes(graph.to_bytes())
+    assert decoded.digest == graph.digest
+    assert ENG.evaluate(decoded, a) == ENG.evaluate(graph, a)
+    np.testing.assert_array_equal(ENG.grad(decoded, a), ENG.grad(graph, a))
+    assert ENG.check_grad(graph, a, method="central").ok
+
+
+def test_eig_through_numpy_dispatch():
+    a = np.random.default_rng(25).normal(size=(3, 3))
+    traced = gs.trace(lambda a: gnp.sum(gnp.real(np.linalg.eigvals(a))), a)
+    reference = gs.trace(lambda a: gnp.sum(gnp.real(la.eigvals(a))), a)
+    assert traced.digest == reference.digest
+
+
 # ---- failures and rejections -------------------------------------------------------------------
 
 
@@ -469,8 +722,6 @@ def test_shapes_are_checked():
         gs.trace(la.solve, np.ones((3, 3)), np.ones((2, 1)))
     with pytest.raises(TypeError):
         gs.trace(la.eigh, np.ones((2, 2), complex))
-    with pytest.raises(NotImplementedError):
-        gs.trace(la.svd, np.ones((3, 2)))
     from gradserve.engine.graph import Graph, Node, Port, Spec
 
     for op, specs in [

@@ -130,6 +130,8 @@ def _front_end_corpus():
         (lambda a: (gnp.linalg.solve(a, a), gnp.linalg.det(a), *gnp.linalg.slogdet(a)), (sq,)),
         (lambda a: (gnp.linalg.cholesky(a), *gnp.linalg.eigh(a), *gnp.linalg.qr(a)), (sq,)),
         (lambda a: tuple(gnp.linalg.svd(a, full_matrices=False)), (m,)),
+        (lambda a: (*gnp.linalg.svd(a), *gnp.linalg.qr(a.T, mode="complete")), (m,)),
+        (lambda a: tuple(gnp.linalg.eig(a)), (sq,)),
     ]
     return corpus
 

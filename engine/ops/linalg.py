@@ -332,6 +332,53 @@ primitive(
 )
 
 
+# ---- eig -----------------------------------------------------------------------------------
+
+
+def _eig_shape(a):
+    batch, n, _ = _matrix(a, "eig")
+    return Spec(batch + (n,), "complex128"), Spec(a.shape, "complex128")
+
+
+def _eig_jvp(primals, tangents, ans):
+    """Eigenvalues as JAX's eig_jvp_rule: with M = V^-1 dA V, dw = diag(M). Eigenvectors:
+    dV = V (F * M), F[i, j] = 1 / (w[j] - w[i]) off the diagonal (distinct eigenvalues), 0
+    on it, then each column moved along itself, dv += v (p + iq), to keep LAPACK's gauge:
+    unit norm (p = -Re(v^H dv)) and the largest component real (q makes Im of its tangent 0)."""
+    (t,) = tangents
+    w, v = ans
+    n = w.shape[-1]
+    m = _solve(v, gnp.astype(t, "complex128")) @ v
+    f = _off_diagonal_inverse(gnp.expand_dims(w, -2) - gnp.expand_dims(w, -1), n)
+    du = v @ (f * m)
+    p = -gnp.real(gnp.sum(gnp.conj(v) * du, axis=-2, keepdims=True))  # (..., 1, n)
+    magnitude = gnp.real(v) ** 2 + gnp.imag(v) ** 2
+    k = gnp.expand_dims(gnp.argmax(magnitude, axis=-2), -2)  # the largest component
+    vk = gnp.take_along_axis(v, k, axis=-2)
+    duk = gnp.take_along_axis(du, k, axis=-2)
+    q = -(gnp.imag(duk) + gnp.imag(vk) * p) / gnp.real(vk)
+    return _diagonal(m), du + v * (p + 1j * q)
+
+
+primitive(
+    "eig",
+    impl=_guarded(lambda a: tuple(np.linalg.eig(a)), _eig_shape),
+    shape=_eig_shape,
+    fresh=True,
+    multiple_results=True,
+    jvp=_eig_jvp,
+    batch=_same_batch("eig"),
+    doc=OpDoc(
+        "eigenvalues and right eigenvectors (the columns, unit norm, largest component real: "
+        "LAPACK's) of each general square matrix of a stack, always complex128 (NumPy gives "
+        "real arrays when all eigenvalues are real); the derivative needs distinct eigenvalues",
+        ("a",),
+        "w: (..., n); v: (..., n, n), both complex128",
+        probe=_matrix_probe,
+    ),
+)
+
+
 # ---- svd -----------------------------------------------------------------------------------
 
 
@@ -387,6 +434,60 @@ primitive(
 )
 
 
+# ---- svd_full ------------------------------------------------------------------------------
+
+
+def _svd_full_shape(a):
+    batch, m, n = _matrix(a, "svd_full", REAL, square=False)
+    return (
+        Spec(batch + (m, m), a.dtype),
+        Spec(batch + (min(m, n),), a.dtype),
+        Spec(batch + (n, n), a.dtype),
+    )
+
+
+class NoDerivative(NotImplementedError, ValueError):
+    """A derivative the op does not define (JAX's NotImplementedError); a ValueError too, so
+    that a server answers it as the client's error (INVALID_ARGUMENT)."""
+
+
+def _no_full_derivative(name, reduced):
+    """As JAX: the derivative of the extra columns (rows) of a complete factorization of a
+    non-square matrix is not defined (they are any orthonormal completion)."""
+    raise NoDerivative(
+        f"{name}: no derivative through the full factorization of a non-square matrix "
+        f"(the extra orthonormal columns are not unique); use {reduced}"
+    )
+
+
+def _svd_full_jvp(primals, tangents, ans):
+    (a,) = primals
+    m, n = a.shape[-2:]
+    if m != n:
+        _no_full_derivative("svd", "full_matrices=False (or compute_uv=False)")
+    return _svd_jvp(primals, tangents, ans)
+
+
+primitive(
+    "svd_full",
+    impl=_guarded(lambda a: tuple(np.linalg.svd(a, full_matrices=True)), _svd_full_shape),
+    shape=_svd_full_shape,
+    fresh=True,
+    multiple_results=True,
+    jvp=_svd_full_jvp,
+    batch=_same_batch("svd_full"),
+    doc=OpDoc(
+        "the full singular value decomposition a = u[..., :k] diag(s) vh[..., :k, :] of each "
+        "matrix of a stack, u and vh square orthogonal (NumPy's full_matrices=True; s "
+        "descending; LAPACK's signs and completion); differentiable for square matrices "
+        "only, as JAX (use svd)",
+        ("a",),
+        "u: (..., m, m); s: (..., k); vh: (..., n, n), k = min(m, n)",
+        probe=lambda dtype: ([Spec((3, 2), dtype)], {}),
+    ),
+)
+
+
 # ---- qr ------------------------------------------------------------------------------------
 
 
@@ -432,5 +533,40 @@ primitive(
         ("a",),
         "q: (..., m, k) with orthonormal columns; r: (..., k, n) upper triangular, k = min(m, n)",
         probe=_matrix_probe,
+    ),
+)
+
+
+# ---- qr_complete ---------------------------------------------------------------------------
+
+
+def _qr_complete_shape(a):
+    batch, m, n = _matrix(a, "qr_complete", REAL, square=False)
+    return Spec(batch + (m, m), a.dtype), Spec(batch + (m, n), a.dtype)
+
+
+def _qr_complete_jvp(primals, tangents, ans):
+    (a,) = primals
+    m, n = a.shape[-2:]
+    if m > n:
+        _no_full_derivative("qr", 'mode="reduced"')
+    return _qr_jvp(primals, tangents, ans)
+
+
+primitive(
+    "qr_complete",
+    impl=_guarded(lambda a: tuple(np.linalg.qr(a, mode="complete")), _qr_complete_shape),
+    shape=_qr_complete_shape,
+    fresh=True,
+    multiple_results=True,
+    jvp=_qr_complete_jvp,
+    batch=_same_batch("qr_complete"),
+    doc=OpDoc(
+        "the complete QR decomposition a = q r of each matrix of a stack, q square orthogonal "
+        "(NumPy's mode='complete'; Householder, LAPACK's signs and completion); "
+        "differentiable for m <= n only (where it is the reduced one), as JAX",
+        ("a",),
+        "q: (..., m, m); r: (..., m, n) upper triangular",
+        probe=lambda dtype: ([Spec((3, 2), dtype)], {}),
     ),
 )
