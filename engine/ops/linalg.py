@@ -1,5 +1,7 @@
 """Linear algebra on stacks of matrices (the last two axes; every leading axis is a batch axis):
-`solve`, `det`, `slogdet`, `cholesky`, `eigh`, `svd` and `qr`. The front end,
+`solve`, `det`, `slogdet`, `cholesky`, `eigh`, `eig`, `svd` and `qr` (and `svd_full`,
+`qr_complete`: the full-matrices and complete forms, differentiable only where they equal the
+reduced ones, as JAX). The front end,
 `gradserve.numpy.linalg` (engine/linalg.py), builds NumPy's functions on them (`inv` is a
 `solve`, `norm` and `pinv` are made of other ops).
 
