@@ -298,7 +298,11 @@ def where(condition, x, y):
     return bind("select", condition, x, y)
 
 
-def clip(x, a_min=None, a_max=None):
+def clip(x, a_min=None, a_max=None, *, min=None, max=None):
+    if min is not None or max is not None:
+        if a_min is not None or a_max is not None:
+            raise ValueError("clip: pass a_min/a_max or min/max, not both")
+        a_min, a_max = min, max
     if a_min is not None:
         x = maximum(x, a_min)
     if a_max is not None:

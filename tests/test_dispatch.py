@@ -331,3 +331,12 @@ def test_a_numpy_mlp_loss_traces_and_differentiates():
     for i, g in enumerate(grads):
         one = gs.trace(lambda p, i=i: mlp_loss(*params[:i], p, *params[i + 1 :], X, Y), params[i])
         np.testing.assert_allclose(g, gs.numeric_grad(one, params[i]), rtol=1e-5, atol=1e-7)
+
+
+def test_clip_takes_numpy_2s_min_and_max():
+    x = np.array([-1.0, 0.2, 3.0])
+    by_name = gs.trace(lambda v: np.clip(v, min=-0.5, max=0.5), x)
+    assert by_name.digest == gs.trace(lambda v: gnp.clip(v, -0.5, 0.5), x).digest
+    np.testing.assert_array_equal(gs.Engine().evaluate(by_name, x), np.clip(x, -0.5, 0.5))
+    with pytest.raises(ValueError, match="not both"):
+        gs.trace(lambda v: gnp.clip(v, 0.0, min=-0.5), x)
