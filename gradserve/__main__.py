@@ -193,7 +193,7 @@ _SERVE_OPTIONS = [
         "max-concurrent-rpcs",
         parse_optional_count,
         "Gradients calls held at once, computing or queued for a worker (0: 4 x workers; "
-        "none: unbounded); beyond, a call is refused at once with RESOURCE_EXHAUSTED and a "
+        "none: 1024); beyond, a call is refused at once with RESOURCE_EXHAUSTED and a "
         "retry delay (health checks are not counted)",
     ),
     (
@@ -475,6 +475,10 @@ def main(argv=None) -> int:
         tls = {
             f.replace("-", "_"): getattr(args, f.replace("-", "_")) for f, _ in _HEALTH_TLS_OPTIONS
         }
+        if bool(tls["tls_cert"]) != bool(tls["tls_key"]):
+            parser.error("health: --tls-cert and --tls-key go together")
+        if tls["tls_server_name"] and not (tls["tls_ca"] or tls["tls_cert"]):
+            parser.error("health: --tls-server-name needs --tls-ca (TLS)")
         try:
             status, line = check_health(args.target, args.timeout, args.service, **tls)
         except OSError as exc:

@@ -110,8 +110,10 @@ class TokenInterceptor(grpc.ServerInterceptor):
         token = _bearer(handler_call_details.invocation_metadata)
         if token is not None and self.tokens.valid(token):
             return continuation(handler_call_details)
-        why = "no bearer token" if token is None else "the bearer token is not valid"
         handler = continuation(handler_call_details)
+        if handler is None:  # no such method: UNIMPLEMENTED, with no label or log line per name
+            return None
+        why = "no bearer token" if token is None else "the bearer token is not valid"
         return _denied(method, why, handler)
 
 
@@ -127,11 +129,11 @@ def _denied(method: str, why: str, handler):
             f"{why}: send 'authorization: Bearer <token>' metadata (gs.Client(..., token=...))",
         )
 
-    if handler is not None and handler.request_streaming and handler.response_streaming:
+    if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(deny)
-    if handler is not None and handler.request_streaming:
+    if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(deny)
-    if handler is not None and handler.response_streaming:
+    if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(deny)
     return grpc.unary_unary_rpc_method_handler(deny)
 

@@ -28,6 +28,7 @@ log = logging.getLogger("gradserve.server")
 
 MiB = 1 << 20
 _FOREVER_MS = 2**31 - 1
+UNBOUNDED_CALLS = 1024  # --max-concurrent-rpcs none
 
 
 def format_size(nbytes: int) -> str:
@@ -103,7 +104,7 @@ class Config:
     tls_client_ca: str = ""  # mutual TLS: client certificates signed by these CAs required
     auth_token_file: str = ""  # bearer tokens, one a line; "" : no token needed
     metrics_host: str = ""  # "": the same as host
-    max_concurrent_rpcs: int | None = 0  # 0: 4 x workers; None: unbounded
+    max_concurrent_rpcs: int | None = 0  # 0: 4 x workers; None: UNBOUNDED_CALLS
     # None: unbounded; the default is half the memory the process may use
     max_request_memory: int | None = field(default_factory=default_request_memory)
 
@@ -197,6 +198,10 @@ def start(config: Config) -> Running:
         log.warning("bearer tokens over plaintext: use --tls-cert and --tls-key off loopback")
     limit = config.max_concurrent_rpcs
     limit = default_max_concurrent(workers) if limit == 0 else limit
+    if limit is None:
+        # "unbounded": every call waiting for a slot holds a thread of the pool that health
+        # checks share, so a pool is still needed; a large one keeps the queue as good as open
+        limit = UNBOUNDED_CALLS
     servicer = Servicer(engine, config.cache_bytes, workers, limit, config.max_request_memory)
     # More threads than the calls admitted: health checks, reflection and the refusal of calls
     # over --max-concurrent-rpcs answer while every admitted call holds a thread (computing, or
@@ -205,7 +210,8 @@ def start(config: Config) -> Running:
         max_workers=max(workers, limit or 0) + 4, thread_name_prefix="gradserve"
     )
     options = [
-        ("grpc.max_receive_message_length", int(config.max_message_bytes)),
+        # gRPC's channel arguments are 32-bit
+        ("grpc.max_receive_message_length", min(int(config.max_message_bytes), _FOREVER_MS)),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
     ]
@@ -213,7 +219,10 @@ def start(config: Config) -> Running:
         # GOAWAY after this age (gRPC adds +-10% jitter): clients reconnect, re-resolving DNS,
         # and so reach replicas added since. Calls in flight on an aged connection finish.
         options += [
-            ("grpc.max_connection_age_ms", max(1, int(config.max_connection_age_seconds * 1e3))),
+            (
+                "grpc.max_connection_age_ms",
+                min(max(1, int(config.max_connection_age_seconds * 1e3)), _FOREVER_MS),
+            ),
             ("grpc.max_connection_age_grace_ms", _FOREVER_MS),
         ]
     server = grpc.server(
@@ -229,7 +238,7 @@ def start(config: Config) -> Running:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
     address = _address(config.host, config.port)
-    pools = (executor, health_pool)
+    pools = (executor, health_pool, servicer.hasher)
     try:
         if tls is None:
             port = server.add_insecure_port(address)
@@ -273,7 +282,9 @@ def start(config: Config) -> Running:
 
 
 def _close(server, pools):
-    server.stop(None)
+    # A server that never started keeps its listening socket through stop(): start it first.
+    server.start()
+    server.stop(None).wait()
     for pool in pools:
         pool.shutdown(wait=False)
 
@@ -284,7 +295,7 @@ def serve(config: Config | None = None, *, block: bool = True, **overrides):
     config = (config or Config()).replace(**overrides) if overrides else (config or Config())
     running = start(config)
     metrics = (
-        f", metrics http://{config.host}:{running.metrics_port}/metrics"
+        f", metrics http://{config.metrics_host or config.host}:{running.metrics_port}/metrics"
         if running.metrics_port
         else ""
     )

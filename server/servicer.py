@@ -403,9 +403,8 @@ class Servicer:
             if not admitted:
                 level = logging.DEBUG  # a flood of them: gradserve_refused_requests_total
             if code == "INTERNAL":
-                log.exception(
-                    "%s INTERNAL peer=%s: unexpected server error", method, context.peer()
-                )
+                # the traceback may quote values: at DEBUG only (the line below is redacted)
+                log.debug("%s INTERNAL: unexpected server error", method, exc_info=True)
             log.log(
                 level,
                 "%s %s peer=%s %.1fms: %s: %s",

@@ -247,3 +247,49 @@ def test_health_imports_neither_numpy_nor_the_engine(in_process_server):
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] in ("0 []", "3 []"), done.stdout
+
+
+# ---- start-up edge cases -------------------------------------------------------------------------
+
+
+def test_a_failed_start_releases_its_grpc_port():
+    """The metrics port is busy: start fails, and the gRPC port it had bound is free again."""
+    from gradserve.server import serve as start_server
+
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError, match="--metrics-port"):
+            start_server(
+                block=False, host="127.0.0.1", port=port, metrics_port=busy.getsockname()[1]
+            )
+    running = start_server(block=False, host="127.0.0.1", port=port, metrics_port=-1)
+    try:
+        assert running.port == port
+    finally:
+        running.stop(0)
+
+
+def test_limits_beyond_grpcs_32_bit_arguments_start():
+    from gradserve.server import serve as start_server
+
+    running = start_server(
+        block=False,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=-1,
+        max_message_bytes=4 << 30,
+        max_connection_age_seconds=30 * 86400.0,
+        max_concurrent_rpcs=None,
+    )
+    try:
+        assert running.servicer.admission.max_concurrent == 1024  # `none`: a large pool, not 0
+    finally:
+        running.stop(0)
+
+
+def test_health_tls_flags_are_checked():
+    for flags in (("--tls-key", "k.pem"), ("--tls-cert", "c.pem"), ("--tls-server-name", "n")):
+        done = health("127.0.0.1:1", *flags)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

@@ -347,3 +347,22 @@ def test_health_command_checks_a_tls_and_a_mutual_tls_server(pki):
     finally:
         tls.stop(0)
         mutual.stop(0)
+
+
+def test_unknown_methods_without_a_token_are_unimplemented_and_leave_no_series(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    running = serve(
+        block=False, host="127.0.0.1", port=0, metrics_port=0, auth_token_file=str(tokens)
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            for k in range(3):
+                call = channel.unary_unary(f"/gradserve.v1.Gradients/Bogus{k}")
+                with pytest.raises(grpc.RpcError) as info:
+                    call(b"", timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+        assert "Bogus" not in urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        running.stop(0)
