@@ -26,6 +26,7 @@ import numpy as np
 
 from . import dtypes
 from . import numpy as gnp
+from .arguments import coerce
 from .graph import Graph
 from .ops.bodies import trace_body
 from .pytree import flatten, unflatten
@@ -204,8 +205,11 @@ def _conform(values, specs, what):
         have = spec_of(value) if isinstance(value, Tracer) else spec_of(np.asarray(value))
         if have.shape != spec.shape:
             raise ValueError(f"{what}: leaf {k} has shape {have.shape}, expected {spec.shape}")
-        if isinstance(value, Tracer) and have.dtype != spec.dtype:
-            value = gnp.astype(value, spec.dtype)
+        if have.dtype != spec.dtype:
+            if isinstance(value, Tracer):
+                value = gnp.astype(value, spec.dtype)
+            else:  # as the backends convert an argument (a complex value for a real leaf: no)
+                value = coerce(value, spec, f"{what} leaf {k}")
         out.append(value)
     return out
 
@@ -249,9 +253,16 @@ class _Entry:
 
 def _leaf_key(x):
     """What of a concrete leaf its trace depends on, cheaper to compute than its Spec."""
-    if type(x) is np.ndarray or isinstance(x, np.generic):
+    if isinstance(x, (np.ndarray, np.generic)):
         return (x.shape, x.dtype)
     return type(x)
+
+
+def _cell_id(cell):
+    try:
+        return id(cell.cell_contents)
+    except ValueError:  # a cell not yet bound
+        return None
 
 
 def _entry(cache: _Cache | None, fun, arg_defs, ranges, leaves, has_aux=False) -> _Entry:
@@ -261,7 +272,10 @@ def _entry(cache: _Cache | None, fun, arg_defs, ranges, leaves, has_aux=False) -
 
     if cache is None:  # inside a trace: the function may read the enclosing trace's values
         return make()
-    return cache.get((arg_defs, tuple(_leaf_key(x) for x in leaves)), make)
+    # values `fun` closes over are frozen into its trace: a cell bound to another object since
+    # is another signature (arrays changed in place are not seen: pass them as arguments)
+    cells = tuple(map(_cell_id, getattr(fun, "__closure__", None) or ()))
+    return cache.get((arg_defs, cells, tuple(_leaf_key(x) for x in leaves)), make)
 
 
 # ---- the transformed functions --------------------------------------------------------------

@@ -110,23 +110,22 @@ def _check_grad(engine, graph, args, method, should_stop) -> GradCheck:
     engine._scalar_output(graph, "check_grad")
     args = engine._arguments(graph, args)
     _check_method(method, methods=CHECK_METHODS)
-    tolerance = _tolerance(method, np.finfo(graph.outputs[0].spec.dtype).eps)
     wrt = _float_inputs(graph, "check_grad")
+    tolerance = _tolerance(method, _eps(graph, wrt))
     value, analytic = engine.value_and_grad(graph, *args, argnums=wrt, should_stop=should_stop)
     scale = max(1.0, float(abs(value)))
     if method == "richardson":
         numeric = numeric_gradients(engine, graph, args, wrt, "central", None, True, should_stop)
     else:
         numeric = numeric_gradients(engine, graph, args, wrt, method, None, False, should_stop)
-    abs_err = max(
-        (float(np.max(np.abs(a - n), initial=0.0)) for a, n in zip(analytic, numeric)), default=0.0
-    )
-    rel_err = 0.0
+    abs_err = rel_err = 0.0
     ok = True
     for a, n in zip(analytic, numeric):
         err = np.abs(a - n)
         denom = np.maximum(np.maximum(np.abs(a), np.abs(n)), np.finfo(float).tiny)
-        rel_err = max(rel_err, float(np.max(np.where(err == 0, 0.0, err / denom), initial=0.0)))
+        # np.max keeps a nan (Python's max would drop it depending on the order)
+        abs_err = float(np.max(np.append(err, abs_err)))
+        rel_err = float(np.max(np.append(np.where(err == 0, 0.0, err / denom), rel_err)))
         ok = ok and bool(np.all(err <= tolerance * (scale + np.abs(n))))
     return GradCheck(method, abs_err, rel_err, ok, analytic, numeric)
 
@@ -220,13 +219,20 @@ def _default_engine():
     return _ENGINE
 
 
+def _eps(graph, wrt) -> float:
+    """The machine epsilon of the least precise of the output and the inputs differentiated:
+    a float32 input rounds a step smaller than its epsilon away."""
+    specs = [graph.outputs[0].spec, *(graph.inputs[i].spec for i in wrt)]
+    return max(float(np.finfo(np.dtype(s.dtype)).eps) for s in specs)
+
+
 def numeric_gradients(
     engine, graph, args, wrt, method="central", step=None, richardson=False, should_stop=None
 ):
     """The difference (or complex-step) gradient of a checked graph's scalar output with
     respect to each input in `wrt`, at checked `args`: a tuple of arrays."""
     if step is None:
-        step = default_step(method, richardson, np.finfo(graph.outputs[0].spec.dtype).eps)
+        step = default_step(method, richardson, _eps(graph, wrt))
     elif isinstance(step, (bool, np.bool_)) or not isinstance(
         step, (int, float, np.integer, np.floating)
     ):

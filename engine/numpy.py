@@ -1237,9 +1237,15 @@ def arange(*args, dtype=None):
 
 
 def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
-    """NumPy's linspace: a NumPy array (a constant), as arange."""
+    """NumPy's linspace: a NumPy array (a constant) for numbers, as arange; with a traced
+    start or stop, start + (stop - start) * t for the fractions t of NumPy's linspace(0, 1)."""
     _within_limits(int(num) * builtins.max(1, _np.size(start), _np.size(stop)))
-    return _np.linspace(start, stop, num, endpoint, retstep, dtype, axis)
+    if not (_contains_tracer(start) or _contains_tracer(stop)):
+        return _np.linspace(start, stop, num, endpoint, retstep, dtype, axis)
+    if retstep or dtype is not None or axis != 0 or _np.ndim(start) or _np.ndim(stop):
+        raise TypeError("linspace: with a traced start or stop, only scalar bounds and axis=0")
+    t = _np.linspace(0.0, 1.0, num, endpoint)
+    return start + (stop - start) * t
 
 
 def eye(N, M=None, k=0, dtype="float64"):

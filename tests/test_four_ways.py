@@ -400,3 +400,18 @@ def test_the_page_embeds_what_the_script_makes():
     for name in ("four_ways_steps.png", "four_ways_swell.png"):
         assert f"]({name})" in page
         assert (ROOT / "docs" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_float32_inputs_set_the_step_and_tolerance():
+    graph = gs.trace(
+        lambda x: gnp.sum(gnp.astype(gnp.sin(x) * x, "float64")), np.ones(4, np.float32)
+    )
+    x = np.linspace(0.1, 1.0, 4).astype(np.float32)
+    for method in ("forward", "central", "richardson", "complex"):
+        assert gs.Engine().check_grad(graph, x, method=method).ok, method
+    assert np.all(np.isfinite(gs.numeric_grad(graph, x, method="forward")))
+
+
+def test_a_nan_difference_shows_in_the_report():
+    report = gs.Engine().check_grad(gs.trace(gnp.sqrt, 0.0), 0.0)
+    assert not report.ok and np.isnan(report.max_abs_error) and np.isnan(report.max_rel_error)

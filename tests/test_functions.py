@@ -332,3 +332,38 @@ def test_docstring_examples_run():
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_concrete_tangents_take_the_primals_dtype_inside_a_trace():
+    def body(c, _):
+        _, t = gs.jvp(gnp.sin, (c,), (np.ones(2),))
+        return c + 0.1 * t, None
+
+    graph = gs.trace(lambda c: gs.scan(body, c, None, length=3)[0], np.ones(2, np.float32))
+    assert graph.outputs[0].spec.dtype == "float32"
+
+
+def test_masked_arrays_of_other_shapes_are_other_signatures():
+    g = gs.grad(lambda x: gnp.sum(x**2))
+    np.testing.assert_array_equal(g(np.ma.array([1.0, 2.0])), [2.0, 4.0])
+    np.testing.assert_array_equal(g(np.ma.array([1.0, 2.0, 3.0])), [2.0, 4.0, 6.0])
+
+
+def test_a_closure_bound_to_another_value_is_traced_again():
+    def make():
+        scale = np.ones(2)
+
+        def f(x):
+            return gnp.sum(x * scale)
+
+        def rebind(value):
+            nonlocal scale
+            scale = value
+
+        return f, rebind
+
+    f, rebind = make()
+    g = gs.grad(f)
+    np.testing.assert_array_equal(g(np.ones(2)), [1.0, 1.0])
+    rebind(np.full(2, 5.0))
+    np.testing.assert_array_equal(g(np.ones(2)), [5.0, 5.0])

@@ -756,3 +756,10 @@ def test_getitem_batch_rule_with_batched_index_arrays(fn, index_shape, high, x_b
     batched = batch(Program(graph, None), [x_batched, True], 2).graph
     want = np.stack([fn(xs[k] if x_batched else xs, idx[k]) for k in range(2)])
     np.testing.assert_array_equal(ENG.evaluate(batched, xs, idx), want)
+
+
+def test_linspace_with_a_traced_bound():
+    graph = gs.trace(lambda a: np.linspace(0.0, a, 5), 1.0)
+    np.testing.assert_allclose(gs.Engine().evaluate(graph, 2.0), np.linspace(0.0, 2.0, 5))
+    grad = gs.Engine().grad(gs.trace(lambda a: gnp.sum(gnp.linspace(1.0, a, 5)), 1.0), 3.0)
+    assert np.isclose(grad, np.linspace(0.0, 1.0, 5).sum())
