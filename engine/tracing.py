@@ -179,8 +179,14 @@ def bind(op: str, *args, **attrs):
         return builder.add(prim, args, attrs)
     if not args and current_builder() is not None:  # `full` inside a trace: a node, not data
         return current_builder().add(prim, args, attrs)
+    arrays = [np.asarray(a) for a in args]
+    if prim.subgraphs:  # a body is checked against its operands as a traced call would be
+        try:
+            prim.shape(*[spec_of(a) for a in arrays], **attrs)
+        except ValueError as exc:
+            raise GraphError(f"{op}: {exc}", op) from None
     with np.errstate(all="ignore"):
-        return prim.impl(*[np.asarray(a) for a in args], **attrs)
+        return prim.impl(*arrays, **attrs)
 
 
 def spec_of(value) -> Spec:

@@ -313,3 +313,15 @@ def test_nested_scans_under_a_tape_budget_give_the_same_gradient():
     for a, b in zip(engine.grad(graph, x0, W, argnums=(0, 1)), reference):
         assert np.array_equal(a, b)
     assert engine.last_stats.tape_bytes <= budget and engine.last_stats.recomputed_ops > 0
+
+
+def test_a_concrete_scan_checks_its_carry_as_a_traced_one():
+    with pytest.raises(gs.GraphError, match="keeps its shape and dtype"):
+        gs.scan(
+            lambda c, _: (gnp.astype(c, "float64") * 2, None),
+            np.ones(2, np.float32),
+            None,
+            length=3,
+        )
+    with pytest.raises(gs.GraphError, match="keeps its shape and dtype"):
+        gs.scan(lambda c, _: (gnp.ones(3), None), np.ones(2), None, length=3)
