@@ -4,6 +4,8 @@ In Python a dtype may be given in any spelling NumPy accepts (`canonical`); on t
 the six names of SUPPORTED are dtypes (`wire_name`): no aliases ("double", "f8"), no byte
 orders (">f8": wire data is always little-endian), no internal pseudo-dtypes ("tape")."""
 
+import functools
+
 import numpy as np
 
 SUPPORTED = ("float64", "float32", "complex128", "int32", "int64", "bool")
@@ -14,13 +16,24 @@ TAPE = "tape"
 
 def canonical(dtype) -> str:
     """The dtype's name, or TypeError for one gradserve does not carry."""
+    if type(dtype) is str and dtype in SUPPORTED:  # already canonical (the common case)
+        return dtype
+    if isinstance(dtype, np.dtype):
+        name = _NAMES.get(dtype)
+        if name is not None:
+            return name
     try:
         name = np.dtype(dtype).name
     except TypeError as exc:
         raise TypeError(f"unsupported dtype {dtype!r}") from exc
     if name not in SUPPORTED:
         raise TypeError(f"unsupported dtype {name!r}; gradserve carries {', '.join(SUPPORTED)}")
+    if isinstance(dtype, np.dtype) and len(_NAMES) < 256:
+        _NAMES[dtype] = name
     return name
+
+
+_NAMES: dict = {}  # np.dtype -> its canonical name, for the dtypes seen
 
 
 def wire_name(name: str) -> str:
@@ -40,6 +53,7 @@ def is_differentiable(dtype: str) -> bool:
     return dtype in INEXACT
 
 
+@functools.lru_cache(maxsize=1024)
 def promote(*dtypes: str) -> str:
     return canonical(np.result_type(*[np.dtype(d) for d in dtypes]))
 

@@ -147,6 +147,7 @@ class Graph:
         declared_outputs: Sequence[Spec] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         opset: int = OPSET,
+        _known=None,
     ):
         from .validate import check_graph, count_nodes
 
@@ -170,6 +171,7 @@ class Graph:
             output_names,
             declared_outputs,
             limits,
+            _known,
         )
         self.node_count = count_nodes(self.nodes)
         self.outputs = tuple(Port(n, self.avals[n]) for n in output_names)

@@ -12,6 +12,7 @@ storage; a storage is alive while any value on it is.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import linecache
 import threading
@@ -510,11 +511,13 @@ class Plan:
         knows (tracebacks and profilers show the generated lines) for as long as the code
         lives."""
         lines, namespace = self._generate(checked)
-        filename = (
-            f"<gradserve plan {self.graph.digest[:12]} #{next(_plan_numbers)}"
-            f"{' checked' if checked else ''}>"
-        )
         source = "".join(lines)
+        # Named by a hash of its source: the digest of a derived graph would cost a full
+        # serialization of it.
+        filename = (
+            f"<gradserve plan {hashlib.sha256(source.encode()).hexdigest()[:12]}"
+            f" #{next(_plan_numbers)}{' checked' if checked else ''}>"
+        )
         exec(compile(source, filename, "exec"), namespace)
         run = namespace.pop("run")  # no cycle through its globals: freed with the plan
         linecache.cache[filename] = (len(source), None, lines, filename)

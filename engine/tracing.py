@@ -155,10 +155,19 @@ class Builder:
             self.captured[key] = (value, self.input(f"captured:{len(self.captured)}", value.spec))
         return self.captured[key][1]
 
-    def build(self, outputs) -> Graph:
+    def build(self, outputs, *, internal=False) -> Graph:
+        """The graph of the nodes recorded. `internal`: a graph the engine's own
+        transformations traced (every shape rule ran as its nodes were recorded), whose
+        validation does not run those rules again."""
         single = not isinstance(outputs, (tuple, list))
         outs = [self.capture(o) for o in ([outputs] if single else outputs)]
-        return Graph(self.inputs, self.constants, self.nodes, [o.name for o in outs])
+        return Graph(
+            self.inputs,
+            self.constants,
+            self.nodes,
+            [o.name for o in outs],
+            _known=self.specs if internal else None,
+        )
 
 
 def current_builder() -> Builder | None:

@@ -102,7 +102,7 @@ def jvp(program: Program, wrt, *, loop_tapes: bool = False) -> Program:
         ]
         if new_boundary is None and boundary is not None:
             new_boundary = len(builder.nodes)
-        return Program(builder.build(primal_out + tangent_out), new_boundary)
+        return Program(builder.build(primal_out + tangent_out, internal=True), new_boundary)
 
 
 def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = False) -> Program:
@@ -186,7 +186,7 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
         primal_out = [env[p.name] for p in linearized.outputs[:n_out]]
         grads = [cotangents.get(f"tangent:{graph.inputs[i].name}") for i in wrt]
         grads = [g if g is not None else _zeros(graph.inputs[i].spec) for g, i in zip(grads, wrt)]
-        return prune(Program(builder.build(primal_out + grads), boundary))
+        return prune(Program(builder.build(primal_out + grads, internal=True), boundary))
 
 
 def batch(program: Program, batched_inputs, size: int) -> Program:
@@ -221,13 +221,17 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
                 if port.name in batched
                 else gnp.broadcast_to(value, (size,) + port.spec.shape)
             )
-        return Program(builder.build(outs), new_boundary)
+        return Program(builder.build(outs, internal=True), new_boundary)
 
 
 def select_outputs(program: Program, indices) -> Program:
     graph = program.graph
     pruned = Graph(
-        graph.inputs, graph.constants, graph.nodes, [graph.outputs[i].name for i in indices]
+        graph.inputs,
+        graph.constants,
+        graph.nodes,
+        [graph.outputs[i].name for i in indices],
+        _known=graph.avals,  # a valid graph's nodes: their shape rules ran when it was made
     )
     return prune(Program(pruned, program.boundary))
 
@@ -248,7 +252,9 @@ def prune(program: Program) -> Program:
     nodes = [graph.nodes[k] for k in keep]
     constants = {n: v for n, v in graph.constants.items() if n in needed}
     new_boundary = None if boundary is None else sum(1 for k in keep if k < boundary)
-    return Program(Graph(graph.inputs, constants, nodes, graph.output_names), new_boundary)
+    return Program(
+        Graph(graph.inputs, constants, nodes, graph.output_names, _known=graph.avals), new_boundary
+    )
 
 
 def retype(program: Program, specs) -> Program:
@@ -272,4 +278,4 @@ def retype(program: Program, specs) -> Program:
             else:
                 outs = _replay_node(node, args)
             env.update(zip(node.outputs, outs))
-        return Program(builder.build([env[p.name] for p in graph.outputs]), None)
+        return Program(builder.build([env[p.name] for p in graph.outputs], internal=True), None)

@@ -26,8 +26,12 @@ def count_nodes(nodes) -> int:
     )
 
 
-def check_graph(inputs, constants, nodes, outputs, declared, limits):
-    """The avals of the graph's own values and outputs; GraphError (LimitError) on a fault."""
+def check_graph(inputs, constants, nodes, outputs, declared, limits, known=None):
+    """The avals of the graph's own values and outputs; GraphError (LimitError) on a fault.
+
+    `known`: the specs of the nodes' outputs when the engine itself built the graph (its
+    transformations, which ran every shape rule while tracing): those rules are not run
+    again; every other check is. Graphs from users or from bytes never pass it."""
     total = count_nodes(nodes)
     if total > limits.max_nodes:
         raise LimitError(
@@ -87,6 +91,11 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits):
                     else "is not defined"
                 )
                 raise GraphError(f"input {name!r} {why}", where)
+        if known is not None:
+            outs = tuple(known[n] for n in node.outputs)
+            for name, spec in zip(node.outputs, outs):
+                define(name, spec, where)
+            continue
         try:
             out = prim.shape(*[avals[n] for n in node.inputs], **node.attrs)
         except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # NumPy's, on odd shapes

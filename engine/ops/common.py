@@ -27,8 +27,10 @@ def elementwise_shape(fn, *, inexact=False):
     def rule(*specs, **attrs):
         if inexact and not all(dtypes.is_differentiable(s.dtype) for s in specs):
             raise ShapeError(f"needs float or complex inputs, got {[s.dtype for s in specs]}")
+        shape = specs[0].shape if specs else ()
         try:
-            shape = np.broadcast_shapes(*[s.shape for s in specs])
+            if any(s.shape != shape for s in specs):
+                shape = np.broadcast_shapes(*[s.shape for s in specs])
         except ValueError:
             raise ShapeError(f"shapes {[s.shape for s in specs]} do not broadcast") from None
         return Spec(
