@@ -26,14 +26,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import platform
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
+from gradserve.server.process import ServerProcess
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -49,50 +48,6 @@ def make_data(n, d, seed=0):
     X = rng.standard_normal((n, d))
     y = (X @ rng.standard_normal(d) + 2.0 * rng.standard_normal(n) > 0).astype(np.float64)
     return X, y
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(extra=()):
-    """`python -m gradserve serve` on a free loopback port; (process, address)."""
-    from gradserve.__main__ import health_check
-
-    port = free_port()
-    log = tempfile.TemporaryFile()  # read only if it fails to start; a pipe could fill up
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gradserve",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--log-level",
-            "WARNING",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while health_check(address, timeout=1.0) != "SERVING":
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.seek(0)
-            raise SystemExit(
-                "gradserve serve did not start:\n" + log.read().decode(errors="replace")
-            )
-        time.sleep(0.1)
-    return proc, address
 
 
 ECHO_SERVER = """
@@ -174,11 +129,12 @@ def main(argv=None):
     X, y = make_data(args.n, args.d)
     graph = gs.trace(logistic_loss, gs.Spec((args.d,)), gs.Spec(X.shape), gs.Spec(y.shape))
     w0 = np.zeros(args.d)
-    proc = None
+    server = None
     if args.target:
         address = args.target
     else:
-        proc, address = start_server()
+        server = ServerProcess("--log-level", "WARNING")
+        address = server.address
     try:
         engine = gs.Engine()
         client = gs.Client(address, timeout=120)
@@ -228,9 +184,8 @@ def main(argv=None):
         step_bytes = step_request_bytes(address, graph, w, X, y)
         echo_step = grpc_floor_ms(step_bytes)
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+        if server is not None:
+            server.close()
 
     print(
         f"# gs.minimize {args.method}, logistic regression n={args.n} d={args.d} "

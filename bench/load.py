@@ -41,17 +41,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import contextlib
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
+from gradserve.server.process import ServerProcess as Server
 from prometheus_client.parser import text_string_to_metric_families
 
 import gradserve as gs
@@ -73,75 +70,6 @@ API_METHODS = (
 
 
 # ---- the server ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m gradserve serve` on 127.0.0.1 (free ports unless given); ready once the
-    standard health check answers SERVING."""
-
-    def __init__(self, *flags, port=None, metrics_port=None, ready_timeout=60.0, env=None):
-        from gradserve.__main__ import health_check
-
-        self.port = port or free_port()
-        self.metrics_port = metrics_port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.log = tempfile.NamedTemporaryFile(prefix="gradserve-load-", suffix=".log")
-        command = [
-            sys.executable,
-            "-m",
-            "gradserve",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            str(self.metrics_port),
-            *map(str, flags),
-        ]
-        self.proc = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + ready_timeout
-        while health_check(self.address, timeout=1.0) != "SERVING":
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"gradserve serve did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        with open(self.log.name, errors="replace") as f:
-            return f.read()
-
-    def kill(self):
-        """SIGKILL: the process dies at once, as in a crash."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-
-    def close(self):
-        """SIGTERM (drain), SIGKILL if that takes more than 30 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def rss_bytes(pid: int) -> int:
