@@ -28,6 +28,7 @@ records `fun` itself, not another custom node.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,6 +111,21 @@ def _leaves_like(tree, treedef, specs, what):
     return out
 
 
+class _Traced(NamedTuple):
+    """A custom function's call, `fun` traced on the leaves of its differentiable arguments."""
+
+    static: list  # the nondiff arguments
+    diff: tuple  # the others
+    full: object  # puts (replacements of) the others back among the nondiff ones
+    leaves: list
+    treedef: object
+    specs: list
+    fun_graph: object
+    fun_cap: list
+    out_def: object
+    out_specs: list
+
+
 class _Custom:
     """What custom_jvp and custom_vjp share: the function, nondiff_argnums, the guard against
     a rule calling its own function."""
@@ -134,6 +150,32 @@ class _Custom:
                 self._local.depth -= 1
 
         return wrapped
+
+    def _traced(self, args, rule, missing):
+        """None when `fun` is to run as it is (no traced argument, or inside its own rule);
+        else the call's pieces, `fun` traced on its differentiable arguments (a _Traced)."""
+        if rule is None:
+            raise TypeError(f"{type(self).__name__} {self.__name__}: {missing}")
+        static, diff, full = self._split(args)
+        leaves, treedef = leaves_as_arrays(diff)
+        if self._in_rule() or not in_trace(leaves):
+            return None
+        specs = [spec_of(x) for x in leaves]
+        fun_graph, fun_cap, out_def = trace_body(
+            lambda *xs: self.fun(*full(unflatten(treedef, xs))), specs
+        )
+        out_specs = [p.spec for p in fun_graph.outputs]
+        return _Traced(
+            static, diff, full, leaves, treedef, specs, fun_graph, fun_cap, out_def, out_specs
+        )
+
+    def _outputs_like(self, value, call, what):
+        """The leaves of a rule's primal output, which must be what `fun` gives."""
+        outs = _leaves_like(value, call.out_def, call.out_specs, what)
+        for k, (p, s) in enumerate(zip(outs, call.out_specs)):
+            if spec_of(p) != s:
+                raise TypeError(f"{what} {k} is {spec_of(p)}, fun gives {s}")
+        return outs
 
     def _split(self, args):
         """(the nondiff arguments, the others, and a function putting the others back)."""
@@ -168,18 +210,11 @@ class custom_jvp(_Custom):
         return jvp
 
     def __call__(self, *args):
-        if self.jvp is None:
-            raise TypeError(f"custom_jvp {self.__name__}: no JVP rule; call defjvp first")
-        static, diff, full = self._split(args)
-        leaves, treedef = leaves_as_arrays(diff)
-        if self._in_rule() or not in_trace(leaves):
+        call = self._traced(args, self.jvp, "no JVP rule; call defjvp first")
+        if call is None:
             return self.fun(*args)
+        static, _, _, leaves, treedef, specs, fun_graph, fun_cap, out_def, out_specs = call
         n = len(leaves)
-        specs = [spec_of(x) for x in leaves]
-        fun_graph, fun_cap, out_def = trace_body(
-            lambda *xs: self.fun(*full(unflatten(treedef, xs))), specs
-        )
-        out_specs = [p.spec for p in fun_graph.outputs]
 
         def rule(*xs):
             primals = unflatten(treedef, xs[:n])
@@ -190,10 +225,7 @@ class custom_jvp(_Custom):
                     f"custom_jvp {self.__name__}: the rule must return (primal_out, tangent_out)"
                 )
             what = f"custom_jvp {self.__name__}: the rule's"
-            primal_out = _leaves_like(result[0], out_def, out_specs, f"{what} primal output")
-            for k, (p, s) in enumerate(zip(primal_out, out_specs)):
-                if spec_of(p) != s:
-                    raise TypeError(f"{what} primal output {k} is {spec_of(p)}, fun gives {s}")
+            primal_out = self._outputs_like(result[0], call, f"{what} primal output")
             tangent_out = _leaves_like(result[1], out_def, out_specs, f"{what} tangent output")
             return primal_out + tangent_out
 
@@ -331,29 +363,19 @@ class custom_vjp(_Custom):
         self.fwd, self.bwd = fwd, bwd
 
     def __call__(self, *args):
-        if self.fwd is None:
-            raise TypeError(f"custom_vjp {self.__name__}: no VJP rule; call defvjp first")
-        static, diff, full = self._split(args)
-        leaves, treedef = leaves_as_arrays(diff)
-        if self._in_rule() or not in_trace(leaves):
+        call = self._traced(args, self.fwd, "no VJP rule; call defvjp first")
+        if call is None:
             return self.fun(*args)
+        static, diff, full, leaves, treedef, specs, fun_graph, fun_cap, out_def, out_specs = call
         n = len(leaves)
-        specs = [spec_of(x) for x in leaves]
         name = f"custom_vjp {self.__name__}"
-        fun_graph, fun_cap, out_def = trace_body(
-            lambda *xs: self.fun(*full(unflatten(treedef, xs))), specs
-        )
-        out_specs = [p.spec for p in fun_graph.outputs]
         res_def = []
 
         def fwd(*xs):
             result = self.fwd(*full(unflatten(treedef, xs)))
             if not (isinstance(result, (tuple, list)) and len(result) == 2):
                 raise TypeError(f"{name}: fwd must return (output, residuals)")
-            outs = _leaves_like(result[0], out_def, out_specs, f"{name}: fwd's output")
-            for k, (p, s) in enumerate(zip(outs, out_specs)):
-                if spec_of(p) != s:
-                    raise TypeError(f"{name}: fwd's output {k} is {spec_of(p)}, fun gives {s}")
+            outs = self._outputs_like(result[0], call, f"{name}: fwd's output")
             residuals, rdef = flatten(result[1])
             res_def.append(rdef)
             return outs + residuals
