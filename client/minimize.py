@@ -67,7 +67,7 @@ def _problem(graph, x0, method, options, kwargs, has_callback) -> pb.MinimizePro
         problem.tol = float(tol)
     constraints = kwargs.pop("constraints", None)
     if constraints is not None:
-        if isinstance(constraints, (LinearConstraint, dict)):
+        if not isinstance(constraints, (list, tuple)):
             constraints = [constraints]
         for c in constraints:
             if not isinstance(c, LinearConstraint):
@@ -111,7 +111,8 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
     bar = _progress_bar(progress, maxiter, method)
     delay = client.backoff
     try:
-        for attempt in range(client.retries + 2):
+        retries, resent = client.retries, False
+        while True:
             if send_body:
                 problem.graph.body = graph.to_bytes()
             else:
@@ -124,11 +125,12 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
             try:
                 result = stream.run(bar, callback, wants_result, user)
             except grpc.RpcError as err:
-                if stream.received or attempt > client.retries:
+                if stream.received:
                     raise _client._exception(err, MINIMIZE, timeout) from None
                 code = err.code()
                 missing = _client._missing(err) if code == grpc.StatusCode.NOT_FOUND else None
-                if missing and attempt == 0:
+                if missing and not resent:
+                    resent = True
                     for kind, name in missing:  # send the bodies, once
                         if kind == GRAPH_RESOURCE:
                             client._missed(("g", name))
@@ -138,8 +140,9 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
                             force_inline.add(name)
                     continue
                 hint = _client._retry_delay(err) if code == _client._EXHAUSTED else None
-                if code != grpc.StatusCode.UNAVAILABLE and hint is None:
+                if retries == 0 or (code != grpc.StatusCode.UNAVAILABLE and hint is None):
                     raise _client._exception(err, MINIMIZE, timeout) from None
+                retries -= 1
                 pause = max(hint or 0.0, min(delay, client.max_backoff)) * (
                     0.5 + random.random() / 2
                 )
