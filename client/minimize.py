@@ -94,6 +94,8 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
     kwargs = dict(kwargs)
     callback = kwargs.pop("callback", None)
     problem = _problem(graph, x0, method, options, kwargs, callback is not None)
+    # progress=False and no callback: nothing here shows the steps (the result has them)
+    problem.result_only = progress is False and callback is None
     wants_result = callback is not None and _wants_result(callback)
     shape = graph.inputs[0].spec.shape
 
@@ -107,6 +109,7 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
     tensors = _client._Tensors(client, digest, "args", list(fixed))
     force_inline: set = set()
     stub = client._channel.stream_stream(method_path(MINIMIZE))
+    unary = client._channel.unary_stream(method_path(MINIMIZE))
     maxiter = (options or {}).get("maxiter")
     bar = _progress_bar(progress, maxiter, method)
     delay = client.backoff
@@ -121,7 +124,7 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
             tensors.fill(problem.args, force_inline)
             first = pb.MinimizeRequest(problem=problem).SerializeToString()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            stream = _Stream(stub, first, callback is not None, remaining, client._metadata)
+            stream = _Stream(stub, unary, first, callback is not None, remaining, client._metadata)
             try:
                 result = stream.run(bar, callback, wants_result, user)
             except grpc.RpcError as err:
@@ -164,11 +167,13 @@ class _Stream:
     """One Minimize call: the first request, then (with a callback) one answer per
     MinimizeCallback."""
 
-    def __init__(self, stub, first, answering, timeout, metadata):
+    def __init__(self, stub, unary, first, answering, timeout, metadata):
         self.answers: queue.Queue = queue.Queue()
         self.received = 0
-        requests = self._requests(first) if answering else iter((first,))
-        self.call = stub(requests, timeout=timeout, metadata=metadata)
+        if answering:
+            self.call = stub(self._requests(first), timeout=timeout, metadata=metadata)
+        else:  # one request: as a unary-stream call, without a thread to send requests
+            self.call = unary(first, timeout=timeout, metadata=metadata)
 
     def _requests(self, first):
         yield first

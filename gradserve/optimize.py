@@ -186,9 +186,11 @@ def _objective(graph_or_fun, x0, args):
     return graph, x0, layout
 
 
-def prepare(graph, x0, args):
+def prepare(graph, x0, args, copy=True):
     """Check the graph, x0 and the fixed inputs as gs.minimize does: (x0 as a flat float64
-    vector, the fixed inputs as read-only arrays of their input's dtype)."""
+    vector, the fixed inputs as read-only arrays of their input's dtype). copy=False keeps
+    inputs that are already read-only arrays of their dtype (the server's, decoded from
+    immutable bytes) instead of copying them."""
     _check_scalar_output(graph)
     if not graph.inputs:
         raise TypeError("gs.minimize: the graph has no inputs to optimise")
@@ -220,10 +222,13 @@ def prepare(graph, x0, args):
     # own their data: the same arrays then go to every call, so a Client neither converts them
     # on each step nor resends them, and since nothing can change them it hashes each large one
     # only once (it names it by its digest afterwards).
-    return x0.reshape(-1), tuple(
-        _readonly(np.array(coerce(a, p.spec, f"argument {p.name!r}"), order="C"))
-        for a, p in zip(args, graph.inputs[1:])
-    )
+    fixed = []
+    for a, p in zip(args, graph.inputs[1:]):
+        a = coerce(a, p.spec, f"argument {p.name!r}")
+        if copy or a.flags.writeable or not a.flags.c_contiguous:
+            a = _readonly(np.array(a, order="C"))
+        fixed.append(a)
+    return x0.reshape(-1), tuple(fixed)
 
 
 def run(graph, x0, fixed, method, backend, options, progress, layout=None, on_step=None, **kwargs):

@@ -108,7 +108,10 @@ class _Loop:
         self.steps = 0
 
     def start(self):
-        threading.Thread(target=self._run, name="gradserve-minimize", daemon=True).start()
+        if self.problem.result_only and not self.problem.callback:
+            self._run()  # nothing to stream before the result: no thread to hand over to
+        else:
+            threading.Thread(target=self._run, name="gradserve-minimize", daemon=True).start()
 
     def _run(self):
         from gradserve.optimize import prepare, run
@@ -119,7 +122,7 @@ class _Loop:
             kwargs = _kwargs(p)
             if p.callback:
                 kwargs["callback"] = self._callback
-            x0, fixed = prepare(self.graph, self.x0, self.args)
+            x0, fixed = prepare(self.graph, self.x0, self.args, copy=False)
             res = run(
                 self.graph,
                 x0,
@@ -147,6 +150,8 @@ class _Loop:
     def _step(self, step, loss, grad_norm, nfev, seconds):
         self.call()  # cancelled or past the deadline: stop here, between steps
         self.steps = step
+        if self.problem.result_only:
+            return
         msg = pb.MinimizeProgress()
         r = msg.record
         r.step, r.loss, r.grad_norm, r.nfev, r.time = step, loss, grad_norm, nfev, seconds

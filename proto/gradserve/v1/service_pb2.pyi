@@ -254,7 +254,7 @@ class LinearConstraint(_message.Message):
     def __init__(self, A: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., lb: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., ub: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., keep_feasible: _Optional[bool] = ...) -> None: ...
 
 class MinimizeProblem(_message.Message):
-    __slots__ = ("graph", "x0", "args", "method", "options", "lower", "upper", "tol", "constraints", "kwargs", "callback")
+    __slots__ = ("graph", "x0", "args", "method", "options", "lower", "upper", "tol", "constraints", "kwargs", "callback", "result_only")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +280,7 @@ class MinimizeProblem(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     KWARGS_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ONLY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     x0: TensorRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
@@ -291,7 +292,8 @@ class MinimizeProblem(_message.Message):
     constraints: _containers.RepeatedCompositeFieldContainer[LinearConstraint]
     kwargs: _containers.MessageMap[str, Datum]
     callback: bool
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., x0: _Optional[_Union[TensorRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ..., options: _Optional[_Mapping[str, Datum]] = ..., lower: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., upper: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tol: _Optional[float] = ..., constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Datum]] = ..., callback: _Optional[bool] = ...) -> None: ...
+    result_only: bool
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., x0: _Optional[_Union[TensorRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ..., options: _Optional[_Mapping[str, Datum]] = ..., lower: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., upper: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tol: _Optional[float] = ..., constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Datum]] = ..., callback: _Optional[bool] = ..., result_only: _Optional[bool] = ...) -> None: ...
 
 class MinimizeRequest(_message.Message):
     __slots__ = ("problem", "stop")
