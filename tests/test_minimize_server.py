@@ -470,14 +470,10 @@ def test_errors_come_back_as_the_in_process_exceptions(cli, srv):
 def test_graph_and_data_travel_once_across_loops(server):
     sizes = []
 
-    class Sizes(grpc.StreamStreamClientInterceptor):
-        def intercept_stream_stream(self, continuation, details, requests):
-            def recorded():
-                for r in requests:
-                    sizes.append(len(r))
-                    yield r
-
-            return continuation(details, recorded())
+    class Sizes(grpc.UnaryStreamClientInterceptor):  # one request: a unary-stream call
+        def intercept_unary_stream(self, continuation, details, request):
+            sizes.append(len(request))
+            return continuation(details, request)
 
     Xb, Yb = logistic_data(4000, 4, seed=9)  # X: 128 KB, over the digest threshold
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), Sizes())

@@ -318,7 +318,7 @@ class MinimizeStep(_message.Message):
     def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., nfev: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
 
 class MinimizeCallback(_message.Message):
-    __slots__ = ("x", "fun", "jac", "state", "state_given")
+    __slots__ = ("x", "fun", "jac", "state")
     class StateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -330,13 +330,11 @@ class MinimizeCallback(_message.Message):
     FUN_FIELD_NUMBER: _ClassVar[int]
     JAC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    STATE_GIVEN_FIELD_NUMBER: _ClassVar[int]
     x: _graph_pb2.Tensor
     fun: float
     jac: _graph_pb2.Tensor
     state: _containers.MessageMap[str, Datum]
-    state_given: bool
-    def __init__(self, x: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., fun: _Optional[float] = ..., jac: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., state: _Optional[_Mapping[str, Datum]] = ..., state_given: _Optional[bool] = ...) -> None: ...
+    def __init__(self, x: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., fun: _Optional[float] = ..., jac: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., state: _Optional[_Mapping[str, Datum]] = ...) -> None: ...
 
 class MinimizeHistory(_message.Message):
     __slots__ = ("step", "loss", "grad_norm", "nfev", "time")
