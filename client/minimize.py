@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from gradserve.v1 import service_pb2 as pb
 
-from gradserve.minimize_wire import NOT_DATA, data_map, from_map, result_fields
+from gradserve.minimize_wire import NotData, data_map, from_map, result_fields
 from gradserve.optimize import (
     _bounds,
     _call_user,
@@ -41,7 +41,7 @@ def _not_data(what: str, exc) -> TypeError:
     )
 
 
-def _problem(graph, x0, method, options, kwargs, has_callback) -> pb.MinimizeProblem:
+def _problem(x0, method, options, kwargs, has_callback) -> pb.MinimizeProblem:
     """The MinimizeProblem without its graph and fixed inputs."""
     from scipy.optimize import LinearConstraint
 
@@ -55,7 +55,7 @@ def _problem(graph, x0, method, options, kwargs, has_callback) -> pb.MinimizePro
     for name, value in (options or {}).items():
         try:
             data_map(problem.options, [(name, value)])
-        except NOT_DATA as exc:
+        except NotData as exc:
             raise _not_data(f"option {name!r}", exc) from None
     bounds = kwargs.pop("bounds", None)
     if bounds is not None:
@@ -84,7 +84,7 @@ def _problem(graph, x0, method, options, kwargs, has_callback) -> pb.MinimizePro
     for name, value in kwargs.items():
         try:
             data_map(problem.kwargs, [(name, value)])
-        except NOT_DATA as exc:
+        except NotData as exc:
             raise _not_data(f"the keyword argument {name!r}", exc) from None
     return problem
 
@@ -93,7 +93,7 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
     """gs.minimize's result, computed by the server `client` talks to."""
     kwargs = dict(kwargs)
     callback = kwargs.pop("callback", None)
-    problem = _problem(graph, x0, method, options, kwargs, callback is not None)
+    problem = _problem(x0, method, options, kwargs, callback is not None)
     # progress=False and no callback: nothing here shows the steps (the result has them)
     problem.result_only = progress is False and callback is None
     wants_result = callback is not None and _wants_result(callback)

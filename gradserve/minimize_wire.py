@@ -16,7 +16,7 @@ from gradserve.v1 import service_pb2 as pb
 
 __all__ = [
     "HISTORY_FIELDS",
-    "NOT_DATA",
+    "NotData",
     "data_map",
     "fill_datum",
     "fill_result",
@@ -33,9 +33,6 @@ _RESULT_OWN = frozenset(_RESULT_FIELDS) | {"history", "backend_calls"}
 
 class NotData(TypeError):
     """A value that cannot be sent (a function, an object)."""
-
-
-NOT_DATA = NotData
 
 
 def fill_datum(msg: pb.Datum, value):

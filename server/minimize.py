@@ -31,8 +31,9 @@ from .errors import Failure, Stopped, failure_from_exception, to_status
 
 log = logging.getLogger("gradserve.server")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
-# Keyword arguments with a field of their own, or that are never data.
-_RESERVED = frozenset({"args", "jac", "bounds", "constraints", "tol", "callback", "hessp"})
+# scipy.optimize.minimize's keyword arguments that are data and have no field of their own
+# (its others are functions, or are fields: bounds, constraints, tol).
+_DATA_KWARGS = frozenset({"hess"})
 
 
 class _EngineSteps:
@@ -68,10 +69,11 @@ def _kwargs(problem) -> dict:
 
     kwargs = {}
     for name, datum in problem.kwargs.items():
-        if name in _RESERVED:
+        if name not in _DATA_KWARGS:
             raise Failure(
                 _INVALID,
-                f"kwargs[{name!r}]: {name} is not sent as a keyword argument",
+                f"kwargs[{name!r}]: gs.minimize takes no keyword argument {name!r} that is "
+                f"data (it takes {', '.join(sorted(_DATA_KWARGS))})",
                 "TypeError",
                 f"kwargs[{name!r}]",
             )
@@ -90,6 +92,12 @@ def _kwargs(problem) -> dict:
             for c in problem.constraints
         ]
     return kwargs
+
+
+def _options(problem) -> dict:
+    options = from_map(problem.options)
+    options.pop("disp", None)  # SciPy would print on the server's stdout
+    return options
 
 
 class _Loop:
@@ -129,7 +137,7 @@ class _Loop:
                 fixed,
                 p.method or "L-BFGS-B",
                 self.backend,
-                from_map(p.options),
+                _options(p),
                 False,
                 on_step=self._step,
                 **kwargs,

@@ -138,6 +138,16 @@ def test_linear_constraints_travel_as_data(cli):
         assert far.x[2] - far.x[3] == pytest.approx(0.1, abs=1e-6)
 
 
+def test_a_finite_difference_hessian_named_by_a_string(cli):
+    options = {"maxiter": 30}
+    near = gs.minimize(GRAPH, W0, X, Y, method="trust-constr", hess="2-point", options=options)
+    far = gs.minimize(
+        GRAPH, W0, X, Y, method="trust-constr", hess="2-point", options=options, backend=cli
+    )
+    assert_same_result(far, near)
+    assert "hvp" not in far.backend_calls
+
+
 def test_a_pytree_objective_and_its_callback(cli):
     def loss(p, X, y):
         return logistic_loss(gnp.concatenate([p["w"], gnp.reshape(p["b"], (1,))]), X, y)
@@ -463,6 +473,10 @@ def test_errors_come_back_as_the_in_process_exceptions(cli, srv):
         gs.minimize(GRAPH, W0, X, Y, method="no-such-method")
     with pytest.raises(TypeError, match="does not take"):
         gs.minimize(GRAPH, W0, X, Y, backend=cli, method="adam", hess="2-point")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        gs.minimize(GRAPH, W0, X, Y, method="BFGS", foo=1.0)
+    with pytest.raises(TypeError, match="keyword argument 'foo'"):
+        gs.minimize(GRAPH, W0, X, Y, backend=cli, method="BFGS", foo=1.0)
     assert metric(srv, "gradserve_minimize_loops_total", outcome="error") >= 2
     assert gs.minimize(GRAPH, W0, X, Y, backend=cli).success
 
