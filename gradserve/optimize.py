@@ -116,9 +116,9 @@ def minimize(
         project onto them), tol (the default gtol) and callback. A callback receives x in the
         input's shape, or with a function objective as a pytree of x0's structure (or,
         declared as ``callback(intermediate_result)``, an OptimizeResult whose x and jac are
-        so); returning True or raising StopIteration from it stops. With a pytree x0, bounds and constraints
-        are on the flat vector of the leaves (a `scipy.optimize.Bounds` or one (low, high)
-        pair per element, in leaf order).
+        so); returning True or raising StopIteration from it stops. With a pytree x0, bounds
+        and constraints are on the flat vector of the leaves (a `scipy.optimize.Bounds` or
+        one (low, high) pair per element, in leaf order).
 
     Returns
     -------
