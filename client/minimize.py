@@ -94,8 +94,6 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
     kwargs = dict(kwargs)
     callback = kwargs.pop("callback", None)
     problem = _problem(x0, method, options, kwargs, callback is not None)
-    # progress=False and no callback: nothing here shows the steps (the result has them)
-    problem.result_only = progress is False and callback is None
     wants_result = callback is not None and _wants_result(callback)
     shape = graph.inputs[0].spec.shape
 
@@ -112,6 +110,9 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
     unary = client._channel.unary_stream(method_path(MINIMIZE))
     maxiter = (options or {}).get("maxiter")
     bar = _progress_bar(progress, maxiter, method)
+    # No bar (progress=False, or stderr is not a terminal) and no callback: nothing here shows
+    # the steps, so none are sent (the result's history has them).
+    problem.result_only = bar is None and callback is None
     delay = client.backoff
     try:
         retries, resent = client.retries, False

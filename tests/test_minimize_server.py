@@ -6,6 +6,7 @@ the server, the server's limits hold, and server_side=False keeps the loop on th
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 import urllib.request
@@ -201,6 +202,14 @@ def test_one_progress_message_per_step_then_the_result(srv, method):
     result = messages[-1].result
     assert result.nit == near.nit and result.message == near.message
     np.testing.assert_array_equal(np.frombuffer(result.x.data), near.x)
+
+
+def test_result_only_sends_the_result_alone(srv):
+    problem = _problem("L-BFGS-B")
+    problem.result_only = True
+    (message,) = _raw_minimize(srv.address, problem)
+    near = gs.minimize(GRAPH, W0, X, Y, progress=False)
+    assert list(message.result.history.loss) == list(near.history["loss"])
 
 
 def test_callback_messages_wait_for_the_answer_and_stop_stops(srv):
@@ -497,3 +506,22 @@ def test_graph_and_data_travel_once_across_loops(server):
             gs.minimize(graph, W0, Xb, Yb, backend=client)
     channel.close()
     assert sizes[0] > Xb.nbytes and max(sizes[1:]) < Yb.nbytes + 2000, sizes
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_shows_the_streamed_steps(cli, monkeypatch):
+    term = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", term)
+    res = gs.minimize(GRAPH, W0, X, Y, backend=cli, method="adam", options={"maxiter": 20})
+    out = term.getvalue()
+    assert res.nit == 20 and "adam" in out and "20/20" in out
+    assert f"loss={res.history['loss'][-1]:.6g}" in out and "grad_norm=" in out
+    term.truncate(0)
+    gs.minimize(
+        GRAPH, W0, X, Y, backend=cli, method="adam", options={"maxiter": 20}, progress=False
+    )
+    assert term.getvalue() == ""
