@@ -1,16 +1,22 @@
 #!/usr/bin/env python
 """Optimisation-loop benchmark: steps per second of an L-BFGS-B loop
 (`gs.minimize`) on L2-regularised logistic regression, n = 5000 samples, d = 50 features,
-run remotely (a gs.Client of a `gradserve serve` on loopback) and in-process (gs.Engine),
-in the same run. Target: remote >= 0.7 x local.
+run in-process (gs.Engine) and remotely (a gs.Client of a `gradserve serve` on loopback),
+in the same run, two ways: the loop on the server (gs.minimize's default with a Client: one
+streaming Minimize call) and the loop on the client (server_side=False: one call per
+evaluation). Targets: the server-side loop >= 0.9 x in-process, the client-driven >= 0.7 x.
 
     python bench/bench_minimize.py                      # starts a server on a free port
     python bench/bench_minimize.py --target host:port   # an already running server
     python bench/bench_minimize.py --rounds 20 --n 5000 --d 50
 
-Each round runs the whole loop from w = 0 to convergence once in-process and once remotely,
-interleaved so that load from other processes hits both alike; the figure per side is the
-median over rounds of (iterations / wall seconds). Both loops take the same steps (checked).
+Each round runs the whole loop from w = 0 to convergence in-process, on the server and driven
+from the client, interleaved so that load from other processes hits all alike; the figure per
+way is the median over rounds of (iterations / wall seconds). All take the same steps
+(checked). The loop converges in a dozen steps of about 0.4 ms, so one call's fixed cost (a
+round trip, the client's sha256 of the 2 MB data matrix to name it by digest) weighs on the
+server-side figure; the loop alone (first to last step, from each side's history) is also
+shown.
 A per-call breakdown follows: value_and_grad latency in-process and remote, the round trip of
 a trivial graph (the transport's floor), and the client's sha256 of the data matrix (it
 hashes a read-only array that owns its data once, as gs.minimize passes fixed data, and a
@@ -25,6 +31,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one BLAS thread here and in the server we start
 
 import argparse
+import contextlib
+import io
 import platform
 import statistics
 import subprocess
@@ -41,6 +49,11 @@ import gradserve.numpy as gnp
 def logistic_loss(w, X, y):
     z = X @ w
     return gnp.mean(gs.nn.softplus(z) - y * z) + 1e-4 * gnp.sum(w * w)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
 
 
 def make_data(n, d, seed=0):
@@ -140,7 +153,7 @@ def main(argv=None):
         client = gs.Client(address, timeout=120)
         options = {"maxiter": 1000}
 
-        def run(backend):
+        def run(backend, server_side=True, progress=False):
             t = time.perf_counter()
             res = gs.minimize(
                 graph,
@@ -150,23 +163,36 @@ def main(argv=None):
                 backend=backend,
                 method=args.method,
                 options=options,
-                progress=False,
+                progress=progress,
+                server_side=server_side,
             )
             return res, time.perf_counter() - t
 
         ref, _ = run(engine)
-        far, _ = run(client)  # warm-up: graph and data reach the server
-        assert far.nit == ref.nit and np.allclose(far.x, ref.x, rtol=1e-10, atol=1e-12), (
-            far.nit,
-            ref.nit,
-        )
-        local_rates, remote_rates = [], []
+        for server_side in (True, False):  # warm-up: graph and data reach the server
+            far, _ = run(client, server_side)
+            assert far.nit == ref.nit and np.allclose(far.x, ref.x, rtol=1e-10, atol=1e-12), (
+                far.nit,
+                ref.nit,
+            )
+        local_rates, server_rates, streamed_rates, remote_rates = [], [], [], []
+        local_loop, server_loop = [], []  # steps/s of the loop alone (its history's time)
         for _ in range(args.rounds):
             res, dt = run(engine)
             local_rates.append(res.nit / dt)
-            res, dt = run(client)
+            local_loop.append(res.nit / res.history["time"][-1])
+            res, dt = run(client, True)
+            server_rates.append(res.nit / dt)
+            server_loop.append(res.nit / res.history["time"][-1])
+            # a progress bar, on a (fake) terminal: every step streamed and shown
+            with contextlib.redirect_stderr(FakeTerminal()):
+                res, dt = run(client, True, None)
+            streamed_rates.append(res.nit / dt)
+            res, dt = run(client, False)
             remote_rates.append(res.nit / dt)
         local = statistics.median(local_rates)
+        on_server = statistics.median(server_rates)
+        streamed = statistics.median(streamed_rates)
         remote = statistics.median(remote_rates)
 
         w = ref.x
@@ -198,8 +224,19 @@ def main(argv=None):
     )
     print(f"{'':34s}{'steps/s':>10s}")
     print(f"{'in-process (gs.Engine)':34s}{local:10.0f}")
-    print(f"{'remote (gs.Client, loopback)':34s}{remote:10.0f}")
-    print(f"{'ratio remote / local':34s}{remote / local:10.2f}   (target >= 0.70)")
+    print(
+        f"{'loop on the server (Minimize)':34s}{on_server:10.0f}   no progress bar: the result only"
+    )
+    print(f"{'  ... with a progress bar':34s}{streamed:10.0f}   every step streamed and shown")
+    print(f"{'loop on the client (per call)':34s}{remote:10.0f}   server_side=False")
+    print(f"{'ratio server loop / in-process':34s}{on_server / local:10.2f}   (target >= 0.90)")
+    print(f"{'ratio with a progress bar':34s}{streamed / local:10.2f}")
+    loop_ratio = statistics.median(server_loop) / statistics.median(local_loop)
+    print(
+        f"{'  the loop alone, server / here':34s}{loop_ratio:10.2f}   "
+        "first to last step, by each side's history (no call set-up, no transfer)"
+    )
+    print(f"{'ratio client loop / in-process':34s}{remote / local:10.2f}   (target >= 0.70)")
     rows = [
         ("value_and_grad in-process", local_call, ""),
         ("value_and_grad remote", remote_call, ""),

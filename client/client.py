@@ -136,6 +136,9 @@ _DEFAULT_OPTIONS = [
     # retries ran out against a server that was back up (a restart of a few seconds).
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # A one-request stream (gs.minimize's loop on the server) read in the caller's thread,
+    # without a thread of its own per call.
+    ("SingleThreadedUnaryStream", 1),
 ]
 
 

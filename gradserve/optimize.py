@@ -59,6 +59,7 @@ def minimize(
     backend=None,
     options=None,
     progress=None,
+    server_side=True,
     **kwargs,
 ):
     """Minimise the scalar output of a graph over its first input, or of a Python function
@@ -102,15 +103,22 @@ def minimize(
     progress : bool, optional
         A tqdm progress bar (step, loss, gradient norm, steps/s) on stderr while it runs,
         shown when stderr is a terminal unless `progress` is False.
+    server_side : bool, optional
+        With a `gs.Client` backend: True (the default) runs the whole loop on the server, in
+        one streaming call (the same code against the server's engine, so the same result),
+        which streams each step back (the progress bar and `callback` run here); the
+        Client's `timeout` bounds the whole loop. Options and keyword arguments must then be
+        data (numbers, strings, arrays, `Bounds`, `LinearConstraint`): a function among them
+        is a TypeError. False drives the loop from here, one call per evaluation.
     **kwargs
         Passed to `scipy.optimize.minimize`: bounds, constraints, tol, callback, hess, hessp
         (not jac: the backend gives the gradient). "adam" and "sgd" take bounds (they
         project onto them), tol (the default gtol) and callback. A callback receives x in the
         input's shape, or with a function objective as a pytree of x0's structure (or,
         declared as ``callback(intermediate_result)``, an OptimizeResult whose x and jac are
-        so); raising StopIteration from it stops. With a pytree x0, bounds and constraints
-        are on the flat vector of the leaves (a `scipy.optimize.Bounds` or one (low, high)
-        pair per element, in leaf order).
+        so); returning True or raising StopIteration from it stops. With a pytree x0, bounds
+        and constraints are on the flat vector of the leaves (a `scipy.optimize.Bounds` or
+        one (low, high) pair per element, in leaf order).
 
     Returns
     -------
@@ -128,7 +136,8 @@ def minimize(
         `graph_or_fun` is neither a `gs.Graph` nor callable, its output is not one real
         scalar, the graph's first input is not float64 or float32, `args` does not give
         every other input, x0 is a pytree with a graph or has a complex or non-numeric leaf,
-        ``jac=`` is passed, or "adam" or "sgd" is given an argument it does not take.
+        ``jac=`` is passed, "adam" or "sgd" is given an argument it does not take, or (on
+        the server) an option or keyword argument is not data.
     ValueError
         `x0` has not as many elements as the first input, or has no elements.
 
@@ -143,6 +152,25 @@ def minimize(
     >>> np.round(res.x["w"], 6), round(res.x["b"], 6)
     (array([3., 3.]), -1.0)
     """
+    graph, x0, layout = _objective(graph_or_fun, x0, args)
+    x0, fixed = prepare(graph, x0, args)
+    if server_side and _is_client(backend):
+        from gradserve.client.minimize import minimize_on_server
+
+        return minimize_on_server(
+            backend, graph, x0, fixed, method, options, progress, layout, kwargs
+        )
+    return run(graph, x0, fixed, method, backend, options, progress, layout, **kwargs)
+
+
+def _is_client(backend) -> bool:
+    # Without gradserve.client imported, no Client exists (and the engine never imports it).
+    module = sys.modules.get("gradserve.client.client")
+    return module is not None and isinstance(backend, module.Client)
+
+
+def _objective(graph_or_fun, x0, args):
+    """(graph, x0, layout): a function objective traced, with x0 flattened by its layout."""
     layout = None
     if isinstance(graph_or_fun, Graph):
         graph = graph_or_fun
@@ -155,6 +183,14 @@ def minimize(
             "gs.minimize: expected a gs.Graph or a Python function, got "
             f"{type(graph_or_fun).__name__}"
         )
+    return graph, x0, layout
+
+
+def prepare(graph, x0, args, copy=True):
+    """Check the graph, x0 and the fixed inputs as gs.minimize does: (x0 as a flat float64
+    vector, the fixed inputs as read-only arrays of their input's dtype). copy=False keeps
+    inputs that are already read-only arrays of their dtype (the server's, decoded from
+    immutable bytes) instead of copying them."""
     _check_scalar_output(graph)
     if not graph.inputs:
         raise TypeError("gs.minimize: the graph has no inputs to optimise")
@@ -186,10 +222,19 @@ def minimize(
     # own their data: the same arrays then go to every call, so a Client neither converts them
     # on each step nor resends them, and since nothing can change them it hashes each large one
     # only once (it names it by its digest afterwards).
-    fixed = tuple(
-        _readonly(np.array(coerce(a, p.spec, f"argument {p.name!r}"), order="C"))
-        for a, p in zip(args, graph.inputs[1:])
-    )
+    fixed = []
+    for a, p in zip(args, graph.inputs[1:]):
+        a = coerce(a, p.spec, f"argument {p.name!r}")
+        if copy or a.flags.writeable or not a.flags.c_contiguous:
+            a = _readonly(np.array(a, order="C"))
+        fixed.append(a)
+    return x0.reshape(-1), tuple(fixed)
+
+
+def run(graph, x0, fixed, method, backend, options, progress, layout=None, on_step=None, **kwargs):
+    """The loop of gs.minimize on a checked graph (see `prepare`) from the flat `x0`.
+    `on_step(step, loss, grad_norm, nfev, seconds)` sees each entry of the history as it is
+    recorded (the server streams them)."""
     if backend is None:
         from gradserve.engine import Engine
 
@@ -197,14 +242,15 @@ def minimize(
     options = dict(options or {})
     name = method.lower() if isinstance(method, str) else None
     objective = _Objective(backend, graph, fixed, layout)
+    objective.on_step = on_step
     maxiter = options.get("maxiter")
     label = method if name else getattr(method, "__name__", "minimize")
     bar = _progress_bar(progress, maxiter, label)
     try:
         if name in FIRST_ORDER_METHODS:
-            res = _first_order(name, objective, x0.reshape(-1), options, bar, **kwargs)
+            res = _first_order(name, objective, x0, options, bar, **kwargs)
         else:
-            res = _scipy(method, name, objective, x0.reshape(-1), options, bar, **kwargs)
+            res = _scipy(method, name, objective, x0, options, bar, **kwargs)
     finally:
         if bar is not None:
             bar.close()
@@ -290,6 +336,7 @@ class _Objective:
         self.start = time.perf_counter()
         self.history = {k: [] for k in _HISTORY_FIELDS}
         self.bar = None
+        self.on_step = None
 
     def _x(self, xflat):
         return np.asarray(xflat).reshape(self.shape).astype(self.dtype, copy=True)
@@ -297,10 +344,7 @@ class _Objective:
     def user(self, xflat):
         """A flat vector (x or a gradient) as the user sees it: in the first input's shape,
         or a pytree of x0's structure (fresh arrays either way)."""
-        xflat = np.array(xflat, dtype=np.float64).reshape(-1)
-        if self.layout is not None:
-            return self.layout.unflatten(xflat)
-        return xflat.reshape(self.shape)
+        return user_form(xflat, self.shape, self.layout)
 
     def _count(self, name):
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -364,9 +408,17 @@ class _Objective:
         h["grad_norm"].append(gnorm)
         h["time"].append(time.perf_counter() - self.start)
         h["nfev"].append(self.nfev)
-        if self.bar is not None and len(h["step"]) > 1:
-            self.bar.set_postfix({"loss": f"{f:.6g}", "grad_norm": f"{gnorm:.3g}"}, refresh=False)
-            self.bar.update(1)
+        show_step(self.bar, h["step"][-1], f, gnorm)
+        if self.on_step is not None:
+            self.on_step(h["step"][-1], f, gnorm, self.nfev, h["time"][-1])
+
+
+def user_form(xflat, shape, layout=None):
+    """A flat vector as the user sees it: in `shape`, or a pytree by `layout`."""
+    xflat = np.array(xflat, dtype=np.float64).reshape(-1)
+    if layout is not None:
+        return layout.unflatten(xflat)
+    return xflat.reshape(shape)
 
 
 def _readonly(a):
@@ -417,6 +469,12 @@ def _progress_bar(progress, maxiter, desc):
     )
 
 
+def show_step(bar, step, loss, grad_norm):
+    if bar is not None and step > 0:
+        bar.set_postfix({"loss": f"{loss:.6g}", "grad_norm": f"{grad_norm:.3g}"}, refresh=False)
+        bar.update(1)
+
+
 # ---- user callbacks ----------------------------------------------------------------------
 
 
@@ -428,6 +486,8 @@ def _wants_result(callback) -> bool:
 
 
 def _call_user(callback, wants_result, x, f, g, extra=None, nit=None):
+    """Call the user's callback as SciPy would; its returning True stops, as raising
+    StopIteration does (SciPy's trust-constr's convention, for every method)."""
     if callback is None:
         return
     if wants_result:
@@ -437,11 +497,13 @@ def _call_user(callback, wants_result, x, f, g, extra=None, nit=None):
             r.jac = g
         if nit is not None:
             r.nit = nit
-        callback(intermediate_result=r)
+        stop = callback(intermediate_result=r)
     elif extra is not None and "constr_violation" in extra:  # trust-constr's (x, state)
-        callback(x, _so().OptimizeResult(extra, x=x))
+        stop = callback(x, _so().OptimizeResult(extra, x=x))
     else:
-        callback(x)
+        stop = callback(x)
+    if stop is True:
+        raise StopIteration
 
 
 # ---- SciPy ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "ERROR_DOMAIN",
     "GRAPH_RESOURCE",
     "METHODS",
+    "MINIMIZE",
     "SERVICE",
     "SERVICE_NAME",
     "TENSOR_RESOURCE",
@@ -53,7 +54,13 @@ __all__ = [
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradients"]
 SERVICE_NAME = SERVICE.full_name
-METHODS = tuple(method.name for method in SERVICE.methods)  # in the order of service.proto
+# The one-request, one-reply methods, in the order of service.proto; Minimize streams.
+METHODS = tuple(
+    method.name
+    for method in SERVICE.methods
+    if not (method.client_streaming or method.server_streaming)
+)
+MINIMIZE = "Minimize"
 
 GRAPH_RESOURCE = graph_pb2.Graph.DESCRIPTOR.full_name  # ResourceInfo.resource_type of NOT_FOUND
 TENSOR_RESOURCE = graph_pb2.Tensor.DESCRIPTOR.full_name

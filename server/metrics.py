@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-from gradserve.protocol import METHODS
+from gradserve.protocol import METHODS, MINIMIZE
 
 disable_created_metrics()  # no *_created series: they double the scrape for nothing
 
@@ -81,6 +81,16 @@ CACHE_MISSES = Counter(
     "gradserve_graph_cache_misses", "Digests not found in the cache (answered NOT_FOUND)."
 )
 
+MINIMIZE_LOOPS = Counter(
+    "gradserve_minimize_loops",
+    "Optimisation loops run by Minimize, by how they ended: converged (success), stopped "
+    "(by the client's callback or a limit of the method, such as maxiter), cancelled, "
+    "deadline, error.",
+    ["outcome"],
+)
+MINIMIZE_STEPS = Counter("gradserve_minimize_steps", "Steps of the loops run by Minimize.")
+MINIMIZE_OUTCOMES = ("converged", "stopped", "cancelled", "deadline", "error")
+
 
 class _Series:
     """The labelled children of one method (labels() is a dict lookup under a lock)."""
@@ -110,7 +120,9 @@ def cache_changed(entries: int, nbytes: int):
 
 def initialise():
     """Create every labelled series at zero so dashboards see them before traffic."""
-    for method in METHODS:
+    for outcome in MINIMIZE_OUTCOMES:
+        MINIMIZE_LOOPS.labels(outcome)
+    for method in (*METHODS, MINIMIZE):
         DURATION.labels(method)
         TAPE_BYTES.labels(method)
         TAPE_ENTRIES.labels(method)

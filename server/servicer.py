@@ -20,6 +20,7 @@ from gradserve.v1 import service_pb2 as pb
 
 from gradserve.protocol import (
     GRAPH_RESOURCE,
+    MINIMIZE,
     SERVICE,
     SERVICE_NAME,
     TENSOR_RESOURCE,
@@ -34,6 +35,7 @@ from gradserve.protocol import (
 )
 
 from . import metrics as m
+from . import minimize
 from .admission import Admission
 from .cache import ByteLRU
 from .errors import Failure, Stopped, failure_from_exception, to_status
@@ -429,6 +431,10 @@ class Servicer:
         this class of the same name in snake case (ValueAndGrad -> value_and_grad)."""
 
         def make(method):
+            if method.name == MINIMIZE:  # streams: gradserve.server.minimize
+                return grpc.stream_stream_rpc_method_handler(
+                    lambda requests, context: minimize.handle(self, requests, context)
+                )
             request_cls = getattr(pb, method.input_type.name)
             compute = getattr(self, _snake_case(method.name))
 

@@ -249,7 +249,14 @@ def test_newton_cg_hvp_carries_no_fixed_data(server):
     sizes, channel = _sizes_client(server)
     with gs.Client(channel, timeout=60) as cli:
         res = gs.minimize(
-            graph, np.zeros(10), X_, y, backend=cli, method="Newton-CG", progress=False
+            graph,
+            np.zeros(10),
+            X_,
+            y,
+            backend=cli,
+            method="Newton-CG",
+            progress=False,
+            server_side=False,  # the loop on this side: one Hvp request per product
         )
     channel.close()
     ref = gs.minimize(graph, np.zeros(10), X_, y, method="Newton-CG", progress=False)

@@ -137,8 +137,17 @@ def test_server_restarted_mid_minimize_same_result():
                 threading.Thread(target=restart, daemon=True).start()
 
         with gs.Client(channel, timeout=120, retries=12) as cli:
+            # driven from here, one call per step: the calls after the kill are retried
             result = gs.minimize(
-                graph, x0, X, y, backend=cli, options=options, callback=callback, progress=False
+                graph,
+                x0,
+                X,
+                y,
+                backend=cli,
+                options=options,
+                callback=callback,
+                progress=False,
+                server_side=False,
             )
         channel.close()
         assert restarted.wait(60) and not restart_error, restart_error

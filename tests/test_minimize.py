@@ -82,7 +82,9 @@ def test_newton_cg_sends_hvp_requests_to_the_server(server):
     rec = Recorder()
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), rec)
     with gs.Client(channel, timeout=60) as cli:
-        res = gs.minimize(ROSEN, np.zeros(10), method="Newton-CG", backend=cli, progress=False)
+        res = gs.minimize(
+            ROSEN, np.zeros(10), method="Newton-CG", backend=cli, progress=False, server_side=False
+        )
     channel.close()
     methods = [m for m, _ in rec.calls]
     assert res.success
@@ -307,11 +309,21 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
 
 
 def _remote_run(server, X, y, **kwargs):
+    """A loop driven from the client (server_side=False), its calls recorded."""
     rec = Recorder()
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), rec)
     graph = gs.trace(logistic_loss, gs.Spec((X.shape[1],)), gs.Spec(X.shape), gs.Spec(y.shape))
     with gs.Client(channel, timeout=60) as cli:
-        res = gs.minimize(graph, np.zeros(X.shape[1]), X, y, backend=cli, progress=False, **kwargs)
+        res = gs.minimize(
+            graph,
+            np.zeros(X.shape[1]),
+            X,
+            y,
+            backend=cli,
+            progress=False,
+            server_side=False,
+            **kwargs,
+        )
     channel.close()
     return res, rec.calls
 

@@ -226,3 +226,178 @@ class CheckGradResponse(_message.Message):
     numeric: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
     def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+
+class Datum(_message.Message):
+    __slots__ = ("number", "integer", "flag", "text", "array")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    number: float
+    integer: int
+    flag: bool
+    text: str
+    array: _graph_pb2.Tensor
+    def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., flag: _Optional[bool] = ..., text: _Optional[str] = ..., array: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class LinearConstraint(_message.Message):
+    __slots__ = ("A", "lb", "ub", "keep_feasible")
+    A_FIELD_NUMBER: _ClassVar[int]
+    LB_FIELD_NUMBER: _ClassVar[int]
+    UB_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    A: _graph_pb2.Tensor
+    lb: _graph_pb2.Tensor
+    ub: _graph_pb2.Tensor
+    keep_feasible: bool
+    def __init__(self, A: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., lb: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., ub: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., keep_feasible: _Optional[bool] = ...) -> None: ...
+
+class MinimizeProblem(_message.Message):
+    __slots__ = ("graph", "x0", "args", "method", "options", "lower", "upper", "tol", "constraints", "kwargs", "callback", "result_only")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Datum
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Datum, _Mapping]] = ...) -> None: ...
+    class KwargsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Datum
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Datum, _Mapping]] = ...) -> None: ...
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    X0_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    TOL_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    KWARGS_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    graph: GraphRef
+    x0: TensorRef
+    args: _containers.RepeatedCompositeFieldContainer[TensorRef]
+    method: str
+    options: _containers.MessageMap[str, Datum]
+    lower: _graph_pb2.Tensor
+    upper: _graph_pb2.Tensor
+    tol: float
+    constraints: _containers.RepeatedCompositeFieldContainer[LinearConstraint]
+    kwargs: _containers.MessageMap[str, Datum]
+    callback: bool
+    result_only: bool
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., x0: _Optional[_Union[TensorRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ..., options: _Optional[_Mapping[str, Datum]] = ..., lower: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., upper: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tol: _Optional[float] = ..., constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Datum]] = ..., callback: _Optional[bool] = ..., result_only: _Optional[bool] = ...) -> None: ...
+
+class MinimizeRequest(_message.Message):
+    __slots__ = ("problem", "stop")
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    problem: MinimizeProblem
+    stop: bool
+    def __init__(self, problem: _Optional[_Union[MinimizeProblem, _Mapping]] = ..., stop: _Optional[bool] = ...) -> None: ...
+
+class MinimizeStep(_message.Message):
+    __slots__ = ("step", "loss", "grad_norm", "nfev", "time")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    NFEV_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    loss: float
+    grad_norm: float
+    nfev: int
+    time: float
+    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., nfev: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
+
+class MinimizeCallback(_message.Message):
+    __slots__ = ("x", "fun", "jac", "state")
+    class StateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Datum
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Datum, _Mapping]] = ...) -> None: ...
+    X_FIELD_NUMBER: _ClassVar[int]
+    FUN_FIELD_NUMBER: _ClassVar[int]
+    JAC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    x: _graph_pb2.Tensor
+    fun: float
+    jac: _graph_pb2.Tensor
+    state: _containers.MessageMap[str, Datum]
+    def __init__(self, x: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., fun: _Optional[float] = ..., jac: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., state: _Optional[_Mapping[str, Datum]] = ...) -> None: ...
+
+class MinimizeHistory(_message.Message):
+    __slots__ = ("step", "loss", "grad_norm", "nfev", "time")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    NFEV_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    step: _containers.RepeatedScalarFieldContainer[int]
+    loss: _containers.RepeatedScalarFieldContainer[float]
+    grad_norm: _containers.RepeatedScalarFieldContainer[float]
+    nfev: _containers.RepeatedScalarFieldContainer[int]
+    time: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, step: _Optional[_Iterable[int]] = ..., loss: _Optional[_Iterable[float]] = ..., grad_norm: _Optional[_Iterable[float]] = ..., nfev: _Optional[_Iterable[int]] = ..., time: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class MinimizeResult(_message.Message):
+    __slots__ = ("x", "fun", "jac", "nit", "nfev", "njev", "status", "success", "message", "history", "backend_calls", "extra")
+    class BackendCallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Datum
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Datum, _Mapping]] = ...) -> None: ...
+    X_FIELD_NUMBER: _ClassVar[int]
+    FUN_FIELD_NUMBER: _ClassVar[int]
+    JAC_FIELD_NUMBER: _ClassVar[int]
+    NIT_FIELD_NUMBER: _ClassVar[int]
+    NFEV_FIELD_NUMBER: _ClassVar[int]
+    NJEV_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_CALLS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    x: _graph_pb2.Tensor
+    fun: float
+    jac: _graph_pb2.Tensor
+    nit: int
+    nfev: int
+    njev: int
+    status: int
+    success: bool
+    message: str
+    history: MinimizeHistory
+    backend_calls: _containers.ScalarMap[str, int]
+    extra: _containers.MessageMap[str, Datum]
+    def __init__(self, x: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., fun: _Optional[float] = ..., jac: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., nit: _Optional[int] = ..., nfev: _Optional[int] = ..., njev: _Optional[int] = ..., status: _Optional[int] = ..., success: _Optional[bool] = ..., message: _Optional[str] = ..., history: _Optional[_Union[MinimizeHistory, _Mapping]] = ..., backend_calls: _Optional[_Mapping[str, int]] = ..., extra: _Optional[_Mapping[str, Datum]] = ...) -> None: ...
+
+class MinimizeProgress(_message.Message):
+    __slots__ = ("record", "callback", "result")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    record: MinimizeStep
+    callback: MinimizeCallback
+    result: MinimizeResult
+    def __init__(self, record: _Optional[_Union[MinimizeStep, _Mapping]] = ..., callback: _Optional[_Union[MinimizeCallback, _Mapping]] = ..., result: _Optional[_Union[MinimizeResult, _Mapping]] = ...) -> None: ...

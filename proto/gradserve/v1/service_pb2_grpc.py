@@ -74,6 +74,11 @@ class GradientsStub:
                 request_serializer=gradserve_dot_v1_dot_service__pb2.CheckGradRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_service__pb2.CheckGradResponse.FromString,
                 _registered_method=True)
+        self.Minimize = channel.stream_stream(
+                '/gradserve.v1.Gradients/Minimize',
+                request_serializer=gradserve_dot_v1_dot_service__pb2.MinimizeRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_service__pb2.MinimizeProgress.FromString,
+                _registered_method=True)
 
 
 class GradientsServicer:
@@ -128,6 +133,13 @@ class GradientsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Minimize(self, request_iterator, context):
+        """gs.minimize run on the server (see MinimizeRequest): one MinimizeProgress per step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_GradientsServicer_to_server(servicer, server):
                     servicer.CheckGrad,
                     request_deserializer=gradserve_dot_v1_dot_service__pb2.CheckGradRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_service__pb2.CheckGradResponse.SerializeToString,
+            ),
+            'Minimize': grpc.stream_stream_rpc_method_handler(
+                    servicer.Minimize,
+                    request_deserializer=gradserve_dot_v1_dot_service__pb2.MinimizeRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_service__pb2.MinimizeProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class Gradients:
             '/gradserve.v1.Gradients/CheckGrad',
             gradserve_dot_v1_dot_service__pb2.CheckGradRequest.SerializeToString,
             gradserve_dot_v1_dot_service__pb2.CheckGradResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Minimize(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gradserve.v1.Gradients/Minimize',
+            gradserve_dot_v1_dot_service__pb2.MinimizeRequest.SerializeToString,
+            gradserve_dot_v1_dot_service__pb2.MinimizeProgress.FromString,
             options,
             channel_credentials,
             insecure,
