@@ -15,6 +15,8 @@ Transformations made with `loop_tapes` (engine/transforms.py) take the loop tape
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 
@@ -36,6 +38,7 @@ from .bodies import (
     differentiable,
     in_trace,
     leaves_as_arrays,
+    linearized_parts,
     loop_retype,
     retyped,
     run_body,
@@ -45,6 +48,21 @@ from .bodies import (
 )
 
 DEFAULT_MAX_ITERATIONS = 1_000_000
+
+_recompute = contextvars.ContextVar("recompute loop bodies", default=False)
+
+
+@contextlib.contextmanager
+def recomputing():
+    """Within it, the derivatives of a scan keep only the carry entering every iteration and
+    recompute the body in the reverse pass (the JVP evaluating the primal body again), as a
+    tape budget the stored residuals would pass needs; outside, they keep the residuals."""
+    token = _recompute.set(True)
+    try:
+        yield
+    finally:
+        _recompute.reset(token)
+
 
 # ---- the drivers, and helpers every loop uses ----------------------------------------------
 
@@ -230,6 +248,10 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
         "num_carry": num_carry,
         "reverse": reverse,
     }
+    if not loop_tapes and not _recompute.get():
+        done = _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, reverse)
+        if done is not None:
+            return done
     if loop_tapes:
         *outs, tape = bind("scan_record", *primals, **attrs)
         tangent_loop = functools.partial(
@@ -246,6 +268,115 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
 
     t_outs = _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop, loop_tapes)
     return tuple(outs), t_outs
+
+
+def _calls_custom_rules(graph: Graph) -> bool:
+    """Whether `graph` (or a subgraph) calls a gs.custom_jvp or gs.custom_vjp function. Its
+    linearization inlines the rule, so a primal part made from it would lose the call, and
+    a derivative of the primal loop (second order) would not use the rule."""
+    return any(
+        node.op in ("custom_jvp_call", "custom_vjp_call")
+        or any(isinstance(a, Graph) and _calls_custom_rules(a) for a in node.attrs.values())
+        for node in graph.nodes
+    )
+
+
+def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, reverse):
+    """The JVP of a scan that keeps its body's residuals: the primal scan runs the primal part
+    of the linearized body (`linearized_parts`) and stacks the residuals of every iteration
+    like ys; the tangent scan runs the tangent part on them. None where a residual cannot be
+    stacked (a loop tape of a loop inside the body), or where the body calls custom rules: the
+    caller recomputes instead.
+
+    A carry the tangent part reads both entering and leaving an iteration (an RNN's state: h
+    for the weights' tangent, tanh(...) = the next h for tanh's) is kept once: one array of
+    length + 1 carries, read as two views shifted by one."""
+    if _calls_custom_rules(body):
+        return None
+    consts, carry, xs = _cut(primals, num_consts, num_carry)
+    t_consts, t_carry, t_xs = _cut(tangents, num_consts, num_carry)
+    which_consts = [i for i, t in enumerate(t_consts) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    which_xs = [i for i, t in enumerate(t_xs) if t is not None]
+    first_x = num_consts + num_carry
+    wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
+    primal_body, tangent_graph, reads, residuals = linearized_parts(body, wrt, range(num_carry))
+    if any(primal_body.avals[n].dtype == dtypes.TAPE for n in residuals):
+        return None
+    position = {n: j for j, n in enumerate(body.input_names)}
+    carry_out = {primal_body.output_names[i]: i for i in range(num_carry)}
+    read_carries = {
+        position[n] - num_consts for n in reads if num_consts <= position.get(n, -1) < first_x
+    }
+    shared = {  # carry index -> residual name: read entering and leaving an iteration
+        carry_out[n]: n for n in residuals if carry_out.get(n) in read_carries and n not in position
+    }
+    stacked_carries = sorted(read_carries - set(shared))
+    stack = body.input_names[num_consts:first_x]
+    primal_body = Graph(
+        primal_body.inputs,
+        primal_body.constants,
+        primal_body.nodes,
+        list(primal_body.output_names) + [stack[i] for i in stacked_carries],
+        _known=primal_body.avals,
+    )
+    out = _bind_scan(consts, carry, xs, primal_body, length, reverse)
+    n_out = len(body.outputs)
+    outs, per_iteration = out[:n_out], dict(zip(residuals, out[n_out:]))
+    per_iteration.update(zip([stack[i] for i in stacked_carries], out[n_out + len(residuals) :]))
+    for i, name in shared.items():
+        first = gnp.reshape(carry[i], (1,) + carry[i].shape)
+        both = [per_iteration[name], first] if reverse else [first, per_iteration[name]]
+        whole = gnp.concatenate(both)  # the carry entering every iteration, then the last one
+        entering, leaving = (whole[1:], whole[:-1]) if reverse else (whole[:-1], whole[1:])
+        per_iteration[stack[i]], per_iteration[name] = entering, leaving
+
+    # the tangent scan: (primal consts read, tangent consts; tangent carry; residuals and
+    # primal xs read, tangent xs) -> (tangent carry, tangent ys)
+    const_reads = [n for n in reads if position.get(n, first_x) < num_consts]
+    x_reads = [n for n in reads if n not in const_reads]
+    n_reads = len(reads)
+    tangent_inputs = tangent_graph.inputs
+    n_tc, n_t = len(which_consts), len(diff_carry)
+    order = (
+        [reads.index(n) for n in const_reads]
+        + list(range(n_reads, n_reads + n_tc + n_t))
+        + [reads.index(n) for n in x_reads]
+        + list(range(n_reads + n_tc + n_t, len(tangent_inputs)))
+    )
+    n_carry_t = len(body.outputs)
+    step = Graph(
+        [tangent_inputs[j] for j in order],
+        tangent_graph.constants,
+        tangent_graph.nodes,
+        [tangent_graph.output_names[i] for i in diff_carry]
+        + list(tangent_graph.output_names[num_carry:n_carry_t]),
+        _known=tangent_graph.avals,
+    )
+
+    def operand(name):
+        j = position.get(name)
+        if j is None or num_consts <= j < first_x:
+            return per_iteration[name]
+        return consts[j] if j < num_consts else xs[j - first_x]
+
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    t_outs = _bind_scan(
+        [operand(n) for n in const_reads] + [t_consts[i] for i in which_consts],
+        init,
+        [operand(n) for n in x_reads] + [t_xs[i] for i in which_xs],
+        step,
+        length,
+        reverse,
+    )
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_outs[j]
+    t_ys = [t if differentiable(t.spec) else None for t in t_outs[n_t:]]
+    return tuple(outs), tuple(t_carry_out + t_ys)
 
 
 def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse, loop_tapes):
