@@ -26,6 +26,7 @@ from .. import dtypes
 from .. import numpy as gnp
 from ..errors import GraphError, LimitError
 from ..graph import Graph, Spec
+from ..plan import scalars
 from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..pytree import flatten, unflatten
 from ..tape import LoopTape
@@ -75,14 +76,17 @@ def _run_scan(body, consts, carry, xs, num_carry, length, reverse, *, steps=None
     carries, in the order run or backwards, for loop_tape. `record(k, carry)` is given the
     carry entering every iteration. Returns the final carry and the stacked outputs."""
     ys = [np.empty((length,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
-    for k, extra in zip(range(length), itertools.repeat(())) if steps is None else steps:
-        i = length - 1 - k if reverse else k
-        if record is not None:
-            record(k, tuple(carry))
-        out = run_body(body, [*consts, *carry, *extra, *[x[i] for x in xs]])
-        carry = out[:num_carry]
-        for buffer, y in zip(ys, out[num_carry:]):
-            buffer[i] = y
+    run = body_plan(body).runner()
+    consts, carry = scalars(consts), scalars(carry)
+    with np.errstate(all="ignore"):
+        for k, extra in zip(range(length), itertools.repeat(())) if steps is None else steps:
+            i = length - 1 - k if reverse else k
+            if record is not None:
+                record(k, tuple(carry))
+            out = run(*consts, *carry, *scalars(extra), *[x[i] for x in xs])
+            carry = scalars(out[:num_carry])
+            for buffer, y in zip(ys, out[num_carry:]):
+                buffer[i] = y
     return tuple(carry) + tuple(ys)
 
 
@@ -90,15 +94,18 @@ def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, reco
     """The loop of while_loop and while_record: `body` while `cond` holds, at most
     `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`."""
     k = 0
-    while run_body(cond, [*cond_consts, *carry])[0]:
-        if k == max_iterations:
-            raise LimitError(
-                f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
-            )
-        if record is not None:
-            record(k, tuple(carry))
-        carry = run_body(body, [*body_consts, *carry])
-        k += 1
+    keep_going, run = body_plan(cond).runner(), body_plan(body).runner()
+    cond_consts, body_consts, carry = scalars(cond_consts), scalars(body_consts), scalars(carry)
+    with np.errstate(all="ignore"):
+        while keep_going(*cond_consts, *carry)[0]:
+            if k == max_iterations:
+                raise LimitError(
+                    f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
+                )
+            if record is not None:
+                record(k, tuple(carry))
+            carry = scalars(run(*body_consts, *carry))
+            k += 1
     return tuple(carry)
 
 
