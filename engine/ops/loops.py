@@ -78,13 +78,17 @@ def _run_scan(body, consts, carry, xs, num_carry, length, reverse, *, steps=None
     ys = [np.empty((length,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
     run = body_plan(body).runner()
     consts, carry = scalars(consts), scalars(carry)
+    zero_d = [j for j, p in enumerate(body.outputs[:num_carry]) if not p.spec.shape]
     with np.errstate(all="ignore"):
         for k, extra in zip(range(length), itertools.repeat(())) if steps is None else steps:
             i = length - 1 - k if reverse else k
             if record is not None:
                 record(k, tuple(carry))
-            out = run(*consts, *carry, *scalars(extra), *[x[i] for x in xs])
-            carry = scalars(out[:num_carry])
+            out = run(*consts, *carry, *(scalars(extra) if extra else ()), *[x[i] for x in xs])
+            for j in zero_d:  # as `scalars` does, for the carry's 0-d values only
+                if type(out[j]) is np.ndarray:
+                    out[j] = out[j][()]
+            carry = out[:num_carry]
             for buffer, y in zip(ys, out[num_carry:]):
                 buffer[i] = y
     return tuple(carry) + tuple(ys)
