@@ -1,6 +1,7 @@
 """Subgraph helpers shared by the control-flow ops (engine/ops/control.py, loops.py): tracing a
-body (closure conversion), running one, and the bodies derivatives need (the tangent body,
-the transposed body, a body retyped for other dtypes)."""
+body (closure conversion), running one (as its compiled plan), and the bodies derivatives
+need (the tangent body, the linearized body cut into its primal and tangent parts, the
+transposed body, a body retyped for other dtypes)."""
 
 from __future__ import annotations
 

@@ -4,13 +4,22 @@ tape budget or with a trip count known only at run time (`scan_record`, `while_r
 `loop_tape`; the runtime side is engine/tape.py).
 
 Two drivers run every loop: `_run_scan` runs scan, scan_record and loop_tape (a loop over a
-recorded tape), `_run_while` runs while_loop and while_record.
+recorded tape), `_run_while` runs while_loop and while_record. Either calls its body's
+compiled plan once per iteration.
 
-As for cond (control.py), a loop's JVP is a second loop linear in the tangents whose body reads
-the primal carry of each iteration, and its transpose a loop running the other way. What the
-reverse pass keeps is the carry entering every iteration: stacked by the primal scan, or
-recorded on a loop tape (which, under a budget, keeps checkpoints only and recomputes the rest).
-Transformations made with `loop_tapes` (engine/transforms.py) take the loop tape for scans too.
+As for cond (control.py), a loop's JVP is a second loop linear in the tangents, and its
+transpose a loop running the other way. What they read of the primal loop:
+- a scan keeps its body's residuals (`_scan_jvp_residuals`): the primal scan runs the primal
+  part of the linearized body and stacks, per iteration, what the tangent part reads; the
+  tangent scan runs the tangent part on them, and its transpose reads them backwards. No body
+  op runs twice.
+- otherwise the carry entering every iteration, from which the tangent loop evaluates the body
+  again: stacked by the primal scan (within `recomputing()`: the second-order programs a tape
+  budget the residuals would pass builds; or for a body whose residuals cannot be stacked or
+  that calls custom rules), or recorded on a loop tape (a while_loop always; a scan in the
+  transformations made with `loop_tapes`, engine/transforms.py, which the engine builds when
+  the residuals would pass a tape budget: the tape then keeps checkpoints only and recomputes
+  the rest).
 """
 
 from __future__ import annotations
