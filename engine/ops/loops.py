@@ -306,11 +306,7 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     of the linearized body (`linearized_parts`) and stacks the residuals of every iteration
     like ys; the tangent scan runs the tangent part on them. None where a residual cannot be
     stacked (a loop tape of a loop inside the body), or where the body calls custom rules: the
-    caller recomputes instead.
-
-    A carry the tangent part reads both entering and leaving an iteration (an RNN's state: h
-    for the weights' tangent, tanh(...) = the next h for tanh's) is kept once: one array of
-    length + 1 carries, read as two views shifted by one."""
+    caller recomputes instead."""
     if _calls_custom_rules(body):
         return None
     consts, carry, xs = _cut(primals, num_consts, num_carry)
@@ -320,74 +316,38 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     which_xs = [i for i, t in enumerate(t_xs) if t is not None]
     first_x = num_consts + num_carry
     wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
-    primal_body, tangent_graph, reads, residuals = linearized_parts(body, wrt, range(num_carry))
+    primal_body, tangent_part, reads, residuals = linearized_parts(body, wrt, range(num_carry))
     if any(primal_body.avals[n].dtype == dtypes.TAPE for n in residuals):
         return None
-    position = {n: j for j, n in enumerate(body.input_names)}
-    carry_out = {primal_body.output_names[i]: i for i in range(num_carry)}
-    read_carries = {
-        position[n] - num_consts for n in reads if num_consts <= position.get(n, -1) < first_x
-    }
-    shared = {  # carry index -> residual name: read entering and leaving an iteration
-        carry_out[n]: n for n in residuals if carry_out.get(n) in read_carries and n not in position
-    }
-    stacked_carries = sorted(read_carries - set(shared))
-    stack = body.input_names[num_consts:first_x]
-    primal_body = Graph(
-        primal_body.inputs,
-        primal_body.constants,
-        primal_body.nodes,
-        list(primal_body.output_names) + [stack[i] for i in stacked_carries],
-        _known=primal_body.avals,
+    outs, per_iteration = _primal_scan(
+        primal_body, residuals, reads, consts, carry, xs, length, reverse
     )
-    out = _bind_scan(consts, carry, xs, primal_body, length, reverse)
-    n_out = len(body.outputs)
-    outs, per_iteration = out[:n_out], dict(zip(residuals, out[n_out:]))
-    per_iteration.update(zip([stack[i] for i in stacked_carries], out[n_out + len(residuals) :]))
-    for i, name in shared.items():
-        first = gnp.reshape(carry[i], (1,) + carry[i].shape)
-        both = [per_iteration[name], first] if reverse else [first, per_iteration[name]]
-        whole = gnp.concatenate(both)  # the carry entering every iteration, then the last one
-        entering, leaving = (whole[1:], whole[:-1]) if reverse else (whole[:-1], whole[1:])
-        per_iteration[stack[i]], per_iteration[name] = entering, leaving
 
     # the tangent scan: (primal consts read, tangent consts; tangent carry; residuals and
     # primal xs read, tangent xs) -> (tangent carry, tangent ys)
-    const_reads = [n for n in reads if position.get(n, first_x) < num_consts]
-    x_reads = [n for n in reads if n not in const_reads]
-    n_reads = len(reads)
-    tangent_inputs = tangent_graph.inputs
-    n_tc, n_t = len(which_consts), len(diff_carry)
-    order = (
-        [reads.index(n) for n in const_reads]
-        + list(range(n_reads, n_reads + n_tc + n_t))
-        + [reads.index(n) for n in x_reads]
-        + list(range(n_reads + n_tc + n_t, len(tangent_inputs)))
-    )
-    n_carry_t = len(body.outputs)
+    position = {n: j for j, n in enumerate(body.input_names)}
+    const_reads = [j for j, n in enumerate(reads) if position.get(n, first_x) < num_consts]
+    x_reads = [j for j in range(len(reads)) if j not in const_reads]
+    n_reads, n_t = len(reads), len(which_consts) + len(diff_carry)
     step = Graph(
-        [tangent_inputs[j] for j in order],
-        tangent_graph.constants,
-        tangent_graph.nodes,
-        [tangent_graph.output_names[i] for i in diff_carry]
-        + list(tangent_graph.output_names[num_carry:n_carry_t]),
-        _known=tangent_graph.avals,
+        [tangent_part.inputs[j] for j in const_reads]
+        + list(tangent_part.inputs[n_reads : n_reads + n_t])  # tangent consts, carry
+        + [tangent_part.inputs[j] for j in x_reads]
+        + list(tangent_part.inputs[n_reads + n_t :]),  # tangent xs
+        tangent_part.constants,
+        tangent_part.nodes,
+        [tangent_part.output_names[i] for i in diff_carry]
+        + list(tangent_part.output_names[num_carry:]),
+        _known=tangent_part.avals,
     )
-
-    def operand(name):
-        j = position.get(name)
-        if j is None or num_consts <= j < first_x:
-            return per_iteration[name]
-        return consts[j] if j < num_consts else xs[j - first_x]
-
     init = [
         t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
         for i in diff_carry
     ]
     t_outs = _bind_scan(
-        [operand(n) for n in const_reads] + [t_consts[i] for i in which_consts],
+        [per_iteration[reads[j]] for j in const_reads] + [t_consts[i] for i in which_consts],
         init,
-        [operand(n) for n in x_reads] + [t_xs[i] for i in which_xs],
+        [per_iteration[reads[j]] for j in x_reads] + [t_xs[i] for i in which_xs],
         step,
         length,
         reverse,
@@ -395,8 +355,45 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     t_carry_out = [None] * num_carry
     for j, i in enumerate(diff_carry):
         t_carry_out[i] = t_outs[j]
-    t_ys = [t if differentiable(t.spec) else None for t in t_outs[n_t:]]
+    t_ys = [t if differentiable(t.spec) else None for t in t_outs[len(diff_carry) :]]
     return tuple(outs), tuple(t_carry_out + t_ys)
+
+
+def _primal_scan(primal_body, residuals, reads, consts, carry, xs, length, reverse):
+    """Binds the scan of `primal_body` (the body's outputs, then `residuals`), also stacking
+    the carries in `reads`. Returns the body's outputs and {name in `reads`: what the
+    tangent scan takes for it}: a const itself, xs, or a stack of one value per iteration.
+
+    A carry read both entering and leaving an iteration (an RNN's state: h for the weights'
+    tangent, tanh(...), the next h, for tanh's) is kept once: one array of the length + 1
+    carries, read as two views shifted by one."""
+    num_consts, num_carry = len(consts), len(carry)
+    names = primal_body.input_names
+    n_out = len(primal_body.outputs) - len(residuals)
+    leaving = {primal_body.output_names[i]: i for i in range(num_carry)}
+    read_carries = {i for i in range(num_carry) if names[num_consts + i] in reads}
+    shared = {leaving[n]: n for n in residuals if leaving.get(n) in read_carries}
+    stacked = sorted(read_carries - set(shared))
+    with_carries = Graph(
+        primal_body.inputs,
+        primal_body.constants,
+        primal_body.nodes,
+        list(primal_body.output_names) + [names[num_consts + i] for i in stacked],
+        _known=primal_body.avals,
+    )
+    out = _bind_scan(consts, carry, xs, with_carries, length, reverse)
+    per_iteration = dict(zip(names, consts + carry + xs))  # consts, xs: as they are
+    per_iteration.update(zip(residuals, out[n_out:]))
+    per_iteration.update(
+        (names[num_consts + i], s) for i, s in zip(stacked, out[n_out + len(residuals) :])
+    )
+    for i, name in shared.items():
+        first = gnp.reshape(carry[i], (1,) + carry[i].shape)
+        both = [per_iteration[name], first] if reverse else [first, per_iteration[name]]
+        whole = gnp.concatenate(both)  # the carry entering every iteration, then the last one
+        entering, left = (whole[1:], whole[:-1]) if reverse else (whole[:-1], whole[1:])
+        per_iteration[names[num_consts + i]], per_iteration[name] = entering, left
+    return out[:n_out], per_iteration
 
 
 def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse, loop_tapes):
