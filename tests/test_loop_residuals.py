@@ -300,3 +300,20 @@ def test_a_body_with_a_loop_tape_inside_recomputes_and_is_right():
     want = gs.Engine().grad(gs.trace(unrolled, *args), *args, argnums=(0, 1))
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_a_scan_inside_checkpoint_keeps_nothing_past_it():
+    """gs.checkpoint keeps its operands only: the scan inside runs again in the reverse pass,
+    and its residuals live only while that runs. Same gradient, to the last bit, and a tape
+    of the checkpoint's operands rather than the scan's residuals."""
+    W, U, h0, xs = rnn_args(hidden=6, steps=30)
+
+    def saved(W, U, h0, xs):
+        return gs.checkpoint(rnn_loss)(W, U, h0, xs)
+
+    plain, inside = gs.Engine(), gs.Engine()
+    want = plain.grad(gs.trace(rnn_loss, W, U, h0, xs), W, U, h0, xs, argnums=(0, 1, 2, 3))
+    got = inside.grad(gs.trace(saved, W, U, h0, xs), W, U, h0, xs, argnums=(0, 1, 2, 3))
+    _assert_same_bits(got, want)
+    assert plain.last_stats.tape_bytes == (30 + 1) * 6 * 8
+    assert inside.last_stats.tape_bytes == 0  # the operands are the call's inputs
