@@ -26,6 +26,7 @@ from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
+from .ops.loops import recomputing
 from .plan import Plan, Stats
 from .tape import meter
 from .transforms import Program, batch, jvp, select_outputs, vjp
@@ -128,12 +129,19 @@ class Engine:
             if plan is not None:
                 self._plans.move_to_end(full_key)
                 return plan
-        # Under a budget, scans are differentiated through loop tapes (which can checkpoint),
-        # except for second-order programs (hvp, hessian), which loop tapes do not support yet:
-        # there a scan stacks its carries and the budget is checked as for any residual.
-        second_order = key[0] in ("hvp", "hessian")
-        loop_tapes = self.max_tape_bytes is not None and not second_order
-        plan = Plan(build(loop_tapes))
+        # Scans keep their bodies' residuals. Where those would pass a tape budget, scans are
+        # differentiated through loop tapes (which can checkpoint) instead, except in
+        # second-order programs (hvp, hessian), which loop tapes do not support yet: there a
+        # scan stacks only its carries and recomputes its body, and the budget is checked as
+        # for any residual.
+        plan = Plan(build(False))
+        budget = self.max_tape_bytes
+        if budget is not None and plan.stats.tape_bytes > budget:
+            if key[0] in ("hvp", "hessian"):
+                with recomputing():
+                    plan = Plan(build(False))
+            else:
+                plan = Plan(build(True))
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > self._plan_cache_size:

@@ -210,6 +210,11 @@ def _listed(names, most: int = 6) -> str:
 _plan_numbers = itertools.count(1)  # unique pseudo-filenames for the generated source
 
 
+def scalars(values) -> list:
+    """`values` with 0-d arrays as NumPy scalars: arithmetic on scalars is several times faster."""
+    return [a[()] if type(a) is np.ndarray and a.ndim == 0 else a for a in values]
+
+
 class Plan:
     def __init__(self, program: Program):
         graph = program.graph
@@ -274,13 +279,19 @@ class Plan:
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
             spec = graph.avals[node.outputs[0]]
+            kernel = None
             if k in donations:
                 fn = _into(prim.ufunc, donations[k]) if prim.ufunc is not None else prim.inplace
             elif prim.ufunc is not None and spec.size >= POOL_MIN_ELEMENTS:
                 fn = _from_pool(prim.ufunc, (spec.shape, spec.dtype), pools)
             else:
                 fn = prim.impl
-            fn = functools.partial(fn, **node.attrs) if node.attrs else fn
+                if prim.kernel is not None:
+                    kernel = prim.kernel(*[graph.avals[n] for n in node.inputs], **node.attrs)
+            if kernel is not None:
+                fn = kernel
+            elif node.attrs:
+                fn = functools.partial(fn, **node.attrs)
             if k in guarded:
                 fn = _unaliased(fn, guarded[k])
             outs = tuple(slot[n] for n in node.outputs)
@@ -439,8 +450,19 @@ class Plan:
         finally:
             _running.should_stop = outer
 
+    def runner(self):
+        """The compiled function itself, for a caller that runs this plan many times inside
+        the call in progress (a loop, its body once per iteration): it takes the arguments
+        as parameters, 0-d arrays as NumPy scalars (`scalars`), and the caller holds
+        `np.errstate(all="ignore")`, so nothing of `run` is repeated per iteration. Stops
+        when that call's should_stop says so."""
+        should_stop = getattr(_running, "should_stop", None)
+        if should_stop is None:
+            return self._straight
+        return functools.partial(self._checked, should_stop)
+
     def _run(self, args, should_stop):
-        args = [a[()] if type(a) is np.ndarray and a.ndim == 0 else a for a in args]
+        args = scalars(args)
         with np.errstate(all="ignore"):
             if should_stop is None:
                 return self._straight(*args)

@@ -28,6 +28,9 @@ Rules (callables):
   (`full`): the simplifier tracks it;
 - `add_into(total, *args, **attrs)`: `total + op(*args)` without making the op's output
   (scatter_add adds its updates into `total`); reverse mode sums cotangents with it.
+- `kernel(*specs, **attrs)`: `impl` specialized to operands of those specs, or None: the
+  planner calls it once per node and the plan runs what it returns (einsum works out its
+  matmul once, not on every call: loop bodies run it once per iteration).
 
 Flags:
 - `elementwise`: applies elementwise and broadcasts its operands by itself; cheap, so the
@@ -154,6 +157,7 @@ class Primitive:
         simplify=None,
         splat=None,
         add_into=None,
+        kernel=None,
         fresh=False,
         constant: bool = False,
         splat_preserving: bool = False,
@@ -180,6 +184,7 @@ class Primitive:
         self.simplify = simplify
         self.splat = splat
         self.add_into = add_into
+        self.kernel = kernel
         self.fresh = fresh
         self.constant = constant
         self.splat_preserving = splat_preserving

@@ -1,4 +1,6 @@
-"""Loop tapes: the carries a loop's reverse pass reads, one per iteration run.
+"""Loop tapes: the carries a loop's reverse pass reads, one per iteration run (a while_loop's,
+and a scan's under a tape budget its stored residuals would pass; the derivative loops
+evaluate the body again from each carry).
 
 Without a budget every carry is kept. With a budget in bytes, the tape keeps checkpoints
 (every `stride`-th carry, the stride doubling whenever they would take more than half the

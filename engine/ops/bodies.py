@@ -1,6 +1,7 @@
 """Subgraph helpers shared by the control-flow ops (engine/ops/control.py, loops.py): tracing a
-body (closure conversion), running one, and the bodies derivatives need (the tangent body,
-the transposed body, a body retyped for other dtypes)."""
+body (closure conversion), running one (as its compiled plan), and the bodies derivatives
+need (the tangent body, the linearized body cut into its primal and tangent parts, the
+transposed body, a body retyped for other dtypes)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 
 from .. import dtypes
 from .. import numpy as gnp
-from ..graph import Graph, Port
-from ..primitive import ShapeError
+from ..graph import Graph, Node, Port
+from ..primitive import PRIMITIVES, ShapeError
 from ..pytree import flatten
 from ..tracing import Builder, Tracer, current_builder
 
@@ -103,6 +104,103 @@ def tangent_body(graph: Graph, wrt, loop_tapes) -> Graph:
 
     n = len(graph.outputs)
     return select_outputs(jvp(Program(graph), wrt, loop_tapes=loop_tapes), range(n, 2 * n)).graph
+
+
+def linearized_parts(graph: Graph, wrt, cheap_outputs=()):
+    """Partial evaluation of `graph`'s linearization along its inputs `wrt` (as JAX's scan
+    does): the JVP graph cut into the nodes that read no tangent (the primal part) and those
+    that do (the tangent part), so that a loop can run the primal part forwards, keep what the
+    tangent part reads (the residuals) per iteration, and run the tangent part (or its
+    transpose) on them without evaluating the primal again.
+
+    Cheap nodes the tangent part alone needs (elementwise ops, views and constants, e.g. tanh's
+    `1 - y*y`) move into it when what they read is available there anyway (an input of `graph`,
+    or a residual, or one of the outputs `cheap_outputs` (indices), which the caller can keep
+    at little cost: a loop's carry, which it keeps entering the iteration anyway): they are
+    recomputed rather than kept.
+
+    Returns (primal, tangent, reads, residuals):
+    - `primal`: graph's inputs -> graph's outputs, then the residuals;
+    - `tangent`: the graph's primal values in `reads`, then one tangent per input in `wrt` ->
+      the output tangents;
+    - `reads`: the names of the primal values `tangent` takes (inputs of `graph`, named as in
+      `graph`, and residuals);
+    - `residuals`: those of `reads` that `primal` computes, in the order it returns them."""
+    from ..transforms import Program, jvp, prune
+
+    lin = jvp(Program(graph), wrt).graph
+    n_in, n_out = len(graph.inputs), len(graph.outputs)
+    inputs = set(lin.input_names[:n_in]) | set(lin.constants)
+    tangent = set(lin.input_names[n_in:])
+    producer, in_tangent_part = {}, set()
+    for k, node in enumerate(lin.nodes):
+        producer.update((o, k) for o in node.outputs)
+        if any(n in tangent for n in node.inputs):
+            tangent.update(node.outputs)
+            in_tangent_part.add(k)
+    read = {n for k in in_tangent_part for n in lin.nodes[k].inputs if n not in tangent}
+    read.update(n for n in lin.output_names[n_out:] if n not in tangent)
+    available = inputs | read | {lin.output_names[i] for i in cheap_outputs}
+
+    @functools.cache
+    def recomputable(name) -> bool:
+        """Cheap to compute in the tangent part from what it has anyway."""
+        k = producer.get(name)
+        if k is None:
+            return False
+        node, prim = lin.nodes[k], PRIMITIVES[lin.nodes[k].op]
+        if prim.constant:
+            return True
+        if prim.multiple_results or not (prim.elementwise or prim.view):
+            return False
+        return all(n in available or recomputable(n) for n in node.inputs)
+
+    moved = set()
+
+    def move(name):
+        k = producer.get(name)
+        if k is None or k in moved or k in in_tangent_part or not recomputable(name):
+            return
+        moved.add(k)
+        for n in lin.nodes[k].inputs:
+            move(n)
+
+    for name in sorted(read):
+        move(name)
+    tangent_nodes = [node for k, node in enumerate(lin.nodes) if k in in_tangent_part | moved]
+    made = {o for node in tangent_nodes for o in node.outputs} | tangent
+    reads = list(
+        dict.fromkeys(
+            n
+            for n in [x for node in tangent_nodes for x in node.inputs]
+            + list(lin.output_names[n_out:])
+            if n not in made and n not in lin.constants
+        )
+    )
+    residuals = [n for n in reads if n not in inputs]
+    used = {n for node in tangent_nodes for n in node.inputs} | set(lin.output_names[n_out:])
+    constants = {n: v for n, v in lin.constants.items() if n in used}
+    # inputs named apart from the `%k` names a trace through this graph gives its nodes
+    renamed = {n: f"primal:{j}" for j, n in enumerate(reads)}
+    avals = dict(lin.avals) | {renamed[n]: lin.avals[n] for n in reads}
+    tangent_graph = Graph(
+        [Port(renamed[n], lin.avals[n]) for n in reads] + list(lin.inputs[n_in:]),
+        constants,
+        [
+            Node(node.op, tuple(renamed.get(n, n) for n in node.inputs), node.outputs, node.attrs)
+            for node in tangent_nodes
+        ],
+        [renamed.get(n, n) for n in lin.output_names[n_out:]],
+        _known=avals,
+    )
+    primal = Graph(
+        lin.inputs[:n_in],
+        lin.constants,
+        [node for k, node in enumerate(lin.nodes) if k not in in_tangent_part],
+        list(lin.output_names[:n_out]) + residuals,
+        _known=lin.avals,
+    )
+    return prune(Program(primal)).graph, tangent_graph, reads, residuals
 
 
 def transposed_body(graph: Graph, linear, loop_tapes) -> Graph:

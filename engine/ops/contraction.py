@@ -81,6 +81,72 @@ def _pairwise(a, b, sa, sb, out):
     return product.reshape(shape_out).transpose(perm_out)
 
 
+def _einsum_kernel(*specs, subscripts):
+    """A two-operand contraction without axes summed inside one operand, its matmul worked
+    out once for these shapes. The same matmul as `_pairwise` with the axes of size one it adds
+    left out (no batch axis: a 2-d matmul; no free axis of an operand: a 1-d operand), which
+    NumPy runs with the same inner loop: the result is the same to the last bit. A real outer
+    product (nothing contracted) is a broadcast multiply, exact like the matmul's products."""
+    ins, out = parse(subscripts)
+    if len(specs) != 2 or any(len(set(s)) != len(s) for s in ins):
+        return None
+    sa, sb = ins
+    if any(c not in sb and c not in out for c in sa) or any(
+        c not in sa and c not in out for c in sb
+    ):
+        return None
+    size = dict(zip(sa, specs[0].shape)) | dict(zip(sb, specs[1].shape))
+    batch = [c for c in out if c in sa and c in sb]
+    free_a = [c for c in sa if c in out and c not in sb]
+    free_b = [c for c in sb if c in out and c not in sa]
+    contracted = [c for c in sa if c in sb and c not in out]
+
+    def operand(sub, groups):
+        """The permutation and shape that bring an operand into matmul form, None where they
+        change nothing."""
+        order = [c for group in groups for c in group]
+        perm = tuple(sub.index(c) for c in order)
+        # nothing contracted: an axis of size one to contract over (an outer product); with
+        # a batch axis, the matmul needs every operand 3-d
+        shape = tuple(
+            math.prod(size[c] for c in group)
+            for group in groups
+            if group or group is contracted or batch
+        )
+        unchanged_order = perm == tuple(range(len(perm)))
+        same_shape = shape == tuple(size[c] for c in order)
+        return (None if unchanged_order else perm), (None if same_shape else shape)
+
+    perm_a, shape_a = operand(sa, [batch, free_a, contracted])
+    perm_b, shape_b = operand(sb, [batch, contracted, free_b])
+    got = batch + free_a + free_b
+    merged = tuple(math.prod(size[c] for c in g) for g in (batch, free_a, free_b) if g or batch)
+    shape_out = None if merged == tuple(size[c] for c in got) else tuple(size[c] for c in got)
+    perm_out = tuple(got.index(c) for c in out)
+    perm_out = None if perm_out == tuple(range(len(perm_out))) else perm_out
+    real = all(np.dtype(s.dtype).kind in "fiub" for s in specs)
+    product = np.matmul
+    if not contracted and not batch and free_a and free_b and real:
+        product = np.multiply  # a (m, 1) column times a row of n
+        perm_b, shape_b = operand(sb, [free_b])
+
+    def contract(a, b):
+        if perm_a is not None:
+            a = a.transpose(perm_a)
+        if shape_a is not None:
+            a = a.reshape(shape_a)
+        if perm_b is not None:
+            b = b.transpose(perm_b)
+        if shape_b is not None:
+            b = b.reshape(shape_b)
+        result = product(a, b)
+        if shape_out is not None:
+            result = result.reshape(shape_out)
+        return result if perm_out is None else result.transpose(perm_out)
+
+    return contract
+
+
 def _einsum_impl(*arrays, subscripts):
     ins, out = parse(subscripts)
     if len(arrays) == 2 and all(len(set(s)) == len(s) for s in ins):
@@ -153,6 +219,7 @@ primitive(
     jvp=_einsum_jvp,
     transpose=_einsum_transpose,
     batch=_einsum_batch,
+    kernel=_einsum_kernel,
     doc=OpDoc(
         "Einstein summation with explicit output subscripts: products of the operands' "
         "elements, summed over every letter the output does not name (matmul, dot, outer and "

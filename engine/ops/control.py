@@ -6,8 +6,9 @@ both use are in bodies.py.
 Derivatives follow one pattern. The JVP of a control-flow node is a second node of the same
 kind whose body is the JVP of the original body restricted to tangent outputs; that node is
 linear in the tangents, and its transpose is a third node whose body is the transposed
-(reverse-mode) body. Bodies recompute their own intermediate values, so what the reverse pass
-keeps is only what crosses the node boundary: for cond and checkpoint, the operands.
+(reverse-mode) body. The bodies of cond and checkpoint recompute their own intermediate
+values, so what the reverse pass keeps is only what crosses the node boundary: the operands.
+(A scan keeps its body's residuals instead: loops.py.)
 """
 
 from __future__ import annotations

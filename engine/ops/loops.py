@@ -4,17 +4,28 @@ tape budget or with a trip count known only at run time (`scan_record`, `while_r
 `loop_tape`; the runtime side is engine/tape.py).
 
 Two drivers run every loop: `_run_scan` runs scan, scan_record and loop_tape (a loop over a
-recorded tape), `_run_while` runs while_loop and while_record.
+recorded tape), `_run_while` runs while_loop and while_record. Either calls its body's
+compiled plan once per iteration.
 
-As for cond (control.py), a loop's JVP is a second loop linear in the tangents whose body reads
-the primal carry of each iteration, and its transpose a loop running the other way. What the
-reverse pass keeps is the carry entering every iteration: stacked by the primal scan, or
-recorded on a loop tape (which, under a budget, keeps checkpoints only and recomputes the rest).
-Transformations made with `loop_tapes` (engine/transforms.py) take the loop tape for scans too.
+As for cond (control.py), a loop's JVP is a second loop linear in the tangents, and its
+transpose a loop running the other way. What they read of the primal loop:
+- a scan keeps its body's residuals (`_scan_jvp_residuals`): the primal scan runs the primal
+  part of the linearized body and stacks, per iteration, what the tangent part reads; the
+  tangent scan runs the tangent part on them, and its transpose reads them backwards. No body
+  op runs twice.
+- otherwise the carry entering every iteration, from which the tangent loop evaluates the body
+  again: stacked by the primal scan (within `recomputing()`: the second-order programs a tape
+  budget the residuals would pass builds; or for a body whose residuals cannot be stacked or
+  that calls custom rules), or recorded on a loop tape (a while_loop always; a scan in the
+  transformations made with `loop_tapes`, engine/transforms.py, which the engine builds when
+  the residuals would pass a tape budget: the tape then keeps checkpoints only and recomputes
+  the rest).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 
@@ -24,6 +35,7 @@ from .. import dtypes
 from .. import numpy as gnp
 from ..errors import GraphError, LimitError
 from ..graph import Graph, Spec
+from ..plan import scalars
 from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..pytree import flatten, unflatten
 from ..tape import LoopTape
@@ -36,6 +48,7 @@ from .bodies import (
     differentiable,
     in_trace,
     leaves_as_arrays,
+    linearized_parts,
     loop_retype,
     retyped,
     run_body,
@@ -45,6 +58,21 @@ from .bodies import (
 )
 
 DEFAULT_MAX_ITERATIONS = 1_000_000
+
+_recompute = contextvars.ContextVar("recompute loop bodies", default=False)
+
+
+@contextlib.contextmanager
+def recomputing():
+    """Within it, the derivatives of a scan keep only the carry entering every iteration and
+    recompute the body in the reverse pass (the JVP evaluating the primal body again), as a
+    tape budget the stored residuals would pass needs; outside, they keep the residuals."""
+    token = _recompute.set(True)
+    try:
+        yield
+    finally:
+        _recompute.reset(token)
+
 
 # ---- the drivers, and helpers every loop uses ----------------------------------------------
 
@@ -57,14 +85,21 @@ def _run_scan(body, consts, carry, xs, num_carry, length, reverse, *, steps=None
     carries, in the order run or backwards, for loop_tape. `record(k, carry)` is given the
     carry entering every iteration. Returns the final carry and the stacked outputs."""
     ys = [np.empty((length,) + p.spec.shape, p.spec.dtype) for p in body.outputs[num_carry:]]
-    for k, extra in zip(range(length), itertools.repeat(())) if steps is None else steps:
-        i = length - 1 - k if reverse else k
-        if record is not None:
-            record(k, tuple(carry))
-        out = run_body(body, [*consts, *carry, *extra, *[x[i] for x in xs]])
-        carry = out[:num_carry]
-        for buffer, y in zip(ys, out[num_carry:]):
-            buffer[i] = y
+    run = body_plan(body).runner()
+    consts, carry = scalars(consts), scalars(carry)
+    zero_d = [j for j, p in enumerate(body.outputs[:num_carry]) if not p.spec.shape]
+    with np.errstate(all="ignore"):
+        for k, extra in zip(range(length), itertools.repeat(())) if steps is None else steps:
+            i = length - 1 - k if reverse else k
+            if record is not None:
+                record(k, tuple(carry))
+            out = run(*consts, *carry, *(scalars(extra) if extra else ()), *[x[i] for x in xs])
+            for j in zero_d:  # as `scalars` does, for the carry's 0-d values only
+                if type(out[j]) is np.ndarray:
+                    out[j] = out[j][()]
+            carry = out[:num_carry]
+            for buffer, y in zip(ys, out[num_carry:]):
+                buffer[i] = y
     return tuple(carry) + tuple(ys)
 
 
@@ -72,15 +107,18 @@ def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, reco
     """The loop of while_loop and while_record: `body` while `cond` holds, at most
     `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`."""
     k = 0
-    while run_body(cond, [*cond_consts, *carry])[0]:
-        if k == max_iterations:
-            raise LimitError(
-                f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
-            )
-        if record is not None:
-            record(k, tuple(carry))
-        carry = run_body(body, [*body_consts, *carry])
-        k += 1
+    keep_going, run = body_plan(cond).runner(), body_plan(body).runner()
+    cond_consts, body_consts, carry = scalars(cond_consts), scalars(body_consts), scalars(carry)
+    with np.errstate(all="ignore"):
+        while keep_going(*cond_consts, *carry)[0]:
+            if k == max_iterations:
+                raise LimitError(
+                    f"while_loop ran past its cap of {max_iterations} iterations", "while_loop"
+                )
+            if record is not None:
+                record(k, tuple(carry))
+            carry = scalars(run(*body_consts, *carry))
+            k += 1
     return tuple(carry)
 
 
@@ -230,6 +268,10 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
         "num_carry": num_carry,
         "reverse": reverse,
     }
+    if not loop_tapes and not _recompute.get():
+        done = _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, reverse)
+        if done is not None:
+            return done
     if loop_tapes:
         *outs, tape = bind("scan_record", *primals, **attrs)
         tangent_loop = functools.partial(
@@ -246,6 +288,112 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
 
     t_outs = _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop, loop_tapes)
     return tuple(outs), t_outs
+
+
+def _calls_custom_rules(graph: Graph) -> bool:
+    """Whether `graph` (or a subgraph) calls a gs.custom_jvp or gs.custom_vjp function. Its
+    linearization inlines the rule, so a primal part made from it would lose the call, and
+    a derivative of the primal loop (second order) would not use the rule."""
+    return any(
+        node.op in ("custom_jvp_call", "custom_vjp_call")
+        or any(isinstance(a, Graph) and _calls_custom_rules(a) for a in node.attrs.values())
+        for node in graph.nodes
+    )
+
+
+def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, reverse):
+    """The JVP of a scan that keeps its body's residuals: the primal scan runs the primal part
+    of the linearized body (`linearized_parts`) and stacks the residuals of every iteration
+    like ys; the tangent scan runs the tangent part on them. None where a residual cannot be
+    stacked (a loop tape of a loop inside the body), or where the body calls custom rules: the
+    caller recomputes instead."""
+    if _calls_custom_rules(body):
+        return None
+    consts, carry, xs = _cut(primals, num_consts, num_carry)
+    t_consts, t_carry, t_xs = _cut(tangents, num_consts, num_carry)
+    which_consts = [i for i, t in enumerate(t_consts) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    which_xs = [i for i, t in enumerate(t_xs) if t is not None]
+    first_x = num_consts + num_carry
+    wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
+    primal_body, tangent_part, reads, residuals = linearized_parts(body, wrt, range(num_carry))
+    if any(primal_body.avals[n].dtype == dtypes.TAPE for n in residuals):
+        return None
+    outs, per_iteration = _primal_scan(
+        primal_body, residuals, reads, consts, carry, xs, length, reverse
+    )
+
+    # the tangent scan: (primal consts read, tangent consts; tangent carry; residuals and
+    # primal xs read, tangent xs) -> (tangent carry, tangent ys)
+    position = {n: j for j, n in enumerate(body.input_names)}
+    const_reads = [j for j, n in enumerate(reads) if position.get(n, first_x) < num_consts]
+    x_reads = [j for j in range(len(reads)) if j not in const_reads]
+    n_reads, n_t = len(reads), len(which_consts) + len(diff_carry)
+    step = Graph(
+        [tangent_part.inputs[j] for j in const_reads]
+        + list(tangent_part.inputs[n_reads : n_reads + n_t])  # tangent consts, carry
+        + [tangent_part.inputs[j] for j in x_reads]
+        + list(tangent_part.inputs[n_reads + n_t :]),  # tangent xs
+        tangent_part.constants,
+        tangent_part.nodes,
+        [tangent_part.output_names[i] for i in diff_carry]
+        + list(tangent_part.output_names[num_carry:]),
+        _known=tangent_part.avals,
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    t_outs = _bind_scan(
+        [per_iteration[reads[j]] for j in const_reads] + [t_consts[i] for i in which_consts],
+        init,
+        [per_iteration[reads[j]] for j in x_reads] + [t_xs[i] for i in which_xs],
+        step,
+        length,
+        reverse,
+    )
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_outs[j]
+    t_ys = [t if differentiable(t.spec) else None for t in t_outs[len(diff_carry) :]]
+    return tuple(outs), tuple(t_carry_out + t_ys)
+
+
+def _primal_scan(primal_body, residuals, reads, consts, carry, xs, length, reverse):
+    """Binds the scan of `primal_body` (the body's outputs, then `residuals`), also stacking
+    the carries in `reads`. Returns the body's outputs and {name in `reads`: what the
+    tangent scan takes for it}: a const itself, xs, or a stack of one value per iteration.
+
+    A carry read both entering and leaving an iteration (an RNN's state: h for the weights'
+    tangent, tanh(...), the next h, for tanh's) is kept once: one array of the length + 1
+    carries, read as two views shifted by one."""
+    num_consts, num_carry = len(consts), len(carry)
+    names = primal_body.input_names
+    n_out = len(primal_body.outputs) - len(residuals)
+    leaving = {primal_body.output_names[i]: i for i in range(num_carry)}
+    read_carries = {i for i in range(num_carry) if names[num_consts + i] in reads}
+    shared = {leaving[n]: n for n in residuals if leaving.get(n) in read_carries}
+    stacked = sorted(read_carries - set(shared))
+    with_carries = Graph(
+        primal_body.inputs,
+        primal_body.constants,
+        primal_body.nodes,
+        list(primal_body.output_names) + [names[num_consts + i] for i in stacked],
+        _known=primal_body.avals,
+    )
+    out = _bind_scan(consts, carry, xs, with_carries, length, reverse)
+    per_iteration = dict(zip(names, consts + carry + xs))  # consts, xs: as they are
+    per_iteration.update(zip(residuals, out[n_out:]))
+    per_iteration.update(
+        (names[num_consts + i], s) for i, s in zip(stacked, out[n_out + len(residuals) :])
+    )
+    for i, name in shared.items():
+        first = gnp.reshape(carry[i], (1,) + carry[i].shape)
+        both = [per_iteration[name], first] if reverse else [first, per_iteration[name]]
+        whole = gnp.concatenate(both)  # the carry entering every iteration, then the last one
+        entering, left = (whole[1:], whole[:-1]) if reverse else (whole[:-1], whole[1:])
+        per_iteration[names[num_consts + i]], per_iteration[name] = entering, left
+    return out[:n_out], per_iteration
 
 
 def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse, loop_tapes):

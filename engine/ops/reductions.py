@@ -1,6 +1,8 @@
 """Reductions along `axes` (sorted, non-negative; `keepdims`), cumsum, argmax/argmin,
 and logsumexp (a primitive so that its gradient is finite even when every input is -inf)."""
 
+import functools
+
 import numpy as np
 
 from .. import dtypes
@@ -52,12 +54,22 @@ def reduce_probe(dtype):
 
 
 def reduction(
-    name, impl, jvp, *, out_dtype=lambda d: d, nonempty=False, transpose=None, fresh=False, doc
+    name,
+    impl,
+    jvp,
+    *,
+    out_dtype=lambda d: d,
+    nonempty=False,
+    transpose=None,
+    fresh=False,
+    kernel=None,
+    doc,
 ):
     """`doc`: the one-line description (docs/wire.md)."""
     primitive(
         name,
         impl=impl,
+        kernel=kernel,
         attrs=REDUCE_ATTRS,
         fresh=fresh,
         jvp=jvp,
@@ -152,6 +164,10 @@ reduction(
     _sum_jvp,
     out_dtype=_sum_dtype,
     transpose=_sum_transpose,
+    # what np.sum runs for an array, without its dispatch
+    kernel=lambda x, axes, keepdims: (
+        functools.partial(np.add.reduce, axis=axes, keepdims=keepdims) if x.shape else None
+    ),
     doc="sum over axes",
 )
 reduction(

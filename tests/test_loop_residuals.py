@@ -1,0 +1,319 @@
+"""A scan's derivatives keep its body's residuals per iteration (docs/engine.md, "What a loop
+keeps"). Checked against the other way, which stays for tape budgets: keeping only the carry
+entering each iteration and evaluating the body again in the reverse pass (`recomputing`).
+Both run the same operations on the same values, so gradients, JVPs and batched Jacobians
+agree to the last bit; each is also checked against the loop unrolled or written by hand, and
+the tape against closed forms."""
+
+import numpy as np
+import pytest
+from gradserve.engine.ops.loops import recomputing
+
+import gradserve as gs
+import gradserve.numpy as gnp
+
+RNG = np.random.default_rng(20261201)
+
+
+def rnn_loss(W, U, h0, xs):
+    def step(carry, x):
+        h, total = carry
+        h = gnp.tanh(W @ h + U @ x)
+        return (h, total + gnp.sum(h * h)), ()
+
+    (_, total), _ = gs.scan(step, (h0, 0.0), xs)
+    return total
+
+
+def rnn_loss_reversed(W, U, h0, xs):
+    def step(h, x):
+        h = gnp.tanh(W @ h + U @ x)
+        return h, gnp.sum(h * h)
+
+    _, ys = gs.scan(step, h0, xs, reverse=True)
+    return gnp.sum(ys * np.arange(1.0, xs.shape[0] + 1))
+
+
+def rnn_loss_reversed_unrolled(W, U, h0, xs):
+    h, total = h0, 0.0
+    for i in range(xs.shape[0] - 1, -1, -1):
+        h = gnp.tanh(W @ h + U @ xs[i])
+        total = total + gnp.sum(h * h) * (i + 1.0)
+    return total
+
+
+def numpy_bptt(W, U, h0, xs):
+    """Backprop through time by hand: keeps h_0 .. h_T."""
+    hs = [h0]
+    for x in xs:
+        hs.append(np.tanh(W @ hs[-1] + U @ x))
+    gW, gU, gx, gh = np.zeros_like(W), np.zeros_like(U), np.zeros_like(xs), np.zeros_like(h0)
+    for t in range(len(xs), 0, -1):
+        gh = gh + 2 * hs[t]
+        ga = gh * (1 - hs[t] ** 2)
+        gW += np.outer(ga, hs[t - 1])
+        gU += np.outer(ga, xs[t - 1])
+        gx[t - 1] = U.T @ ga
+        gh = W.T @ ga
+    return gW, gU, gh, gx
+
+
+def rnn_args(hidden=6, steps=25):
+    return (
+        RNG.standard_normal((hidden, hidden)) / np.sqrt(hidden),
+        RNG.standard_normal((hidden, 3)) / np.sqrt(3),
+        RNG.standard_normal(hidden) * 0.1,
+        RNG.standard_normal((steps, 3)),
+    )
+
+
+def reverse_with_ys(W, h0, xs):
+    """A reverse scan with ys and a constant read inside (W), the ys and carry both in the loss."""
+
+    def step(h, x):
+        h = gnp.sin(W @ h) * x[0] + x[1:]
+        return h, gnp.exp(-h * h)
+
+    h, ys = gs.scan(step, h0, xs, reverse=True)
+    return gnp.sum(ys * ys) + gnp.sum(h)
+
+
+def reverse_with_ys_unrolled(W, h0, xs):
+    h, ys = h0, [None] * xs.shape[0]
+    for i in range(xs.shape[0] - 1, -1, -1):
+        h = gnp.sin(W @ h) * xs[i, 0] + xs[i, 1:]
+        ys[i] = gnp.exp(-h * h)
+    return gnp.sum(gnp.stack(ys) ** 2) + gnp.sum(h)
+
+
+def counted(W, h0):
+    """fori_loop: an int64 counter in the carry (not differentiable), read by the body."""
+    return gnp.sum(gs.fori_loop(0, 9, lambda i, h: gnp.tanh(W @ h) * (1.0 + 0.1 * i), h0) ** 2)
+
+
+def counted_unrolled(W, h0):
+    h = h0
+    for i in range(9):
+        h = gnp.tanh(W @ h) * (1.0 + 0.1 * i)
+    return gnp.sum(h**2)
+
+
+def nested(W, h0, xs):
+    def outer(h, x):
+        h = gs.scan(lambda c, _: (gnp.tanh(W @ c + x), ()), h, None, length=4)[0]
+        return h, gnp.sum(h)
+
+    h, sums = gs.scan(outer, h0, xs)
+    return gnp.sum(sums**2) + gnp.sum(h * h)
+
+
+def nested_unrolled(W, h0, xs):
+    h, sums = h0, []
+    for t in range(xs.shape[0]):
+        for _ in range(4):
+            h = gnp.tanh(W @ h + xs[t])
+        sums.append(gnp.sum(h))
+    return gnp.sum(gnp.stack(sums) ** 2) + gnp.sum(h * h)
+
+
+def _cases():
+    W, U, h0, xs = rnn_args()
+    W5 = RNG.standard_normal((5, 5)) * 0.4
+    return {
+        "rnn": (rnn_loss, None, (W, U, h0, xs)),
+        "rnn reversed": (rnn_loss_reversed, rnn_loss_reversed_unrolled, (W, U, h0, xs[:9])),
+        "reverse": (
+            reverse_with_ys,
+            reverse_with_ys_unrolled,
+            (W5, RNG.standard_normal(5), RNG.standard_normal((7, 6))),
+        ),
+        "fori_loop": (counted, counted_unrolled, (W5, RNG.standard_normal(5))),
+        "nested": (
+            nested,
+            nested_unrolled,
+            (W5 * 0.5, RNG.standard_normal(5), RNG.standard_normal((6, 5))),
+        ),
+    }
+
+
+CASES = _cases()
+
+
+def _both_modes(call, tapes=None):
+    """`call(engine)` with residuals kept (the default), then with bodies recomputed; the
+    tape bytes of each call appended to `tapes`."""
+    results = []
+    for mode in (None, recomputing):
+        eng = gs.Engine()
+        if mode is None:
+            results.append(call(eng))
+        else:
+            with mode():
+                results.append(call(eng))
+        if tapes is not None:
+            tapes.append(eng.last_stats.tape_bytes)
+    return results
+
+
+def _assert_same_bits(a, b):
+    for x, y in zip(a, b):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        assert np.array_equal(x, y), np.max(np.abs(np.asarray(x) - np.asarray(y)))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradient_with_residuals_is_the_recomputed_one_bit_for_bit(name):
+    fn, unrolled, args = CASES[name]
+    graph = gs.trace(fn, *args)
+    argnums = tuple(range(len(args)))
+    tapes = []
+    kept, recomputed = _both_modes(
+        lambda eng: eng.value_and_grad(graph, *args, argnums=argnums), tapes
+    )
+    assert tapes[0] != tapes[1]  # two different reverse passes
+    assert kept[0] == recomputed[0]
+    _assert_same_bits(kept[1], recomputed[1])
+    if unrolled is not None:
+        value, grads = gs.Engine().value_and_grad(gs.trace(unrolled, *args), *args, argnums=argnums)
+        assert kept[0] == pytest.approx(value, rel=1e-12)
+        for a, b in zip(kept[1], grads):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_rnn_gradient_matches_hand_written_bptt_and_keeps_its_tape():
+    """The hand-written backward pass keeps h_0 .. h_T; so does the scan: h entering a step
+    (for W's cotangent) and leaving it (for tanh's, 1 - h*h recomputed from it) are one array
+    of steps + 1 states. Keeping only the carries entering each step is (steps x (h, total))."""
+    args = rnn_args(hidden=6, steps=25)
+    graph = gs.trace(rnn_loss, *args)
+    eng = gs.Engine()
+    grads = eng.grad(graph, *args, argnums=(0, 1, 2, 3))
+    for a, b in zip(grads, numpy_bptt(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert eng.last_stats.tape_bytes == (25 + 1) * 6 * 8
+    assert eng.last_stats.tape_entries == 1
+    assert eng.last_stats.recomputed_ops == 0
+    with recomputing():
+        eng = gs.Engine()
+        eng.grad(graph, *args, argnums=(0, 1, 2, 3))
+    assert eng.last_stats.tape_bytes == 25 * (6 * 8 + 8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_forward_mode_and_batched_jacobians_match_the_recomputed_ones(name):
+    fn, _, args = CASES[name]
+    graph = gs.trace(fn, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    kept, recomputed = _both_modes(lambda eng: eng.jvp(graph, args, tangents))
+    _assert_same_bits(kept, recomputed)
+    kept, recomputed = _both_modes(lambda eng: eng.jacobian(graph, *args, argnums=0, mode="rev"))
+    _assert_same_bits([kept], [recomputed])
+    h = 1e-6
+    up = gs.Engine().evaluate(graph, *[a + h * t for a, t in zip(args, tangents)])
+    down = gs.Engine().evaluate(graph, *[a - h * t for a, t in zip(args, tangents)])
+    jvp_value = gs.Engine().jvp(graph, args, tangents)[1]
+    assert jvp_value == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_hvp_through_a_scan_that_keeps_residuals(name):
+    """Second order: the gradient program's loops keep residuals too, and are differentiated
+    again. Checked against the loop unrolled (or, for the RNN, a central difference of the
+    hand-written gradient) and against recomputing (bit for bit)."""
+    fn, unrolled, args = CASES[name]
+    graph = gs.trace(fn, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    kept, recomputed = _both_modes(lambda eng: eng.hvp(graph, args, tangents))
+    _assert_same_bits(kept, recomputed)
+    if unrolled is not None:
+        want = gs.Engine().hvp(gs.trace(unrolled, *args), args, tangents)
+    else:
+        h = 1e-6
+        up = numpy_bptt(*[a + h * t for a, t in zip(args, tangents)])
+        down = numpy_bptt(*[a - h * t for a, t in zip(args, tangents)])
+        want = [(u - d) / (2 * h) for u, d in zip(up, down)]
+    for a, b in zip(kept, want):
+        np.testing.assert_allclose(a, b, rtol=1e-6 if unrolled is None else 1e-10, atol=1e-9)
+
+
+def test_a_budget_the_residuals_fit_keeps_them_and_a_smaller_one_recomputes():
+    args = rnn_args(hidden=6, steps=40)
+    graph = gs.trace(rnn_loss, *args)
+    plain = gs.Engine()
+    reference = plain.grad(graph, *args, argnums=(0, 1, 2, 3))
+    residual_tape = plain.last_stats.tape_bytes
+    roomy = gs.Engine(max_tape_bytes=residual_tape)
+    _assert_same_bits(roomy.grad(graph, *args, argnums=(0, 1, 2, 3)), reference)
+    assert roomy.last_stats.tape_bytes == residual_tape
+    assert roomy.last_stats.recomputed_ops == 0 and roomy.last_stats.tape_entries == 1
+    for budget in (residual_tape - 1, residual_tape // 8):
+        tight = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(tight.grad(graph, *args, argnums=(0, 1, 2, 3)), reference)
+        assert 0 < tight.last_stats.tape_bytes <= budget
+    assert tight.last_stats.recomputed_ops > 0
+
+
+def test_second_order_under_a_budget_the_residuals_pass_recomputes_the_body():
+    """hvp does not use loop tapes: under a budget its residuals would pass, its scans keep
+    only their carries (and check the budget as any residual), as recomputing does. (sin's
+    residuals, h entering the step and cos(W @ h), take twice the carry.)"""
+    fn, _, args = CASES["fori_loop"]
+    graph = gs.trace(fn, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    plain = gs.Engine()
+    plain.hvp(graph, args, tangents)
+    with recomputing():
+        carries_only = gs.Engine()
+        want = carries_only.hvp(graph, args, tangents)
+    budget = carries_only.last_stats.tape_bytes
+    assert budget < plain.last_stats.tape_bytes
+    tight = gs.Engine(max_tape_bytes=budget)
+    _assert_same_bits(tight.hvp(graph, args, tangents), want)
+    assert tight.last_stats.tape_bytes == budget
+    with pytest.raises(gs.LimitError, match="tape"):
+        gs.Engine(max_tape_bytes=budget - 1).hvp(graph, args, tangents)
+
+
+def test_a_body_with_a_loop_tape_inside_recomputes_and_is_right():
+    """A while_loop inside a scan keeps a loop tape, which cannot be stacked per iteration:
+    that scan keeps its carries and recomputes, as before."""
+    W = RNG.standard_normal((4, 4)) * 0.4
+
+    def fn(h0, xs):
+        def step(h, x):
+            h = gs.while_loop(
+                lambda c: c[1] < 3, lambda c: (gnp.sin(W @ c[0]) + x, c[1] + 1), (h, 0)
+            )[0]
+            return h, ()
+
+        return gnp.sum(gs.scan(step, h0, xs)[0] ** 2)
+
+    def unrolled(h0, xs):
+        h = h0
+        for t in range(xs.shape[0]):
+            for _ in range(3):
+                h = gnp.sin(W @ h) + xs[t]
+        return gnp.sum(h**2)
+
+    args = (RNG.standard_normal(4), RNG.standard_normal((5, 4)))
+    got = gs.Engine().grad(gs.trace(fn, *args), *args, argnums=(0, 1))
+    want = gs.Engine().grad(gs.trace(unrolled, *args), *args, argnums=(0, 1))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_a_scan_inside_checkpoint_keeps_nothing_past_it():
+    """gs.checkpoint keeps its operands only: the scan inside runs again in the reverse pass,
+    and its residuals live only while that runs. Same gradient, to the last bit, and a tape
+    of the checkpoint's operands rather than the scan's residuals."""
+    W, U, h0, xs = rnn_args(hidden=6, steps=30)
+
+    def saved(W, U, h0, xs):
+        return gs.checkpoint(rnn_loss)(W, U, h0, xs)
+
+    plain, inside = gs.Engine(), gs.Engine()
+    want = plain.grad(gs.trace(rnn_loss, W, U, h0, xs), W, U, h0, xs, argnums=(0, 1, 2, 3))
+    got = inside.grad(gs.trace(saved, W, U, h0, xs), W, U, h0, xs, argnums=(0, 1, 2, 3))
+    _assert_same_bits(got, want)
+    assert plain.last_stats.tape_bytes == (30 + 1) * 6 * 8
+    assert inside.last_stats.tape_bytes == 0  # the operands are the call's inputs
