@@ -52,6 +52,9 @@ from gradserve.protocol import (
     tensor_ref_parts,
 )
 
+from .shm import MIN_BYTES as SHARED_MEMORY_MIN_BYTES
+from .shm import SharedMemoryTransport
+
 # Tensors at least this big may travel as their digest once the server has them.
 DIGEST_MIN_BYTES = 64 * 1024
 _FINGERPRINT_SAMPLES = 32
@@ -316,6 +319,8 @@ class Client:
         certificate_chain=None,
         token: str | None = None,
         tls: bool | None = None,
+        shared_memory: bool | None = None,
+        shared_memory_min_bytes: int = SHARED_MEMORY_MIN_BYTES,
     ):
         if token is not None:
             token = str(token).strip()
@@ -376,6 +381,13 @@ class Client:
         self._inline_budget: dict = {}  # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
         self._closed = False
+        if shared_memory not in (None, True, False):
+            raise ValueError(f"shared_memory must be None, True or False, got {shared_memory!r}")
+        self._shared_memory = (
+            None
+            if shared_memory is False
+            else SharedMemoryTransport(self, bool(shared_memory), shared_memory_min_bytes)
+        )
 
     # ---- the API --------------------------------------------------------------------------
 
@@ -549,6 +561,8 @@ class Client:
         """
         if not self._closed:
             self._closed = True
+            if self._shared_memory is not None:
+                self._shared_memory.close()
             if self._owns_channel:
                 self._channel.close()
 
@@ -632,14 +646,17 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         digest = graph.digest
         send_body = not self._by_digest(("g", digest))
-        tensors = [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
+        shared = None if self._shared_memory is None else self._shared_memory.prepare(groups)
+        tensors = [] if shared else self._tensors(digest, groups)
         force_inline: set = set()
         for attempt in (0, 1):
             graph_ref = (
                 pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
             )
             request = build(graph_ref)
-            if any(t.any_large() for _, t in tensors):
+            if shared is not None:  # large arrays in shared memory (client/shm.py)
+                parts = [shared.encode(request, groups)]
+            elif any(t.any_large() for _, t in tensors):
                 # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
                 fields = request.DESCRIPTOR.fields_by_name
                 parts = [request.SerializeToString()]
@@ -652,6 +669,9 @@ class Client:
             try:
                 data = self._unary(method, b"".join(parts), deadline, timeout)
             except grpc.RpcError as err:
+                if shared is not None and attempt == 0 and self._shared_memory.stale(err):
+                    shared, tensors = None, self._tensors(digest, groups)  # bytes, this once
+                    continue
                 missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
                 if missing and attempt == 0:
                     # The server does not have (or no longer has) these: send the bodies, once.
@@ -671,11 +691,16 @@ class Client:
             reply = reply_cls.FromString(data)
         except Exception as exc:
             raise ServiceError(f"{method}: the server's reply does not decode ({exc})") from None
+        if shared is not None:
+            shared.done(reply)
         s = reply.stats
         stats = RemoteStats(s.tape_bytes, s.tape_entries, s.peak_bytes, s.recomputed_ops)
         stats.compute_seconds = s.compute_seconds
         self._local.stats = stats
         return reply
+
+    def _tensors(self, digest, groups):
+        return [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
 
     def _unary(self, method, data, deadline, timeout):
         stub = self._stubs[method]

@@ -16,22 +16,26 @@ class GraphRef(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class TensorRef(_message.Message):
-    __slots__ = ("tensor", "digest", "remember")
+    __slots__ = ("tensor", "digest", "shared_memory", "remember")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     REMEMBER_FIELD_NUMBER: _ClassVar[int]
     tensor: _graph_pb2.Tensor
     digest: str
+    shared_memory: SharedMemoryRef
     remember: bool
-    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., digest: _Optional[str] = ..., remember: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., digest: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryRef, _Mapping]] = ..., remember: _Optional[bool] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("tensor", "tuple")
+    __slots__ = ("tensor", "tuple", "shared_memory")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     TUPLE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     tensor: _graph_pb2.Tensor
     tuple: Values
-    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tuple: _Optional[_Union[Values, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryRef
+    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tuple: _Optional[_Union[Values, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryRef, _Mapping]] = ...) -> None: ...
 
 class Values(_message.Message):
     __slots__ = ("items",)
@@ -62,12 +66,14 @@ class CallStats(_message.Message):
     def __init__(self, tape_bytes: _Optional[int] = ..., tape_entries: _Optional[int] = ..., peak_bytes: _Optional[int] = ..., recomputed_ops: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("graph", "args")
+    __slots__ = ("graph", "args", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("outputs", "stats")
@@ -78,14 +84,16 @@ class EvaluateResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class ValueAndGradRequest(_message.Message):
-    __slots__ = ("graph", "args", "argnums")
+    __slots__ = ("graph", "args", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class ValueAndGradResponse(_message.Message):
     __slots__ = ("value", "grad", "stats")
@@ -98,16 +106,18 @@ class ValueAndGradResponse(_message.Message):
     def __init__(self, value: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., grad: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class VjpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "cotangents", "argnums")
+    __slots__ = ("graph", "primals", "cotangents", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     cotangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class VjpResponse(_message.Message):
     __slots__ = ("outputs", "input_cotangents", "stats")
@@ -120,16 +130,18 @@ class VjpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., input_cotangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class JvpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "tangents", "argnums")
+    __slots__ = ("graph", "primals", "tangents", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     tangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class JvpResponse(_message.Message):
     __slots__ = ("outputs", "output_tangents", "stats")
@@ -142,16 +154,18 @@ class JvpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., output_tangents: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("graph", "args", "argnums", "mode")
+    __slots__ = ("graph", "args", "argnums", "mode", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
     mode: str
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., mode: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
     __slots__ = ("jacobian", "stats")
@@ -162,16 +176,18 @@ class JacobianResponse(_message.Message):
     def __init__(self, jacobian: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class HvpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "tangents", "argnums")
+    __slots__ = ("graph", "primals", "tangents", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     tangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class HvpResponse(_message.Message):
     __slots__ = ("tangents", "stats")
@@ -182,14 +198,16 @@ class HvpResponse(_message.Message):
     def __init__(self, tangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class HessianRequest(_message.Message):
-    __slots__ = ("graph", "args", "argnums")
+    __slots__ = ("graph", "args", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
     __slots__ = ("hessian", "stats")
@@ -200,14 +218,16 @@ class HessianResponse(_message.Message):
     def __init__(self, hessian: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class CheckGradRequest(_message.Message):
-    __slots__ = ("graph", "args", "method")
+    __slots__ = ("graph", "args", "method", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     method: str
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class CheckGradResponse(_message.Message):
     __slots__ = ("method", "max_abs_error", "max_rel_error", "ok", "analytic", "numeric", "stats")
@@ -226,3 +246,99 @@ class CheckGradResponse(_message.Message):
     numeric: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
     def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+
+class SharedMemoryStatusRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    def __init__(self, session: _Optional[str] = ...) -> None: ...
+
+class SharedMemoryRegion(_message.Message):
+    __slots__ = ("region", "key", "byte_size")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    key: str
+    byte_size: int
+    def __init__(self, region: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ...) -> None: ...
+
+class SharedMemoryStatusResponse(_message.Message):
+    __slots__ = ("enabled", "host_id", "challenge", "lease_seconds", "max_bytes_per_session", "max_bytes", "session_known", "regions")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    host_id: str
+    challenge: bytes
+    lease_seconds: float
+    max_bytes_per_session: int
+    max_bytes: int
+    session_known: bool
+    regions: _containers.RepeatedCompositeFieldContainer[SharedMemoryRegion]
+    def __init__(self, enabled: _Optional[bool] = ..., host_id: _Optional[str] = ..., challenge: _Optional[bytes] = ..., lease_seconds: _Optional[float] = ..., max_bytes_per_session: _Optional[int] = ..., max_bytes: _Optional[int] = ..., session_known: _Optional[bool] = ..., regions: _Optional[_Iterable[_Union[SharedMemoryRegion, _Mapping]]] = ...) -> None: ...
+
+class RegisterSharedMemoryRequest(_message.Message):
+    __slots__ = ("session", "key", "byte_size", "challenge")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    key: str
+    byte_size: int
+    challenge: bytes
+    def __init__(self, session: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ..., challenge: _Optional[bytes] = ...) -> None: ...
+
+class RegisterSharedMemoryResponse(_message.Message):
+    __slots__ = ("session", "region", "lease_seconds")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    region: str
+    lease_seconds: float
+    def __init__(self, session: _Optional[str] = ..., region: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class UnregisterSharedMemoryRequest(_message.Message):
+    __slots__ = ("session", "region")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    region: str
+    def __init__(self, session: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+
+class UnregisterSharedMemoryResponse(_message.Message):
+    __slots__ = ("unregistered",)
+    UNREGISTERED_FIELD_NUMBER: _ClassVar[int]
+    unregistered: int
+    def __init__(self, unregistered: _Optional[int] = ...) -> None: ...
+
+class SharedMemoryRef(_message.Message):
+    __slots__ = ("region", "offset", "byte_size", "dtype", "shape")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offset: int
+    byte_size: int
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SharedMemoryCall(_message.Message):
+    __slots__ = ("session", "output", "output_min_bytes")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    output: SharedMemoryRef
+    output_min_bytes: int
+    def __init__(self, session: _Optional[str] = ..., output: _Optional[_Union[SharedMemoryRef, _Mapping]] = ..., output_min_bytes: _Optional[int] = ...) -> None: ...
