@@ -646,7 +646,11 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         digest = graph.digest
         send_body = not self._by_digest(("g", digest))
-        shared = None if self._shared_memory is None else self._shared_memory.prepare(groups)
+        shared = (
+            None
+            if self._shared_memory is None
+            else self._shared_memory.prepare(groups, (method, digest))
+        )
         tensors = [] if shared else self._tensors(digest, groups)
         force_inline: set = set()
         for attempt in (0, 1):
@@ -693,6 +697,8 @@ class Client:
             raise ServiceError(f"{method}: the server's reply does not decode ({exc})") from None
         if shared is not None:
             shared.done(reply)
+        elif self._shared_memory is not None:
+            self._shared_memory.observe((method, digest), reply)
         s = reply.stats
         stats = RemoteStats(s.tape_bytes, s.tape_entries, s.peak_bytes, s.recomputed_ops)
         stats.compute_seconds = s.compute_seconds

@@ -49,6 +49,10 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
 
+def _whole_mib(n: int) -> int:
+    return -(-n // REGION_QUANTUM) * REGION_QUANTUM
+
+
 def _reason(err: grpc.RpcError) -> str:
     try:
         status = rpc_status.from_call(err)
@@ -87,8 +91,9 @@ class _Region:
 class SharedRequest:
     """One call's arrays in its thread's region, and the output window after them."""
 
-    def __init__(self, transport, region, groups):
+    def __init__(self, transport, region, groups, key=None):
         self.transport = transport
+        self.key = key
         self.region = region
         self.placed = {}  # id(array) -> SharedMemoryRef
         offset = 0
@@ -129,12 +134,7 @@ class SharedRequest:
         return request.SerializeToString()
 
     def done(self, reply):
-        """After the reply: remember how much output room this thread's calls need."""
-        need = 0
-        for field, value in reply.ListFields():
-            if field.message_type is pb.Value.DESCRIPTOR:
-                need += _value_bytes(value, self.transport.min_bytes)
-        self.transport._local.output_need = need
+        self.transport.observe(self.key, reply)
         self.transport._last_contact = time.monotonic()
 
 
@@ -161,7 +161,8 @@ class SharedMemoryTransport:
         self._checked = False  # the server's identity was compared with ours
         self._off = False  # not the same host, or shared memory is off there
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._needs: dict = {}  # (method, graph digest) -> bytes of its last large results
+        self._refused = float("inf")  # the smallest region size the server refused
         self._regions: dict[int, _Region] = {}  # thread id -> its region
         self._last_contact = 0.0
         channel = client._channel
@@ -229,7 +230,9 @@ class SharedMemoryTransport:
                         continue
                     if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self._give_up(err.details())
-                    elif self.required:
+                    elif err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        self._refused = min(self._refused, size)
+                    if self.required:
                         raise SharedMemoryUnavailable(
                             f"registering {size} bytes of shared memory: {err.details()}"
                         ) from None
@@ -257,17 +260,40 @@ class SharedMemoryTransport:
 
     # -- calls ----------------------------------------------------------------------------------
 
-    def prepare(self, groups) -> SharedRequest | None:
-        """The call's arrays placed in this thread's region; None: send bytes."""
+    def prepare(self, groups, key=None) -> SharedRequest | None:
+        """The call's arrays placed in this thread's region; None: send bytes. `key` names
+        the kind of call (method and graph), whose results' size is remembered."""
         if self._off:
             return None
+        try:
+            return self._prepare(groups, key)
+        except (grpc.RpcError, OSError) as exc:
+            # The server is unreachable (the call itself will say so, and retry), or no
+            # region could be created here (/dev/shm full).
+            if self.required and isinstance(exc, OSError):
+                raise SharedMemoryUnavailable(f"creating a region: {exc}") from None
+            return None
+
+    def observe(self, key, reply):
+        """After a reply (by either path): remember the room its large results need."""
+        if self._off:
+            return
+        need = 0
+        for field, value in reply.ListFields():
+            if field.message_type is pb.Value.DESCRIPTOR:
+                need += _value_bytes(value, self.min_bytes)
+        if len(self._needs) > 4096:
+            self._needs.clear()
+        self._needs[key] = need
+
+    def _prepare(self, groups, key):
         large = sum(
             _aligned(a.nbytes)
             for _, arrays in groups
             for a in arrays
             if a is not None and a.nbytes >= self.min_bytes
         )
-        if not large:
+        if not large and not self._needs.get(key):
             return None
         with self._lock:
             if not self._checked and not self._check_server():
@@ -277,21 +303,29 @@ class SharedMemoryTransport:
             if not status.session_known:
                 self._forget_session()
             self._last_contact = time.monotonic()
-        need = large + max(getattr(self._local, "output_need", 0), large)
+        # Room for the arguments and for the results that the last call of this method and
+        # graph received (before any: as much as the arguments).
+        want = _whole_mib(max(1, large + self._needs.get(key, large)))
         me = threading.get_ident()
         region = self._regions.get(me)
-        if region is None or region.size < need:
-            if region is None and len(self._regions) >= MAX_REGIONS:
+        if region is not None and region.size >= want:
+            return SharedRequest(self, region, groups, key)
+        if want >= self._refused:  # over the server's limit: the arguments alone, if they fit
+            want = _whole_mib(max(1, large))
+            if region is not None and region.size >= want:
+                return SharedRequest(self, region, groups, key)
+            if want >= self._refused:
                 return None
-            size = -(-need // REGION_QUANTUM) * REGION_QUANTUM
-            if region is not None:
-                self._drop(me)
-            region = self._new_region(size)
-            if region is None:
-                return None
-            with self._lock:
-                self._regions[me] = region
-        return SharedRequest(self, region, groups)
+        if region is None and len(self._regions) >= MAX_REGIONS:
+            return None
+        if region is not None:
+            self._drop(me)
+        region = self._new_region(want)
+        if region is None:
+            return None
+        with self._lock:
+            self._regions[me] = region
+        return SharedRequest(self, region, groups, key)
 
     def _drop(self, thread_id):
         with self._lock:

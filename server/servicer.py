@@ -365,12 +365,12 @@ class Servicer:
             reply, analytic=("tensors", report.analytic), numeric=("tensors", report.numeric)
         )
 
-    def shared_memory_call(self, msg):
+    def shared_memory_call(self, msg, should_stop):
         if self.shared_memory is None:
             raise Failure(
                 _INVALID, "this server has no shared memory", "ValueError", "shared_memory"
             )
-        return self.shared_memory.begin(msg)
+        return self.shared_memory.begin(msg, should_stop)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -395,7 +395,7 @@ class Servicer:
                 ) from None
             call = _Call(self, method, context)
             if request.HasField("shared_memory"):
-                call.shared = self.shared_memory_call(request.shared_memory)
+                call.shared = self.shared_memory_call(request.shared_memory, call)
             try:
                 reply = compute(request, call)
                 if call.shared is not None:

@@ -19,6 +19,8 @@ its mapping (no copy on decode), and writes large results into the request's out
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import re
 import secrets
 import sys
@@ -69,17 +71,35 @@ def host_id() -> str:
         return ""
 
 
+class _Mapping:
+    """A region mapped from /dev/shm (Linux), with SharedMemory's size, buf and close."""
+
+    def __init__(self, key: str):
+        fd = os.open(os.path.join("/dev/shm", key), os.O_RDWR)
+        try:
+            self.size = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, self.size) if self.size else None
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._mmap) if self._mmap is not None else memoryview(b"")
+
+    def close(self):
+        self.buf.release()
+        if self._mmap is not None:
+            self._mmap.close()
+
+
 def attach(key: str):
-    """Map an existing region by name without adopting it: Python before 3.13 registers every
-    attached segment with its resource tracker, which would unlink the client's region when
-    this process exits."""
-    from multiprocessing import resource_tracker, shared_memory
+    """Map an existing region by name without adopting it. (multiprocessing's SharedMemory
+    before Python 3.13 registers every segment it opens with a resource tracker, a process
+    of its own that would unlink the client's region when this one exits.)"""
+    if os.path.isdir("/dev/shm"):
+        return _Mapping(key)
+    from multiprocessing import shared_memory
 
     if sys.version_info >= (3, 13):
         return shared_memory.SharedMemory(key, track=False)
-    shm = shared_memory.SharedMemory(key)
-    resource_tracker.unregister(shm._name, "shared_memory")
-    return shm
+    raise OSError("shared memory needs /dev/shm, or Python 3.13")
 
 
 class Region:
@@ -369,11 +389,15 @@ class SharedMemoryRegistry:
 
     # -- calls --------------------------------------------------------------------------------
 
-    def begin(self, msg: pb.SharedMemoryCall):
-        """The call's view of its session (a CallMemory), its lease held until release()."""
+    def begin(self, msg: pb.SharedMemoryCall, should_stop=None):
+        """The call's view of its session (a CallMemory), its lease held until release().
+        `should_stop` raises when the call already ended (then a region the client has let go
+        of meanwhile is not its error)."""
         with self._lock:
             session = self._sessions.get(msg.session) if msg.session else None
             if session is None:
+                if should_stop is not None:
+                    should_stop()
                 raise _failure(
                     _INVALID,
                     "shared_memory.session: not a session of this server (its lease ran out, "
@@ -383,7 +407,7 @@ class SharedMemoryRegistry:
                 )
             session.active += 1
             session.last_seen = time.monotonic()
-        call = CallMemory(self, session)
+        call = CallMemory(self, session, should_stop)
         try:
             if msg.HasField("output"):
                 call.set_window(msg.output, max(1, msg.output_min_bytes))
@@ -440,9 +464,10 @@ def _aligned(offset: int) -> int:
 class CallMemory:
     """One request's shared memory: its arguments as views, its results written back."""
 
-    def __init__(self, registry: SharedMemoryRegistry, session: Session):
+    def __init__(self, registry: SharedMemoryRegistry, session: Session, should_stop=None):
         self.registry = registry
         self.session = session
+        self.should_stop = should_stop
         self.window = None  # (region, start, end)
         self.min_bytes = 1
         self._released = False
@@ -450,6 +475,8 @@ class CallMemory:
     def _region(self, handle, where) -> Region:
         region = self.session.regions.get(handle)
         if region is None:
+            if self.should_stop is not None:
+                self.should_stop()
             raise _failure(
                 _INVALID,
                 f"region {handle[:40]!r} is not a region of this request's session "
