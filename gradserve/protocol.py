@@ -150,8 +150,9 @@ def shared_array(ref) -> np.ndarray:
         or (ref.offset + ref.byte_size > len(buf))
     ):
         raise ValueError("the reply names bytes outside its shared-memory region")
-    view = np.frombuffer(buf, dtype, count, ref.offset).reshape(shape)
-    return view.astype(dtype.newbyteorder("="), copy=True)
+    view = np.frombuffer(buf, dtype, count, ref.offset)
+    view = view.reshape(shape, order="F" if ref.fortran_order else "C")
+    return view.astype(dtype.newbyteorder("="), order="K", copy=True)
 
 
 def result_array(msg: graph_pb2.Tensor) -> np.ndarray:

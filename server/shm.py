@@ -535,10 +535,11 @@ class CallMemory:
                 f"{where}.byte_size",
             )
         self._bounds(region, ref.offset, ref.byte_size, where)
+        order = "F" if ref.fortran_order else "C"
         if size == 0:
             array = np.zeros(shape, wire)
         else:
-            array = np.ndarray(shape, wire, buffer=region.buf, offset=ref.offset)
+            array = np.ndarray(shape, wire, buffer=region.buf, offset=ref.offset, order=order)
         array.flags.writeable = False  # the engine never writes into its inputs
         return array if wire.isnative else array.astype(wire.newbyteorder("="))
 
@@ -554,12 +555,18 @@ class CallMemory:
     def _place(self, result):
         if isinstance(result, tuple):
             return tuple(self._place(r) for r in result)
-        array = canonical_array(result)
+        array = np.asarray(result)
+        # A column-major result (the engine's transposed products) is written as it is: one
+        # memcpy instead of a transposing copy here and a copy out on the client.
+        fortran = array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
+        if not fortran or array.dtype.byteorder == ">" or dtype_name(array) != array.dtype.name:
+            array, fortran = canonical_array(array), False
         region, cursor, end = self.window
         start = _aligned(cursor)
         if array.nbytes < self.min_bytes or start + array.nbytes > end:
             return array
-        target = np.ndarray(array.shape, array.dtype, buffer=region.buf, offset=start)
+        order = "F" if fortran else "C"
+        target = np.ndarray(array.shape, array.dtype, region.buf, start, order=order)
         np.copyto(target, array)
         del target
         self.window[1] = start + array.nbytes
@@ -569,6 +576,7 @@ class CallMemory:
             byte_size=array.nbytes,
             dtype=dtype_name(array),
             shape=array.shape,
+            fortran_order=fortran,
         )
 
     def release(self):

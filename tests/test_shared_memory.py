@@ -464,3 +464,27 @@ def test_status_reports_the_host_and_limits(server):
     assert status.enabled and len(status.challenge) == 16
     assert status.lease_seconds == LEASE
     assert status.max_bytes_per_session == 8 << 20 and status.max_bytes == 64 << 20
+
+
+def test_column_major_results_travel_in_their_order(server):
+    """A transposed result is written as it lies in memory (fortran_order), not transposed."""
+    replies = []
+
+    class Keep(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            outcome = continuation(details, request)
+            if details.method.endswith("/Evaluate"):
+                replies.append(pb.EvaluateResponse.FromString(outcome.result()))
+            return outcome
+
+    a = np.arange(300 * 200, dtype=np.float64).reshape(300, 200)
+    g = gs.trace(lambda m: (m.T, m * 2.0), a)
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.address), Keep())
+    with gs.Client(channel, timeout=60, shared_memory=True) as cli:
+        transposed, doubled = cli.evaluate(g, a)
+    channel.close()
+    np.testing.assert_array_equal(transposed, a.T)
+    np.testing.assert_array_equal(doubled, 2.0 * a)
+    first, second = (item.shared_memory for item in replies[-1].outputs.tuple.items)
+    assert first.fortran_order and tuple(first.shape) == (200, 300)
+    assert not second.fortran_order

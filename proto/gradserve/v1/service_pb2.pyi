@@ -320,18 +320,20 @@ class UnregisterSharedMemoryResponse(_message.Message):
     def __init__(self, unregistered: _Optional[int] = ...) -> None: ...
 
 class SharedMemoryRef(_message.Message):
-    __slots__ = ("region", "offset", "byte_size", "dtype", "shape")
+    __slots__ = ("region", "offset", "byte_size", "dtype", "shape", "fortran_order")
     REGION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    FORTRAN_ORDER_FIELD_NUMBER: _ClassVar[int]
     region: str
     offset: int
     byte_size: int
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    fortran_order: bool
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., fortran_order: _Optional[bool] = ...) -> None: ...
 
 class SharedMemoryCall(_message.Message):
     __slots__ = ("session", "output", "output_min_bytes")
