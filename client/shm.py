@@ -33,7 +33,7 @@ MIN_BYTES = 16384  # arrays and results smaller than this travel inline
 ALIGNMENT = 64
 REGION_QUANTUM = 1 << 20  # region sizes are whole MiB
 MAX_REGIONS = 16  # threads of one Client with a region; further threads send bytes
-UNKNOWN = "UnknownSharedMemory"  # the server no longer has our session or region
+UNKNOWN = "UnknownSharedMemory"  # the server no longer has our lease or region
 
 
 def host_id() -> str:
@@ -117,7 +117,7 @@ class SharedRequest:
 
     def encode(self, request, groups) -> bytes:
         """The request with its TensorRefs: large arrays by place, small ones inline."""
-        request.shared_memory.session = self.transport.session
+        request.shared_memory.lease = self.transport.lease
         request.shared_memory.output.CopyFrom(self.output)
         request.shared_memory.output_min_bytes = self.transport.min_bytes
         for field, arrays in groups:
@@ -150,13 +150,13 @@ def _value_bytes(msg, min_bytes) -> int:
 
 
 class SharedMemoryTransport:
-    """A Client's regions and session. `required`: raise instead of falling back to bytes."""
+    """A Client's regions and lease. `required`: raise instead of falling back to bytes."""
 
     def __init__(self, client, required: bool, min_bytes: int = MIN_BYTES):
         self.client = client
         self.required = required
         self.min_bytes = max(1, int(min_bytes))
-        self.session = ""
+        self.lease = ""
         self.lease_seconds = 30.0
         self._checked = False  # the server's identity was compared with ours
         self._off = False  # not the same host, or shared memory is off there
@@ -180,7 +180,7 @@ class SharedMemoryTransport:
     def status(self) -> pb.SharedMemoryStatusResponse:
         return self._rpc(
             self._status,
-            pb.SharedMemoryStatusRequest(session=self.session),
+            pb.SharedMemoryStatusRequest(lease=self.lease),
             pb.SharedMemoryStatusResponse,
         )
 
@@ -210,14 +210,14 @@ class SharedMemoryTransport:
         try:
             for attempt in (0, 1):
                 status = self.status()
-                if self.session and not status.session_known:
-                    self._forget_session()
+                if self.lease and not status.lease_known:
+                    self._forget_lease()
                 region.shm.buf[: len(status.challenge)] = status.challenge
                 try:
                     reply = self._rpc(
                         self._register,
                         pb.RegisterSharedMemoryRequest(
-                            session=self.session,
+                            lease=self.lease,
                             key=region.shm.name,
                             byte_size=size,
                             challenge=status.challenge,
@@ -226,7 +226,7 @@ class SharedMemoryTransport:
                     )
                 except grpc.RpcError as err:
                     if attempt == 0 and _reason(err) == UNKNOWN:
-                        self._forget_session()
+                        self._forget_lease()
                         continue
                     if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self._give_up(err.details())
@@ -242,19 +242,19 @@ class SharedMemoryTransport:
         except BaseException:
             region.close()
             raise
-        self.session = reply.session
+        self.lease = reply.lease
         self.lease_seconds = reply.lease_seconds or self.lease_seconds
         region.handle = reply.region
         shared_regions[region.handle] = region.shm.buf
         self._last_contact = time.monotonic()
         return region
 
-    def _forget_session(self):
-        """The server lost our session (lease, restart): our regions are unknown to it."""
+    def _forget_lease(self):
+        """The server lost our lease (lease, restart): our regions are unknown to it."""
         with self._lock:
             regions = list(self._regions.values())
             self._regions.clear()
-            self.session = ""
+            self.lease = ""
         for region in regions:
             region.close()
 
@@ -298,10 +298,10 @@ class SharedMemoryTransport:
         with self._lock:
             if not self._checked and not self._check_server():
                 return None
-        if self.session and time.monotonic() - self._last_contact > self.lease_seconds / 2:
+        if self.lease and time.monotonic() - self._last_contact > self.lease_seconds / 2:
             status = self.status()  # renews the lease, or says it ran out
-            if not status.session_known:
-                self._forget_session()
+            if not status.lease_known:
+                self._forget_lease()
             self._last_contact = time.monotonic()
         # Room for the arguments and for the results that the last call of this method and
         # graph received (before any: as much as the arguments).
@@ -335,16 +335,16 @@ class SharedMemoryTransport:
         with contextlib.suppress(grpc.RpcError):  # else the lease unmaps it
             self._rpc(
                 self._unregister,
-                pb.UnregisterSharedMemoryRequest(session=self.session, region=region.handle),
+                pb.UnregisterSharedMemoryRequest(lease=self.lease, region=region.handle),
                 pb.UnregisterSharedMemoryResponse,
             )
         region.close()
 
     def stale(self, err: grpc.RpcError) -> bool:
-        """True when the call failed because the server lost our session or region; the
+        """True when the call failed because the server lost our lease or region; the
         regions are then dropped (the next call registers anew)."""
         if err.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(err) == UNKNOWN:
-            self._forget_session()
+            self._forget_lease()
             return True
         return False
 
@@ -353,12 +353,12 @@ class SharedMemoryTransport:
         with self._lock:
             regions = list(self._regions.values())
             self._regions.clear()
-            session, self.session = self.session, ""
-        if session:
+            lease, self.lease = self.lease, ""
+        if lease:
             with contextlib.suppress(grpc.RpcError):  # else the lease unmaps them
                 self._rpc(
                     self._unregister,
-                    pb.UnregisterSharedMemoryRequest(session=session),
+                    pb.UnregisterSharedMemoryRequest(lease=lease),
                     pb.UnregisterSharedMemoryResponse,
                 )
         for region in regions:

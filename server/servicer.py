@@ -271,7 +271,7 @@ class Servicer:
             if shared is None:
                 raise Failure(
                     _INVALID,
-                    "a tensor in shared memory needs the request's shared_memory.session",
+                    "a tensor in shared memory needs the request's shared_memory.lease",
                     "ValueError",
                     f"{where}.shared_memory",
                 )

@@ -8,11 +8,11 @@ its mapping (no copy on decode), and writes large results into the request's out
   offset 0 of its region and registers the region by name with that challenge. The server maps
   the name and compares: a region it cannot see, or one holding other bytes (another machine's
   or container's /dev/shm, or a segment the client does not control), is refused.
-- Ownership: regions belong to a session (a random id the first registration returns); a
-  request names its session, and may only name that session's regions.
-- Bounds: --max-shared-memory-bytes over all sessions (0: the service is off) and
-  --max-shared-memory-bytes-per-client per session; beyond, RESOURCE_EXHAUSTED.
-- Lease: a session unused (no call, status or registration naming it) for
+- Ownership: regions belong to a lease (a random id the first registration returns); a
+  request names its lease, and may only name that lease's regions.
+- Bounds: --max-shared-memory-bytes over all leases (0: the service is off) and
+  --max-shared-memory-bytes-per-client per lease; beyond, RESOURCE_EXHAUSTED.
+- Lease: a lease unused (no call, status or registration naming it) for
   --shared-memory-lease-seconds is unmapped, so a client that died without unregistering does
   not pin memory; its own regions are unlinked by its process's resource tracker."""
 
@@ -42,7 +42,7 @@ log = logging.getLogger("gradserve.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["SharedMemory"]
 CHALLENGE_BYTES = 16
 CHALLENGE_SECONDS = 60.0
-MAX_REGIONS_PER_SESSION = 64
+MAX_REGIONS_PER_CLIENT = 64
 MAX_REGIONS = 4096
 ALIGNMENT = 64  # results are written at offsets that are multiples of this
 
@@ -50,7 +50,7 @@ _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,200}\Z")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _UNAVAILABLE = grpc.StatusCode.FAILED_PRECONDITION
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-# The reason of a request naming a session or region the server does not have (expired lease,
+# The reason of a request naming a lease or region the server does not have (expired lease,
 # restarted server, another client's): the client registers again and sends bytes meanwhile.
 UNKNOWN = "UnknownSharedMemory"
 
@@ -120,12 +120,12 @@ class Region:
         return True
 
 
-class Session:
-    def __init__(self, session_id: str):
-        self.id = session_id
+class Lease:
+    def __init__(self, lease_id: str):
+        self.id = lease_id
         self.regions: dict[str, Region] = {}
         self.last_seen = time.monotonic()
-        self.active = 0  # calls in flight naming this session
+        self.active = 0  # calls in flight naming this lease
 
     @property
     def nbytes(self) -> int:
@@ -137,15 +137,15 @@ def _failure(code, message, reason, where):
 
 
 class SharedMemoryRegistry:
-    """The server's sessions and mapped regions, and the SharedMemory service."""
+    """The server's leases and mapped regions, and the SharedMemory service."""
 
-    def __init__(self, max_bytes: int, max_bytes_per_session: int, lease_seconds: float):
+    def __init__(self, max_bytes: int, max_bytes_per_client: int, lease_seconds: float):
         self.max_bytes = max(0, int(max_bytes))
-        self.max_bytes_per_session = max(0, int(max_bytes_per_session))
+        self.max_bytes_per_client = max(0, int(max_bytes_per_client))
         self.lease_seconds = float(lease_seconds)
         self.host_id = host_id()
         self._lock = threading.Lock()
-        self._sessions: dict[str, Session] = {}
+        self._leases: dict[str, Lease] = {}
         self._challenges: dict[bytes, float] = {}  # challenge -> expiry
         self._closing: list[Region] = []  # unregistered while a call still viewed them
         self._stop = threading.Event()
@@ -169,22 +169,22 @@ class SharedMemoryRegistry:
             self.reap()
 
     def reap(self):
-        """Unmap the sessions whose lease ran out, and regions left to close."""
+        """Unmap the leases whose lease ran out, and regions left to close."""
         now = time.monotonic()
         with self._lock:
             expired = [
                 s
-                for s in self._sessions.values()
+                for s in self._leases.values()
                 if s.active == 0 and now - s.last_seen > self.lease_seconds
             ]
             for s in expired:
-                del self._sessions[s.id]
+                del self._leases[s.id]
                 self._retire(s.regions.values())
                 s.regions.clear()
             self._closing = [r for r in self._closing if not r.close()]
             self._challenges = {c: t for c, t in self._challenges.items() if t > now}
         for _ in expired:
-            log.info("shared memory: a session's lease ran out; its regions are unmapped")
+            log.info("shared memory: a lease's lease ran out; its regions are unmapped")
 
     def _retire(self, regions):
         """Unmap regions (under the lock); those a call still views close later."""
@@ -198,13 +198,13 @@ class SharedMemoryRegistry:
         """Stop the lease thread and unmap everything (with the server)."""
         self._stop.set()
         with self._lock:
-            for s in self._sessions.values():
+            for s in self._leases.values():
                 self._retire(s.regions.values())
-            self._sessions.clear()
+            self._leases.clear()
 
     def mapped_keys(self) -> list[str]:
         with self._lock:
-            return [r.key for s in self._sessions.values() for r in s.regions.values()]
+            return [r.key for s in self._leases.values() for r in s.regions.values()]
 
     # -- the service --------------------------------------------------------------------------
 
@@ -213,7 +213,7 @@ class SharedMemoryRegistry:
             enabled=self.enabled,
             host_id=self.host_id,
             lease_seconds=self.lease_seconds,
-            max_bytes_per_session=self.max_bytes_per_session,
+            max_bytes_per_client=self.max_bytes_per_client,
             max_bytes=self.max_bytes,
         )
         if not self.enabled:
@@ -223,11 +223,11 @@ class SharedMemoryRegistry:
             if len(self._challenges) >= 4 * MAX_REGIONS:
                 self._challenges.pop(next(iter(self._challenges)))
             self._challenges[challenge] = time.monotonic() + CHALLENGE_SECONDS
-            session = self._sessions.get(req.session) if req.session else None
-            if session is not None:
-                session.last_seen = time.monotonic()
-                reply.session_known = True
-                for r in session.regions.values():
+            lease = self._leases.get(req.lease) if req.lease else None
+            if lease is not None:
+                lease.last_seen = time.monotonic()
+                reply.lease_known = True
+                for r in lease.regions.values():
                     reply.regions.add(region=r.handle, key=r.key, byte_size=r.byte_size)
         reply.challenge = challenge
         return reply
@@ -255,7 +255,7 @@ class SharedMemoryRegistry:
                 "ValueError",
                 "byte_size",
             )
-        self._check_limits(req.session, req.byte_size)
+        self._check_limits(req.lease, req.byte_size)
         with self._lock:
             expiry = self._challenges.pop(bytes(req.challenge), None)
         if expiry is None or expiry < time.monotonic():
@@ -294,33 +294,33 @@ class SharedMemoryRegistry:
         region = Region(secrets.token_hex(16), req.key, int(req.byte_size), shm)
         with self._lock:
             try:
-                session = self._session_for_register(req.session, region.byte_size)
+                lease = self._lease_for_register(req.lease, region.byte_size)
             except Failure:
                 region.close()
                 raise
-            session.regions[region.handle] = region
-            session.last_seen = time.monotonic()
+            lease.regions[region.handle] = region
+            lease.last_seen = time.monotonic()
             MAPPED_BYTES.inc(region.byte_size)
             MAPPED_REGIONS.inc()
         return pb.RegisterSharedMemoryResponse(
-            session=session.id, region=region.handle, lease_seconds=self.lease_seconds
+            lease=lease.id, region=region.handle, lease_seconds=self.lease_seconds
         )
 
-    def _check_limits(self, session_id, byte_size):
+    def _check_limits(self, lease_id, byte_size):
         """The limits, before mapping (checked again under the lock when adding)."""
         with self._lock:
-            self._limits(self._sessions.get(session_id) if session_id else None, byte_size)
+            self._limits(self._leases.get(lease_id) if lease_id else None, byte_size)
 
-    def _limits(self, session, byte_size):
-        total = sum(s.nbytes for s in self._sessions.values())
-        regions = sum(len(s.regions) for s in self._sessions.values())
-        mine = session.nbytes if session is not None else 0
-        count = len(session.regions) if session is not None else 0
-        if mine + byte_size > self.max_bytes_per_session:
+    def _limits(self, lease, byte_size):
+        total = sum(s.nbytes for s in self._leases.values())
+        regions = sum(len(s.regions) for s in self._leases.values())
+        mine = lease.nbytes if lease is not None else 0
+        count = len(lease.regions) if lease is not None else 0
+        if mine + byte_size > self.max_bytes_per_client:
             raise _failure(
                 _EXHAUSTED,
                 f"registering {byte_size} bytes would give this client {mine + byte_size} bytes "
-                f"of shared memory, over the limit of {self.max_bytes_per_session} "
+                f"of shared memory, over the limit of {self.max_bytes_per_client} "
                 "(--max-shared-memory-bytes-per-client)",
                 "LimitError",
                 "byte_size",
@@ -333,81 +333,79 @@ class SharedMemoryRegistry:
                 "LimitError",
                 "byte_size",
             )
-        if count >= MAX_REGIONS_PER_SESSION or regions >= MAX_REGIONS:
+        if count >= MAX_REGIONS_PER_CLIENT or regions >= MAX_REGIONS:
             raise _failure(
                 _EXHAUSTED,
-                f"too many shared-memory regions (at most {MAX_REGIONS_PER_SESSION} per "
+                f"too many shared-memory regions (at most {MAX_REGIONS_PER_CLIENT} per "
                 f"client, {MAX_REGIONS} in all)",
                 "LimitError",
                 "key",
             )
 
-    def _session_for_register(self, session_id, byte_size) -> Session:
-        if session_id:
-            session = self._sessions.get(session_id)
-            if session is None:
+    def _lease_for_register(self, lease_id, byte_size) -> Lease:
+        if lease_id:
+            lease = self._leases.get(lease_id)
+            if lease is None:
                 raise _failure(
                     _INVALID,
-                    "session: not a session of this server (its lease ran out, or the server "
-                    "restarted): register with an empty session",
+                    "lease: not a lease of this server (its lease ran out, or the server "
+                    "restarted): register with an empty lease",
                     UNKNOWN,
-                    "session",
+                    "lease",
                 )
         else:
-            session = None
-        self._limits(session, byte_size)
-        if session is None:
-            session = Session(secrets.token_hex(16))
-            self._sessions[session.id] = session
-        return session
+            lease = None
+        self._limits(lease, byte_size)
+        if lease is None:
+            lease = Lease(secrets.token_hex(16))
+            self._leases[lease.id] = lease
+        return lease
 
     def unregister(self, req):
         with self._lock:
-            session = self._sessions.get(req.session)
-            if session is None:
-                raise _failure(
-                    _INVALID, "session: not a session of this server", UNKNOWN, "session"
-                )
+            lease = self._leases.get(req.lease)
+            if lease is None:
+                raise _failure(_INVALID, "lease: not a lease of this server", UNKNOWN, "lease")
             if req.region:
-                region = session.regions.pop(req.region, None)
+                region = lease.regions.pop(req.region, None)
                 if region is None:
                     raise _failure(
                         _INVALID,
-                        "region: not a region of this session",
+                        "region: not a region of this lease",
                         UNKNOWN,
                         "region",
                     )
                 gone = [region]
-                session.last_seen = time.monotonic()
+                lease.last_seen = time.monotonic()
             else:
-                gone = list(session.regions.values())
-                session.regions.clear()
-                if session.active == 0:
-                    del self._sessions[session.id]
+                gone = list(lease.regions.values())
+                lease.regions.clear()
+                if lease.active == 0:
+                    del self._leases[lease.id]
             self._retire(gone)
         return pb.UnregisterSharedMemoryResponse(unregistered=len(gone))
 
     # -- calls --------------------------------------------------------------------------------
 
     def begin(self, msg: pb.SharedMemoryCall, should_stop=None):
-        """The call's view of its session (a CallMemory), its lease held until release().
+        """The call's view of its lease (a CallMemory), its lease held until release().
         `should_stop` raises when the call already ended (then a region the client has let go
         of meanwhile is not its error)."""
         with self._lock:
-            session = self._sessions.get(msg.session) if msg.session else None
-            if session is None:
+            lease = self._leases.get(msg.lease) if msg.lease else None
+            if lease is None:
                 if should_stop is not None:
                     should_stop()
                 raise _failure(
                     _INVALID,
-                    "shared_memory.session: not a session of this server (its lease ran out, "
+                    "shared_memory.lease: not a lease of this server (its lease ran out, "
                     "or the server restarted, or shared memory is off): register again",
                     UNKNOWN,
-                    "shared_memory.session",
+                    "shared_memory.lease",
                 )
-            session.active += 1
-            session.last_seen = time.monotonic()
-        call = CallMemory(self, session, should_stop)
+            lease.active += 1
+            lease.last_seen = time.monotonic()
+        call = CallMemory(self, lease, should_stop)
         try:
             if msg.HasField("output"):
                 call.set_window(msg.output, max(1, msg.output_min_bytes))
@@ -416,13 +414,13 @@ class SharedMemoryRegistry:
             raise
         return call
 
-    def _release(self, session):
+    def _release(self, lease):
         with self._lock:
-            session.active -= 1
-            session.last_seen = time.monotonic()
-            if session.id not in self._sessions and session.active == 0:
-                self._retire(session.regions.values())
-                session.regions.clear()
+            lease.active -= 1
+            lease.last_seen = time.monotonic()
+            if lease.id not in self._leases and lease.active == 0:
+                self._retire(lease.regions.values())
+                lease.regions.clear()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The SharedMemory service (raw bytes in, so that any request is a status code)."""
@@ -464,22 +462,22 @@ def _aligned(offset: int) -> int:
 class CallMemory:
     """One request's shared memory: its arguments as views, its results written back."""
 
-    def __init__(self, registry: SharedMemoryRegistry, session: Session, should_stop=None):
+    def __init__(self, registry: SharedMemoryRegistry, lease: Lease, should_stop=None):
         self.registry = registry
-        self.session = session
+        self.lease = lease
         self.should_stop = should_stop
         self.window = None  # (region, start, end)
         self.min_bytes = 1
         self._released = False
 
     def _region(self, handle, where) -> Region:
-        region = self.session.regions.get(handle)
+        region = self.lease.regions.get(handle)
         if region is None:
             if self.should_stop is not None:
                 self.should_stop()
             raise _failure(
                 _INVALID,
-                f"region {handle[:40]!r} is not a region of this request's session "
+                f"region {handle[:40]!r} is not a region of this request's lease "
                 "(unregistered, expired, or another client's)",
                 UNKNOWN,
                 where,
@@ -583,4 +581,4 @@ class CallMemory:
         if not self._released:
             self._released = True
             self.window = None
-            self.registry._release(self.session)
+            self.registry._release(self.lease)

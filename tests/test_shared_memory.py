@@ -231,22 +231,22 @@ def test_an_idle_client_outliving_the_lease_registers_again(server):
     g = gs.trace(lambda v: v * v, x)
     with gs.Client(server.address, timeout=60, shared_memory=True) as cli:
         np.testing.assert_array_equal(cli.evaluate(g, x), x * x)
-        first = cli._shared_memory.session
-        time.sleep(LEASE + 1.5)  # the server unmaps the session
+        first = cli._shared_memory.lease
+        time.sleep(LEASE + 1.5)  # the server unmaps the lease
         np.testing.assert_array_equal(cli.evaluate(g, x + 1), (x + 1) * (x + 1))
-        assert cli._shared_memory.session and cli._shared_memory.session != first
+        assert cli._shared_memory.lease and cli._shared_memory.lease != first
 
 
 # ---- bad references are INVALID_ARGUMENT with a field violation; other clients' are refused ----
 
 
-def _raw_evaluate(address, session, ref):
-    """An Evaluate of v + 1 with its argument named by `ref` in `session`."""
+def _raw_evaluate(address, lease, ref):
+    """An Evaluate of v + 1 with its argument named by `ref` in `lease`."""
     x = np.zeros(4096)
     g = gs.trace(lambda v: v + 1.0, x)
     request = pb.EvaluateRequest(graph=pb.GraphRef(body=g.to_bytes()))
     request.args.add().shared_memory.CopyFrom(ref)
-    request.shared_memory.session = session
+    request.shared_memory.lease = lease
     with grpc.insecure_channel(address) as channel:
         call = channel.unary_unary(method_path("Evaluate"))
         return pb.EvaluateResponse.FromString(call(request.SerializeToString(), timeout=30))
@@ -259,7 +259,7 @@ def owner(server):
     with gs.Client(server.address, timeout=60, shared_memory=True) as cli:
         cli.evaluate(gs.trace(lambda v: v * 1.0, x), x)
         region = next(iter(cli._shared_memory._regions.values()))
-        yield cli._shared_memory.session, region
+        yield cli._shared_memory.lease, region
 
 
 def _ref(region, offset=0, byte_size=4096 * 8, dtype="float64", shape=(4096,)):
@@ -269,8 +269,8 @@ def _ref(region, offset=0, byte_size=4096 * 8, dtype="float64", shape=(4096,)):
 
 
 def test_a_valid_raw_reference_reads_the_region(server, owner):
-    session, region = owner
-    reply = _raw_evaluate(server.address, session, _ref(region))
+    lease, region = owner
+    reply = _raw_evaluate(server.address, lease, _ref(region))
     out = np.frombuffer(reply.outputs.tensor.data)  # no output window: the result inline
     np.testing.assert_array_equal(out, np.arange(4096) + 1.0)
 
@@ -287,13 +287,13 @@ def test_a_valid_raw_reference_reads_the_region(server, owner):
     ],
 )
 def test_references_outside_the_region_are_invalid_argument(server, owner, change, field):
-    session, region = owner
+    lease, region = owner
     ref = _ref(region, **change)
     if field is None:
-        _raw_evaluate(server.address, session, ref)
+        _raw_evaluate(server.address, lease, ref)
         return
     with pytest.raises(grpc.RpcError) as info:
-        _raw_evaluate(server.address, session, ref)
+        _raw_evaluate(server.address, lease, ref)
     code, _, where = status_of(info.value)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert where == field
@@ -301,11 +301,11 @@ def test_references_outside_the_region_are_invalid_argument(server, owner, chang
 
 
 def test_an_unregistered_region_is_invalid_argument(server, owner):
-    session, region = owner
+    lease, region = owner
     ref = _ref(region)
     ref.region = "0" * 32
     with pytest.raises(grpc.RpcError) as info:
-        _raw_evaluate(server.address, session, ref)
+        _raw_evaluate(server.address, lease, ref)
     assert status_of(info.value) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "UnknownSharedMemory",
@@ -314,14 +314,14 @@ def test_an_unregistered_region_is_invalid_argument(server, owner):
 
 
 def test_another_clients_region_is_refused(server, owner):
-    session, region = owner
+    lease, region = owner
     x = np.ones(4096)
     with gs.Client(server.address, timeout=60, shared_memory=True) as other:
         other.evaluate(gs.trace(lambda v: v * 1.0, x), x)
-        other_session = other._shared_memory.session
-        assert other_session and other_session != session
+        other_lease = other._shared_memory.lease
+        assert other_lease and other_lease != lease
         with pytest.raises(grpc.RpcError) as info:
-            _raw_evaluate(server.address, other_session, _ref(region))
+            _raw_evaluate(server.address, other_lease, _ref(region))
         assert status_of(info.value) == (
             grpc.StatusCode.INVALID_ARGUMENT,
             "UnknownSharedMemory",
@@ -331,24 +331,24 @@ def test_another_clients_region_is_refused(server, owner):
             with grpc.insecure_channel(server.address) as channel:
                 channel.unary_unary(SHM_SERVICE + "UnregisterSharedMemory")(
                     pb.UnregisterSharedMemoryRequest(
-                        session=other_session, region=region.handle
+                        lease=other_lease, region=region.handle
                     ).SerializeToString(),
                     timeout=30,
                 )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    _raw_evaluate(server.address, session, _ref(region))  # still the owner's
+    _raw_evaluate(server.address, lease, _ref(region))  # still the owner's
 
 
 # ---- registration: the challenge proves the region is shared; limits ------------------------
 
 
-def _register(address, key, byte_size, challenge=None, session=""):
+def _register(address, key, byte_size, challenge=None, lease=""):
     with grpc.insecure_channel(address) as channel:
         status = pb.SharedMemoryStatusResponse.FromString(
             channel.unary_unary(SHM_SERVICE + "SharedMemoryStatus")(b"", timeout=30)
         )
         request = pb.RegisterSharedMemoryRequest(
-            session=session,
+            lease=lease,
             key=key,
             byte_size=byte_size,
             challenge=status.challenge if challenge is None else challenge,
@@ -463,7 +463,7 @@ def test_status_reports_the_host_and_limits(server):
         assert status.host_id == f.read().strip()
     assert status.enabled and len(status.challenge) == 16
     assert status.lease_seconds == LEASE
-    assert status.max_bytes_per_session == 8 << 20 and status.max_bytes == 64 << 20
+    assert status.max_bytes_per_client == 8 << 20 and status.max_bytes == 64 << 20
 
 
 def test_column_major_results_travel_in_their_order(server):

@@ -248,10 +248,10 @@ class CheckGradResponse(_message.Message):
     def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class SharedMemoryStatusRequest(_message.Message):
-    __slots__ = ("session",)
-    SESSION_FIELD_NUMBER: _ClassVar[int]
-    session: str
-    def __init__(self, session: _Optional[str] = ...) -> None: ...
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: str
+    def __init__(self, lease: _Optional[str] = ...) -> None: ...
 
 class SharedMemoryRegion(_message.Message):
     __slots__ = ("region", "key", "byte_size")
@@ -264,54 +264,54 @@ class SharedMemoryRegion(_message.Message):
     def __init__(self, region: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ...) -> None: ...
 
 class SharedMemoryStatusResponse(_message.Message):
-    __slots__ = ("enabled", "host_id", "challenge", "lease_seconds", "max_bytes_per_session", "max_bytes", "session_known", "regions")
+    __slots__ = ("enabled", "host_id", "challenge", "lease_seconds", "max_bytes_per_client", "max_bytes", "lease_known", "regions")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    MAX_BYTES_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
-    SESSION_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_KNOWN_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     host_id: str
     challenge: bytes
     lease_seconds: float
-    max_bytes_per_session: int
+    max_bytes_per_client: int
     max_bytes: int
-    session_known: bool
+    lease_known: bool
     regions: _containers.RepeatedCompositeFieldContainer[SharedMemoryRegion]
-    def __init__(self, enabled: _Optional[bool] = ..., host_id: _Optional[str] = ..., challenge: _Optional[bytes] = ..., lease_seconds: _Optional[float] = ..., max_bytes_per_session: _Optional[int] = ..., max_bytes: _Optional[int] = ..., session_known: _Optional[bool] = ..., regions: _Optional[_Iterable[_Union[SharedMemoryRegion, _Mapping]]] = ...) -> None: ...
+    def __init__(self, enabled: _Optional[bool] = ..., host_id: _Optional[str] = ..., challenge: _Optional[bytes] = ..., lease_seconds: _Optional[float] = ..., max_bytes_per_client: _Optional[int] = ..., max_bytes: _Optional[int] = ..., lease_known: _Optional[bool] = ..., regions: _Optional[_Iterable[_Union[SharedMemoryRegion, _Mapping]]] = ...) -> None: ...
 
 class RegisterSharedMemoryRequest(_message.Message):
-    __slots__ = ("session", "key", "byte_size", "challenge")
-    SESSION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("lease", "key", "byte_size", "challenge")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
-    session: str
+    lease: str
     key: str
     byte_size: int
     challenge: bytes
-    def __init__(self, session: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ..., challenge: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, lease: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
 class RegisterSharedMemoryResponse(_message.Message):
-    __slots__ = ("session", "region", "lease_seconds")
-    SESSION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("lease", "region", "lease_seconds")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    session: str
+    lease: str
     region: str
     lease_seconds: float
-    def __init__(self, session: _Optional[str] = ..., region: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, lease: _Optional[str] = ..., region: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
 
 class UnregisterSharedMemoryRequest(_message.Message):
-    __slots__ = ("session", "region")
-    SESSION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("lease", "region")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
-    session: str
+    lease: str
     region: str
-    def __init__(self, session: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+    def __init__(self, lease: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class UnregisterSharedMemoryResponse(_message.Message):
     __slots__ = ("unregistered",)
@@ -336,11 +336,11 @@ class SharedMemoryRef(_message.Message):
     def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., fortran_order: _Optional[bool] = ...) -> None: ...
 
 class SharedMemoryCall(_message.Message):
-    __slots__ = ("session", "output", "output_min_bytes")
-    SESSION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("lease", "output", "output_min_bytes")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
-    session: str
+    lease: str
     output: SharedMemoryRef
     output_min_bytes: int
-    def __init__(self, session: _Optional[str] = ..., output: _Optional[_Union[SharedMemoryRef, _Mapping]] = ..., output_min_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, lease: _Optional[str] = ..., output: _Optional[_Union[SharedMemoryRef, _Mapping]] = ..., output_min_bytes: _Optional[int] = ...) -> None: ...

@@ -440,7 +440,7 @@ class SharedMemoryServicer:
 
     def SharedMemoryStatus(self, request, context):
         """The server's host identity and settings, a fresh registration challenge, and (with a
-        session) that session's regions, renewing its lease.
+        lease) that lease's regions, renewing its lease.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
