@@ -289,6 +289,14 @@ class Client:
     digest_min_bytes : int, optional
         Arrays at least this large may travel as their digest once the server has them.
         Default 65536.
+    shared_memory : bool or None, optional
+        Pass large arrays and results through POSIX shared memory with a server on this
+        machine. None (the default): when the server shares this machine (its boot id and a
+        challenge written into the client's region prove it), else gRPC bytes; True: always,
+        raising `gradserve.client.shm.SharedMemoryUnavailable` when the server cannot;
+        False: never.
+    shared_memory_min_bytes : int, optional
+        Arrays and results at least this large go through shared memory. Default 16384.
 
     Raises
     ------

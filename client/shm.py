@@ -79,6 +79,7 @@ class _Region:
         )
         self.size = size
         self.handle = ""
+        self.lease = ""  # the lease it is registered under
 
     def close(self):
         shared_regions.pop(self.handle, None)
@@ -117,7 +118,7 @@ class SharedRequest:
 
     def encode(self, request, groups) -> bytes:
         """The request with its TensorRefs: large arrays by place, small ones inline."""
-        request.shared_memory.lease = self.transport.lease
+        request.shared_memory.lease = self.region.lease
         request.shared_memory.output.CopyFrom(self.output)
         request.shared_memory.output_min_bytes = self.transport.min_bytes
         for field, arrays in groups:
@@ -161,6 +162,7 @@ class SharedMemoryTransport:
         self._checked = False  # the server's identity was compared with ours
         self._off = False  # not the same host, or shared memory is off there
         self._lock = threading.Lock()
+        self._register_lock = threading.Lock()
         self._needs: dict = {}  # (method, graph digest) -> bytes of its last large results
         self._refused = float("inf")  # the smallest region size the server refused
         self._regions: dict[int, _Region] = {}  # thread id -> its region
@@ -205,13 +207,18 @@ class SharedMemoryTransport:
         return not self._off
 
     def _new_region(self, size: int) -> _Region | None:
-        """Create, challenge and register a region of `size` bytes (None: bytes this time)."""
+        """Create, challenge and register a region of `size` bytes (None: bytes this time).
+        One thread at a time: the first registration starts the lease the others join."""
+        with self._register_lock:
+            return self._register_region(size)
+
+    def _register_region(self, size: int) -> _Region | None:
         region = _Region(size)
         try:
             for attempt in (0, 1):
                 status = self.status()
                 if self.lease and not status.lease_known:
-                    self._forget_lease()
+                    self._forget_lease(self.lease)
                 region.shm.buf[: len(status.challenge)] = status.challenge
                 try:
                     reply = self._rpc(
@@ -226,7 +233,7 @@ class SharedMemoryTransport:
                     )
                 except grpc.RpcError as err:
                     if attempt == 0 and _reason(err) == UNKNOWN:
-                        self._forget_lease()
+                        self._forget_lease(self.lease)
                         continue
                     if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         self._give_up(err.details())
@@ -242,21 +249,20 @@ class SharedMemoryTransport:
         except BaseException:
             region.close()
             raise
-        self.lease = reply.lease
+        self.lease = region.lease = reply.lease
         self.lease_seconds = reply.lease_seconds or self.lease_seconds
         region.handle = reply.region
         shared_regions[region.handle] = region.shm.buf
         self._last_contact = time.monotonic()
         return region
 
-    def _forget_lease(self):
-        """The server lost our lease (lease, restart): our regions are unknown to it."""
+    def _forget_lease(self, lost: str):
+        """The server lost this lease (it ran out, or the server restarted): its regions are
+        unknown there. The next registration starts a new lease; each thread closes its old
+        region when it next calls (another thread may be reading results from its own)."""
         with self._lock:
-            regions = list(self._regions.values())
-            self._regions.clear()
-            self.lease = ""
-        for region in regions:
-            region.close()
+            if self.lease == lost:
+                self.lease = ""
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -299,15 +305,19 @@ class SharedMemoryTransport:
             if not self._checked and not self._check_server():
                 return None
         if self.lease and time.monotonic() - self._last_contact > self.lease_seconds / 2:
+            lease = self.lease
             status = self.status()  # renews the lease, or says it ran out
             if not status.lease_known:
-                self._forget_lease()
+                self._forget_lease(lease)
             self._last_contact = time.monotonic()
         # Room for the arguments and for the results that the last call of this method and
         # graph received (before any: as much as the arguments).
         want = _whole_mib(max(1, large + self._needs.get(key, large)))
         me = threading.get_ident()
         region = self._regions.get(me)
+        if region is not None and region.lease != self.lease:
+            self._drop(me)  # of a lease the server lost
+            region = None
         if region is not None and region.size >= want:
             return SharedRequest(self, region, groups, key)
         if want >= self._refused:  # over the server's limit: the arguments alone, if they fit
@@ -332,19 +342,21 @@ class SharedMemoryTransport:
             region = self._regions.pop(thread_id, None)
         if region is None:
             return
-        with contextlib.suppress(grpc.RpcError):  # else the lease unmaps it
-            self._rpc(
-                self._unregister,
-                pb.UnregisterSharedMemoryRequest(lease=self.lease, region=region.handle),
-                pb.UnregisterSharedMemoryResponse,
-            )
+        if region.lease == self.lease:
+            with contextlib.suppress(grpc.RpcError):  # else the lease unmaps it
+                self._rpc(
+                    self._unregister,
+                    pb.UnregisterSharedMemoryRequest(lease=region.lease, region=region.handle),
+                    pb.UnregisterSharedMemoryResponse,
+                )
         region.close()
 
     def stale(self, err: grpc.RpcError) -> bool:
         """True when the call failed because the server lost our lease or region; the
         regions are then dropped (the next call registers anew)."""
         if err.code() == grpc.StatusCode.INVALID_ARGUMENT and _reason(err) == UNKNOWN:
-            self._forget_lease()
+            region = self._regions.get(threading.get_ident())
+            self._forget_lease(region.lease if region is not None else self.lease)
             return True
         return False
 

@@ -23,6 +23,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -75,9 +76,12 @@ class _Mapping:
     """A region mapped from /dev/shm (Linux), with SharedMemory's size, buf and close."""
 
     def __init__(self, key: str):
-        fd = os.open(os.path.join("/dev/shm", key), os.O_RDWR)
+        fd = os.open(os.path.join("/dev/shm", key), os.O_RDWR | os.O_NOFOLLOW)
         try:
-            self.size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"{key!r} is not a shared-memory object")
+            self.size = info.st_size
             self._mmap = mmap.mmap(fd, self.size) if self.size else None
         finally:
             os.close(fd)

@@ -488,3 +488,34 @@ def test_column_major_results_travel_in_their_order(server):
     first, second = (item.shared_memory for item in replies[-1].outputs.tuple.items)
     assert first.fortran_order and tuple(first.shape) == (200, 300)
     assert not second.fortran_order
+
+
+def test_threads_of_one_client_each_get_their_own_region(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = gs.trace(lambda v, w: gnp.tanh(v @ w), np.ones((64, 64)), np.ones((64, 64)))
+    rng = np.random.default_rng(7)
+    cases = [(rng.standard_normal((64, 64)), rng.standard_normal((64, 64))) for _ in range(24)]
+    with gs.Client(server.address, timeout=60, shared_memory=True) as cli:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda c: cli.evaluate(g, *c), cases))
+        assert 1 <= len(cli._shared_memory._regions) <= 4
+    for (v, w), out in zip(cases, results):
+        np.testing.assert_allclose(out, np.tanh(v @ w), rtol=1e-13)
+
+
+def test_the_metrics_count_mapped_regions(server):
+    import urllib.request
+
+    def mapped():
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        (line,) = [s for s in text.splitlines() if s.startswith("gradserve_shared_memory_bytes ")]
+        return float(line.split()[1])
+
+    before = mapped()
+    x = np.ones(10_000)
+    with gs.Client(server.address, timeout=60, shared_memory=True) as cli:
+        cli.evaluate(gs.trace(lambda v: v * 2.0, x), x)
+        (region,) = cli._shared_memory._regions.values()
+        assert mapped() == before + region.size
+    assert mapped() == before  # close() unregistered it
