@@ -682,7 +682,10 @@ class Client:
                 data = self._unary(method, b"".join(parts), deadline, timeout)
             except grpc.RpcError as err:
                 if shared is not None and attempt == 0 and self._shared_memory.stale(err):
-                    shared, tensors = None, self._tensors(digest, groups)  # bytes, this once
+                    # The server lost our lease (a restart loses digests too): all inline.
+                    shared, tensors = None, self._tensors(digest, groups)
+                    send_body = True
+                    force_inline = {d for _, t in tensors for d in t.digests if d is not None}
                     continue
                 missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
                 if missing and attempt == 0:

@@ -196,6 +196,8 @@ class SharedMemoryTransport:
         try:
             status = self.status()
         except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return False  # not now: ask again next time
             self._give_up(f"the server does not answer SharedMemoryStatus ({err.code().name})")
             return False
         self._checked = True

@@ -1,4 +1,5 @@
-"""Shared memory: the same-host transport without copies (the SharedMemory service).
+"""Shared memory: the same-host transport without copies (the SharedMemory service), on Linux
+(regions are files of /dev/shm; elsewhere registration fails and clients send bytes).
 
 A client on this machine registers POSIX shared-memory regions it created; requests then name
 tensors by (region, offset, byte_size) and the server reads them as read-only NumPy views of
@@ -24,7 +25,6 @@ import os
 import re
 import secrets
 import stat
-import sys
 import threading
 import time
 
@@ -72,56 +72,31 @@ def host_id() -> str:
         return ""
 
 
-class _Mapping:
-    """A region mapped from /dev/shm (Linux), with SharedMemory's size, buf and close."""
+class Mapping:
+    """A client's region mapped from /dev/shm. It is unmapped when the last reference to it
+    goes: arrays of a call in flight that view it keep it mapped (NumPy keeps a reference to
+    the buffer's owner, not a buffer export, so an explicit munmap under them would crash)."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, byte_size: int):
         fd = os.open(os.path.join("/dev/shm", key), os.O_RDWR | os.O_NOFOLLOW)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise OSError(f"{key!r} is not a shared-memory object")
             self.size = info.st_size
-            self._mmap = mmap.mmap(fd, self.size) if self.size else None
+            if self.size < byte_size:
+                raise ValueError(f"it has {self.size} bytes, fewer than byte_size {byte_size}")
+            self.buf = memoryview(mmap.mmap(fd, byte_size))
         finally:
             os.close(fd)
-        self.buf = memoryview(self._mmap) if self._mmap is not None else memoryview(b"")
-
-    def close(self):
-        self.buf.release()
-        if self._mmap is not None:
-            self._mmap.close()
-
-
-def attach(key: str):
-    """Map an existing region by name without adopting it. (multiprocessing's SharedMemory
-    before Python 3.13 registers every segment it opens with a resource tracker, a process
-    of its own that would unlink the client's region when this one exits.)"""
-    if os.path.isdir("/dev/shm"):
-        return _Mapping(key)
-    from multiprocessing import shared_memory
-
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(key, track=False)
-    raise OSError("shared memory needs /dev/shm, or Python 3.13")
 
 
 class Region:
-    def __init__(self, handle: str, key: str, byte_size: int, shm):
+    def __init__(self, handle: str, key: str, byte_size: int, mapping: Mapping):
         self.handle = handle
         self.key = key
         self.byte_size = byte_size
-        self.shm = shm
-        self.buf = shm.buf[:byte_size]
-
-    def close(self) -> bool:
-        """Unmap; False while arrays of a call still view it (then try again later)."""
-        try:
-            self.buf.release()
-            self.shm.close()
-        except BufferError:
-            return False
-        return True
+        self.buf = mapping.buf
 
 
 class Lease:
@@ -151,7 +126,6 @@ class SharedMemoryRegistry:
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
         self._challenges: dict[bytes, float] = {}  # challenge -> expiry
-        self._closing: list[Region] = []  # unregistered while a call still viewed them
         self._stop = threading.Event()
         self._reaper = None
 
@@ -185,18 +159,16 @@ class SharedMemoryRegistry:
                 del self._leases[s.id]
                 self._retire(s.regions.values())
                 s.regions.clear()
-            self._closing = [r for r in self._closing if not r.close()]
             self._challenges = {c: t for c, t in self._challenges.items() if t > now}
         for _ in expired:
-            log.info("shared memory: a lease's lease ran out; its regions are unmapped")
+            log.info("shared memory: a client's lease ran out; its regions are unmapped")
 
     def _retire(self, regions):
-        """Unmap regions (under the lock); those a call still views close later."""
+        """Forget regions (under the lock): each is unmapped when the last array of a call
+        that views it goes, at once when none does."""
         for region in list(regions):
             MAPPED_BYTES.dec(region.byte_size)
             MAPPED_REGIONS.dec()
-            if not region.close():
-                self._closing.append(region)
 
     def shutdown(self, wait: bool = False):
         """Stop the lease thread and unmap everything (with the server)."""
@@ -271,7 +243,7 @@ class SharedMemoryRegistry:
                 "challenge",
             )
         try:
-            shm = attach(req.key)
+            mapping = Mapping(req.key, req.byte_size)
         except (OSError, ValueError) as exc:
             raise _failure(
                 _UNAVAILABLE,
@@ -280,28 +252,17 @@ class SharedMemoryRegistry:
                 "SharedMemoryUnavailable",
                 "key",
             ) from None
-        if shm.size < req.byte_size or bytes(shm.buf[:CHALLENGE_BYTES]) != req.challenge:
-            size = shm.size
-            shm.close()
+        if bytes(mapping.buf[:CHALLENGE_BYTES]) != req.challenge:
             raise _failure(
                 _UNAVAILABLE,
-                f"shared memory {req.key!r} as the server sees it "
-                + (
-                    f"has {size} bytes, fewer than byte_size {req.byte_size}"
-                    if size < req.byte_size
-                    else "does not start with the challenge: not the client's region "
-                    "(another host or /dev/shm)"
-                ),
+                f"shared memory {req.key!r} as the server sees it does not start with the "
+                "challenge: not the client's region (another host or /dev/shm)",
                 "SharedMemoryUnavailable",
                 "key",
             )
-        region = Region(secrets.token_hex(16), req.key, int(req.byte_size), shm)
+        region = Region(secrets.token_hex(16), req.key, int(req.byte_size), mapping)
         with self._lock:
-            try:
-                lease = self._lease_for_register(req.lease, region.byte_size)
-            except Failure:
-                region.close()
-                raise
+            lease = self._lease_for_register(req.lease, region.byte_size)
             lease.regions[region.handle] = region
             lease.last_seen = time.monotonic()
             MAPPED_BYTES.inc(region.byte_size)

@@ -136,7 +136,8 @@ def test_server_restarted_mid_minimize_same_result():
                 servers[0].kill()  # SIGKILL: no drain, its cache is gone
                 threading.Thread(target=restart, daemon=True).start()
 
-        with gs.Client(channel, timeout=120, retries=12) as cli:
+        # the digest protocol's recovery, over gRPC bytes
+        with gs.Client(channel, timeout=120, retries=12, shared_memory=False) as cli:
             result = gs.minimize(
                 graph, x0, X, y, backend=cli, options=options, callback=callback, progress=False
             )

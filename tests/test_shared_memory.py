@@ -519,3 +519,48 @@ def test_the_metrics_count_mapped_regions(server):
         (region,) = cli._shared_memory._regions.values()
         assert mapped() == before + region.size
     assert mapped() == before  # close() unregistered it
+
+
+def test_a_client_letting_go_mid_call_does_not_pull_the_arguments_away(server):
+    """The client's deadline passes and close() unregisters its region while the server is
+    still multiplying the matrices that live there: the server keeps its mapping until the
+    call's arrays are gone (no crash), stops at the deadline and serves on."""
+    X = np.random.default_rng(1).standard_normal((400, 400))
+
+    def many_products(x, w):
+        acc = x
+        for _ in range(300):
+            acc = gnp.tanh(acc @ w) + x  # reads both arguments, in the region, every time
+        return acc
+
+    graph = gs.trace(many_products, X, X)
+    for _ in range(3):
+        with gs.Client(server.address, timeout=0.3, shared_memory=True) as cli:
+            with pytest.raises(gs.DeadlineExceeded):
+                cli.evaluate(graph, X, X)
+    assert server.health() == "SERVING"
+    small = gs.trace(lambda v: v * 2.0, X)
+    with gs.Client(server.address, timeout=60, shared_memory=True) as cli:
+        np.testing.assert_array_equal(cli.evaluate(small, X), 2.0 * X)
+
+
+def test_a_restarted_server_gets_a_new_lease_and_the_same_answers():
+    x = np.linspace(0.0, 1.0, 20_000)
+    g = gs.trace(lambda v: gnp.sin(v) * 3.0, x)
+    first = ServerProcess()
+    try:
+        with gs.Client(first.address, timeout=60, retries=20, shared_memory=True) as cli:
+            np.testing.assert_array_equal(cli.evaluate(g, x), np.sin(x) * 3.0)
+            lease = cli._shared_memory.lease
+            first.kill()  # its leases, cache and mappings are gone
+            second = ServerProcess(port=first.port, metrics_port=first.metrics_port)
+            try:
+                # The first call finds the lease unknown and goes inline, the next registers.
+                for k in range(3):
+                    np.testing.assert_array_equal(cli.evaluate(g, x + k), np.sin(x + k) * 3.0)
+                assert cli._shared_memory.lease not in ("", lease)
+                assert len(cli._shared_memory._regions) == 1
+            finally:
+                second.close()
+    finally:
+        first.close()
