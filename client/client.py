@@ -49,6 +49,7 @@ from gradserve.protocol import (
     from_value,
     method_path,
     result_array,
+    result_arrays,
     tensor_ref_parts,
 )
 
@@ -469,7 +470,7 @@ class Client:
             timeout,
             lambda g: pb.VjpRequest(graph=g, argnums=nums),
         )
-        return from_value(reply.outputs), tuple(result_array(t) for t in reply.input_cotangents)
+        return from_value(reply.outputs), result_arrays(reply, "input_cotangents")
 
     @backend_docstring(CLIENT)
     def jvp(self, graph: Graph, primals, tangents, argnums=None, timeout=None):
@@ -516,7 +517,7 @@ class Client:
             timeout,
             lambda g: pb.HvpRequest(graph=g, argnums=nums),
         )
-        return tuple(result_array(t) for t in reply.tangents)
+        return result_arrays(reply, "tangents")
 
     @backend_docstring(CLIENT)
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
@@ -554,8 +555,8 @@ class Client:
             reply.max_abs_error,
             reply.max_rel_error,
             reply.ok,
-            tuple(result_array(t) for t in reply.analytic),
-            tuple(result_array(t) for t in reply.numeric),
+            result_arrays(reply, "analytic"),
+            result_arrays(reply, "numeric"),
         )
 
     # ---- lifecycle --------------------------------------------------------------------------

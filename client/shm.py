@@ -15,6 +15,7 @@ unlinked by Python's resource tracker, and the server unmaps them when the lease
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import threading
 import time
@@ -70,6 +71,18 @@ class SharedMemoryUnavailable(RuntimeError):
     """The server cannot use this client's shared memory (another host, or turned off)."""
 
 
+def _reserve(name: str, size: int):
+    """Allocate the region's pages now (Linux): a page of a full /dev/shm first touched by a
+    write is a SIGBUS, here or in the server writing results; reserved, it is an OSError now."""
+    path = os.path.join("/dev/shm", name)
+    if hasattr(os, "posix_fallocate") and os.path.exists(path):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+
+
 class _Region:
     """One registered region: our mapping and the server's handle for it."""
 
@@ -77,6 +90,12 @@ class _Region:
         self.shm = shared_memory.SharedMemory(
             name=f"gradserve-{secrets.token_hex(8)}", create=True, size=size
         )
+        try:
+            _reserve(self.shm.name, size)
+        except OSError:
+            self.shm.close()
+            self.shm.unlink()
+            raise
         self.size = size
         self.handle = ""
         self.lease = ""  # the lease it is registered under

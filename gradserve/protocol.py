@@ -39,6 +39,7 @@ __all__ = [
     "method_path",
     "proto_digest",
     "result_array",
+    "result_arrays",
     "result_nbytes",
     "shared_regions",
     "tensor_field_parts",
@@ -153,6 +154,15 @@ def shared_array(ref) -> np.ndarray:
     view = np.frombuffer(buf, dtype, count, ref.offset)
     view = view.reshape(shape, order="F" if ref.fortran_order else "C")
     return view.astype(dtype.newbyteorder("="), order="K", copy=True)
+
+
+def result_arrays(reply, name: str) -> tuple:
+    """The arrays of a reply's repeated Tensor field `name`, or of its `<name>_value` twin
+    (a tuple Value, which may name shared memory) when the server sent that instead."""
+    twin = name + "_value"
+    if reply.HasField(twin):
+        return from_value(getattr(reply, twin))
+    return tuple(result_array(t) for t in getattr(reply, name))
 
 
 def result_array(msg: graph_pb2.Tensor) -> np.ndarray:

@@ -511,9 +511,15 @@ class CallMemory:
         becomes a SharedMemoryRef. What does not fit, or is small, stays inline."""
         if self.window is None:
             return
+        fields = reply.msg.DESCRIPTOR.fields_by_name
         for name, (kind, obj) in list(reply.fields.items()):
             if kind == "value":
                 reply.fields[name] = (kind, self._place(obj))
+            elif kind == "tensors" and name + "_value" in fields:
+                # A repeated Tensor field cannot name shared memory: its `_value` twin, a
+                # tuple, is sent instead.
+                del reply.fields[name]
+                reply.fields[name + "_value"] = ("value", tuple(self._place(t) for t in obj))
 
     def _place(self, result):
         if isinstance(result, tuple):

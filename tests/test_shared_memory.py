@@ -151,7 +151,7 @@ def test_every_method_gives_the_bytes_paths_results(server):
     for method in ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Hvp", "CheckGrad"):
         assert calls[method][0] < 4096, (method, calls[method])
     # ... and so did the large results (a 20-40 KiB array each)
-    for method in ("Evaluate", "ValueAndGrad", "Jvp", "Jacobian"):
+    for method in ("Evaluate", "ValueAndGrad", "Vjp", "Jvp", "Jacobian", "Hvp", "CheckGrad"):
         assert calls[method][1] < 4096, (method, calls[method])
     assert {"SharedMemoryStatus", "RegisterSharedMemory"} <= set(calls)
 

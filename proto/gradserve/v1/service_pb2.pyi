@@ -120,14 +120,16 @@ class VjpRequest(_message.Message):
     def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class VjpResponse(_message.Message):
-    __slots__ = ("outputs", "input_cotangents", "stats")
+    __slots__ = ("outputs", "input_cotangents", "stats", "input_cotangents_value")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COTANGENTS_VALUE_FIELD_NUMBER: _ClassVar[int]
     outputs: Value
     input_cotangents: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
-    def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., input_cotangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+    input_cotangents_value: Value
+    def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., input_cotangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ..., input_cotangents_value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class JvpRequest(_message.Message):
     __slots__ = ("graph", "primals", "tangents", "argnums", "shared_memory")
@@ -190,12 +192,14 @@ class HvpRequest(_message.Message):
     def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class HvpResponse(_message.Message):
-    __slots__ = ("tangents", "stats")
+    __slots__ = ("tangents", "stats", "tangents_value")
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    TANGENTS_VALUE_FIELD_NUMBER: _ClassVar[int]
     tangents: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
-    def __init__(self, tangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+    tangents_value: Value
+    def __init__(self, tangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ..., tangents_value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class HessianRequest(_message.Message):
     __slots__ = ("graph", "args", "argnums", "shared_memory")
@@ -230,7 +234,7 @@ class CheckGradRequest(_message.Message):
     def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class CheckGradResponse(_message.Message):
-    __slots__ = ("method", "max_abs_error", "max_rel_error", "ok", "analytic", "numeric", "stats")
+    __slots__ = ("method", "max_abs_error", "max_rel_error", "ok", "analytic", "numeric", "stats", "analytic_value", "numeric_value")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
     MAX_REL_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +242,8 @@ class CheckGradResponse(_message.Message):
     ANALYTIC_FIELD_NUMBER: _ClassVar[int]
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    ANALYTIC_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMERIC_VALUE_FIELD_NUMBER: _ClassVar[int]
     method: str
     max_abs_error: float
     max_rel_error: float
@@ -245,7 +251,9 @@ class CheckGradResponse(_message.Message):
     analytic: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     numeric: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
-    def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+    analytic_value: Value
+    numeric_value: Value
+    def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ..., analytic_value: _Optional[_Union[Value, _Mapping]] = ..., numeric_value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class SharedMemoryStatusRequest(_message.Message):
     __slots__ = ("lease",)
