@@ -709,8 +709,8 @@ class Client:
             raise ServiceError(f"{method}: the server's reply does not decode ({exc})") from None
         if shared is not None:
             shared.done(reply)
-        elif self._shared_memory is not None:
-            self._shared_memory.observe((method, digest), reply)
+        elif self._shared_memory is not None and len(data) >= self._shared_memory.min_bytes:
+            self._shared_memory.observe((method, digest), reply)  # large results by bytes
         s = reply.stats
         stats = RemoteStats(s.tape_bytes, s.tape_entries, s.peak_bytes, s.recomputed_ops)
         stats.compute_seconds = s.compute_seconds
