@@ -49,8 +49,12 @@ from gradserve.protocol import (
     from_value,
     method_path,
     result_array,
+    result_arrays,
     tensor_ref_parts,
 )
+
+from .shm import MIN_BYTES as SHARED_MEMORY_MIN_BYTES
+from .shm import SharedMemoryTransport
 
 # Tensors at least this big may travel as their digest once the server has them.
 DIGEST_MIN_BYTES = 64 * 1024
@@ -289,6 +293,14 @@ class Client:
     digest_min_bytes : int, optional
         Arrays at least this large may travel as their digest once the server has them.
         Default 65536.
+    shared_memory : bool or None, optional
+        Pass large arrays and results through POSIX shared memory with a server on this
+        machine. None (the default): when the server shares this machine (its boot id and a
+        challenge written into the client's region prove it), else gRPC bytes; True: always,
+        raising `gradserve.client.shm.SharedMemoryUnavailable` when the server cannot;
+        False: never.
+    shared_memory_min_bytes : int, optional
+        Arrays and results at least this large go through shared memory. Default 16384.
 
     Raises
     ------
@@ -319,6 +331,8 @@ class Client:
         certificate_chain=None,
         token: str | None = None,
         tls: bool | None = None,
+        shared_memory: bool | None = None,
+        shared_memory_min_bytes: int = SHARED_MEMORY_MIN_BYTES,
     ):
         if token is not None:
             token = str(token).strip()
@@ -379,6 +393,13 @@ class Client:
         self._inline_budget: dict = {}  # ("g"|"t", digest) -> inline sends left
         self._local = threading.local()
         self._closed = False
+        if shared_memory not in (None, True, False):
+            raise ValueError(f"shared_memory must be None, True or False, got {shared_memory!r}")
+        self._shared_memory = (
+            None
+            if shared_memory is False
+            else SharedMemoryTransport(self, bool(shared_memory), shared_memory_min_bytes)
+        )
 
     # ---- the API --------------------------------------------------------------------------
 
@@ -452,7 +473,7 @@ class Client:
             timeout,
             lambda g: pb.VjpRequest(graph=g, argnums=nums),
         )
-        return from_value(reply.outputs), tuple(result_array(t) for t in reply.input_cotangents)
+        return from_value(reply.outputs), result_arrays(reply, "input_cotangents")
 
     @backend_docstring(CLIENT)
     def jvp(self, graph: Graph, primals, tangents, argnums=None, timeout=None):
@@ -499,7 +520,7 @@ class Client:
             timeout,
             lambda g: pb.HvpRequest(graph=g, argnums=nums),
         )
-        return tuple(result_array(t) for t in reply.tangents)
+        return result_arrays(reply, "tangents")
 
     @backend_docstring(CLIENT)
     def hessian(self, graph: Graph, *args, argnums=0, timeout=None):
@@ -537,8 +558,8 @@ class Client:
             reply.max_abs_error,
             reply.max_rel_error,
             reply.ok,
-            tuple(result_array(t) for t in reply.analytic),
-            tuple(result_array(t) for t in reply.numeric),
+            result_arrays(reply, "analytic"),
+            result_arrays(reply, "numeric"),
         )
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -552,6 +573,8 @@ class Client:
         """
         if not self._closed:
             self._closed = True
+            if self._shared_memory is not None:
+                self._shared_memory.close()
             if self._owns_channel:
                 self._channel.close()
 
@@ -635,14 +658,21 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         digest = graph.digest
         send_body = not self._by_digest(("g", digest))
-        tensors = [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
+        shared = (
+            None
+            if self._shared_memory is None
+            else self._shared_memory.prepare(groups, (method, digest))
+        )
+        tensors = [] if shared else self._tensors(digest, groups)
         force_inline: set = set()
         for attempt in (0, 1):
             graph_ref = (
                 pb.GraphRef(body=graph.to_bytes()) if send_body else pb.GraphRef(digest=digest)
             )
             request = build(graph_ref)
-            if any(t.any_large() for _, t in tensors):
+            if shared is not None:  # large arrays in shared memory (client/shm.py)
+                parts = [shared.encode(request, groups)]
+            elif any(t.any_large() for _, t in tensors):
                 # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
                 fields = request.DESCRIPTOR.fields_by_name
                 parts = [request.SerializeToString()]
@@ -655,6 +685,12 @@ class Client:
             try:
                 data = self._unary(method, b"".join(parts), deadline, timeout)
             except grpc.RpcError as err:
+                if shared is not None and attempt == 0 and self._shared_memory.stale(err):
+                    # The server lost our lease (a restart loses digests too): all inline.
+                    shared, tensors = None, self._tensors(digest, groups)
+                    send_body = True
+                    force_inline = {d for _, t in tensors for d in t.digests if d is not None}
+                    continue
                 missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
                 if missing and attempt == 0:
                     # The server does not have (or no longer has) these: send the bodies, once.
@@ -674,11 +710,18 @@ class Client:
             reply = reply_cls.FromString(data)
         except Exception as exc:
             raise ServiceError(f"{method}: the server's reply does not decode ({exc})") from None
+        if shared is not None:
+            shared.done(reply)
+        elif self._shared_memory is not None and len(data) >= self._shared_memory.min_bytes:
+            self._shared_memory.observe((method, digest), reply)  # large results by bytes
         s = reply.stats
         stats = RemoteStats(s.tape_bytes, s.tape_entries, s.peak_bytes, s.recomputed_ops)
         stats.compute_seconds = s.compute_seconds
         self._local.stats = stats
         return reply
+
+    def _tensors(self, digest, groups):
+        return [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
 
     def _unary(self, method, data, deadline, timeout):
         stub = self._stubs[method]

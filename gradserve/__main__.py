@@ -203,6 +203,22 @@ _SERVE_OPTIONS = [
         "estimated before it runs; beyond: RESOURCE_EXHAUSTED (none/0: unbounded; default: "
         "half the memory of the machine or cgroup)",
     ),
+    (
+        "max-shared-memory-bytes",
+        parse_size,
+        "bound on the shared-memory regions of same-host clients mapped at once, all clients "
+        "together (0: no shared memory; clients send bytes)",
+    ),
+    (
+        "max-shared-memory-bytes-per-client",
+        parse_size,
+        "bound on the shared-memory regions one client may register",
+    ),
+    (
+        "shared-memory-lease-seconds",
+        positive_seconds,
+        "a client's shared-memory regions are unmapped after this long without a call",
+    ),
 ]
 # Options of `serve` that are not server.Config fields: (flag, type, help, default).
 _LOGGING_OPTIONS = [

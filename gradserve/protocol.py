@@ -40,7 +40,9 @@ __all__ = [
     "method_path",
     "proto_digest",
     "result_array",
+    "result_arrays",
     "result_nbytes",
+    "shared_regions",
     "tensor_field_parts",
     "tensor_parts",
     "tensor_ref_parts",
@@ -118,6 +120,8 @@ def fill_value(msg: service_pb2.Value, result):
             msg.tuple.SetInParent()
         for r in result:
             fill_value(items.add(), r)
+    elif isinstance(result, service_pb2.SharedMemoryRef):
+        msg.shared_memory.CopyFrom(result)
     else:
         fill_tensor(msg.tensor, result)
 
@@ -129,7 +133,43 @@ def from_value(msg: service_pb2.Value, writable: bool = True):
     if kind == "tensor":
         array = from_tensor(msg.tensor, UNLIMITED)
         return writable_array(array) if writable else array
+    if kind == "shared_memory":
+        return shared_array(msg.shared_memory)
     raise ValueError("the reply carries an empty Value")
+
+
+# region handle -> the memoryview of a shared-memory region this process registered (filled
+# by the client, gradserve.client.shm): a reply's Value may name a result written there.
+shared_regions: dict = {}
+
+
+def shared_array(ref) -> np.ndarray:
+    """A result the server wrote into one of this process's regions, copied out (the region
+    is written again by the next call)."""
+    buf = shared_regions.get(ref.region)
+    if buf is None:
+        raise ValueError("the reply names a shared-memory region this client does not have")
+    dtype = np.dtype(ref.dtype).newbyteorder("<")
+    shape = tuple(ref.shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    if (
+        ref.offset < 0
+        or ref.byte_size != count * dtype.itemsize
+        or (ref.offset + ref.byte_size > len(buf))
+    ):
+        raise ValueError("the reply names bytes outside its shared-memory region")
+    view = np.frombuffer(buf, dtype, count, ref.offset)
+    view = view.reshape(shape, order="F" if ref.fortran_order else "C")
+    return view.astype(dtype.newbyteorder("="), order="K", copy=True)
+
+
+def result_arrays(reply, name: str) -> tuple:
+    """The arrays of a reply's repeated Tensor field `name`, or of its `<name>_value` twin
+    (a tuple Value, which may name shared memory) when the server sent that instead."""
+    twin = name + "_value"
+    if reply.HasField(twin):
+        return from_value(getattr(reply, twin))
+    return tuple(result_array(t) for t in getattr(reply, name))
 
 
 def result_array(msg: graph_pb2.Tensor) -> np.ndarray:
@@ -213,6 +253,8 @@ def value_parts(field: int, result) -> list:
         for r in result:
             items += value_parts(1, r)  # Values.items = 1
         inner = _length_delimited(2, items)  # Value.tuple = 2
+    elif isinstance(result, service_pb2.SharedMemoryRef):
+        inner = _length_delimited(3, [result.SerializeToString()])  # Value.shared_memory = 3
     else:
         inner = tensor_field_parts(1, result)  # Value.tensor = 1
     return _length_delimited(field, inner)

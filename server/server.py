@@ -23,11 +23,14 @@ from . import reflection
 from .admission import default_max_concurrent, default_request_memory
 from .auth import ServerTls, TokenInterceptor, Tokens
 from .servicer import Servicer
+from .shm import SERVICE as _SHM
+from .shm import SharedMemoryRegistry
 
 log = logging.getLogger("gradserve.server")
 
 MiB = 1 << 20
 _FOREVER_MS = 2**31 - 1
+SHARED_MEMORY_SERVICE = _SHM.full_name
 UNBOUNDED_CALLS = 1024  # --max-concurrent-rpcs none
 
 
@@ -107,6 +110,9 @@ class Config:
     max_concurrent_rpcs: int | None = 0  # 0: 4 x workers; None: UNBOUNDED_CALLS
     # None: unbounded; the default is half the memory the process may use
     max_request_memory: int | None = field(default_factory=default_request_memory)
+    max_shared_memory_bytes: int = 1024 * MiB  # 0: no shared memory
+    max_shared_memory_bytes_per_client: int = 256 * MiB
+    shared_memory_lease_seconds: float = 30.0
 
     def replace(self, **changes) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -202,7 +208,14 @@ def start(config: Config) -> Running:
         # "unbounded": every call waiting for a slot holds a thread of the pool that health
         # checks share, so a pool is still needed; a large one keeps the queue as good as open
         limit = UNBOUNDED_CALLS
-    servicer = Servicer(engine, config.cache_bytes, workers, limit, config.max_request_memory)
+    shared_memory = SharedMemoryRegistry(
+        config.max_shared_memory_bytes,
+        config.max_shared_memory_bytes_per_client,
+        config.shared_memory_lease_seconds,
+    )
+    servicer = Servicer(
+        engine, config.cache_bytes, workers, limit, config.max_request_memory, shared_memory
+    )
     # More threads than the calls admitted: health checks, reflection and the refusal of calls
     # over --max-concurrent-rpcs answer while every admitted call holds a thread (computing, or
     # waiting on the servicer's semaphore of `workers` compute slots).
@@ -230,15 +243,15 @@ def start(config: Config) -> Running:
         options=options,
         interceptors=() if tokens is None else (TokenInterceptor(tokens),),
     )
-    server.add_generic_rpc_handlers((servicer.handler(),))
+    server.add_generic_rpc_handlers((servicer.handler(), shared_memory.handler()))
     health_pool = futures.ThreadPoolExecutor(max_workers=1)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True, experimental_thread_pool=health_pool
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
+    reflection.enable(server, (SERVICE_NAME, SHARED_MEMORY_SERVICE, health.SERVICE_NAME))
     address = _address(config.host, config.port)
-    pools = (executor, health_pool, servicer.hasher)
+    pools = (executor, health_pool, servicer.hasher, shared_memory)  # shut down with the server
     try:
         if tls is None:
             port = server.add_insecure_port(address)
@@ -265,6 +278,7 @@ def start(config: Config) -> Running:
             raise OSError(f"cannot listen on {where} (--metrics-port): {reason}") from None
         metrics_port = metrics_http.server_address[1]
     server.start()
+    shared_memory.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Running(

@@ -59,6 +59,7 @@ class _Call:
         self.memory = 0  # the call's memory estimate (admission.request_memory), when bounded
         self.static_tape = 0  # the tape its plan holds; loop tapes hold the rest of `held`
         self.pending = []  # (digest future, array) of tensors sent with `remember`
+        self.shared = None  # the request's shared memory (server.shm.CallMemory), if any
         try:
             remaining = context.time_remaining()
         except Exception:
@@ -105,7 +106,7 @@ class _Call:
         graph = self.servicer.graph(graph_ref, missing)
         arrays = [
             [
-                self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending)
+                self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending, self.shared)
                 for i, ref in enumerate(refs)
             ]
             for name, refs in fields
@@ -210,8 +211,10 @@ class Servicer:
         workers: int,
         max_concurrent_rpcs: int | None = None,
         max_request_memory: int | None = None,
+        shared_memory=None,
     ):
         self.engine = engine
+        self.shared_memory = shared_memory  # server.shm.SharedMemoryRegistry, or None
         self.limits = engine.limits
         self.cache = ByteLRU(cache_bytes, on_change=m.cache_changed)
         self.slots = threading.BoundedSemaphore(workers)
@@ -262,10 +265,19 @@ class Servicer:
             self.cache.put(key, graph, size)
         return graph
 
-    def tensor(self, ref, where, missing, pending=None):
+    def tensor(self, ref, where, missing, pending=None, shared=None):
         kind = ref.WhichOneof("ref")
         if kind == "digest":
             return self._lookup("t", ref.digest, TENSOR_RESOURCE, missing)
+        if kind == "shared_memory":
+            if shared is None:
+                raise Failure(
+                    _INVALID,
+                    "a tensor in shared memory needs the request's shared_memory.lease",
+                    "ValueError",
+                    f"{where}.shared_memory",
+                )
+            return shared.array(ref.shared_memory, where, self.limits)
         if kind != "tensor":
             return None
         array = from_tensor(ref.tensor, self.limits, where)
@@ -355,6 +367,13 @@ class Servicer:
             reply, analytic=("tensors", report.analytic), numeric=("tensors", report.numeric)
         )
 
+    def shared_memory_call(self, msg, should_stop):
+        if self.shared_memory is None:
+            raise Failure(
+                _INVALID, "this server has no shared memory", "ValueError", "shared_memory"
+            )
+        return self.shared_memory.begin(msg, should_stop)
+
     # -- plumbing -----------------------------------------------------------------------------
 
     def _handle(self, method, request_cls, compute, request_bytes, context):
@@ -377,11 +396,17 @@ class Servicer:
                     "request",
                 ) from None
             call = _Call(self, method, context)
+            if request.HasField("shared_memory"):
+                call.shared = self.shared_memory_call(request.shared_memory, call)
             try:
                 reply = compute(request, call)
+                if call.shared is not None:
+                    call.shared.place(reply)
             finally:
                 if call.pending:
                     self.store_pending(call.pending)
+                if call.shared is not None:
+                    call.shared.release()
             call.stats = call.stats or self.engine.last_stats
             reply.msg.stats.CopyFrom(call.call_stats())
             series = m.series(method)

@@ -174,7 +174,7 @@ def test_hvp_with_argnums_sends_and_returns_only_the_selected(server):
     graph = gs.trace(loss, gs.Spec((3,)), gs.Spec(big.shape), 0.0, 2)
     primals = (W, big, B, N)
     sizes, channel = _sizes_client(server)
-    with gs.Client(channel, timeout=60) as cli:
+    with gs.Client(channel, timeout=60, shared_memory=False) as cli:  # all over gRPC
         full = cli.hvp(graph, primals, (TW, np.zeros(big.shape), 0.0, 0))
         (hw,) = cli.hvp(graph, primals, (TW,), argnums=0)
         (hw_again,) = cli.hvp(graph, primals, (TW,), argnums=0)
@@ -193,7 +193,7 @@ def test_vjp_and_jvp_with_argnums_over_the_wire(server):
     big = np.random.default_rng(2).normal(size=(20_000, 3))
     graph = gs.trace(lambda w, X: gnp.sum(gnp.tanh(X @ w)), W, big)
     sizes, channel = _sizes_client(server)
-    with gs.Client(channel, timeout=60) as cli:
+    with gs.Client(channel, timeout=60, shared_memory=False) as cli:  # all over gRPC
         _, (ct_w, ct_X) = cli.vjp(graph, (W, big), 1.0)
         _, (ct_w2,) = cli.vjp(graph, (W, big), 1.0, argnums=0)
         _, t_full = cli.jvp(graph, (W, big), (TW, np.zeros(big.shape)))
@@ -247,7 +247,7 @@ def test_newton_cg_hvp_carries_no_fixed_data(server):
 
     graph = gs.trace(logistic, gs.Spec((10,)), gs.Spec(X_.shape), gs.Spec(y.shape))
     sizes, channel = _sizes_client(server)
-    with gs.Client(channel, timeout=60) as cli:
+    with gs.Client(channel, timeout=60, shared_memory=False) as cli:  # all over gRPC
         res = gs.minimize(
             graph,
             np.zeros(10),

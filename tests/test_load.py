@@ -136,8 +136,8 @@ def test_server_restarted_mid_minimize_same_result():
                 servers[0].kill()  # SIGKILL: no drain, its cache is gone
                 threading.Thread(target=restart, daemon=True).start()
 
-        with gs.Client(channel, timeout=120, retries=12) as cli:
-            # driven from here, one call per step: the calls after the kill are retried
+        # driven from here, one call per step, over gRPC bytes: the digest protocol's recovery
+        with gs.Client(channel, timeout=120, retries=12, shared_memory=False) as cli:
             result = gs.minimize(
                 graph,
                 x0,

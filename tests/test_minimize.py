@@ -313,7 +313,7 @@ def _remote_run(server, X, y, **kwargs):
     rec = Recorder()
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), rec)
     graph = gs.trace(logistic_loss, gs.Spec((X.shape[1],)), gs.Spec(X.shape), gs.Spec(y.shape))
-    with gs.Client(channel, timeout=60) as cli:
+    with gs.Client(channel, timeout=60, shared_memory=False) as cli:  # what travels over gRPC
         res = gs.minimize(
             graph,
             np.zeros(X.shape[1]),

@@ -217,7 +217,7 @@ def test_a_refusal_for_a_limit_is_not_retried(small_memory):
     recorder = Recorder()
     channel = grpc.intercept_channel(grpc.insecure_channel(small_memory.address), recorder)
     graph = gs.trace(lambda x: gnp.sin(x) * 2.0, gs.Spec((5000,)))
-    with gs.Client(channel, timeout=60) as cli:
+    with gs.Client(channel, timeout=60, shared_memory=False) as cli:
         with pytest.raises(gs.LimitError):
             cli.jacobian(graph, np.ones(5000))
     channel.close()

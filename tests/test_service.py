@@ -299,7 +299,7 @@ def test_large_tensors_travel_by_digest_once_the_server_has_them(server):
     data = np.random.default_rng(0).standard_normal((300, 100))  # 240 KB, fixed in the loop
     graph = gs.trace(lambda w, X: gnp.sum((X @ w) ** 2), np.zeros(100), data)
     eng = gs.Engine()
-    with gs.Client(channel) as cli:
+    with gs.Client(channel, shared_memory=False) as cli:
         for step in range(5):
             w = np.full(100, 0.01 * step)
             value, grad = cli.value_and_grad(graph, w, data)
@@ -401,7 +401,7 @@ def test_client_raises_the_engines_exception_classes(server, remote):
 def test_tape_limit_is_resource_exhausted_with_a_message(limited):
     big = gs.trace(lambda x: gnp.sum(gnp.sin(gnp.exp(x)) * x), np.ones(200_000))  # 1.6 MB args
     small = np.ones(1000)
-    with gs.Client(limited.address, timeout=30) as cli:
+    with gs.Client(limited.address, timeout=30, shared_memory=False) as cli:
 
         def chain(x, W):  # each matmul keeps its input: 3.2 MB of tape
             for _ in range(10):
@@ -1165,7 +1165,7 @@ def test_changing_large_arguments_are_not_kept_fixed_ones_travel_once(server):
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), Keep())
     data = np.random.default_rng(5).standard_normal(20000)
     graph = gs.trace(lambda w, d: gnp.sum((w * d) ** 2), data, data)
-    with gs.Client(channel) as cli:
+    with gs.Client(channel, shared_memory=False) as cli:
         for step in range(5):
             w = np.full(20000, 0.1 * (step + 1))
             np.testing.assert_allclose(cli.grad(graph, w, data), 2 * w * data**2)

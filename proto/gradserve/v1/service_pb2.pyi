@@ -16,22 +16,26 @@ class GraphRef(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class TensorRef(_message.Message):
-    __slots__ = ("tensor", "digest", "remember")
+    __slots__ = ("tensor", "digest", "shared_memory", "remember")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     REMEMBER_FIELD_NUMBER: _ClassVar[int]
     tensor: _graph_pb2.Tensor
     digest: str
+    shared_memory: SharedMemoryRef
     remember: bool
-    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., digest: _Optional[str] = ..., remember: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., digest: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryRef, _Mapping]] = ..., remember: _Optional[bool] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("tensor", "tuple")
+    __slots__ = ("tensor", "tuple", "shared_memory")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     TUPLE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     tensor: _graph_pb2.Tensor
     tuple: Values
-    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tuple: _Optional[_Union[Values, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryRef
+    def __init__(self, tensor: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., tuple: _Optional[_Union[Values, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryRef, _Mapping]] = ...) -> None: ...
 
 class Values(_message.Message):
     __slots__ = ("items",)
@@ -62,12 +66,14 @@ class CallStats(_message.Message):
     def __init__(self, tape_bytes: _Optional[int] = ..., tape_entries: _Optional[int] = ..., peak_bytes: _Optional[int] = ..., recomputed_ops: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("graph", "args")
+    __slots__ = ("graph", "args", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("outputs", "stats")
@@ -78,14 +84,16 @@ class EvaluateResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class ValueAndGradRequest(_message.Message):
-    __slots__ = ("graph", "args", "argnums")
+    __slots__ = ("graph", "args", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class ValueAndGradResponse(_message.Message):
     __slots__ = ("value", "grad", "stats")
@@ -98,38 +106,44 @@ class ValueAndGradResponse(_message.Message):
     def __init__(self, value: _Optional[_Union[_graph_pb2.Tensor, _Mapping]] = ..., grad: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class VjpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "cotangents", "argnums")
+    __slots__ = ("graph", "primals", "cotangents", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     cotangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class VjpResponse(_message.Message):
-    __slots__ = ("outputs", "input_cotangents", "stats")
+    __slots__ = ("outputs", "input_cotangents", "stats", "input_cotangents_value")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COTANGENTS_VALUE_FIELD_NUMBER: _ClassVar[int]
     outputs: Value
     input_cotangents: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
-    def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., input_cotangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+    input_cotangents_value: Value
+    def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., input_cotangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ..., input_cotangents_value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class JvpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "tangents", "argnums")
+    __slots__ = ("graph", "primals", "tangents", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     tangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class JvpResponse(_message.Message):
     __slots__ = ("outputs", "output_tangents", "stats")
@@ -142,16 +156,18 @@ class JvpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Union[Value, _Mapping]] = ..., output_tangents: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("graph", "args", "argnums", "mode")
+    __slots__ = ("graph", "args", "argnums", "mode", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
     mode: str
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., mode: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
     __slots__ = ("jacobian", "stats")
@@ -162,34 +178,40 @@ class JacobianResponse(_message.Message):
     def __init__(self, jacobian: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class HvpRequest(_message.Message):
-    __slots__ = ("graph", "primals", "tangents", "argnums")
+    __slots__ = ("graph", "primals", "tangents", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     primals: _containers.RepeatedCompositeFieldContainer[TensorRef]
     tangents: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class HvpResponse(_message.Message):
-    __slots__ = ("tangents", "stats")
+    __slots__ = ("tangents", "stats", "tangents_value")
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    TANGENTS_VALUE_FIELD_NUMBER: _ClassVar[int]
     tangents: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
-    def __init__(self, tangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+    tangents_value: Value
+    def __init__(self, tangents: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ..., tangents_value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
 
 class HessianRequest(_message.Message):
-    __slots__ = ("graph", "args", "argnums")
+    __slots__ = ("graph", "args", "argnums", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     ARGNUMS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     argnums: Argnums
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., argnums: _Optional[_Union[Argnums, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
     __slots__ = ("hessian", "stats")
@@ -200,17 +222,19 @@ class HessianResponse(_message.Message):
     def __init__(self, hessian: _Optional[_Union[Value, _Mapping]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
 
 class CheckGradRequest(_message.Message):
-    __slots__ = ("graph", "args", "method")
+    __slots__ = ("graph", "args", "method", "shared_memory")
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     graph: GraphRef
     args: _containers.RepeatedCompositeFieldContainer[TensorRef]
     method: str
-    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ...) -> None: ...
+    shared_memory: SharedMemoryCall
+    def __init__(self, graph: _Optional[_Union[GraphRef, _Mapping]] = ..., args: _Optional[_Iterable[_Union[TensorRef, _Mapping]]] = ..., method: _Optional[str] = ..., shared_memory: _Optional[_Union[SharedMemoryCall, _Mapping]] = ...) -> None: ...
 
 class CheckGradResponse(_message.Message):
-    __slots__ = ("method", "max_abs_error", "max_rel_error", "ok", "analytic", "numeric", "stats")
+    __slots__ = ("method", "max_abs_error", "max_rel_error", "ok", "analytic", "numeric", "stats", "analytic_value", "numeric_value")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
     MAX_REL_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +242,8 @@ class CheckGradResponse(_message.Message):
     ANALYTIC_FIELD_NUMBER: _ClassVar[int]
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    ANALYTIC_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMERIC_VALUE_FIELD_NUMBER: _ClassVar[int]
     method: str
     max_abs_error: float
     max_rel_error: float
@@ -225,7 +251,107 @@ class CheckGradResponse(_message.Message):
     analytic: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     numeric: _containers.RepeatedCompositeFieldContainer[_graph_pb2.Tensor]
     stats: CallStats
-    def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ...) -> None: ...
+    analytic_value: Value
+    numeric_value: Value
+    def __init__(self, method: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., ok: _Optional[bool] = ..., analytic: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., numeric: _Optional[_Iterable[_Union[_graph_pb2.Tensor, _Mapping]]] = ..., stats: _Optional[_Union[CallStats, _Mapping]] = ..., analytic_value: _Optional[_Union[Value, _Mapping]] = ..., numeric_value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+
+class SharedMemoryStatusRequest(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: str
+    def __init__(self, lease: _Optional[str] = ...) -> None: ...
+
+class SharedMemoryRegion(_message.Message):
+    __slots__ = ("region", "key", "byte_size")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    key: str
+    byte_size: int
+    def __init__(self, region: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ...) -> None: ...
+
+class SharedMemoryStatusResponse(_message.Message):
+    __slots__ = ("enabled", "host_id", "challenge", "lease_seconds", "max_bytes_per_client", "max_bytes", "lease_known", "regions")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    host_id: str
+    challenge: bytes
+    lease_seconds: float
+    max_bytes_per_client: int
+    max_bytes: int
+    lease_known: bool
+    regions: _containers.RepeatedCompositeFieldContainer[SharedMemoryRegion]
+    def __init__(self, enabled: _Optional[bool] = ..., host_id: _Optional[str] = ..., challenge: _Optional[bytes] = ..., lease_seconds: _Optional[float] = ..., max_bytes_per_client: _Optional[int] = ..., max_bytes: _Optional[int] = ..., lease_known: _Optional[bool] = ..., regions: _Optional[_Iterable[_Union[SharedMemoryRegion, _Mapping]]] = ...) -> None: ...
+
+class RegisterSharedMemoryRequest(_message.Message):
+    __slots__ = ("lease", "key", "byte_size", "challenge")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    lease: str
+    key: str
+    byte_size: int
+    challenge: bytes
+    def __init__(self, lease: _Optional[str] = ..., key: _Optional[str] = ..., byte_size: _Optional[int] = ..., challenge: _Optional[bytes] = ...) -> None: ...
+
+class RegisterSharedMemoryResponse(_message.Message):
+    __slots__ = ("lease", "region", "lease_seconds")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease: str
+    region: str
+    lease_seconds: float
+    def __init__(self, lease: _Optional[str] = ..., region: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class UnregisterSharedMemoryRequest(_message.Message):
+    __slots__ = ("lease", "region")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    lease: str
+    region: str
+    def __init__(self, lease: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+
+class UnregisterSharedMemoryResponse(_message.Message):
+    __slots__ = ("unregistered",)
+    UNREGISTERED_FIELD_NUMBER: _ClassVar[int]
+    unregistered: int
+    def __init__(self, unregistered: _Optional[int] = ...) -> None: ...
+
+class SharedMemoryRef(_message.Message):
+    __slots__ = ("region", "offset", "byte_size", "dtype", "shape", "fortran_order")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    FORTRAN_ORDER_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offset: int
+    byte_size: int
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    fortran_order: bool
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., fortran_order: _Optional[bool] = ...) -> None: ...
+
+class SharedMemoryCall(_message.Message):
+    __slots__ = ("lease", "output", "output_min_bytes")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    lease: str
+    output: SharedMemoryRef
+    output_min_bytes: int
+    def __init__(self, lease: _Optional[str] = ..., output: _Optional[_Union[SharedMemoryRef, _Mapping]] = ..., output_min_bytes: _Optional[int] = ...) -> None: ...
 
 class Datum(_message.Message):
     __slots__ = ("number", "integer", "flag", "text", "array")

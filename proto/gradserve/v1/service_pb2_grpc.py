@@ -441,3 +441,178 @@ class Gradients:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SharedMemoryStub:
+    """---- Shared memory: a same-host transport without copies -----------------------------------
+
+    A client on the server's machine registers POSIX shared-memory regions it created and names
+    tensors by (region, offset, byte_size) instead of carrying their bytes; the server maps each
+    region once and writes large results into an output window of it. See docs/wire.md.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SharedMemoryStatus = channel.unary_unary(
+                '/gradserve.v1.SharedMemory/SharedMemoryStatus',
+                request_serializer=gradserve_dot_v1_dot_service__pb2.SharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_service__pb2.SharedMemoryStatusResponse.FromString,
+                _registered_method=True)
+        self.RegisterSharedMemory = channel.unary_unary(
+                '/gradserve.v1.SharedMemory/RegisterSharedMemory',
+                request_serializer=gradserve_dot_v1_dot_service__pb2.RegisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_service__pb2.RegisterSharedMemoryResponse.FromString,
+                _registered_method=True)
+        self.UnregisterSharedMemory = channel.unary_unary(
+                '/gradserve.v1.SharedMemory/UnregisterSharedMemory',
+                request_serializer=gradserve_dot_v1_dot_service__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_service__pb2.UnregisterSharedMemoryResponse.FromString,
+                _registered_method=True)
+
+
+class SharedMemoryServicer:
+    """---- Shared memory: a same-host transport without copies -----------------------------------
+
+    A client on the server's machine registers POSIX shared-memory regions it created and names
+    tensors by (region, offset, byte_size) instead of carrying their bytes; the server maps each
+    region once and writes large results into an output window of it. See docs/wire.md.
+    """
+
+    def SharedMemoryStatus(self, request, context):
+        """The server's host identity and settings, a fresh registration challenge, and (with a
+        lease) that lease's regions, renewing its lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterSharedMemory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterSharedMemory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SharedMemoryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharedMemoryStatus,
+                    request_deserializer=gradserve_dot_v1_dot_service__pb2.SharedMemoryStatusRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_service__pb2.SharedMemoryStatusResponse.SerializeToString,
+            ),
+            'RegisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSharedMemory,
+                    request_deserializer=gradserve_dot_v1_dot_service__pb2.RegisterSharedMemoryRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_service__pb2.RegisterSharedMemoryResponse.SerializeToString,
+            ),
+            'UnregisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterSharedMemory,
+                    request_deserializer=gradserve_dot_v1_dot_service__pb2.UnregisterSharedMemoryRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_service__pb2.UnregisterSharedMemoryResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'gradserve.v1.SharedMemory', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('gradserve.v1.SharedMemory', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SharedMemory:
+    """---- Shared memory: a same-host transport without copies -----------------------------------
+
+    A client on the server's machine registers POSIX shared-memory regions it created and names
+    tensors by (region, offset, byte_size) instead of carrying their bytes; the server maps each
+    region once and writes large results into an output window of it. See docs/wire.md.
+    """
+
+    @staticmethod
+    def SharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.SharedMemory/SharedMemoryStatus',
+            gradserve_dot_v1_dot_service__pb2.SharedMemoryStatusRequest.SerializeToString,
+            gradserve_dot_v1_dot_service__pb2.SharedMemoryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.SharedMemory/RegisterSharedMemory',
+            gradserve_dot_v1_dot_service__pb2.RegisterSharedMemoryRequest.SerializeToString,
+            gradserve_dot_v1_dot_service__pb2.RegisterSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.SharedMemory/UnregisterSharedMemory',
+            gradserve_dot_v1_dot_service__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+            gradserve_dot_v1_dot_service__pb2.UnregisterSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
