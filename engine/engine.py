@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, plan_cache
 from .arguments import (
     argnums_key,
     arguments,
@@ -121,19 +121,25 @@ class Engine:
         return getattr(self._local, "stats", Stats())
 
     def _plan(self, graph: Graph, key, build) -> Plan:
-        """The plan of `build(loop_tapes)`, the Program for (graph, key), built once."""
-        full_key = (graph.digest,) + key
-        with self._lock:
-            plan = self._plans.get(full_key)
-            if plan is not None:
-                self._plans.move_to_end(full_key)
-                return plan
+        """The plan of `build(loop_tapes)`, the Program for (graph, key), built once: kept by
+        this Engine and in the process's shared cache (engine/plan_cache.py), where other
+        Engines find it."""
         # Under a budget, scans are differentiated through loop tapes (which can checkpoint),
         # except for second-order programs (hvp, hessian), which loop tapes do not support yet:
         # there a scan stacks its carries and the budget is checked as for any residual.
         second_order = key[0] in ("hvp", "hessian")
         loop_tapes = self.max_tape_bytes is not None and not second_order
-        plan = Plan(build(loop_tapes))
+        full_key = (graph.digest, *key, loop_tapes)
+        with self._lock:
+            plan = self._plans.get(full_key)
+            if plan is not None:
+                self._plans.move_to_end(full_key)
+                return plan
+        shared = plan_cache.shared
+        plan = shared.get(full_key)
+        if plan is None:
+            plan = Plan(build(loop_tapes))
+            shared.put(full_key, plan)
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > self._plan_cache_size:

@@ -7,6 +7,7 @@ that exists has passed it. Encoding to and from the protobuf wire message lives 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -73,7 +74,7 @@ class Spec:
     @property
     def size(self) -> int:
         """The number of elements (1 for a scalar)."""
-        return int(np.prod(self.shape, dtype=object)) if self.shape else 1
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -210,6 +210,22 @@ def _listed(names, most: int = 6) -> str:
 _plan_numbers = itertools.count(1)  # unique pseudo-filenames for the generated source
 
 
+def _filename(source: str, checked: bool) -> str:
+    """The pseudo-filename of generated source. Named by a hash of the source: the digest of a
+    derived graph would cost a full serialization of it."""
+    return (
+        f"<gradserve plan {hashlib.sha256(source.encode()).hexdigest()[:12]}"
+        f" #{next(_plan_numbers)}{' checked' if checked else ''}>"
+    )
+
+
+# A plan's first runs execute its steps from the list (Plan._interpret); the run after these
+# compiles the generated function, which then serves every later call. Compiling costs about
+# as much as 20 interpreted runs of the same plan (`compile()` of one line per op), so a plan
+# that runs once or a few times never pays for it.
+INTERPRETED_RUNS = 8
+
+
 class Plan:
     def __init__(self, program: Program):
         graph = program.graph
@@ -300,6 +316,7 @@ class Plan:
                 )
             )
         self._sources: dict = {}  # checked -> lines of the compiled source
+        self._runs = 0  # runs so far without a compiled function
         self.steps = steps
 
     @property
@@ -311,7 +328,7 @@ class Plan:
     @steps.setter
     def steps(self, steps):
         self._steps = steps
-        for compiled in ("_straight", "_checked"):
+        for compiled in ("_straight", "_checked", "_checks"):
             self.__dict__.pop(compiled, None)
         self._sources.clear()
 
@@ -441,10 +458,76 @@ class Plan:
 
     def _run(self, args, should_stop):
         args = [a[()] if type(a) is np.ndarray and a.ndim == 0 else a for a in args]
+        checked = should_stop is not None
         with np.errstate(all="ignore"):
-            if should_stop is None:
-                return self._straight(*args)
-            return self._checked(should_stop, *args)
+            compiled = self.__dict__.get("_checked" if checked else "_straight")
+            if compiled is None:
+                self._runs += 1
+                if self._runs <= INTERPRETED_RUNS:
+                    return self._interpret(args, should_stop)
+                compiled = self._checked if checked else self._straight
+            return compiled(should_stop, *args) if checked else compiled(*args)
+
+    def _interpret(self, args, should_stop):
+        """Run the steps from the list, without compiling: what the generated function does,
+        line for line, at about ten times its cost per op, but with nothing to compile first.
+        A failure gets a note showing the line of the generated source it happened on."""
+        values = list(self.template)
+        for s, arg in zip(self.input_slots, args):
+            values[s] = arg
+        checks = self._stop_checks() if should_stop is not None else ()
+        k = 0
+        stopping = False
+        try:
+            for k, (fn, ins, out, frees, recycles) in enumerate(self._steps):
+                if k in checks:
+                    stopping = True
+                    should_stop()
+                    stopping = False
+                result = fn(*[values[i] for i in ins])
+                if type(out) is int:
+                    values[out] = result
+                else:
+                    (*results,) = result
+                    if len(results) != len(out):
+                        raise ValueError(f"expected {len(out)} results, got {len(results)}")
+                    for o, r in zip(out, results):
+                        values[o] = r
+                for recycle, s in recycles:
+                    recycle(values[s])
+                for s in frees:
+                    values[s] = None
+        except BaseException as exc:
+            exc.add_note(self._where(k, should_stop is not None, stopping))
+            raise
+        return [values[s] for s in self.output_slots]
+
+    def _where(self, k: int, checked: bool, stopping: bool) -> str:
+        """Step `k` as a traceback would show its line of the generated source."""
+        lines, _, step_lines = self._generate(checked)
+        source = "".join(lines)
+        number = step_lines[k] - (1 if stopping else 0)
+        return (
+            f'  File "{_filename(source, checked)}", line {number + 1}, in run (interpreted)\n'
+            f"    {lines[number].strip()}"
+        )
+
+    def _stop_checks(self) -> frozenset:
+        """The steps before which a call with should_stop checks it: once the elements read
+        and written since the last check reach STOP_CHECK_ELEMENTS, and before every op that
+        runs a loop or branch (whose bodies check too). Tiny ops skip the check."""
+        checks = self.__dict__.get("_checks")
+        if checks is None:
+            checks = []
+            work = STOP_CHECK_ELEMENTS  # check before the first step
+            for k, (_, ins, out, _, _) in enumerate(self._steps):
+                outs = (out,) if type(out) is int else out
+                if work >= STOP_CHECK_ELEMENTS or type(out) is not int:
+                    checks.append(k)
+                    work = 0
+                work += sum(self._sizes.get(v, 1) for v in tuple(ins) + outs)
+            checks = self._checks = frozenset(checks)
+        return checks
 
     def _generate(self, checked: bool):
         """The plan as straight-line Python: one local variable per slot, `del` at last use.
@@ -454,7 +537,7 @@ class Plan:
         that runs an op is commented with the op, the node's index in `graph.nodes` and the
         values it computes; value names come from the request and appear only as `_shown`
         makes them (one-line ASCII string literals inside the comment).
-        Returns (lines, namespace)."""
+        Returns (lines, namespace, the index in lines of each step's line)."""
         graph = self.graph
         names = self._slot_names
         where = {id(node): i for i, node in enumerate(graph.nodes)}
@@ -472,19 +555,14 @@ class Plan:
                 else:
                     what = f"constant {_shown(name)}"
                 lines.append(f"    v{s} = K{s}  # {what}")
-        work = STOP_CHECK_ELEMENTS  # check before the first step
+        checks = self._stop_checks() if checked else ()
+        step_lines = []
         for k, (fn, ins, out, frees, recycles) in enumerate(self.steps):
             node = self.nodes[k]
             namespace[f"F{k}"] = fn
-            if checked:
-                # Check between ops, spaced by work: before an op once the elements read and
-                # written since the last check reach STOP_CHECK_ELEMENTS, and before every op
-                # that runs a loop or branch (whose bodies check too). Tiny ops skip the check.
-                outs = (out,) if type(out) is int else out
-                if work >= STOP_CHECK_ELEMENTS or type(out) is not int:
-                    lines.append("    stop()")
-                    work = 0
-                work += sum(self._sizes.get(v, 1) for v in tuple(ins) + outs)
+            if k in checks:
+                lines.append("    stop()")
+            step_lines.append(len(lines))
             call = f"F{k}({', '.join(f'v{i}' for i in ins)})"
             if type(out) is int:
                 target = f"v{out}"
@@ -504,20 +582,15 @@ class Plan:
             f"    return [{', '.join(f'v{s}' for s in self.output_slots)}]"
             + (f"  # {_listed(outputs)}" if outputs else "")
         )
-        return [line + "\n" for line in lines], namespace
+        return [line + "\n" for line in lines], namespace, step_lines
 
     def _compile(self, checked: bool):
         """The generated function, compiled under a pseudo-filename of its own that linecache
         knows (tracebacks and profilers show the generated lines) for as long as the code
         lives."""
-        lines, namespace = self._generate(checked)
+        lines, namespace, _ = self._generate(checked)
         source = "".join(lines)
-        # Named by a hash of its source: the digest of a derived graph would cost a full
-        # serialization of it.
-        filename = (
-            f"<gradserve plan {hashlib.sha256(source.encode()).hexdigest()[:12]}"
-            f" #{next(_plan_numbers)}{' checked' if checked else ''}>"
-        )
+        filename = _filename(source, checked)
         exec(compile(source, filename, "exec"), namespace)
         run = namespace.pop("run")  # no cycle through its globals: freed with the plan
         linecache.cache[filename] = (len(source), None, lines, filename)

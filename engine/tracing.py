@@ -134,6 +134,37 @@ class Builder:
         self._computed[key] = result
         return result
 
+    def adopt(self, node: Node, args, specs) -> tuple:
+        """Record `node`, a node of a valid graph, on `args` (Tracers of this builder with the
+        specs its inputs have there; `specs`: those of its outputs there). That graph's
+        checks ran its shape rule and its simplifications were taken when it was traced:
+        neither runs again. Returns its outputs, a tuple."""
+        names = tuple(a.name for a in args)
+        key = (node.op, names, tuple(sorted(node.attrs.items())))
+        known = self._computed.get(key)
+        if known is not None:
+            return known if isinstance(known, tuple) else (known,)
+        tracers = tuple(Tracer(self, self._fresh("%"), spec) for spec in specs)
+        new = Node(node.op, names, tuple(t.name for t in tracers), node.attrs)
+        self.nodes.append(new)
+        for t in tracers:
+            self.specs[t.name] = t.spec
+            self.producer[t.name] = new
+        prim = PRIMITIVES[node.op]
+        propagate(self, prim, args, node.attrs, tracers[0])
+        self._computed[key] = tracers if prim.multiple_results else tracers[0]
+        return tracers
+
+    def forget(self, names):
+        """Let no later node reuse (`add`'s sharing of work) a node whose outputs are among
+        `names`: nodes taken out of `nodes`."""
+        names = set(names)
+        self._computed = {
+            key: out
+            for key, out in self._computed.items()
+            if (out[0] if isinstance(out, tuple) else out).name not in names
+        }
+
     def capture(self, value) -> Tracer:
         """A value from outside this builder: a constant, or a Tracer of an enclosing builder.
         A subgraph reads an enclosing value through an extra input of its own (closure

@@ -10,7 +10,8 @@ import traceback
 
 import numpy as np
 import pytest
-from gradserve.engine.graph import Graph, Node, Port, Spec  # engine internals
+from gradserve.engine import plan_cache  # engine internals
+from gradserve.engine.graph import Graph, Node, Port, Spec
 from gradserve.engine.plan import POOL_MIN_ELEMENTS, Plan
 from gradserve.engine.transforms import Program
 
@@ -125,7 +126,9 @@ def compiled_filename(plan):
     return plan._straight.__code__.co_filename
 
 
-def test_linecache_entries_go_with_their_plans():
+def test_linecache_entries_go_with_their_plans(monkeypatch):
+    # the process's shared cache keeps plans too: here it keeps as few as the engine
+    monkeypatch.setattr(plan_cache, "shared", plan_cache.PlanCache(max_plans=2))
     eng = gs.Engine(plan_cache_size=2)
     x = np.linspace(0, 1, 10)
     seen = []
@@ -142,6 +145,7 @@ def test_linecache_entries_go_with_their_plans():
         assert (filename in linecache.cache) == (filename in alive)
     assert linecache.getline(next(iter(alive)), 1).startswith("def run(")
     del eng
+    plan_cache.shared.clear()
     gc.collect()
     assert not any(filename in linecache.cache for filename in seen)
 
