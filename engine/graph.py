@@ -256,7 +256,9 @@ class Graph:
         str
         """
         if self._digest is None:
-            self._digest = hashlib.sha256(self.to_bytes()).hexdigest()
+            from .canonical import encode  # to_bytes' bytes, without building the message
+
+            self._digest = hashlib.sha256(encode(self)).hexdigest()
         return self._digest
 
     def __eq__(self, other):

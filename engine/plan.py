@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .graph import Graph, readonly
+from .graph import readonly
 from .primitive import PRIMITIVES
 from .transforms import Program
 
@@ -117,26 +117,12 @@ def rematerialize(nodes, boundary, outputs):
             position[id(moved)] = (at, -counter, j)
             for name in moved.inputs:
                 first_use[name] = min(first_use.get(name, position[id(moved)]), position[id(moved)])
+    cone = None  # a recursive closure is a cycle: broken, what it holds is freed on return
     if counter == 0:
         return list(nodes), boundary
     kept = [n for n in forward if not in_backward(n)]
     moved = [n for n in forward if in_backward(n)]
     return kept + sorted(backward + moved, key=lambda n: position[id(n)]), len(kept)
-
-
-def _owns_fresh_buffer(node) -> bool:
-    """Its output may be donated (overwritten in place by a later op, at its last use)."""
-    return PRIMITIVES[node.op].gives_fresh(node)
-
-
-def _holds_operands(node) -> bool:
-    """Ops with subgraphs (control flow): an output may be an operand itself or a view of one
-    (a branch or body that returns its argument), and a loop tape keeps operands for the
-    reverse pass. The planner does not follow what they keep: their operands are never written
-    into nor given back to the pool."""
-    return PRIMITIVES[node.op].multiple_results or any(
-        isinstance(value, Graph) for value in node.attrs.values()
-    )
 
 
 def _into(ufunc, position):
@@ -235,31 +221,31 @@ class Plan:
         self.graph = graph
         # Small arrays made from nothing (`constant` ops) are computed once, here, like constants.
         # Read-only, like constants: one array serves every call (and may be an output).
+        avals = graph.avals
         self.precomputed = {
             n.outputs[0]: readonly(PRIMITIVES[n.op].impl(**n.attrs))
             for n in nodes
-            if PRIMITIVES[n.op].constant and graph.avals[n.outputs[0]].size <= 4096
+            if not n.inputs and PRIMITIVES[n.op].constant and avals[n.outputs[0]].size <= 4096
         }
-        kept = [
-            k
-            for k, n in enumerate(nodes)
-            if not PRIMITIVES[n.op].constant or n.outputs[0] not in self.precomputed
-        ]
-        if boundary is not None:
-            boundary = sum(1 for k in kept if k < boundary)
-        nodes = [nodes[k] for k in kept]
+        if self.precomputed:
+            kept = [
+                k for k, n in enumerate(nodes) if n.inputs or n.outputs[0] not in self.precomputed
+            ]
+            if boundary is not None:
+                boundary = sum(1 for k in kept if k < boundary)
+            nodes = [nodes[k] for k in kept]
         self.nodes = nodes
+        prims = [PRIMITIVES[n.op] for n in nodes]
         slot = {}
-        for name in list(graph.input_names) + list(graph.constants) + list(self.precomputed):
+        for name in (*graph.input_names, *graph.constants, *self.precomputed):
             slot.setdefault(name, len(slot))
         for node in nodes:
             for name in node.outputs:
                 slot[name] = len(slot)
         self.template = [None] * len(slot)
-        for name, value in list(graph.constants.items()) + list(self.precomputed.items()):
+        for name, value in (*graph.constants.items(), *self.precomputed.items()):
             # a 0-d array as a NumPy scalar: arithmetic on scalars is several times faster
             self.template[slot[name]] = value[()] if value.ndim == 0 else value
-        self._sizes = {slot[n]: graph.avals[n].size for n in slot}
         self.input_slots = [slot[n] for n in graph.input_names]
         self.output_slots = [slot[n] for n in graph.output_names]
 
@@ -267,52 +253,50 @@ class Plan:
         for k, node in enumerate(nodes):
             for name in node.inputs:
                 last_use[name] = k
-        keep = (
-            set(graph.output_names)
-            | set(graph.input_names)
-            | set(graph.constants)
-            | set(self.precomputed)
-        )
+        keep = {*graph.output_names, *graph.input_names, *graph.constants, *self.precomputed}
         frees = [[] for _ in nodes]
         for name, k in last_use.items():
             if name not in keep:
                 frees[k].append(name)
         for k, node in enumerate(nodes):  # values nothing reads: dropped at once
-            frees[k].extend(o for o in node.outputs if o not in last_use and o not in keep)
+            for o in node.outputs:
+                if o not in last_use and o not in keep:
+                    frees[k].append(o)
 
-        donations, guarded, recycled = self._walk(nodes, boundary, frees, keep)
+        donations, guarded, recycled = self._walk(nodes, prims, boundary, frees, keep)
         self.donations = donations  # {step: the input it writes its result into}
         self._slot_names = list(slot)  # for the comments of the generated source
         pools = threading.local()
         # One step per node: (function, input slots, output slot or slots, slots dropped
         # after it, (recycle function, slot) of the buffers it gives back to the pool).
         steps = []
+        slot_of = slot.__getitem__
         for k, node in enumerate(nodes):
-            prim = PRIMITIVES[node.op]
-            spec = graph.avals[node.outputs[0]]
+            prim = prims[k]
             if k in donations:
                 fn = _into(prim.ufunc, donations[k]) if prim.ufunc is not None else prim.inplace
-            elif prim.ufunc is not None and spec.size >= POOL_MIN_ELEMENTS:
+            elif prim.ufunc is not None and avals[node.outputs[0]].size >= POOL_MIN_ELEMENTS:
+                spec = avals[node.outputs[0]]
                 fn = _from_pool(prim.ufunc, (spec.shape, spec.dtype), pools)
             else:
                 fn = prim.impl
-            fn = functools.partial(fn, **node.attrs) if node.attrs else fn
+            if node.attrs:
+                fn = functools.partial(fn, **node.attrs)
             if k in guarded:
                 fn = _unaliased(fn, guarded[k])
-            outs = tuple(slot[n] for n in node.outputs)
+            outs = tuple(map(slot_of, node.outputs))
             steps.append(
                 (
                     fn,
-                    tuple(slot[n] for n in node.inputs),
+                    tuple(map(slot_of, node.inputs)),
                     outs if prim.multiple_results else outs[0],
-                    tuple(slot[n] for n in frees[k]),
+                    tuple(map(slot_of, frees[k])),
                     tuple(
-                        (
-                            _recycler((graph.avals[n].shape, graph.avals[n].dtype), pools),
-                            slot[n],
-                        )
+                        (_recycler((avals[n].shape, avals[n].dtype), pools), slot[n])
                         for n in recycled[k]
-                    ),
+                    )
+                    if recycled[k]
+                    else (),
                 )
             )
         self._sources: dict = {}  # checked -> lines of the compiled source
@@ -332,7 +316,7 @@ class Plan:
             self.__dict__.pop(compiled, None)
         self._sources.clear()
 
-    def _walk(self, nodes, boundary, frees, keep):
+    def _walk(self, nodes, prims, boundary, frees, keep):
         """One pass over the schedule with the storage each value lives on. Decides
         - which steps write into an input that dies there: {step: input position};
         - which steps' results must not share memory with some inputs, checked at run time
@@ -341,7 +325,7 @@ class Plan:
         and computes `self.stats`.
 
         Ownership is tracked statically, for the buffers that ops returning a new array of
-        their own (`_owns_fresh_buffer`) return, which alone are written into or pooled: the
+        their own (`Primitive.gives_fresh`) return, which alone are written into or pooled: the
         values on a buffer are its owner, the values written into it in place, and views of
         any of them. A buffer is written into (donated) only by the last value alive on it,
         and goes back to the pool only when its owner dies and no value is left on it: not
@@ -349,6 +333,7 @@ class Plan:
         (outputs never die). An op with subgraphs may keep or return any operand: a buffer
         it reads is `pinned`, neither donated nor pooled from then on."""
         graph = self.graph
+        avals = graph.avals
         external = set(graph.input_names) | set(graph.constants) | set(self.precomputed)
         storage, size = {}, {}  # value -> the value that owns its memory (None: not ours)
         refs: dict = {}
@@ -359,30 +344,34 @@ class Plan:
             residual_names = {n for node in nodes[boundary:] for n in node.inputs if n in forward}
         residual = set()  # tape storages alive
         entries = 0
-        live = sum(graph.avals[n].nbytes for n in graph.input_names)
+        live = sum(avals[n].nbytes for n in graph.input_names)
         peak, tape, tape_peak = live, 0, 0
         fresh = set()
         pinned = set()  # buffers an op with subgraphs read
         guarded = {}
         recycled = [[] for _ in nodes]
-        producers = {o: n for n in nodes for o in n.outputs}
+        producers = {o: k for k, n in enumerate(nodes) for o in n.outputs}
         for k, node in enumerate(nodes):
-            prim = PRIMITIVES[node.op]
-            spec = graph.avals[node.outputs[0]]
-            dying = set(frees[k])
-            if _holds_operands(node):
+            prim = prims[k]
+            spec = avals[node.outputs[0]]
+            if prim.multiple_results or prim.subgraphs:
+                # An op with subgraphs (control flow): an output may be an operand itself or a
+                # view of one (a branch or body that returns its argument), and a loop tape
+                # keeps operands for the reverse pass. The planner does not follow what they
+                # keep: their operands are never written into nor given back to the pool.
                 pinned.update(storage[name] for name in node.inputs if name in storage)
-            elif not prim.view and not _owns_fresh_buffer(node):
+            elif not prim.view and not prim.gives_fresh(node):
                 # Taken to return new memory: checked where an input's buffer may be reused.
                 positions = tuple(
                     i
                     for i, name in enumerate(node.inputs)
-                    if storage.get(name) in fresh and graph.avals[storage[name]].shape
+                    if storage.get(name) in fresh and avals[storage[name]].shape
                 )
                 if positions:
                     guarded[k] = positions
-            if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
+            if spec.shape and (prim.ufunc is not None or prim.inplace is not None):
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
+                dying = frees[k]
                 candidates = [
                     i
                     for i in positions
@@ -390,39 +379,42 @@ class Plan:
                     and node.inputs[i] not in pinned
                     and node.inputs[i] in dying
                     and refs.get(node.inputs[i]) == 1
-                    and graph.avals[node.inputs[i]] == spec
+                    and avals[node.inputs[i]] == spec
                 ]
                 # Prefer a buffer that could not go back to the pool anyway (an einsum's):
                 # a pooled one given up here might leave the call as an output.
-                candidates.sort(
-                    key=lambda i: PRIMITIVES[producers[node.inputs[i]].op].ufunc is not None
-                )
+                candidates.sort(key=lambda i: prims[producers[node.inputs[i]]].ufunc is not None)
                 if candidates:
                     donations[k] = candidates[0]
             base = node.inputs[0] if prim.view else None
             for out in node.outputs:
                 if k in donations:
-                    storage[out] = storage[node.inputs[donations[k]]]
-                    if storage[out] in residual:  # the tape entry ends here; its buffer lives on
-                        residual.discard(storage[out])
-                        tape -= size[storage[out]]
+                    owner = storage[out] = storage[node.inputs[donations[k]]]
+                    if owner in residual:  # the tape entry ends here; its buffer lives on
+                        residual.discard(owner)
+                        tape -= size[owner]
                 elif base is None:
-                    storage[out] = out
-                    size[out] = graph.avals[out].nbytes
-                    if _owns_fresh_buffer(node):
+                    owner = storage[out] = out
+                    size[out] = avals[out].nbytes
+                    if prim.gives_fresh(node):
                         fresh.add(out)
                 else:
-                    storage[out] = None if base in external else storage[base]
-                owner = storage[out]
+                    owner = storage[out] = None if base in external else storage[base]
                 if owner is not None:
-                    if refs.get(owner, 0) == 0:
+                    count = refs.get(owner, 0)
+                    if count == 0:
                         live += size[owner]
-                    refs[owner] = refs.get(owner, 0) + 1
+                    refs[owner] = count + 1
                     if out in residual_names and owner not in residual:
                         residual.add(owner)
                         entries += 1
                         tape += size[owner]
-            peak, tape_peak = max(peak, live), max(tape_peak, tape)
+            if live > peak:
+                peak = live
+            if tape > tape_peak:
+                tape_peak = tape
+            if not frees[k]:
+                continue
             for name in frees[k]:
                 owner = storage.get(name)
                 if owner is None:
@@ -439,8 +431,8 @@ class Plan:
                     name in fresh
                     and refs[name] == 0
                     and name not in pinned
-                    and graph.avals[name].size >= POOL_MIN_ELEMENTS
-                    and graph.avals[name].dtype in _POOL_DTYPES
+                    and avals[name].size >= POOL_MIN_ELEMENTS
+                    and avals[name].dtype in _POOL_DTYPES
                 ):
                     recycled[k].append(name)
         self.stats = Stats(tape_peak, entries, peak, 0)
@@ -519,13 +511,15 @@ class Plan:
         checks = self.__dict__.get("_checks")
         if checks is None:
             checks = []
+            avals = self.graph.avals
+            sizes = [avals[name].size for name in self._slot_names]
             work = STOP_CHECK_ELEMENTS  # check before the first step
             for k, (_, ins, out, _, _) in enumerate(self._steps):
                 outs = (out,) if type(out) is int else out
                 if work >= STOP_CHECK_ELEMENTS or type(out) is not int:
                     checks.append(k)
                     work = 0
-                work += sum(self._sizes.get(v, 1) for v in tuple(ins) + outs)
+                work += sum(sizes[v] for v in ins) + sum(sizes[v] for v in outs)
             checks = self._checks = frozenset(checks)
         return checks
 
