@@ -18,7 +18,12 @@ from . import dtypes
 _LITTLE = {name: np.dtype(name).newbyteorder("<") for name in dtypes.SUPPORTED}
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     value &= 0xFFFFFFFFFFFFFFFF  # negative int64: ten bytes, two's complement
     out = bytearray()
     while value > 0x7F:

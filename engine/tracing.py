@@ -88,8 +88,11 @@ class Builder:
         if isinstance(value, Tracer):
             return value
         array = np.asarray(value)
-        if array.dtype.name not in dtypes.SUPPORTED and array.dtype.kind in _WIDEST:
-            array = array.astype(_WIDEST[array.dtype.kind])  # float16, uint8, ...: widened
+        try:
+            dtypes.canonical(array.dtype)  # (dtype.name is slow)
+        except TypeError:
+            if array.dtype.kind in _WIDEST:
+                array = array.astype(_WIDEST[array.dtype.kind])  # float16, uint8, ...: widened
         spec = Spec(array.shape, array.dtype)  # anything else: TypeError naming the dtype
         if array.size <= 16:
             key = (spec, array.tobytes())

@@ -27,10 +27,11 @@ def elementwise_shape(fn, *, inexact=False):
     def rule(*specs, **attrs):
         if inexact and not all(dtypes.is_differentiable(s.dtype) for s in specs):
             raise ShapeError(f"needs float or complex inputs, got {[s.dtype for s in specs]}")
-        if specs and not attrs and all(s == specs[0] for s in specs):
-            dtype = specs[0].dtype
+        first = specs[0] if specs else None
+        if first is not None and not attrs and all(s is first or s == first for s in specs):
+            dtype = first.dtype
             if _result_dtype(fn, (dtype,) * len(specs)) == dtype:
-                return specs[0]  # the same spec in and out (the common case): no new Spec
+                return first  # the same spec in and out (the common case): no new Spec
         shape = specs[0].shape if specs else ()
         try:
             if any(s.shape != shape for s in specs):
