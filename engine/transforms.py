@@ -143,7 +143,8 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
             else:
                 forward.append(node)
         builder.nodes = forward
-        builder.inputs = builder.inputs[: len(graph.inputs)]
+        tangent_names = {t.name for t in tangent_inputs}
+        builder.inputs = [p for p in builder.inputs if p.name not in tangent_names]
         # what the linear part computed is not there for the backward pass to share
         builder.forget(linear)
         boundary = len(builder.nodes)
