@@ -23,6 +23,9 @@ from .limits import DEFAULT_LIMITS, Limits
 OPSET = 1
 
 
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in dtypes.SUPPORTED}
+
+
 @dataclass(frozen=True)
 class Spec:
     """An abstract array: shape and dtype.
@@ -79,7 +82,7 @@ class Spec:
     @property
     def nbytes(self) -> int:
         """Bytes of the array; 0 for a loop tape, whose size is known only at run time."""
-        return 0 if self.dtype == dtypes.TAPE else self.size * np.dtype(self.dtype).itemsize
+        return 0 if self.dtype == dtypes.TAPE else self.size * _ITEMSIZE[self.dtype]
 
     def __repr__(self):
         return f"{self.dtype}{list(self.shape)}"

@@ -354,13 +354,14 @@ class Plan:
         for k, node in enumerate(nodes):
             prim = prims[k]
             spec = avals[node.outputs[0]]
+            gives_fresh = prim.gives_fresh(node)
             if prim.multiple_results or prim.subgraphs:
                 # An op with subgraphs (control flow): an output may be an operand itself or a
                 # view of one (a branch or body that returns its argument), and a loop tape
                 # keeps operands for the reverse pass. The planner does not follow what they
                 # keep: their operands are never written into nor given back to the pool.
                 pinned.update(storage[name] for name in node.inputs if name in storage)
-            elif not prim.view and not prim.gives_fresh(node):
+            elif not prim.view and not gives_fresh:
                 # Taken to return new memory: checked where an input's buffer may be reused.
                 positions = tuple(
                     i
@@ -396,7 +397,7 @@ class Plan:
                 elif base is None:
                     owner = storage[out] = out
                     size[out] = avals[out].nbytes
-                    if prim.gives_fresh(node):
+                    if gives_fresh:
                         fresh.add(out)
                 else:
                     owner = storage[out] = None if base in external else storage[base]
