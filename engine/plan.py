@@ -466,7 +466,7 @@ class Plan:
 
     def _interpret(self, args, should_stop):
         """Run the steps from the list, without compiling: what the generated function does,
-        line for line, at about ten times its cost per op, but with nothing to compile first.
+        line for line, at about six times its cost per op, but with nothing to compile first.
         A failure gets a note showing the line of the generated source it happened on."""
         values = list(self.template)
         for s, arg in zip(self.input_slots, args):
@@ -494,7 +494,12 @@ class Plan:
                 for s in frees:
                     values[s] = None
         except BaseException as exc:
-            exc.add_note(self._where(k, should_stop is not None, stopping))
+            try:
+                note = self._where(k, should_stop is not None, stopping)
+            except Exception:  # the failure itself matters, not where it is shown to be
+                note = None
+            if note is not None:
+                exc.add_note(note)
             raise
         return [values[s] for s in self.output_slots]
 
