@@ -157,8 +157,8 @@ class Builder:
         known = self._computed.get(key)
         if known is not None:
             return known if isinstance(known, tuple) else (known,)
-        tracers = tuple(Tracer(self, self._fresh("%"), spec) for spec in specs)
-        new = Node(node.op, names, tuple(t.name for t in tracers), node.attrs)
+        tracers = tuple([Tracer(self, self._fresh("%"), spec) for spec in specs])
+        new = Node(node.op, names, tuple([t.name for t in tracers]), node.attrs)
         self.nodes.append(new)
         for t in tracers:
             self.specs[t.name] = t.spec
@@ -169,15 +169,12 @@ class Builder:
         self._computed[key] = tracers if prim.multiple_results else tracers[0]
         return tracers
 
-    def forget(self, names):
-        """Let no later node reuse (`add`'s sharing of work) a node whose outputs are among
-        `names`: nodes taken out of `nodes`."""
-        names = set(names)
-        self._computed = {
-            key: out
-            for key, out in self._computed.items()
-            if (out[0] if isinstance(out, tuple) else out).name not in names
-        }
+    def forget(self, nodes):
+        """Let no later node reuse (`add`'s sharing of work) these nodes, which the caller took
+        out of `self.nodes`."""
+        for node in nodes:
+            key = (node.op, node.inputs, tuple(sorted(node.attrs.items())) if node.attrs else ())
+            self._computed.pop(key, None)
 
     def capture(self, value) -> Tracer:
         """A value from outside this builder: a constant, or a Tracer of an enclosing builder.

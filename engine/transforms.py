@@ -82,12 +82,12 @@ def _linearize(graph: Graph, builder: Builder, wrt, boundary, loop_tapes):
         if k == boundary:
             new_boundary = len(builder.nodes)
         args = [env[n] for n in node.inputs]
-        ins = [tangents.get(n) for n in node.inputs]
-        if not any(t is not None for t in ins):
+        if tangents.keys().isdisjoint(node.inputs):  # no tangent comes in: the node as it is
             env.update(
                 zip(node.outputs, builder.adopt(node, args, [avals[n] for n in node.outputs]))
             )
             continue
+        ins = [tangents.get(n) for n in node.inputs]
         prim = PRIMITIVES[node.op]
         options = _options(prim, loop_tapes)
         if prim.jvp_full is not None:
@@ -137,16 +137,16 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
         linear = {t.name for t in tangent_inputs}
         forward, linear_nodes = [], []
         for node in builder.nodes:
-            if any(n in linear for n in node.inputs):
+            if linear.isdisjoint(node.inputs):
+                forward.append(node)
+            else:
                 linear.update(node.outputs)
                 linear_nodes.append(node)
-            else:
-                forward.append(node)
         builder.nodes = forward
         tangent_names = {t.name for t in tangent_inputs}
         builder.inputs = [p for p in builder.inputs if p.name not in tangent_names]
         # what the linear part computed is not there for the backward pass to share
-        builder.forget(linear)
+        builder.forget(linear_nodes)
         boundary = len(builder.nodes)
 
         cotangents: dict = {}

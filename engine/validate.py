@@ -18,12 +18,13 @@ def count_nodes(nodes) -> int:
     """Nodes, subgraphs included: a subgraph counts each time a node holds it."""
     from .graph import Graph
 
-    return len(nodes) + sum(
-        value.node_count
-        for node in nodes
-        for value in node.attrs.values()
-        if isinstance(value, Graph)
-    )
+    total = len(nodes)
+    for node in nodes:
+        if node.attrs:
+            for value in node.attrs.values():
+                if isinstance(value, Graph):
+                    total += value.node_count
+    return total
 
 
 def check_graph(inputs, constants, nodes, outputs, declared, limits, known=None):
