@@ -264,7 +264,7 @@ def _build_pruned(builder: Builder, outputs, boundary) -> Program:
     nodes = builder.nodes
     for k in range(len(nodes) - 1, -1, -1):
         node = nodes[k]
-        if any(o in needed for o in node.outputs):
+        if not needed.isdisjoint(node.outputs):
             keep.append(k)
             needed.update(node.inputs)
     keep.reverse()
@@ -285,7 +285,7 @@ def prune(program: Program) -> Program:
     keep = []
     for k in range(len(graph.nodes) - 1, -1, -1):
         node = graph.nodes[k]
-        if any(o in needed for o in node.outputs):
+        if not needed.isdisjoint(node.outputs):
             keep.append(k)
             needed.update(node.inputs)
     keep.reverse()

@@ -81,7 +81,8 @@ def check_graph(inputs, constants, nodes, outputs, declared, limits, known=None)
         prim = PRIMITIVES.get(node.op)
         if prim is None:
             raise GraphError(f"unknown op {node.op!r}", node.describe(i))
-        _check_attrs(prim, node.attrs, i, nodes)
+        if node.attrs or prim.attrs:
+            _check_attrs(prim, node.attrs, i, nodes)
         low, high = prim.arity
         if len(node.inputs) < low or (high is not None and len(node.inputs) > high):
             want = str(low) if low == high else f"{low} to {high if high is not None else 'any'}"
