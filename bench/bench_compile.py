@@ -9,8 +9,14 @@ the run.
 Every sample runs in a fresh Python process (fresh graph, fresh Engine, empty caches), so each
 timing is a genuine first compile. Each sample also times, in the same process: the steady
 state (median of repeated calls on the compiled plan), and the first call of the same graph on
-a second, fresh Engine. The split by phase comes from timers wrapped around the engine's
-functions (exclusive time: a phase's time excludes the phases nested in it).
+a second, fresh Engine (which finds the plan in the process's shared cache), and the CPU time
+of the first call (process time: on a machine other processes keep busy, the wall-clock time
+stretches and this does not). The split by phase comes from timers wrapped around the engine's
+functions (exclusive time: a phase's time excludes the phases nested in it); "digest" is the
+digest of the graph (its canonical encoding: engine/canonical.py, or Graph.to_bytes), "run" includes the
+interpreted first run (a plan is compiled only once it is reused, so "compile" is zero here).
+Then the second call (still interpreted) and what compiling the plan's function cost when a
+later steady call (the 25th run) did it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ PHASES = ("transforms", "validation", "digest", "planning", "compile", "run", "o
 
 def _instrument():
     """Wrap the engine's phases with exclusive timers; returns the totals dict."""
+    import gradserve.engine.canonical as canonical_mod
     import gradserve.engine.engine as engine_mod
     import gradserve.engine.graph as graph_mod
     import gradserve.engine.plan as plan_mod
@@ -60,6 +67,7 @@ def _instrument():
     engine_mod.vjp = transforms_mod.vjp
     engine_mod.jvp = transforms_mod.jvp
     validate_mod.check_graph = timed("validation", validate_mod.check_graph)
+    canonical_mod.encode = timed("digest", canonical_mod.encode)
     graph_mod.Graph.to_bytes = timed("digest", graph_mod.Graph.to_bytes)
     plan_mod.Plan.__init__ = timed("planning", plan_mod.Plan.__init__)
     plan_mod.Plan._compile = timed("compile", plan_mod.Plan._compile)
@@ -77,17 +85,25 @@ def one_sample(steady_reps: int) -> dict:
     import gradserve.numpy as gnp
 
     totals = _instrument()
+    start = time.perf_counter()
     graph = gs.trace(w1_chain(gnp), W1_X0)
+    trace = time.perf_counter() - start
     for k in totals:
         totals[k] = 0.0
     gc.collect()
     engine = gs.Engine()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     first_value = engine.value_and_grad(graph, W1_X0)
     first = time.perf_counter() - start
+    first_cpu = time.process_time() - cpu_start
     phases = dict(totals)
     phases["other"] = first - sum(v for k, v in phases.items() if k != "other")
 
+    for k in totals:
+        totals[k] = 0.0
+    start = time.perf_counter()
+    engine.value_and_grad(graph, W1_X0)
+    second_call = time.perf_counter() - start  # still interpreted (plan.INTERPRETED_RUNS)
     times = []
     for _ in range(steady_reps):
         start = time.perf_counter()
@@ -99,7 +115,12 @@ def one_sample(steady_reps: int) -> dict:
     second_engine_value = gs.Engine().value_and_grad(graph, W1_X0)
     second_engine = time.perf_counter() - start
     assert second_engine_value == first_value
+    compiled = totals["compile"]  # the generated function, compiled on a later run
     return {
+        "second_call": second_call,
+        "compiled": compiled,
+        "trace": trace,
+        "first_cpu": first_cpu,
         "first": first,
         "phases": phases,
         "steady": statistics.median(times),
@@ -143,6 +164,22 @@ def main():
     )
     for phase in PHASES:
         print(f"    {phase:<12}   median {med(s['phases'][phase] for s in samples) * 1e3:8.1f} ms")
+    print(
+        f"  first call CPU   median {med(s['first_cpu'] for s in samples) * 1e3:8.1f} ms"
+        "  (process time: what the call itself used of a busy machine)"
+    )
+    print(
+        f"  trace (gs.trace) median {med(s['trace'] for s in samples) * 1e3:8.1f} ms"
+        "  (before the first call, not in it)"
+    )
+    print(
+        f"  second call      median {med(s['second_call'] for s in samples) * 1e3:8.2f} ms"
+        "  (the plan's steps run from their list: not compiled yet)"
+    )
+    print(
+        f"  compile()        median {med(s['compiled'] for s in samples) * 1e3:8.1f} ms"
+        "  (generating and compiling the plan's function, at its 25th run)"
+    )
     print(f"  steady call      median {steady * 1e6:8.1f} us")
     print(f"  first / steady   {first / steady:8.0f} x")
     print(f"  second Engine, same graph, first call: median {second * 1e3:.1f} ms")

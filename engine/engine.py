@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, plan_cache
 from .arguments import (
     argnums_key,
     arguments,
@@ -121,14 +121,7 @@ class Engine:
         """
         return getattr(self._local, "stats", Stats())
 
-    def _plan(self, graph: Graph, key, build) -> Plan:
-        """The plan of `build(loop_tapes)`, the Program for (graph, key), built once."""
-        full_key = (graph.digest,) + key
-        with self._lock:
-            plan = self._plans.get(full_key)
-            if plan is not None:
-                self._plans.move_to_end(full_key)
-                return plan
+    def _build(self, key, build) -> Plan:
         # Scans keep their bodies' residuals. Where those would pass a tape budget, scans are
         # differentiated through loop tapes (which can checkpoint) instead, except in
         # second-order programs (hvp, hessian), which loop tapes do not support yet: there a
@@ -142,6 +135,24 @@ class Engine:
                     plan = Plan(build(False))
             else:
                 plan = Plan(build(True))
+        return plan
+
+    def _plan(self, graph: Graph, key, build) -> Plan:
+        """The plan of `build(loop_tapes)`, the Program for (graph, key), built once: kept by
+        this Engine and in the process's shared cache (engine/plan_cache.py), where other
+        Engines find it. The tape budget is part of the key: it decides how loops are
+        differentiated."""
+        full_key = (graph.digest, *key, self.max_tape_bytes)
+        with self._lock:
+            plan = self._plans.get(full_key)
+            if plan is not None:
+                self._plans.move_to_end(full_key)
+                return plan
+        shared = plan_cache.shared
+        plan = shared.get(full_key)
+        if plan is None:
+            plan = self._build(key, build)
+            shared.put(full_key, plan)
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > self._plan_cache_size:

@@ -189,6 +189,8 @@ def _dtype(x) -> str:
 def _operands(*xs):
     """Python numbers take the dtype of the arrays beside them (NumPy 2's weak scalars); a
     list or tuple holding traced values is stacked (`sum([a, b])`, as NumPy's)."""
+    if all(type(x) is Tracer for x in xs):  # the common case inside derivative rules
+        return list(xs)
     xs = [array(x) if isinstance(x, (list, tuple)) and _contains_tracer(x) else x for x in xs]
     strong = [_dtype(x) for x in xs if _is_array(x)]
     if not strong:

@@ -20,16 +20,23 @@ def splat_of_constant(array: np.ndarray):
 def unbroadcast_operands(builder, prim, args, out_spec):
     """An elementwise op broadcasts by itself: an operand made by a `pure_broadcast` op can be
     replaced by its source when another operand already has the output's shape."""
-    if not prim.elementwise or len(args) < 2 or not any(a.shape == out_spec.shape for a in args):
+    if not prim.elementwise or len(args) < 2:
+        return args
+    shape = out_spec.shape
+    if not any(a.spec.shape == shape for a in args):
         return args
     out = []
+    replaced = False
     for a in args:
         node = builder.producer.get(a.name)
         if node is not None and PRIMITIVES[node.op].pure_broadcast:
             a = builder.tracer(node.inputs[0])
+            replaced = True
         out.append(a)
+    if not replaced:
+        return args
     try:
-        if np.broadcast_shapes(*[a.shape for a in out]) == out_spec.shape:
+        if np.broadcast_shapes(*[a.spec.shape for a in out]) == shape:
             return out
     except ValueError:
         pass

@@ -56,6 +56,12 @@ class Builder:
 
     def __exit__(self, *exc):
         _stack().pop()
+        # Its Tracers refer to it and these caches to them: emptied, the builder and what it
+        # recorded are freed as soon as nothing else refers to them, not by a later sweep of
+        # the cycle collector (a derivative's builder holds thousands of Tracers).
+        self._computed.clear()
+        self._small_constants.clear()
+        self._big_constants.clear()
 
     def _fresh(self, prefix: str) -> str:
         self._count += 1
@@ -82,8 +88,11 @@ class Builder:
         if isinstance(value, Tracer):
             return value
         array = np.asarray(value)
-        if array.dtype.name not in dtypes.SUPPORTED and array.dtype.kind in _WIDEST:
-            array = array.astype(_WIDEST[array.dtype.kind])  # float16, uint8, ...: widened
+        try:
+            dtypes.canonical(array.dtype)  # (dtype.name is slow)
+        except TypeError:
+            if array.dtype.kind in _WIDEST:
+                array = array.astype(_WIDEST[array.dtype.kind])  # float16, uint8, ...: widened
         spec = Spec(array.shape, array.dtype)  # anything else: TypeError naming the dtype
         if array.size <= 16:
             key = (spec, array.tobytes())
@@ -102,37 +111,70 @@ class Builder:
         return cache[key][0]
 
     def add(self, prim, args, attrs) -> Tracer | tuple:
-        names = []
-        specs = []
-        for arg in args:
-            tracer = arg if isinstance(arg, Tracer) and arg.builder is self else self.capture(arg)
-            names.append(tracer.name)
-            specs.append(tracer.spec)
+        inputs = [
+            arg if isinstance(arg, Tracer) and arg.builder is self else self.capture(arg)
+            for arg in args
+        ]
         try:
-            out = prim.shape(*specs, **attrs)
+            out = prim.shape(*[t.spec for t in inputs], **attrs)
         except (ValueError, TypeError, IndexError) as exc:
             raise GraphError(str(exc), f"node {len(self.nodes)} '{prim.name}'") from None
-        inputs = [Tracer(self, n, s) for n, s in zip(names, specs)]
-        if not isinstance(out, tuple):
-            simpler = simplify(self, prim, inputs, attrs, out)
-            if simpler is not None:
-                return simpler
-            inputs = unbroadcast_operands(self, prim, inputs, out)
-            names = [t.name for t in inputs]
-        key = (prim.name, tuple(names), tuple(sorted(attrs.items())))
-        if key in self._computed:  # the same op on the same values: reuse it
-            return self._computed[key]
-        outs = out if isinstance(out, tuple) else (out,)
-        tracers = tuple(Tracer(self, self._fresh("%"), spec) for spec in outs)
-        node = Node(prim.name, tuple(names), tuple(t.name for t in tracers), attrs)
+        several = isinstance(out, tuple)
+        if not several:
+            if prim.simplify is not None:
+                simpler = simplify(self, prim, inputs, attrs, out)
+                if simpler is not None:
+                    return simpler
+            if prim.elementwise and len(inputs) > 1:
+                inputs = unbroadcast_operands(self, prim, inputs, out)
+        names = tuple([t.name for t in inputs])
+        key = (prim.name, names, tuple(sorted(attrs.items())) if attrs else ())
+        known = self._computed.get(key)
+        if known is not None:  # the same op on the same values: reuse it
+            return known
+        if several:
+            tracers = tuple([Tracer(self, self._fresh("%"), spec) for spec in out])
+        else:
+            tracers = (Tracer(self, self._fresh("%"), out),)
+        node = Node(prim.name, names, tuple([t.name for t in tracers]), attrs)
         self.nodes.append(node)
         for t in tracers:
             self.specs[t.name] = t.spec
             self.producer[t.name] = node
-        propagate(self, prim, inputs, attrs, tracers[0])
-        result = tracers if isinstance(out, tuple) else tracers[0]
+        if prim.splat_preserving or prim.splat is not None:
+            propagate(self, prim, inputs, attrs, tracers[0])
+        result = tracers if several else tracers[0]
         self._computed[key] = result
         return result
+
+    def adopt(self, node: Node, args, specs) -> tuple:
+        """Record `node`, a node of a valid graph, on `args` (Tracers of this builder with the
+        specs its inputs have there; `specs`: those of its outputs there). That graph's
+        checks ran its shape rule and its simplifications were taken when it was traced:
+        neither runs again. Returns its outputs, a tuple."""
+        names = tuple([a.name for a in args])
+        key = (node.op, names, tuple(sorted(node.attrs.items())) if node.attrs else ())
+        known = self._computed.get(key)
+        if known is not None:
+            return known if isinstance(known, tuple) else (known,)
+        tracers = tuple([Tracer(self, self._fresh("%"), spec) for spec in specs])
+        new = Node(node.op, names, tuple([t.name for t in tracers]), node.attrs)
+        self.nodes.append(new)
+        for t in tracers:
+            self.specs[t.name] = t.spec
+            self.producer[t.name] = new
+        prim = PRIMITIVES[node.op]
+        if prim.splat_preserving or prim.splat is not None:
+            propagate(self, prim, args, node.attrs, tracers[0])
+        self._computed[key] = tracers if prim.multiple_results else tracers[0]
+        return tracers
+
+    def forget(self, nodes):
+        """Let no later node reuse (`add`'s sharing of work) these nodes, which the caller took
+        out of `self.nodes`."""
+        for node in nodes:
+            key = (node.op, node.inputs, tuple(sorted(node.attrs.items())) if node.attrs else ())
+            self._computed.pop(key, None)
 
     def capture(self, value) -> Tracer:
         """A value from outside this builder: a constant, or a Tracer of an enclosing builder.

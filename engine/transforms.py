@@ -63,6 +63,48 @@ def _options(prim, loop_tapes) -> dict:
     return {"loop_tapes": loop_tapes} if prim.subgraphs else {}
 
 
+def _linearize(graph: Graph, builder: Builder, wrt, boundary, loop_tapes):
+    """Record `graph` with a tangent beside each value into `builder`: the primal nodes as
+    they are (`Builder.adopt`: no shape rule runs again), and each differentiated node's JVP
+    rule. Returns (values, tangents: value name -> its tangent's Tracer, where a missing
+    tangent is a zero, the tangent inputs in the order of `wrt`, the index in builder.nodes
+    of the first node recorded for graph node `boundary`)."""
+    env = _start(graph, builder)
+    tangents = {}
+    tangent_inputs = []
+    for i in wrt:
+        port = graph.inputs[i]
+        tangents[port.name] = builder.input(f"tangent:{port.name}", port.spec)
+        tangent_inputs.append(tangents[port.name])
+    avals = graph.avals
+    new_boundary = None
+    for k, node in enumerate(graph.nodes):
+        if k == boundary:
+            new_boundary = len(builder.nodes)
+        args = [env[n] for n in node.inputs]
+        if tangents.keys().isdisjoint(node.inputs):  # no tangent comes in: the node as it is
+            env.update(
+                zip(node.outputs, builder.adopt(node, args, [avals[n] for n in node.outputs]))
+            )
+            continue
+        ins = [tangents.get(n) for n in node.inputs]
+        prim = PRIMITIVES[node.op]
+        options = _options(prim, loop_tapes)
+        if prim.jvp_full is not None:
+            outs, out_t = prim.jvp_full(args, ins, **node.attrs, **options)
+        else:
+            outs = builder.adopt(node, args, [avals[n] for n in node.outputs])
+            out = outs if prim.multiple_results else outs[0]
+            out_t = prim.jvp(args, ins, out, **node.attrs, **options)
+        env.update(zip(node.outputs, outs))
+        if out_t is not None:
+            out_t = out_t if isinstance(out_t, tuple) else (out_t,)
+            tangents.update((n, t) for n, t in zip(node.outputs, out_t) if t is not None)
+    if new_boundary is None and boundary is not None:
+        new_boundary = len(builder.nodes)
+    return env, tangents, tangent_inputs, new_boundary
+
+
 def jvp(program: Program, wrt, *, loop_tapes: bool = False) -> Program:
     """Inputs: the primals, then one tangent per input in `wrt` (indices of differentiable
     inputs). Outputs: the primal outputs, then their tangents. With `loop_tapes`, a scan keeps
@@ -70,66 +112,41 @@ def jvp(program: Program, wrt, *, loop_tapes: bool = False) -> Program:
     budget) rather than stacked in an array."""
     graph, boundary = program
     with Builder() as builder:
-        env = _start(graph, builder)
-        tangents = {}
-        for i in wrt:
-            port = graph.inputs[i]
-            tangents[port.name] = builder.input(f"tangent:{port.name}", port.spec)
-        new_boundary = None
-        for k, node in enumerate(graph.nodes):
-            if k == boundary:
-                new_boundary = len(builder.nodes)
-            prim = PRIMITIVES[node.op]
-            args = [env[n] for n in node.inputs]
-            ins = [tangents.get(n) for n in node.inputs]
-            differentiated = any(t is not None for t in ins)
-            options = _options(prim, loop_tapes)
-            if differentiated and prim.jvp_full is not None:
-                outs, out_t = prim.jvp_full(args, ins, **node.attrs, **options)
-            else:
-                outs = _replay_node(node, args)
-                out_t = None
-                if differentiated:
-                    out = outs if prim.multiple_results else outs[0]
-                    out_t = prim.jvp(args, ins, out, **node.attrs, **options)
-            env.update(zip(node.outputs, outs))
-            if out_t is not None:
-                out_t = out_t if isinstance(out_t, tuple) else (out_t,)
-                tangents.update((n, t) for n, t in zip(node.outputs, out_t) if t is not None)
+        env, tangents, _, new_boundary = _linearize(graph, builder, wrt, boundary, loop_tapes)
         primal_out = [env[p.name] for p in graph.outputs]
         tangent_out = [
             tangents[p.name] if p.name in tangents else _zeros(p.spec) for p in graph.outputs
         ]
-        if new_boundary is None and boundary is not None:
-            new_boundary = len(builder.nodes)
         return Program(builder.build(primal_out + tangent_out, internal=True), new_boundary)
 
 
 def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = False) -> Program:
     """Inputs: the primals, then one cotangent per output (none with `seed_ones`, for the
     gradient of a scalar). Outputs: the primal outputs, then one cotangent per input in `wrt`.
-    `loop_tapes`: as for `jvp`."""
-    graph = program.graph
-    # argnums may repeat
-    linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt)), loop_tapes=loop_tapes).graph
-    n_out = len(graph.outputs)
-    linear = {p.name for p in linearized.inputs[len(graph.inputs) :]}
-    for node in linearized.nodes:
-        if any(n in linear for n in node.inputs):
-            linear.update(node.outputs)
+    `loop_tapes`: as for `jvp`.
 
+    The linearization (the JVP) is recorded into the same builder the result is built in; its
+    nodes are then split: those that read a tangent (the linear part, transposed below) leave
+    the builder, the rest stay as the forward pass."""
+    graph = program.graph
     with Builder() as builder:
-        env = {}
-        for port in graph.inputs:
-            env[port.name] = builder.input(port.name, port.spec)
-        for name, value in linearized.constants.items():
-            env[name] = builder.constant(value)
-        linear_nodes = []
-        for node in linearized.nodes:
-            if any(n in linear for n in node.outputs):
-                linear_nodes.append(node)
+        # argnums may repeat
+        env, tangents, tangent_inputs, _ = _linearize(
+            graph, builder, tuple(dict.fromkeys(wrt)), None, loop_tapes
+        )
+        linear = {t.name for t in tangent_inputs}
+        forward, linear_nodes = [], []
+        for node in builder.nodes:
+            if linear.isdisjoint(node.inputs):
+                forward.append(node)
             else:
-                env.update(zip(node.outputs, _replay_node(node, [env[n] for n in node.inputs])))
+                linear.update(node.outputs)
+                linear_nodes.append(node)
+        builder.nodes = forward
+        tangent_names = {t.name for t in tangent_inputs}
+        builder.inputs = [p for p in builder.inputs if p.name not in tangent_names]
+        # what the linear part computed is not there for the backward pass to share
+        builder.forget(linear_nodes)
         boundary = len(builder.nodes)
 
         cotangents: dict = {}
@@ -149,7 +166,7 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
                     return
             cotangents[name] = total + ct
 
-        for k, (port, tangent_port) in enumerate(zip(graph.outputs, linearized.outputs[n_out:])):
+        for k, port in enumerate(graph.outputs):
             if not dtypes.is_differentiable(port.spec.dtype):
                 continue
             seed = (
@@ -157,9 +174,11 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
                 if seed_ones
                 else builder.input(f"cotangent:{k}", port.spec)
             )
-            if tangent_port.name in linear:
-                accumulate(tangent_port.name, seed)
+            tangent = tangents.get(port.name)
+            if tangent is not None and tangent.name in linear:
+                accumulate(tangent.name, seed)
 
+        specs = builder.specs
         for node in reversed(linear_nodes):
             cts = [cotangents.pop(n, None) for n in node.outputs]
             if all(ct is None for ct in cts):
@@ -173,20 +192,20 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
             if not prim.multiple_results:
                 ct = cts[0]
             else:  # several outputs: the rule gets one cotangent each, zeros made explicit
-                ct = tuple(
-                    _zeros(linearized.avals[n]) if c is None else c
-                    for n, c in zip(node.outputs, cts)
-                )
-            args = [Linear(linearized.avals[n]) if n in linear else env[n] for n in node.inputs]
+                ct = tuple(_zeros(specs[n]) if c is None else c for n, c in zip(node.outputs, cts))
+            args = [Linear(specs[n]) if n in linear else builder.tracer(n) for n in node.inputs]
             options = _options(prim, loop_tapes)
             for name, ct_in in zip(node.inputs, prim.transpose(ct, *args, **node.attrs, **options)):
                 if ct_in is not None and name in linear:
                     accumulate(name, ct_in)
 
-        primal_out = [env[p.name] for p in linearized.outputs[:n_out]]
-        grads = [cotangents.get(f"tangent:{graph.inputs[i].name}") for i in wrt]
-        grads = [g if g is not None else _zeros(graph.inputs[i].spec) for g, i in zip(grads, wrt)]
-        return prune(Program(builder.build(primal_out + grads, internal=True), boundary))
+        primal_out = [env[p.name] for p in graph.outputs]
+        grads = [cotangents.get(t.name) for t in tangent_inputs]
+        by_input = dict(zip(dict.fromkeys(wrt), grads))
+        grads = [
+            by_input[i] if by_input[i] is not None else _zeros(graph.inputs[i].spec) for i in wrt
+        ]
+        return _build_pruned(builder, primal_out + grads, boundary)
 
 
 def batch(program: Program, batched_inputs, size: int) -> Program:
@@ -236,6 +255,29 @@ def select_outputs(program: Program, indices) -> Program:
     return prune(Program(pruned, program.boundary))
 
 
+def _build_pruned(builder: Builder, outputs, boundary) -> Program:
+    """`builder.build(outputs, internal=True)` without the nodes no output needs and the
+    constants nothing reads, as `prune` would make it, in one Graph."""
+    outs = [builder.capture(o) for o in outputs]
+    needed = {o.name for o in outs}
+    keep = []
+    nodes = builder.nodes
+    for k in range(len(nodes) - 1, -1, -1):
+        node = nodes[k]
+        if not needed.isdisjoint(node.outputs):
+            keep.append(k)
+            needed.update(node.inputs)
+    keep.reverse()
+    graph = Graph(
+        builder.inputs,
+        {n: v for n, v in builder.constants.items() if n in needed},
+        [nodes[k] for k in keep],
+        [o.name for o in outs],
+        _known=builder.specs,
+    )
+    return Program(graph, sum(1 for k in keep if k < boundary))
+
+
 def prune(program: Program) -> Program:
     """Remove nodes whose outputs nothing needs, and constants nothing reads."""
     graph, boundary = program
@@ -243,7 +285,7 @@ def prune(program: Program) -> Program:
     keep = []
     for k in range(len(graph.nodes) - 1, -1, -1):
         node = graph.nodes[k]
-        if any(o in needed for o in node.outputs):
+        if not needed.isdisjoint(node.outputs):
             keep.append(k)
             needed.update(node.inputs)
     keep.reverse()

@@ -10,9 +10,10 @@ import traceback
 
 import numpy as np
 import pytest
-from gradserve.engine.graph import Graph, Node, Port, Spec  # engine internals
-from gradserve.engine.plan import POOL_MIN_ELEMENTS, Plan
-from gradserve.engine.transforms import Program
+from gradserve.engine import plan_cache  # engine internals
+from gradserve.engine.graph import Graph, Node, Port, Spec
+from gradserve.engine.plan import INTERPRETED_RUNS, POOL_MIN_ELEMENTS, Plan
+from gradserve.engine.transforms import Program, vjp
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -93,22 +94,32 @@ def test_request_names_stay_inside_comments(evil):
     np.testing.assert_allclose(plan.run([x], should_stop=lambda: None)[0], 2 * np.exp(x))
 
 
-def test_a_failing_op_shows_its_generated_line_in_the_traceback():
+def compiled(plan: Plan, compile_first: bool) -> Plan:
+    """`plan`, with its generated functions compiled now when `compile_first` (a plan's first
+    runs go through Plan._interpret otherwise)."""
+    if compile_first:
+        plan._straight, plan._checked  # noqa: B018  (compiled on access)
+    return plan
+
+
+@pytest.mark.parametrize("compile_first", [False, True], ids=["interpreted", "compiled"])
+def test_a_failing_op_shows_its_generated_line_in_the_traceback(compile_first):
     graph = gs.trace(
         lambda v: gs.while_loop(lambda v: v < 10.0, lambda v: v + 1.0, v, max_iterations=3) * v,
         0.0,
     )
     for should_stop in (None, lambda: None):
         with pytest.raises(gs.LimitError) as caught:
-            Plan(Program(graph)).run([0.0], should_stop)
+            compiled(Plan(Program(graph)), compile_first).run([0.0], should_stop)
         text = "".join(traceback.format_exception(caught.value))
         assert "<gradserve plan " in text
         assert re.search(r"v\d+, = F\d+\(v\d+\)  # while_loop  node \d+ -> '", text), text
 
 
-def test_a_stop_shows_the_stop_line():
+@pytest.mark.parametrize("compile_first", [False, True], ids=["interpreted", "compiled"])
+def test_a_stop_shows_the_stop_line(compile_first):
     x = np.linspace(0, 1, 10)
-    plan = Plan(Program(gs.trace(lambda x: gnp.sum(gnp.sin(x)), x)))
+    plan = compiled(Plan(Program(gs.trace(lambda x: gnp.sum(gnp.sin(x)), x))), compile_first)
 
     def stop():
         raise KeyboardInterrupt
@@ -121,11 +132,79 @@ def test_a_stop_shows_the_stop_line():
     assert "    stop()" in text
 
 
+# ---- interpreted first, compiled once reused ------------------------------------------------
+
+
+def _loop_and_pool(x):
+    y = gnp.exp(x) * gnp.sin(x)  # N x N: buffers written in place and pooled
+    z = gs.fori_loop(0, 3, lambda i, c: c * 0.5 + gnp.tanh(c), y)
+    return gnp.sum(z * y) + gnp.sum(gnp.reshape(x, (-1,))[:5])
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda g, x: Program(g),
+        lambda g, x: vjp(Program(g), (0,), seed_ones=True),
+        lambda g, x: vjp(Program(g), (0,), seed_ones=True, loop_tapes=True),
+    ],
+    ids=["evaluate", "grad", "grad-loop-tapes"],
+)
+def test_the_interpreter_runs_what_the_generated_function_runs(method):
+    x = square(5)
+    graph = gs.trace(_loop_and_pool, x)
+    plan = Plan(method(graph, x))
+    assert plan.donations and any(step[4] for step in plan.steps)  # in place, and pooled
+    stops = {"interpreted": [], "compiled": []}
+    results = {}
+    for mode, seen in stops.items():
+
+        def should_stop(seen=seen):
+            seen.append(None)
+
+        out = []
+        for checked in (None, should_stop):
+            for _ in range(2):  # the second call takes buffers from the pool
+                arg = x.copy()
+                if mode == "interpreted":
+                    run = plan._interpret([arg], checked)
+                else:
+                    function = plan._checked if checked else plan._straight
+                    run = function(checked, arg) if checked else function(arg)
+                np.testing.assert_array_equal(arg, x)  # the argument is never written into
+                out.append([np.array(v, copy=True) for v in run])
+        results[mode] = out
+    for a, b in zip(results["interpreted"], results["compiled"]):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    assert stops["interpreted"] == stops["compiled"] and stops["interpreted"]
+    # and both are right: the value against NumPy
+    y = np.exp(x) * np.sin(x)
+    z = y
+    for _ in range(3):
+        z = z * 0.5 + np.tanh(z)
+    np.testing.assert_allclose(results["compiled"][0][0], np.sum(z * y) + np.sum(x.ravel()[:5]))
+
+
+def test_a_plan_is_compiled_once_it_has_run_a_few_times():
+    x = np.linspace(0, 1, 10)
+    plan = Plan(Program(gs.trace(lambda x: gnp.sum(gnp.sin(x) * x), x)))
+    for _ in range(INTERPRETED_RUNS):
+        np.testing.assert_allclose(plan.run([x])[0], np.sum(np.sin(x) * x))
+        assert "_straight" not in plan.__dict__ and "_checked" not in plan.__dict__
+    np.testing.assert_allclose(plan.run([x])[0], np.sum(np.sin(x) * x))
+    assert "_straight" in plan.__dict__  # compiled by that run, used from now on
+    np.testing.assert_allclose(plan.run([x], should_stop=lambda: None)[0], np.sum(np.sin(x) * x))
+    assert "_checked" in plan.__dict__
+
+
 def compiled_filename(plan):
     return plan._straight.__code__.co_filename
 
 
-def test_linecache_entries_go_with_their_plans():
+def test_linecache_entries_go_with_their_plans(monkeypatch):
+    # the process's shared cache keeps plans too: here it keeps as few as the engine
+    monkeypatch.setattr(plan_cache, "shared", plan_cache.PlanCache(max_plans=2))
     eng = gs.Engine(plan_cache_size=2)
     x = np.linspace(0, 1, 10)
     seen = []
@@ -142,6 +221,7 @@ def test_linecache_entries_go_with_their_plans():
         assert (filename in linecache.cache) == (filename in alive)
     assert linecache.getline(next(iter(alive)), 1).startswith("def run(")
     del eng
+    plan_cache.shared.clear()
     gc.collect()
     assert not any(filename in linecache.cache for filename in seen)
 

@@ -11,7 +11,7 @@ from .. import dtypes
 from .. import numpy as gnp
 from ..graph import Spec
 from ..primitive import ShapeError
-from ..tracing import bind
+from ..tracing import Tracer, bind
 
 
 @functools.lru_cache(maxsize=4096)
@@ -27,6 +27,11 @@ def elementwise_shape(fn, *, inexact=False):
     def rule(*specs, **attrs):
         if inexact and not all(dtypes.is_differentiable(s.dtype) for s in specs):
             raise ShapeError(f"needs float or complex inputs, got {[s.dtype for s in specs]}")
+        first = specs[0] if specs else None
+        if first is not None and not attrs and all(s is first or s == first for s in specs):
+            dtype = first.dtype
+            if _result_dtype(fn, (dtype,) * len(specs)) == dtype:
+                return first  # the same spec in and out (the common case): no new Spec
         shape = specs[0].shape if specs else ()
         try:
             if any(s.shape != shape for s in specs):
@@ -43,6 +48,13 @@ def elementwise_shape(fn, *, inexact=False):
     return rule
 
 
+def _has_dtype(x, dtype: str) -> bool:
+    """A Tracer's from its spec (its `dtype` makes a NumPy dtype on every read)."""
+    if isinstance(x, Tracer):
+        return x.spec.dtype == dtype
+    return np.asarray(x).dtype == np.dtype(dtype)
+
+
 def unbroadcast(ct, spec):
     """Sum `ct` down to `spec`'s shape (undoing broadcasting) and cast to its dtype."""
     extra = ct.ndim - len(spec.shape)
@@ -52,7 +64,7 @@ def unbroadcast(ct, spec):
     if axes:
         ct = gnp.sum(ct, axis=axes, keepdims=True)
         ct = gnp.reshape(ct, spec.shape)
-    if ct.dtype != np.dtype(spec.dtype):
+    if not _has_dtype(ct, spec.dtype):
         ct = gnp.astype(ct, spec.dtype)
     return ct
 
@@ -61,7 +73,7 @@ def broadcast_tangent(t, spec):
     """A tangent of a broadcast operand, brought to the output's shape and dtype."""
     if t.shape != spec.shape:
         t = gnp.broadcast_to(t, spec.shape)
-    if t.dtype != np.dtype(spec.dtype):
+    if not _has_dtype(t, spec.dtype):
         t = gnp.astype(t, spec.dtype)
     return t
 
