@@ -40,6 +40,7 @@ __all__ = [
     "proto_digest",
     "result_array",
     "result_nbytes",
+    "split_tensor_data",
     "tensor_field_parts",
     "tensor_parts",
     "tensor_ref_parts",
@@ -83,9 +84,10 @@ def array_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def proto_digest(msg: graph_pb2.Tensor) -> str:
+def proto_digest(msg: graph_pb2.Tensor, data=None) -> str:
+    """Digest of a Tensor message; `data`: its bytes when held apart (split_tensor_data)."""
     h = hashlib.sha256(_header(msg.dtype, msg.shape))
-    h.update(msg.data)
+    h.update(msg.data if data is None else data)
     return h.hexdigest()
 
 
@@ -209,3 +211,102 @@ def value_parts(field: int, result) -> list:
     else:
         inner = tensor_field_parts(1, result)  # Value.tensor = 1
     return _length_delimited(field, inner)
+
+
+# ---- large tensor data left in the received bytes -------------------------------------------
+# Parsing a message copies every bytes field into protobuf's arena, and reading `Tensor.data`
+# copies it again into a new bytes object. For the large tensors of a request, the receiver
+# instead cuts each `data` field out of the message before parsing it and views those bytes
+# where they arrived (np.frombuffer over a memoryview of the received message: no copy).
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple:
+    value = shift = 0
+    while True:
+        byte = buf[pos]  # IndexError past the end: malformed
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: bytes, start: int, end: int):
+    """(number, wire type, key start, value start, value end) of each field in buf[start:end];
+    ValueError or IndexError when the bytes are not well-formed."""
+    pos = start
+    while pos < end:
+        key_start = pos
+        key, pos = _read_varint(buf, pos)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value_start = pos
+            _, pos = _read_varint(buf, pos)
+        elif kind == 2:
+            size, value_start = _read_varint(buf, pos)
+            pos = value_start + size
+        elif kind in (1, 5):
+            value_start = pos
+            pos += 8 if kind == 1 else 4
+        else:  # groups: never in these messages
+            raise ValueError(f"wire type {kind}")
+        if pos > end:
+            raise ValueError("field runs past its message")
+        yield number, kind, key_start, value_start, pos
+
+
+def _only(buf: bytes, start: int, end: int, number: int):
+    """(key start, value start, value end) of the one length-delimited field `number` in
+    buf[start:end]; None when it is absent, repeated or not length-delimited."""
+    found = None
+    for n, kind, key_start, value_start, value_end in _fields(buf, start, end):
+        if n == number:
+            if found is not None or kind != 2:
+                return None
+            found = (key_start, value_start, value_end)
+    return found
+
+
+def split_tensor_data(message: bytes, ref_fields: dict, min_bytes: int) -> tuple:
+    """(`message` without the `data` of its large inline tensors, {(field name, index):
+    memoryview of that data in `message`}) for the repeated TensorRef fields `ref_fields`
+    ({field number: name}) of a request. Tensors under `min_bytes`, and any encoding this
+    does not follow (a field repeated where protobuf would merge, malformed bytes), are left
+    in the message for the protobuf parser, which then decides as it always does."""
+    try:
+        return _split_tensor_data(message, ref_fields, min_bytes)
+    except (ValueError, IndexError):
+        return message, {}
+
+
+def _split_tensor_data(message, ref_fields, min_bytes):
+    whole = memoryview(message)
+    parts, views, counts = [], {}, {}
+    done = 0  # message[:done] is in parts
+    for number, kind, key_start, start, end in _fields(message, 0, len(message)):
+        name = ref_fields.get(number)
+        if name is None or kind != 2:
+            continue
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        tensor = _only(message, start, end, 1)  # TensorRef.tensor
+        if tensor is None:
+            continue
+        t_key, t_start, t_end = tensor
+        data = _only(message, t_start, t_end, 3)  # Tensor.data
+        if data is None or data[2] - data[1] < min_bytes:
+            continue
+        d_key, d_start, d_end = data
+        views[(name, index)] = whole[d_start:d_end]
+        rest = message[t_start:d_key] + message[d_end:t_end]  # the Tensor without its data
+        ref = b"".join(
+            [message[start:t_key], b"\x0a", _varint(len(rest)), rest, message[t_end:end]]
+        )
+        parts += [whole[done:key_start], _varint(number << 3 | 2), _varint(len(ref)), ref]
+        done = end
+    if not views:
+        return message, {}
+    parts.append(whole[done:])
+    return b"".join(parts), views

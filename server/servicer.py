@@ -29,6 +29,7 @@ from gradserve.protocol import (
     from_tensor,
     proto_digest,
     result_nbytes,
+    split_tensor_data,
     tensor_field_parts,
     value_parts,
 )
@@ -41,6 +42,10 @@ from .errors import Failure, Stopped, failure_from_exception, to_status
 log = logging.getLogger("gradserve.server")
 _DIGEST = re.compile(r"[0-9a-f]{64}\Z")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
+# Requests at least this big have their large tensors' data viewed where it arrived
+# (split_tensor_data) instead of copied out of the parsed message.
+LARGE_REQUEST_BYTES = 16384
+_TENSOR_REF = pb.TensorRef.DESCRIPTOR
 
 
 class _Call:
@@ -57,6 +62,7 @@ class _Call:
         self.memory = 0  # the call's memory estimate (admission.request_memory), when bounded
         self.static_tape = 0  # the tape its plan holds; loop tapes hold the rest of `held`
         self.pending = []  # (digest future, array) of tensors sent with `remember`
+        self.views = {}  # (field name, index) -> the data of a large inline tensor
         try:
             remaining = context.time_remaining()
         except Exception:
@@ -98,12 +104,15 @@ class _Call:
     def resolve(self, graph_ref, *fields):
         """The graph and, for each (name, repeated TensorRef) field, its arrays (None for an
         empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
-        self.servicer.admission.check_declared(fields, self.servicer.cache)
+        views = self.views
+        self.servicer.admission.check_declared(fields, self.servicer.cache, views)
         missing = []
         graph = self.servicer.graph(graph_ref, missing)
         arrays = [
             [
-                self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending)
+                self.servicer.tensor(
+                    ref, f"{name}[{i}]", missing, self.pending, views.get((name, i))
+                )
                 for i, ref in enumerate(refs)
             ]
             for name, refs in fields
@@ -135,8 +144,9 @@ class _Call:
         finally:
             self.compute_seconds = time.perf_counter() - start
             servicer.admission.computed(self.compute_seconds)
-            m.TAPE_IN_USE.dec(self.held)
-            self.held = 0
+            if self.held:
+                m.TAPE_IN_USE.dec(self.held)
+                self.held = 0
             slots.release()
         return result
 
@@ -216,6 +226,7 @@ class Servicer:
         self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradserve-hash")
         self.admission = Admission(engine, workers, max_concurrent_rpcs, max_request_memory)
         m.initialise()
+        m.count_inflight(self.admission)
 
     @property
     def inflight(self) -> int:
@@ -260,17 +271,18 @@ class Servicer:
             self.cache.put(key, graph, size)
         return graph
 
-    def tensor(self, ref, where, missing, pending=None):
+    def tensor(self, ref, where, missing, pending=None, data=None):
+        """`data`: the tensor's bytes when held apart from the message (split_tensor_data)."""
         kind = ref.WhichOneof("ref")
         if kind == "digest":
             return self._lookup("t", ref.digest, TENSOR_RESOURCE, missing)
         if kind != "tensor":
             return None
-        array = from_tensor(ref.tensor, self.limits, where)
+        array = from_tensor(ref.tensor, self.limits, where, data)
         if ref.remember and pending is not None:
             # Hash it while the engine computes (sha256 releases the GIL); stored on probation
             # when the call ends (see ByteLRU).
-            pending.append((self.hasher.submit(proto_digest, ref.tensor), array))
+            pending.append((self.hasher.submit(proto_digest, ref.tensor, data), array))
         return array
 
     def store_pending(self, pending):
@@ -355,15 +367,19 @@ class Servicer:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _handle(self, method, request_cls, compute, request_bytes, context):
+    def _handle(self, method, request_cls, compute, request_bytes, context, ref_fields=None):
+        """`ref_fields`: {number: name} of the request's TensorRef fields."""
         start = time.perf_counter()
         admitted = self.admission.enter()
-        if admitted:
-            m.INFLIGHT.inc()
         code = "OK"
         try:
             if not admitted:
                 raise self.admission.overloaded(method)
+            views = {}
+            if ref_fields and len(request_bytes) >= LARGE_REQUEST_BYTES:
+                request_bytes, views = split_tensor_data(
+                    request_bytes, ref_fields, LARGE_REQUEST_BYTES
+                )
             try:
                 request = request_cls.FromString(request_bytes)
             except Exception as exc:
@@ -375,6 +391,7 @@ class Servicer:
                     "request",
                 ) from None
             call = _Call(self, method, context)
+            call.views = views
             try:
                 reply = compute(request, call)
             finally:
@@ -419,7 +436,6 @@ class Servicer:
         finally:
             if admitted:
                 self.admission.leave()
-                m.INFLIGHT.dec()
             series = m.series(method)
             series.duration.observe(time.perf_counter() - start)
             (series.ok if code == "OK" else m.REQUESTS.labels(method, code)).inc()
@@ -431,9 +447,14 @@ class Servicer:
         def make(method):
             request_cls = getattr(pb, method.input_type.name)
             compute = getattr(self, _snake_case(method.name))
+            ref_fields = {
+                f.number: f.name for f in method.input_type.fields if f.message_type is _TENSOR_REF
+            }
 
             def handle(request_bytes, context):
-                return self._handle(method.name, request_cls, compute, request_bytes, context)
+                return self._handle(
+                    method.name, request_cls, compute, request_bytes, context, ref_fields
+                )
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
