@@ -89,9 +89,7 @@ def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "t
         if data is None:
             data = msg.data
         if 0 <= size <= limits.max_elements and len(data) == size * wire.itemsize:
-            array = np.frombuffer(data, dtype=wire)
-            if shape != (size,):
-                array = array.reshape(shape)
+            array = np.ndarray(shape, wire, data)  # frombuffer and reshape in one call
             return array if _NATIVE_IS_WIRE[msg.dtype] else array.astype(msg.dtype)
     return _from_tensor_checked(msg, limits, where, msg.data if data is None else data)
 

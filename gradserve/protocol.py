@@ -152,7 +152,12 @@ def result_nbytes(result) -> int:
 # repeated ones keep theirs).
 
 
+_SMALL_VARINTS = [bytes([n]) for n in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -162,21 +167,62 @@ def _varint(n: int) -> bytes:
 
 
 def _length_delimited(field: int, parts: list) -> list:
-    size = sum(len(p) for p in parts)
+    size = sum(map(len, parts))
     return [_varint(field << 3 | 2), _varint(size)] + parts
+
+
+# What comes before an array's data (the keys and lengths of the enclosing fields, the dtype,
+# the shape) depends only on where it goes, its dtype and its shape: it is built once for each
+# (the last few thousand kept), so that a small array costs a lookup and its bytes.
+_HEADS: dict = {}
+# Arrays smaller than this are copied into the message (cheaper than a memoryview for a few
+# bytes); larger ones are viewed, and their one copy is the join into the message.
+_VIEW_BYTES = 1024
+
+
+def _tensor_head(array) -> bytes:
+    """A Tensor's fields before its data's bytes: dtype, shape, the data's key and length."""
+    name = dtype_name(array).encode()
+    head = b"\x0a" + _varint(len(name)) + name
+    if array.ndim:
+        packed = b"".join(_varint(int(d)) for d in array.shape)
+        head += b"\x12" + _varint(len(packed)) + packed
+    if array.nbytes:
+        head += b"\x1a" + _varint(array.nbytes)
+    return head
+
+
+def _build_head(fields: tuple, array, tail: bytes) -> bytes:
+    head = _tensor_head(array)
+    size = len(head) + array.nbytes
+    for i, field in enumerate(reversed(fields)):
+        prefix = _varint(field << 3 | 2) + _varint(size)
+        head = prefix + head
+        size += len(prefix) + (len(tail) if i == 0 else 0)
+    return head
+
+
+def _array_parts(fields: tuple, array, tail: bytes = b"") -> list:
+    """`array` as a Tensor in nested fields (`fields`: field numbers, the outermost first),
+    `tail` closing the message that holds the Tensor."""
+    array = canonical_array(array)
+    key = (fields, tail, array.dtype, array.shape)
+    head = _HEADS.get(key)
+    if head is None:
+        if len(_HEADS) >= 4096:
+            _HEADS.clear()
+        head = _HEADS[key] = _build_head(fields, array, tail)
+    parts = [head]
+    if array.nbytes:
+        parts.append(array.tobytes() if array.nbytes < _VIEW_BYTES else memoryview(array).cast("B"))
+    if tail:
+        parts.append(tail)
+    return parts
 
 
 def tensor_parts(array) -> list:
     """The fields of a gradserve.v1.Tensor for `array`, as bytes and memoryviews."""
-    array = canonical_array(array)
-    name = dtype_name(array).encode()
-    parts = [b"\x0a", _varint(len(name)), name]
-    if array.ndim:
-        packed = b"".join(_varint(int(d)) for d in array.shape)
-        parts += [b"\x12", _varint(len(packed)), packed]
-    if array.nbytes:
-        parts += [b"\x1a", _varint(array.nbytes), memoryview(array).cast("B")]
-    return parts
+    return _array_parts((), array)
 
 
 def tensor_ref_parts(
@@ -184,13 +230,11 @@ def tensor_ref_parts(
 ) -> list:
     """One TensorRef as an element of repeated field number `field`: inline (`array`), by
     `digest`, or empty (neither)."""
+    if array is not None and digest is None:
+        return _array_parts((field, 1), array, b"\x18\x01" if remember else b"")
     if digest is not None:
         d = digest.encode()
         body = [b"\x12", _varint(len(d)), d]
-    elif array is not None:
-        body = _length_delimited(1, tensor_parts(array))
-        if remember:
-            body.append(b"\x18\x01")
     else:
         body = []
     return _length_delimited(field, body)
@@ -198,7 +242,7 @@ def tensor_ref_parts(
 
 def tensor_field_parts(field: int, array) -> list:
     """A Tensor as field number `field` (singular, or one element of a repeated field)."""
-    return _length_delimited(field, tensor_parts(array))
+    return _array_parts((field,), array)
 
 
 def value_parts(field: int, result) -> list:
@@ -208,9 +252,8 @@ def value_parts(field: int, result) -> list:
         for r in result:
             items += value_parts(1, r)  # Values.items = 1
         inner = _length_delimited(2, items)  # Value.tuple = 2
-    else:
-        inner = tensor_field_parts(1, result)  # Value.tensor = 1
-    return _length_delimited(field, inner)
+        return _length_delimited(field, inner)
+    return _array_parts((field, 1), result)  # Value.tensor = 1
 
 
 # ---- large tensor data left in the received bytes -------------------------------------------

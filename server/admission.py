@@ -219,13 +219,22 @@ class Admission:
             },
         )
 
-    def check_declared(self, fields, cache, views=None):
+    def check_declared(self, fields, cache, views=None, request_bytes=None):
         """Before decoding: the tensors the request declares (inline: shape x itemsize; by
         digest: the cached array it pins) against the bound. `fields`: (name, TensorRefs);
-        `views`: {(name, index): data} of tensors whose data is held apart from the message.
+        `views`: {(name, index): data} of tensors whose data is held apart from the message;
+        `request_bytes`: the size of the request, when known.
         A tensor whose data cannot fill its shape is left to the decoder (GraphError)."""
         bound = self.max_request_memory
         if bound is None:
+            return
+        # Inline tensors count only what their data fills, which the request carried: without
+        # digests, a request within the bound declares no more than it.
+        if (
+            request_bytes is not None
+            and request_bytes <= bound
+            and not any(ref.WhichOneof("ref") == "digest" for _, refs in fields for ref in refs)
+        ):
             return
         views = views or {}
         total = 0

@@ -23,12 +23,8 @@ from gradserve.protocol import (
     SERVICE,
     SERVICE_NAME,
     TENSOR_RESOURCE,
-    fill_tensor,
-    fill_tensors,
-    fill_value,
     from_tensor,
     proto_digest,
-    result_nbytes,
     split_tensor_data,
     tensor_field_parts,
     value_parts,
@@ -63,6 +59,7 @@ class _Call:
         self.static_tape = 0  # the tape its plan holds; loop tapes hold the rest of `held`
         self.pending = []  # (digest future, array) of tensors sent with `remember`
         self.views = {}  # (field name, index) -> the data of a large inline tensor
+        self.request_bytes = None  # the size of the request as received
         try:
             remaining = context.time_remaining()
         except Exception:
@@ -105,7 +102,9 @@ class _Call:
         """The graph and, for each (name, repeated TensorRef) field, its arrays (None for an
         empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
         views = self.views
-        self.servicer.admission.check_declared(fields, self.servicer.cache, views)
+        self.servicer.admission.check_declared(
+            fields, self.servicer.cache, views, self.request_bytes
+        )
         missing = []
         graph = self.servicer.graph(graph_ref, missing)
         arrays = [
@@ -150,20 +149,19 @@ class _Call:
             slots.release()
         return result
 
-    def call_stats(self) -> pb.CallStats:
+    def fill_stats(self, msg: pb.CallStats):
         s = self.stats
-        return pb.CallStats(
-            tape_bytes=s.tape_bytes,
-            tape_entries=s.tape_entries,
-            peak_bytes=s.peak_bytes,
-            recomputed_ops=s.recomputed_ops,
-            compute_seconds=self.compute_seconds,
-        )
+        msg.SetInParent()
+        msg.tape_bytes = s.tape_bytes
+        msg.tape_entries = s.tape_entries
+        msg.peak_bytes = s.peak_bytes
+        msg.recomputed_ops = s.recomputed_ops
+        msg.compute_seconds = self.compute_seconds
 
 
 class _Reply:
-    """A reply message and its array fields, encoded last (once the stats are in). Small
-    results are set in the message; megabytes are hand-encoded after it, one copy each."""
+    """A reply message and its array fields, encoded last (once the stats are in): the
+    arrays are hand-encoded after the message, one copy of each array's bytes."""
 
     def __init__(self, msg, **fields):
         self.msg = msg
@@ -171,15 +169,6 @@ class _Reply:
 
     def to_bytes(self) -> bytes:
         msg = self.msg
-        if sum(result_nbytes(obj) for _, obj in self.fields.values()) < 16384:
-            for name, (kind, obj) in self.fields.items():
-                if kind == "value":
-                    fill_value(getattr(msg, name), obj)
-                elif kind == "tensor":
-                    fill_tensor(getattr(msg, name), obj)
-                else:
-                    fill_tensors(getattr(msg, name), obj)
-            return msg.SerializeToString()
         numbers = msg.DESCRIPTOR.fields_by_name
         parts = [msg.SerializeToString()]
         for name, (kind, obj) in self.fields.items():
@@ -376,7 +365,8 @@ class Servicer:
             if not admitted:
                 raise self.admission.overloaded(method)
             views = {}
-            if ref_fields and len(request_bytes) >= LARGE_REQUEST_BYTES:
+            size = len(request_bytes)
+            if ref_fields and size >= LARGE_REQUEST_BYTES:
                 request_bytes, views = split_tensor_data(
                     request_bytes, ref_fields, LARGE_REQUEST_BYTES
                 )
@@ -392,13 +382,14 @@ class Servicer:
                 ) from None
             call = _Call(self, method, context)
             call.views = views
+            call.request_bytes = size
             try:
                 reply = compute(request, call)
             finally:
                 if call.pending:
                     self.store_pending(call.pending)
             call.stats = call.stats or self.engine.last_stats
-            reply.msg.stats.CopyFrom(call.call_stats())
+            call.fill_stats(reply.msg.stats)
             series = m.series(method)
             series.tape_bytes.observe(call.stats.tape_bytes)
             series.tape_entries.observe(call.stats.tape_entries)
