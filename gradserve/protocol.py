@@ -122,14 +122,14 @@ def from_value(msg: service_pb2.Value, writable: bool = True):
     if kind == "tuple":
         return tuple(from_value(item, writable) for item in msg.tuple.items)
     if kind == "tensor":
-        array = from_tensor(msg.tensor, UNLIMITED)
-        return writable_array(array) if writable else array
+        return result_array(msg.tensor) if writable else from_tensor(msg.tensor, UNLIMITED)
     raise ValueError("the reply carries an empty Value")
 
 
 def result_array(msg: graph_pb2.Tensor) -> np.ndarray:
-    """A tensor of a reply, as an ordinary writable array."""
-    return writable_array(from_tensor(msg, UNLIMITED))
+    """A tensor of a reply, as an ordinary writable array: over a bytearray of its bytes
+    (one copy, as writable_array makes, in one call fewer)."""
+    return from_tensor(msg, UNLIMITED, data=bytearray(msg.data))
 
 
 def writable_array(array: np.ndarray) -> np.ndarray:
