@@ -646,8 +646,9 @@ class Client:
                     continue
                 raise _exception(err, method, timeout) from None
             break
-        with self._lock:
-            self._known_graphs.add(digest)
+        if send_body:  # named by its digest, it is known already
+            with self._lock:
+                self._known_graphs.add(digest)
         try:
             reply = reply_cls.FromString(data)
         except Exception as exc:
