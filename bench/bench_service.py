@@ -167,7 +167,8 @@ def main():
     import gradserve.numpy as gnp
 
     n_lat = 300 if args.quick else 2000
-    seconds = 1.5 if args.quick else 4.0
+    seconds = 2.0 if args.quick else 10.0  # of each server's throughput, in rounds of 1 s
+    n_rounds = 4 if args.quick else 10
     n_w3 = 10 if args.quick else 30
 
     gs_port, gs_metrics, echo_port = free_port(), free_port(), free_port()
@@ -261,14 +262,14 @@ def main():
             return lambda: c.value_and_grad(graph, 2.0, 5.0, argnums=(0, 1))
 
         rounds = [[], []]
-        for _ in range(5):
+        for _ in range(n_rounds):
             for make, out in zip((make_echo, make_gs), rounds):
-                out.append(throughput(make, 8, seconds / 5))
+                out.append(throughput(make, 8, seconds / n_rounds))
         rps_echo, rps_gs = (statistics.median(r) for r in rounds)
         results["rps"] = (rps_gs, rps_echo)
         print(
             f"8 threads    echo {rps_echo:8.0f} req/s   gs.Client {rps_gs:8.0f} req/s   "
-            f"ratio {rps_gs / rps_echo:.2f}x (target >= 0.9x; medians of 5 alternating rounds)"
+            f"ratio {rps_gs / rps_echo:.2f}x (target >= 0.9x; medians of {n_rounds} alternating rounds)"
         )
 
         if args.no_w3:
