@@ -280,6 +280,11 @@ class Servicer:
                 digest = future.result()
             except Exception:
                 continue
+            if isinstance(array.base, bytes) and len(array.base) > array.nbytes:
+                # A view into the whole request (split_tensor_data): the cache keeps a copy of
+                # its own bytes rather than pin the request's other tensors uncharged.
+                array = array.copy()
+                array.flags.writeable = False
             self.cache.put("t" + digest, array, array.nbytes, probation=True)
 
     # -- the methods --------------------------------------------------------------------------

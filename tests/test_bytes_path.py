@@ -16,7 +16,7 @@ from gradserve.v1 import service_pb2 as pb
 
 import gradserve as gs
 import gradserve.numpy as gnp
-from gradserve.protocol import method_path, split_tensor_data, tensor_ref_parts
+from gradserve.protocol import array_digest, method_path, split_tensor_data, tensor_ref_parts
 
 N = 655360  # 5 MiB of float64
 
@@ -89,6 +89,19 @@ def test_a_large_request_tensor_is_a_read_only_view_of_the_received_bytes(runnin
     np.testing.assert_array_equal(big, original)  # the engine never wrote into it
     assert hashlib.sha256(seen["requests"][-1]).hexdigest() == digest_before
     np.testing.assert_array_equal(x, original)
+
+
+def test_a_remembered_tensor_is_cached_without_the_rest_of_its_request(running):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(N // 4), rng.standard_normal(N // 4)
+    graph = gs.trace(lambda a, b: gnp.sum(a * b), a, b)
+    with gs.Client(f"127.0.0.1:{running.port}", timeout=60) as cli:
+        assert cli.evaluate(graph, a, b) == pytest.approx(np.dot(a, b), rel=1e-12)
+    cache = running.servicer.cache
+    for x in (a, b):  # both sent with `remember` the first time
+        cached = cache.get("t" + array_digest(x))
+        assert cached is not None and cached.base is None and not cached.flags.writeable
+        np.testing.assert_array_equal(cached, x)
 
 
 def test_the_request_is_parsed_without_the_large_data():
