@@ -1,6 +1,7 @@
 """The Gradients service on the wire (proto/gradserve/v1/service.proto), shared by the client
 and the server: the service and method names, resource types and error domain, tensor digests,
-TensorRefs, Values, and hand-encoded fields for large arrays.
+TensorRefs, Values, hand-encoded array fields, and the data of large request tensors cut out
+of the received bytes before parsing (split_tensor_data).
 
 Tensors themselves are encoded and decoded by gradserve.engine.wire (graph constants travel
 the same way); the names below re-export them so that both ends import their wire format from
