@@ -45,7 +45,6 @@ from gradserve.protocol import (
     TENSOR_RESOURCE,
     array_digest,
     canonical_array,
-    fill_tensor,
     from_value,
     method_path,
     result_array,
@@ -176,6 +175,8 @@ class _Tensors:
         self.digests = [None] * len(arrays)
         self.large = [a is not None and a.nbytes >= client.digest_min_bytes for a in arrays]
         self.remember = [False] * len(arrays)
+        if not any(self.large):
+            return
         todo = []
         for i, a in enumerate(arrays):
             if not self.large[i]:
@@ -210,22 +211,6 @@ class _Tensors:
             else:
                 out.append("inline")
         return out
-
-    def fill(self, repeated, force_inline=frozenset()):
-        """Add the TensorRefs to the request's repeated field, in place (small arrays:
-        cheaper than hand encoding)."""
-        for a, d, remember, how in zip(
-            self.arrays, self.digests, self.remember, self._choices(force_inline)
-        ):
-            ref = repeated.add()
-            if how == "digest":
-                ref.digest = d
-            elif how == "inline":
-                fill_tensor(ref.tensor, a)
-                ref.remember = remember
-
-    def any_large(self) -> bool:
-        return any(a is not None and a.nbytes >= 16384 for a in self.arrays)
 
     def encode(self, field: int, force_inline=frozenset()) -> list:
         """The TensorRefs of repeated field number `field`, hand-encoded (gradserve.protocol)."""
@@ -672,16 +657,13 @@ class Client:
             request = build(graph_ref)
             if shared is not None:  # large arrays in shared memory (client/shm.py)
                 parts = [shared.encode(request, groups)]
-            elif any(t.any_large() for _, t in tensors):
-                # Megabytes: hand-encode the TensorRefs, one copy of each array's bytes.
+            else:
+                # The TensorRefs are hand-encoded after the rest of the request: one copy of a
+                # large array's bytes (the join), and for small ones cheaper than filling them in.
                 fields = request.DESCRIPTOR.fields_by_name
                 parts = [request.SerializeToString()]
                 for field, t in tensors:
                     parts += t.encode(fields[field].number, force_inline)
-            else:
-                for field, t in tensors:
-                    t.fill(getattr(request, field), force_inline)
-                parts = [request.SerializeToString()]
             try:
                 data = self._unary(method, b"".join(parts), deadline, timeout)
             except grpc.RpcError as err:
@@ -704,8 +686,9 @@ class Client:
                     continue
                 raise _exception(err, method, timeout) from None
             break
-        with self._lock:
-            self._known_graphs.add(digest)
+        if send_body:  # named by its digest, it is known already
+            with self._lock:
+                self._known_graphs.add(digest)
         try:
             reply = reply_cls.FromString(data)
         except Exception as exc:
@@ -792,13 +775,29 @@ def _selected_tangents(graph, tangents, argnums, method):
     return _encode_argnums(argnums, graph), [canonical_array(t) for t in selected]
 
 
+# (id(graph), argnums_key) -> (weakref to the graph, its pb.Argnums): argnums checked before
+_ARGNUMS: dict = {}
+
+
 def _encode_argnums(argnums, graph) -> pb.Argnums:
-    """argnums as sent; checked as the engine checks them (the same exceptions)."""
-    check_argnums(graph, argnums)
+    """argnums as sent; checked as the engine checks them (the same exceptions), once for
+    each graph and argnums."""
     key = argnums_key(argnums)
+    try:
+        known = _ARGNUMS.get((id(graph), key))
+    except TypeError:  # unhashable elements: check_argnums says what is wrong
+        known = None
+    if known is not None and known[0]() is graph:
+        return known[1]
+    check_argnums(graph, argnums)
     if single(argnums):
-        return pb.Argnums(indices=[key], is_tuple=False)
-    return pb.Argnums(indices=list(key), is_tuple=True)
+        msg = pb.Argnums(indices=[key], is_tuple=False)
+    else:
+        msg = pb.Argnums(indices=list(key), is_tuple=True)
+    if len(_ARGNUMS) >= 4096:
+        _ARGNUMS.clear()
+    _ARGNUMS[(id(graph), key)] = (weakref.ref(graph), msg)
+    return msg
 
 
 # ---- errors ---------------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def to_tensor(array) -> pb.Tensor:
     return msg
 
 
-def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "tensor"):
-    """The array a Tensor carries: a read-only view of the message's bytes (native byte order).
+def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "tensor", data=None):
+    """The array a Tensor carries: a read-only view of the message's bytes (native byte order),
+    or of `data`, the tensor's bytes when the receiver held them apart from the message.
 
     Checked before anything is allocated: one of the six dtype names, no negative dimension, prod(shape)
     within `limits.max_elements` (else LimitError) and a byte length of prod(shape) * itemsize;
@@ -85,16 +86,15 @@ def from_tensor(msg: pb.Tensor, limits: Limits = DEFAULT_LIMITS, where: str = "t
                 size = -1
                 break
             size *= d
-        data = msg.data
+        if data is None:
+            data = msg.data
         if 0 <= size <= limits.max_elements and len(data) == size * wire.itemsize:
-            array = np.frombuffer(data, dtype=wire)
-            if shape != (size,):
-                array = array.reshape(shape)
+            array = np.ndarray(shape, wire, data)  # frombuffer and reshape in one call
             return array if _NATIVE_IS_WIRE[msg.dtype] else array.astype(msg.dtype)
-    return _from_tensor_checked(msg, limits, where)
+    return _from_tensor_checked(msg, limits, where, msg.data if data is None else data)
 
 
-def _from_tensor_checked(msg: pb.Tensor, limits: Limits, where: str):
+def _from_tensor_checked(msg: pb.Tensor, limits: Limits, where: str, data):
     """from_tensor one check at a time, for the exact error."""
     try:
         dtype = dtypes.wire_name(msg.dtype)
@@ -112,12 +112,12 @@ def _from_tensor_checked(msg: pb.Tensor, limits: Limits, where: str):
             f"{where}.shape",
         )
     want = size * np.dtype(dtype).itemsize
-    if len(msg.data) != want:
+    if len(data) != want:
         raise GraphError(
-            f"data has {len(msg.data)} bytes, shape {shape} of {dtype} needs {want}",
+            f"data has {len(data)} bytes, shape {shape} of {dtype} needs {want}",
             f"{where}.data",
         )
-    array = np.frombuffer(msg.data, dtype=_WIRE[dtype]).reshape(shape)
+    array = np.frombuffer(data, dtype=_WIRE[dtype]).reshape(shape)
     return array.astype(dtype, copy=False)
 
 

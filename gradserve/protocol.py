@@ -1,6 +1,7 @@
 """The Gradients service on the wire (proto/gradserve/v1/service.proto), shared by the client
 and the server: the service and method names, resource types and error domain, tensor digests,
-TensorRefs, Values, and hand-encoded fields for large arrays.
+TensorRefs, Values, hand-encoded array fields, and the data of large request tensors cut out
+of the received bytes before parsing (split_tensor_data).
 
 Tensors themselves are encoded and decoded by gradserve.engine.wire (graph constants travel
 the same way); the names below re-export them so that both ends import their wire format from
@@ -43,6 +44,7 @@ __all__ = [
     "result_arrays",
     "result_nbytes",
     "shared_regions",
+    "split_tensor_data",
     "tensor_field_parts",
     "tensor_parts",
     "tensor_ref_parts",
@@ -92,9 +94,10 @@ def array_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def proto_digest(msg: graph_pb2.Tensor) -> str:
+def proto_digest(msg: graph_pb2.Tensor, data=None) -> str:
+    """Digest of a Tensor message; `data`: its bytes when held apart (split_tensor_data)."""
     h = hashlib.sha256(_header(msg.dtype, msg.shape))
-    h.update(msg.data)
+    h.update(msg.data if data is None else data)
     return h.hexdigest()
 
 
@@ -131,8 +134,7 @@ def from_value(msg: service_pb2.Value, writable: bool = True):
     if kind == "tuple":
         return tuple(from_value(item, writable) for item in msg.tuple.items)
     if kind == "tensor":
-        array = from_tensor(msg.tensor, UNLIMITED)
-        return writable_array(array) if writable else array
+        return result_array(msg.tensor) if writable else from_tensor(msg.tensor, UNLIMITED)
     if kind == "shared_memory":
         return shared_array(msg.shared_memory)
     raise ValueError("the reply carries an empty Value")
@@ -173,8 +175,9 @@ def result_arrays(reply, name: str) -> tuple:
 
 
 def result_array(msg: graph_pb2.Tensor) -> np.ndarray:
-    """A tensor of a reply, as an ordinary writable array."""
-    return writable_array(from_tensor(msg, UNLIMITED))
+    """A tensor of a reply, as an ordinary writable array: over a bytearray of its bytes
+    (one copy, as writable_array makes, in one call fewer)."""
+    return from_tensor(msg, UNLIMITED, data=bytearray(msg.data))
 
 
 def writable_array(array: np.ndarray) -> np.ndarray:
@@ -197,7 +200,12 @@ def result_nbytes(result) -> int:
 # repeated ones keep theirs).
 
 
+_SMALL_VARINTS = [bytes([n]) for n in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -207,21 +215,62 @@ def _varint(n: int) -> bytes:
 
 
 def _length_delimited(field: int, parts: list) -> list:
-    size = sum(len(p) for p in parts)
+    size = sum(map(len, parts))
     return [_varint(field << 3 | 2), _varint(size)] + parts
+
+
+# What comes before an array's data (the keys and lengths of the enclosing fields, the dtype,
+# the shape) depends only on where it goes, its dtype and its shape: it is built once for each
+# (the last few thousand kept), so that a small array costs a lookup and its bytes.
+_HEADS: dict = {}
+# Arrays smaller than this are copied into the message (cheaper than a memoryview for a few
+# bytes); larger ones are viewed, and their one copy is the join into the message.
+_VIEW_BYTES = 1024
+
+
+def _tensor_head(array) -> bytes:
+    """A Tensor's fields before its data's bytes: dtype, shape, the data's key and length."""
+    name = dtype_name(array).encode()
+    head = b"\x0a" + _varint(len(name)) + name
+    if array.ndim:
+        packed = b"".join(_varint(int(d)) for d in array.shape)
+        head += b"\x12" + _varint(len(packed)) + packed
+    if array.nbytes:
+        head += b"\x1a" + _varint(array.nbytes)
+    return head
+
+
+def _build_head(fields: tuple, array, tail: bytes) -> bytes:
+    head = _tensor_head(array)
+    size = len(head) + array.nbytes
+    for i, field in enumerate(reversed(fields)):
+        prefix = _varint(field << 3 | 2) + _varint(size)
+        head = prefix + head
+        size += len(prefix) + (len(tail) if i == 0 else 0)
+    return head
+
+
+def _array_parts(fields: tuple, array, tail: bytes = b"") -> list:
+    """`array` as a Tensor in nested fields (`fields`: field numbers, the outermost first),
+    `tail` closing the message that holds the Tensor."""
+    array = canonical_array(array)
+    key = (fields, tail, array.dtype, array.shape)
+    head = _HEADS.get(key)
+    if head is None:
+        if len(_HEADS) >= 4096:
+            _HEADS.clear()
+        head = _HEADS[key] = _build_head(fields, array, tail)
+    parts = [head]
+    if array.nbytes:
+        parts.append(array.tobytes() if array.nbytes < _VIEW_BYTES else memoryview(array).cast("B"))
+    if tail:
+        parts.append(tail)
+    return parts
 
 
 def tensor_parts(array) -> list:
     """The fields of a gradserve.v1.Tensor for `array`, as bytes and memoryviews."""
-    array = canonical_array(array)
-    name = dtype_name(array).encode()
-    parts = [b"\x0a", _varint(len(name)), name]
-    if array.ndim:
-        packed = b"".join(_varint(int(d)) for d in array.shape)
-        parts += [b"\x12", _varint(len(packed)), packed]
-    if array.nbytes:
-        parts += [b"\x1a", _varint(array.nbytes), memoryview(array).cast("B")]
-    return parts
+    return _array_parts((), array)
 
 
 def tensor_ref_parts(
@@ -229,13 +278,11 @@ def tensor_ref_parts(
 ) -> list:
     """One TensorRef as an element of repeated field number `field`: inline (`array`), by
     `digest`, or empty (neither)."""
+    if array is not None and digest is None:
+        return _array_parts((field, 1), array, b"\x18\x01" if remember else b"")
     if digest is not None:
         d = digest.encode()
         body = [b"\x12", _varint(len(d)), d]
-    elif array is not None:
-        body = _length_delimited(1, tensor_parts(array))
-        if remember:
-            body.append(b"\x18\x01")
     else:
         body = []
     return _length_delimited(field, body)
@@ -243,7 +290,7 @@ def tensor_ref_parts(
 
 def tensor_field_parts(field: int, array) -> list:
     """A Tensor as field number `field` (singular, or one element of a repeated field)."""
-    return _length_delimited(field, tensor_parts(array))
+    return _array_parts((field,), array)
 
 
 def value_parts(field: int, result) -> list:
@@ -253,8 +300,107 @@ def value_parts(field: int, result) -> list:
         for r in result:
             items += value_parts(1, r)  # Values.items = 1
         inner = _length_delimited(2, items)  # Value.tuple = 2
-    elif isinstance(result, service_pb2.SharedMemoryRef):
+        return _length_delimited(field, inner)
+    if isinstance(result, service_pb2.SharedMemoryRef):
         inner = _length_delimited(3, [result.SerializeToString()])  # Value.shared_memory = 3
-    else:
-        inner = tensor_field_parts(1, result)  # Value.tensor = 1
-    return _length_delimited(field, inner)
+        return _length_delimited(field, inner)
+    return _array_parts((field, 1), result)  # Value.tensor = 1
+
+
+# ---- large tensor data left in the received bytes -------------------------------------------
+# Parsing a message copies every bytes field into protobuf's arena, and reading `Tensor.data`
+# copies it again into a new bytes object. For the large tensors of a request, the receiver
+# instead cuts each `data` field out of the message before parsing it and views those bytes
+# where they arrived (np.frombuffer over a memoryview of the received message: no copy).
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple:
+    value = shift = 0
+    while True:
+        byte = buf[pos]  # IndexError past the end: malformed
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: bytes, start: int, end: int):
+    """(number, wire type, key start, value start, value end) of each field in buf[start:end];
+    ValueError or IndexError when the bytes are not well-formed."""
+    pos = start
+    while pos < end:
+        key_start = pos
+        key, pos = _read_varint(buf, pos)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value_start = pos
+            _, pos = _read_varint(buf, pos)
+        elif kind == 2:
+            size, value_start = _read_varint(buf, pos)
+            pos = value_start + size
+        elif kind in (1, 5):
+            value_start = pos
+            pos += 8 if kind == 1 else 4
+        else:  # groups: never in these messages
+            raise ValueError(f"wire type {kind}")
+        if pos > end:
+            raise ValueError("field runs past its message")
+        yield number, kind, key_start, value_start, pos
+
+
+def _only(buf: bytes, start: int, end: int, number: int):
+    """(key start, value start, value end) of the one length-delimited field `number` in
+    buf[start:end]; None when it is absent, repeated or not length-delimited."""
+    found = None
+    for n, kind, key_start, value_start, value_end in _fields(buf, start, end):
+        if n == number:
+            if found is not None or kind != 2:
+                return None
+            found = (key_start, value_start, value_end)
+    return found
+
+
+def split_tensor_data(message: bytes, ref_fields: dict, min_bytes: int) -> tuple:
+    """(`message` without the `data` of its large inline tensors, {(field name, index):
+    memoryview of that data in `message`}) for the repeated TensorRef fields `ref_fields`
+    ({field number: name}) of a request. Tensors under `min_bytes`, and any encoding this
+    does not follow (a field repeated where protobuf would merge, malformed bytes), are left
+    in the message for the protobuf parser, which then decides as it always does."""
+    try:
+        return _split_tensor_data(message, ref_fields, min_bytes)
+    except (ValueError, IndexError):
+        return message, {}
+
+
+def _split_tensor_data(message, ref_fields, min_bytes):
+    whole = memoryview(message)
+    parts, views, counts = [], {}, {}
+    done = 0  # message[:done] is in parts
+    for number, kind, key_start, start, end in _fields(message, 0, len(message)):
+        name = ref_fields.get(number)
+        if name is None or kind != 2:
+            continue
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        tensor = _only(message, start, end, 1)  # TensorRef.tensor
+        if tensor is None:
+            continue
+        t_key, t_start, t_end = tensor
+        data = _only(message, t_start, t_end, 3)  # Tensor.data
+        if data is None or data[2] - data[1] < min_bytes:
+            continue
+        d_key, d_start, d_end = data
+        views[(name, index)] = whole[d_start:d_end]
+        rest = message[t_start:d_key] + message[d_end:t_end]  # the Tensor without its data
+        ref = b"".join(
+            [message[start:t_key], b"\x0a", _varint(len(rest)), rest, message[t_end:end]]
+        )
+        parts += [whole[done:key_start], _varint(number << 3 | 2), _varint(len(ref)), ref]
+        done = end
+    if not views:
+        return message, {}
+    parts.append(whole[done:])
+    return b"".join(parts), views

@@ -5,6 +5,8 @@ collectors, and are served by prometheus_client's own HTTP server on --metrics-p
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from gradserve.protocol import METHODS, MINIMIZE
@@ -111,6 +113,16 @@ def series(method) -> _Series:
     if found is None:
         found = _SERIES[method] = _Series(method)
     return found
+
+
+_ADMISSIONS: weakref.WeakSet = weakref.WeakSet()
+
+
+def count_inflight(admission):
+    """gradserve_inflight_requests is read from the servers' admission counters when scraped,
+    rather than kept by two locked gauge updates per call."""
+    _ADMISSIONS.add(admission)
+    INFLIGHT.set_function(lambda: sum(a.inflight for a in _ADMISSIONS))
 
 
 def cache_changed(entries: int, nbytes: int):

@@ -24,12 +24,9 @@ from gradserve.protocol import (
     SERVICE,
     SERVICE_NAME,
     TENSOR_RESOURCE,
-    fill_tensor,
-    fill_tensors,
-    fill_value,
     from_tensor,
     proto_digest,
-    result_nbytes,
+    split_tensor_data,
     tensor_field_parts,
     value_parts,
 )
@@ -43,6 +40,10 @@ from .errors import Failure, Stopped, failure_from_exception, to_status
 log = logging.getLogger("gradserve.server")
 _DIGEST = re.compile(r"[0-9a-f]{64}\Z")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
+# Requests at least this big have their large tensors' data viewed where it arrived
+# (split_tensor_data) instead of copied out of the parsed message.
+LARGE_REQUEST_BYTES = 16384
+_TENSOR_REF = pb.TensorRef.DESCRIPTOR
 
 
 class _Call:
@@ -60,6 +61,8 @@ class _Call:
         self.static_tape = 0  # the tape its plan holds; loop tapes hold the rest of `held`
         self.pending = []  # (digest future, array) of tensors sent with `remember`
         self.shared = None  # the request's shared memory (server.shm.CallMemory), if any
+        self.views = {}  # (field name, index) -> the data of a large inline tensor
+        self.request_bytes = None  # the size of the request as received
         try:
             remaining = context.time_remaining()
         except Exception:
@@ -101,12 +104,17 @@ class _Call:
     def resolve(self, graph_ref, *fields):
         """The graph and, for each (name, repeated TensorRef) field, its arrays (None for an
         empty ref). Unknown digests are collected and reported together as NOT_FOUND."""
-        self.servicer.admission.check_declared(fields, self.servicer.cache)
+        views = self.views
+        self.servicer.admission.check_declared(
+            fields, self.servicer.cache, views, self.request_bytes
+        )
         missing = []
         graph = self.servicer.graph(graph_ref, missing)
         arrays = [
             [
-                self.servicer.tensor(ref, f"{name}[{i}]", missing, self.pending, self.shared)
+                self.servicer.tensor(
+                    ref, f"{name}[{i}]", missing, self.pending, views.get((name, i)), self.shared
+                )
                 for i, ref in enumerate(refs)
             ]
             for name, refs in fields
@@ -138,25 +146,25 @@ class _Call:
         finally:
             self.compute_seconds = time.perf_counter() - start
             servicer.admission.computed(self.compute_seconds)
-            m.TAPE_IN_USE.dec(self.held)
-            self.held = 0
+            if self.held:
+                m.TAPE_IN_USE.dec(self.held)
+                self.held = 0
             slots.release()
         return result
 
-    def call_stats(self) -> pb.CallStats:
+    def fill_stats(self, msg: pb.CallStats):
         s = self.stats
-        return pb.CallStats(
-            tape_bytes=s.tape_bytes,
-            tape_entries=s.tape_entries,
-            peak_bytes=s.peak_bytes,
-            recomputed_ops=s.recomputed_ops,
-            compute_seconds=self.compute_seconds,
-        )
+        msg.SetInParent()
+        msg.tape_bytes = s.tape_bytes
+        msg.tape_entries = s.tape_entries
+        msg.peak_bytes = s.peak_bytes
+        msg.recomputed_ops = s.recomputed_ops
+        msg.compute_seconds = self.compute_seconds
 
 
 class _Reply:
-    """A reply message and its array fields, encoded last (once the stats are in). Small
-    results are set in the message; megabytes are hand-encoded after it, one copy each."""
+    """A reply message and its array fields, encoded last (once the stats are in): the
+    arrays are hand-encoded after the message, one copy of each array's bytes."""
 
     def __init__(self, msg, **fields):
         self.msg = msg
@@ -164,15 +172,6 @@ class _Reply:
 
     def to_bytes(self) -> bytes:
         msg = self.msg
-        if sum(result_nbytes(obj) for _, obj in self.fields.values()) < 16384:
-            for name, (kind, obj) in self.fields.items():
-                if kind == "value":
-                    fill_value(getattr(msg, name), obj)
-                elif kind == "tensor":
-                    fill_tensor(getattr(msg, name), obj)
-                else:
-                    fill_tensors(getattr(msg, name), obj)
-            return msg.SerializeToString()
         numbers = msg.DESCRIPTOR.fields_by_name
         parts = [msg.SerializeToString()]
         for name, (kind, obj) in self.fields.items():
@@ -221,6 +220,7 @@ class Servicer:
         self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradserve-hash")
         self.admission = Admission(engine, workers, max_concurrent_rpcs, max_request_memory)
         m.initialise()
+        m.count_inflight(self.admission)
 
     @property
     def inflight(self) -> int:
@@ -265,7 +265,9 @@ class Servicer:
             self.cache.put(key, graph, size)
         return graph
 
-    def tensor(self, ref, where, missing, pending=None, shared=None):
+    def tensor(self, ref, where, missing, pending=None, data=None, shared=None):
+        """`data`: the tensor's bytes when held apart from the message (split_tensor_data);
+        `shared`: the request's shared memory (server.shm.CallMemory), if any."""
         kind = ref.WhichOneof("ref")
         if kind == "digest":
             return self._lookup("t", ref.digest, TENSOR_RESOURCE, missing)
@@ -280,11 +282,11 @@ class Servicer:
             return shared.array(ref.shared_memory, where, self.limits)
         if kind != "tensor":
             return None
-        array = from_tensor(ref.tensor, self.limits, where)
+        array = from_tensor(ref.tensor, self.limits, where, data)
         if ref.remember and pending is not None:
             # Hash it while the engine computes (sha256 releases the GIL); stored on probation
             # when the call ends (see ByteLRU).
-            pending.append((self.hasher.submit(proto_digest, ref.tensor), array))
+            pending.append((self.hasher.submit(proto_digest, ref.tensor, data), array))
         return array
 
     def store_pending(self, pending):
@@ -293,6 +295,11 @@ class Servicer:
                 digest = future.result()
             except Exception:
                 continue
+            if isinstance(array.base, bytes) and len(array.base) > array.nbytes:
+                # A view into the whole request (split_tensor_data): the cache keeps a copy of
+                # its own bytes rather than pin the request's other tensors uncharged.
+                array = array.copy()
+                array.flags.writeable = False
             self.cache.put("t" + digest, array, array.nbytes, probation=True)
 
     # -- the methods --------------------------------------------------------------------------
@@ -376,15 +383,20 @@ class Servicer:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _handle(self, method, request_cls, compute, request_bytes, context):
+    def _handle(self, method, request_cls, compute, request_bytes, context, ref_fields=None):
+        """`ref_fields`: {number: name} of the request's TensorRef fields."""
         start = time.perf_counter()
         admitted = self.admission.enter()
-        if admitted:
-            m.INFLIGHT.inc()
         code = "OK"
         try:
             if not admitted:
                 raise self.admission.overloaded(method)
+            views = {}
+            size = len(request_bytes)
+            if ref_fields and size >= LARGE_REQUEST_BYTES:
+                request_bytes, views = split_tensor_data(
+                    request_bytes, ref_fields, LARGE_REQUEST_BYTES
+                )
             try:
                 request = request_cls.FromString(request_bytes)
             except Exception as exc:
@@ -396,6 +408,8 @@ class Servicer:
                     "request",
                 ) from None
             call = _Call(self, method, context)
+            call.views = views
+            call.request_bytes = size
             if request.HasField("shared_memory"):
                 call.shared = self.shared_memory_call(request.shared_memory, call)
             try:
@@ -408,7 +422,7 @@ class Servicer:
                 if call.shared is not None:
                     call.shared.release()
             call.stats = call.stats or self.engine.last_stats
-            reply.msg.stats.CopyFrom(call.call_stats())
+            call.fill_stats(reply.msg.stats)
             series = m.series(method)
             series.tape_bytes.observe(call.stats.tape_bytes)
             series.tape_entries.observe(call.stats.tape_entries)
@@ -446,7 +460,6 @@ class Servicer:
         finally:
             if admitted:
                 self.admission.leave()
-                m.INFLIGHT.dec()
             series = m.series(method)
             series.duration.observe(time.perf_counter() - start)
             (series.ok if code == "OK" else m.REQUESTS.labels(method, code)).inc()
@@ -462,9 +475,14 @@ class Servicer:
                 )
             request_cls = getattr(pb, method.input_type.name)
             compute = getattr(self, _snake_case(method.name))
+            ref_fields = {
+                f.number: f.name for f in method.input_type.fields if f.message_type is _TENSOR_REF
+            }
 
             def handle(request_bytes, context):
-                return self._handle(method.name, request_cls, compute, request_bytes, context)
+                return self._handle(
+                    method.name, request_cls, compute, request_bytes, context, ref_fields
+                )
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
