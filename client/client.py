@@ -45,6 +45,7 @@ from gradserve.protocol import (
     TENSOR_RESOURCE,
     array_digest,
     canonical_array,
+    fill_tensor,
     from_value,
     method_path,
     result_array,
@@ -211,6 +212,19 @@ class _Tensors:
             else:
                 out.append("inline")
         return out
+
+    def fill(self, repeated, force_inline=frozenset()):
+        """Add the TensorRefs to a repeated field of a message, in place (for a message nested
+        in another, as the Minimize stream's problem, which `encode` does not reach)."""
+        for a, d, remember, how in zip(
+            self.arrays, self.digests, self.remember, self._choices(force_inline)
+        ):
+            ref = repeated.add()
+            if how == "digest":
+                ref.digest = d
+            elif how == "inline":
+                fill_tensor(ref.tensor, a)
+                ref.remember = remember
 
     def encode(self, field: int, force_inline=frozenset()) -> list:
         """The TensorRefs of repeated field number `field`, hand-encoded (gradserve.protocol)."""

@@ -26,7 +26,7 @@ from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
 from .graph import Graph, Spec, readonly
 from .limits import DEFAULT_LIMITS, Limits
-from .ops.loops import recomputing
+from .ops.loops import is_recomputing, recomputing
 from .plan import Plan, Stats
 from .tape import meter
 from .transforms import Program, batch, jvp, select_outputs, vjp
@@ -140,9 +140,9 @@ class Engine:
     def _plan(self, graph: Graph, key, build) -> Plan:
         """The plan of `build(loop_tapes)`, the Program for (graph, key), built once: kept by
         this Engine and in the process's shared cache (engine/plan_cache.py), where other
-        Engines find it. The tape budget is part of the key: it decides how loops are
-        differentiated."""
-        full_key = (graph.digest, *key, self.max_tape_bytes)
+        Engines find it. The tape budget and `recomputing()` are part of the key: they decide
+        how loops are differentiated."""
+        full_key = (graph.digest, *key, self.max_tape_bytes, is_recomputing())
         with self._lock:
             plan = self._plans.get(full_key)
             if plan is not None:

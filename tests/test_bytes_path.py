@@ -70,7 +70,9 @@ def test_a_large_request_tensor_is_a_read_only_view_of_the_received_bytes(runnin
     graph = gs.trace(lambda x, s: gnp.sum(gnp.exp(x * s) * 0.5 + x), x, 0.1)
     seen = _spy(running, method)
     try:
-        with gs.Client(f"127.0.0.1:{running.port}", timeout=60, digest_min_bytes=1 << 40) as cli:
+        with gs.Client(
+            f"127.0.0.1:{running.port}", timeout=60, digest_min_bytes=1 << 40, shared_memory=False
+        ) as cli:
             if method == "evaluate":
                 got = cli.evaluate(graph, x, 0.1)
                 want = np.sum(np.exp(x * 0.1) * 0.5 + x)
@@ -95,7 +97,7 @@ def test_a_remembered_tensor_is_cached_without_the_rest_of_its_request(running):
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal(N // 4), rng.standard_normal(N // 4)
     graph = gs.trace(lambda a, b: gnp.sum(a * b), a, b)
-    with gs.Client(f"127.0.0.1:{running.port}", timeout=60) as cli:
+    with gs.Client(f"127.0.0.1:{running.port}", timeout=60, shared_memory=False) as cli:
         assert cli.evaluate(graph, a, b) == pytest.approx(np.dot(a, b), rel=1e-12)
     cache = running.servicer.cache
     for x in (a, b):  # both sent with `remember` the first time
@@ -164,7 +166,9 @@ def test_the_client_encodes_a_large_argument_with_one_copy():
     graph = gs.trace(lambda x: gnp.sum(x), x)
     server = ServerProcess()
     try:
-        with gs.Client(server.address, timeout=60, digest_min_bytes=1 << 40) as cli:
+        with gs.Client(
+            server.address, timeout=60, digest_min_bytes=1 << 40, shared_memory=False
+        ) as cli:
             cli.evaluate(graph, x)
             tracemalloc.start()
             try:

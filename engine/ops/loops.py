@@ -74,6 +74,11 @@ def recomputing():
         _recompute.reset(token)
 
 
+def is_recomputing() -> bool:
+    """Whether the calling context is inside `recomputing()`."""
+    return _recompute.get()
+
+
 # ---- the drivers, and helpers every loop uses ----------------------------------------------
 
 
