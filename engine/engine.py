@@ -5,7 +5,6 @@ it once into a Plan (cached by the graph's digest), and runs the plan on the arg
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 
@@ -22,9 +21,10 @@ from .arguments import (
     single,
     tangent_arguments,
 )
+from .basis import basis as _basis
 from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
-from .graph import Graph, Spec, readonly
+from .graph import Graph
 from .limits import DEFAULT_LIMITS, Limits
 from .plan import Plan, Stats
 from .tape import meter
@@ -91,6 +91,7 @@ class Engine:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._argnums_cache: dict = {}
+        self._jacobians: OrderedDict = OrderedDict()  # (digest, what, nums, mode) -> passes
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -475,7 +476,7 @@ class Engine:
                         jvp(make_program(loop_tapes), (i,), loop_tapes=loop_tapes),
                         range(len(outs), 2 * len(outs)),
                     )
-                    return batch(tangent_program, [False] * n_in + [True], size)
+                    return batch(tangent_program, [False] * n_in + [True], size, basis=n_in)
 
                 passes.append((self._plan(graph, key + ("fwd", i), build), spec, j))
         else:
@@ -491,19 +492,42 @@ class Engine:
                         ),
                         range(1, 1 + len(nums)),
                     )
-                    return batch(row_program, [False] * n_in + [True], size)
+                    return batch(row_program, [False] * n_in + [True], size, basis=n_in)
 
                 passes.append((self._plan(graph, key + ("rev", k, nums), build), out_spec, k))
         return passes, outs
 
+    def _jacobian_passes(self, graph, what, nums, mode):
+        """`_jacobian_plans`, with whether each plan reads its basis, cached: a call looks its
+        passes up once instead of each of their plans. A plan not in `_plans` any more is
+        looked up again (it was compiled for this entry and stays valid)."""
+        key = (graph.digest, what, nums, mode)
+        with self._lock:
+            cached = self._jacobians.get(key)
+            if cached is not None:
+                self._jacobians.move_to_end(key)
+                return cached
+        passes, outs = self._jacobian_plans(graph, what, nums, mode)
+        cached = (
+            [(plan, spec, index, _reads_last_input(plan)) for plan, spec, index in passes],
+            outs,
+        )
+        with self._lock:
+            self._jacobians[key] = cached
+            while len(self._jacobians) > self._plan_cache_size:
+                self._jacobians.popitem(last=False)
+        return cached
+
     def _jacobian_blocks(self, graph, what, args, nums, mode, should_stop):
         """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape
         (the program: the graph for "jacobian", its gradient for "hessian")."""
-        passes, outs = self._jacobian_plans(graph, what, nums, mode)
+        passes, outs = self._jacobian_passes(graph, what, nums, mode)
         blocks = [[None] * len(nums) for _ in outs]
         stats = []
-        for plan, basis_spec, index in passes:
-            results = self._run(plan, args + [_basis(basis_spec)], should_stop=should_stop)
+        for plan, basis_spec, index, reads_basis in passes:
+            # a pass whose products with the basis were all built without it does not read it
+            basis = _basis(basis_spec) if reads_basis else None
+            results = self._run(plan, args + [basis], should_stop=should_stop)
             if mode == "fwd":
                 j, spec = index, basis_spec
                 for k, column in enumerate(results):
@@ -514,7 +538,8 @@ class Engine:
                     spec = graph.inputs[nums[j]].spec
                     blocks[k][j] = rows.reshape(basis_spec.shape + spec.shape)
             stats.append(self.last_stats)
-        self._local.stats = Stats(*[max(s[f] for s in stats) for f in range(len(Stats._fields))])
+        if len(stats) > 1:
+            self._local.stats = Stats(*map(max, zip(*stats)))
         return blocks
 
     @staticmethod
@@ -523,7 +548,6 @@ class Engine:
         return rows[0] if single_output else tuple(rows)
 
 
-@functools.lru_cache(maxsize=64)
-def _basis(spec: Spec) -> np.ndarray:
-    """The identity as a batch of one-hot arrays of `spec` (read-only, made once)."""
-    return readonly(np.eye(spec.size, dtype=spec.dtype).reshape((spec.size,) + spec.shape))
+def _reads_last_input(plan: Plan) -> bool:
+    name = plan.graph.inputs[-1].name
+    return name in plan.graph.output_names or any(name in node.inputs for node in plan.nodes)

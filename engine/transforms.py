@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import dtypes
+from . import dtypes, one_hot
 from . import numpy as gnp
 from .graph import Graph, Spec
 from .primitive import PRIMITIVES, Linear
@@ -189,9 +189,12 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
         return prune(Program(builder.build(primal_out + grads, internal=True), boundary))
 
 
-def batch(program: Program, batched_inputs, size: int) -> Program:
+def batch(program: Program, batched_inputs, size: int, *, basis: int | None = None) -> Program:
     """The same computation over a leading axis of `size` on the inputs flagged in
-    `batched_inputs`; every output gets that leading axis."""
+    `batched_inputs`; every output gets that leading axis. `basis`: the index of a batched
+    input that will hold the identity basis (`size` one-hot rows, as a Jacobian's pass gets),
+    which the pass may then exploit (engine/one_hot.py): its products with unbatched values and
+    its contractions are built without the basis where they can be."""
     graph, boundary = program
     specs = [
         Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
@@ -200,6 +203,9 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
     with Builder() as builder:
         env = _start(graph, builder, specs)
         batched = {p.name for p, b in zip(graph.inputs, batched_inputs) if b}
+        if basis is not None:
+            name = graph.inputs[basis].name
+            env[name] = one_hot.basis(env[name])
         new_boundary = None
         for k, node in enumerate(graph.nodes):
             if k == boundary:
@@ -207,7 +213,20 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
             args = [env[n] for n in node.inputs]
             flags = [n in batched for n in node.inputs]
             if any(flags):
-                out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
+                out = None
+                if basis is not None:
+
+                    def built(j, names=node.inputs):
+                        env[names[j]] = one_hot.materialize(env[names[j]])
+                        return env[names[j]]
+
+                    out = one_hot.apply(node.op, args, flags, node.attrs, built)
+                if out is None:
+                    for n, a in zip(node.inputs, args):
+                        if isinstance(a, one_hot.Scaled):  # built once, for every reader
+                            env[n] = one_hot.materialize(a)
+                    args = [env[n] for n in node.inputs]
+                    out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
                 outs = out if isinstance(out, tuple) else (out,)
                 batched.update(node.outputs)
             else:
@@ -215,7 +234,7 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
             env.update(zip(node.outputs, outs))
         outs = []
         for port in graph.outputs:
-            value = env[port.name]
+            value = env[port.name] = one_hot.materialize(env[port.name])
             outs.append(
                 value
                 if port.name in batched

@@ -83,7 +83,11 @@ def _pairwise(a, b, sa, sb, out):
 
 def _einsum_impl(*arrays, subscripts):
     ins, out = parse(subscripts)
-    if len(arrays) == 2 and all(len(set(s)) == len(s) for s in ins):
+    if (
+        len(arrays) == 2
+        and all(len(set(s)) == len(s) for s in ins)
+        and set(ins[0] + ins[1]) != set(out)
+    ):  # sums: BLAS; a product that sums nothing (outer, elementwise) is faster in einsum's loop
         return _pairwise(arrays[0], arrays[1], ins[0], ins[1], out)
     return np.einsum(subscripts, *arrays, optimize=len(arrays) > 2)
 
