@@ -306,14 +306,14 @@ class Engine:
             passes, _ = self._jacobian_plans(
                 graph, method, nums, mode if method == "jacobian" else "fwd"
             )
-            plans = [plan for plan, _, _ in passes]
+            plans = [plan for plan, _, _ in passes if plan is not None]
         elif method == "check_grad":
             from .numerical import plan_stats as numerical_plan_stats
 
             return numerical_plan_stats(self, graph, check_method)
         else:
             raise ValueError(f"no Engine method {method!r}")
-        figures = [plan.stats for plan in plans]
+        figures = [plan.stats for plan in plans] or [Stats()]
         return Stats(
             max(s.tape_bytes for s in figures) if taped else 0,
             max(s.tape_entries for s in figures) if taped else 0,
@@ -392,9 +392,8 @@ class Engine:
         self._check_graph(graph)
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
-        mode = self._mode(
-            mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
-        )
+        if mode not in ("auto", "fwd", "rev"):
+            raise ValueError(f"mode must be 'fwd', 'rev' or 'auto', got {mode!r}")
         blocks = self._jacobian_blocks(graph, "jacobian", args, nums, mode, should_stop)
         return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
@@ -481,6 +480,9 @@ class Engine:
                 passes.append((self._plan(graph, key + ("fwd", i), build), spec, j))
         else:
             for k, out_spec in enumerate(outs):
+                if not dtypes.is_differentiable(out_spec.dtype):
+                    passes.append((None, out_spec, k))  # an integer output: zero rows, no pass
+                    continue
                 size = out_spec.size
 
                 def build(loop_tapes, k=k, size=size):
@@ -498,20 +500,25 @@ class Engine:
         return passes, outs
 
     def _jacobian_passes(self, graph, what, nums, mode):
-        """`_jacobian_plans`, with whether each plan reads its basis, cached: a call looks its
-        passes up once instead of each of their plans. A plan not in `_plans` any more is
-        looked up again (it was compiled for this entry and stays valid)."""
+        """`_jacobian_plans` (for a Jacobian, with "auto" resolved to the mode it takes), with
+        whether each plan reads its basis, and that mode; cached: a call looks its passes up
+        once instead of each of their plans (which stay alive while their entry does)."""
         key = (graph.digest, what, nums, mode)
         with self._lock:
             cached = self._jacobians.get(key)
             if cached is not None:
                 self._jacobians.move_to_end(key)
                 return cached
+        if what == "jacobian":
+            mode = self._mode(
+                mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
+            )
         passes, outs = self._jacobian_plans(graph, what, nums, mode)
-        cached = (
-            [(plan, spec, index, _reads_last_input(plan)) for plan, spec, index in passes],
-            outs,
-        )
+        passes = [
+            (plan, spec, index, plan is not None and _reads_last_input(plan))
+            for plan, spec, index in passes
+        ]
+        cached = passes, outs, mode
         with self._lock:
             self._jacobians[key] = cached
             while len(self._jacobians) > self._plan_cache_size:
@@ -521,25 +528,31 @@ class Engine:
     def _jacobian_blocks(self, graph, what, args, nums, mode, should_stop):
         """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape
         (the program: the graph for "jacobian", its gradient for "hessian")."""
-        passes, outs = self._jacobian_passes(graph, what, nums, mode)
+        passes, outs, mode = self._jacobian_passes(graph, what, nums, mode)
         blocks = [[None] * len(nums) for _ in outs]
         stats = []
         for plan, basis_spec, index, reads_basis in passes:
+            if plan is None:  # rev, an integer output: its rows are zeros
+                for j, i in enumerate(nums):
+                    spec = graph.inputs[i].spec
+                    blocks[index][j] = np.zeros(basis_spec.shape + spec.shape, spec.dtype)
+                continue
             # a pass whose products with the basis were all built without it does not read it
             basis = _basis(basis_spec) if reads_basis else None
             results = self._run(plan, args + [basis], should_stop=should_stop)
             if mode == "fwd":
                 j, spec = index, basis_spec
                 for k, column in enumerate(results):
-                    blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
+                    column = column.transpose((*range(1, column.ndim), 0))  # batch axis last
+                    blocks[k][j] = column.reshape(outs[k].shape + spec.shape)
             else:
                 k = index
                 for j, rows in enumerate(results):
                     spec = graph.inputs[nums[j]].spec
                     blocks[k][j] = rows.reshape(basis_spec.shape + spec.shape)
             stats.append(self.last_stats)
-        if len(stats) > 1:
-            self._local.stats = Stats(*map(max, zip(*stats)))
+        if len(stats) != 1:  # several passes, or none (integer outputs only)
+            self._local.stats = Stats(*map(max, zip(*stats))) if stats else Stats()
         return blocks
 
     @staticmethod

@@ -23,7 +23,7 @@ import numpy as np
 
 from .graph import Graph, readonly
 from .primitive import PRIMITIVES
-from .transforms import Program
+from .transforms import Program, prune
 
 _running = threading.local()  # the should_stop of the call in progress, for nested plans
 
@@ -212,6 +212,9 @@ _plan_numbers = itertools.count(1)  # unique pseudo-filenames for the generated 
 
 class Plan:
     def __init__(self, program: Program):
+        # nodes nothing reads do not run (a simplification may leave some behind: c * (2 * x)
+        # folded into 2c * x does not need 2 * x any more)
+        program = prune(program)
         graph = program.graph
         nodes, boundary = list(graph.nodes), program.boundary
         if boundary is not None:
@@ -349,6 +352,15 @@ class Plan:
         guarded = {}
         recycled = [[] for _ in nodes]
         producers = {o: n for n in nodes for o in n.outputs}
+
+        def covers_its_buffer(name):
+            """Not a view of part of its buffer (nor of it broadcast): writing into it writes
+            each element of the buffer once."""
+            if not PRIMITIVES[producers[name].op].view:
+                return True
+            value, owner = graph.avals[name], graph.avals[storage[name]]
+            return value.size == owner.size and value.dtype == owner.dtype
+
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]
             spec = graph.avals[node.outputs[0]]
@@ -366,13 +378,16 @@ class Plan:
                     guarded[k] = positions
             if (prim.ufunc is not None or prim.inplace is not None) and spec.shape:
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
+                # the last value alive on a buffer of ours: its owner, a value an op wrote
+                # into it (a chain of elementwise ops runs in one buffer), or a view of all of it
                 candidates = [
                     i
                     for i in positions
-                    if node.inputs[i] in fresh
-                    and node.inputs[i] not in pinned
+                    if storage.get(node.inputs[i]) in fresh
+                    and covers_its_buffer(node.inputs[i])
+                    and storage[node.inputs[i]] not in pinned
                     and node.inputs[i] in dying
-                    and refs.get(node.inputs[i]) == 1
+                    and refs.get(storage[node.inputs[i]]) == 1
                     and graph.avals[node.inputs[i]] == spec
                 ]
                 # Prefer a buffer that could not go back to the pool anyway (an einsum's):
@@ -416,15 +431,21 @@ class Plan:
                     if owner in residual:
                         residual.discard(owner)
                         tape -= size[owner]
-            # after every value dropped here is gone: an owner whose buffer nothing else is on
+            # after every value dropped here is gone: a buffer nothing is on any more, through
+            # the last value on it (its owner, or a value an op wrote into it in place), once
+            given_back = set()
             for name in frees[k]:
+                owner = storage.get(name)
                 if (
-                    name in fresh
-                    and refs[name] == 0
-                    and name not in pinned
-                    and graph.avals[name].size >= POOL_MIN_ELEMENTS
-                    and graph.avals[name].dtype in _POOL_DTYPES
+                    owner in fresh
+                    and owner not in given_back
+                    and refs[owner] == 0
+                    and owner not in pinned
+                    and graph.avals[owner].size >= POOL_MIN_ELEMENTS
+                    and graph.avals[owner].dtype in _POOL_DTYPES
+                    and not PRIMITIVES[producers[name].op].view
                 ):
+                    given_back.add(owner)
                     recycled[k].append(name)
         self.stats = Stats(tape_peak, entries, peak, 0)
         return donations, guarded, recycled

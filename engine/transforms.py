@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import dtypes, one_hot
+from . import dtypes
 from . import numpy as gnp
 from .graph import Graph, Spec
+from .ops import one_hot
 from .primitive import PRIMITIVES, Linear
 from .tracing import Builder, bind
 
@@ -193,8 +194,9 @@ def batch(program: Program, batched_inputs, size: int, *, basis: int | None = No
     """The same computation over a leading axis of `size` on the inputs flagged in
     `batched_inputs`; every output gets that leading axis. `basis`: the index of a batched
     input that will hold the identity basis (`size` one-hot rows, as a Jacobian's pass gets),
-    which the pass may then exploit (engine/one_hot.py): its products with unbatched values and
-    its contractions are built without the basis where they can be."""
+    which the pass may then exploit (engine/ops/one_hot.py, the ops' `batch_scaled` rules): its
+    products with unbatched values and its contractions are built without the basis where
+    they can be."""
     graph, boundary = program
     specs = [
         Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
@@ -214,13 +216,14 @@ def batch(program: Program, batched_inputs, size: int, *, basis: int | None = No
             flags = [n in batched for n in node.inputs]
             if any(flags):
                 out = None
-                if basis is not None:
+                rule = PRIMITIVES[node.op].batch_scaled
+                if basis is not None and rule is not None:
 
                     def built(j, names=node.inputs):
                         env[names[j]] = one_hot.materialize(env[names[j]])
                         return env[names[j]]
 
-                    out = one_hot.apply(node.op, args, flags, node.attrs, built)
+                    out = rule(args, flags, built, **node.attrs)
                 if out is None:
                     for n, a in zip(node.inputs, args):
                         if isinstance(a, one_hot.Scaled):  # built once, for every reader

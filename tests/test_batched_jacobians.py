@@ -208,3 +208,14 @@ def test_products_that_sum_nothing_match_numpy(subscripts, shapes):
     arrays = [rng.standard_normal(s) for s in shapes]
     got = _einsum_impl(*arrays, subscripts=subscripts)
     assert np.allclose(got, np.einsum(subscripts, *arrays), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+def test_an_integer_output_has_zero_rows(mode):
+    graph = gs.trace(lambda x: (gnp.argsort(x), gnp.sin(x)), X)
+    eng = gs.Engine()
+    J_order, J_sin = eng.jacobian(graph, X, mode=mode)
+    assert J_order.shape == (N, N) and not J_order.any()
+    assert np.allclose(J_sin, np.diag(np.cos(X)), rtol=1e-14, atol=0)
+    empty = gs.trace(gnp.argsort, np.zeros(0))
+    assert eng.jacobian(empty, np.zeros(0), mode=mode).shape == (0, 0)

@@ -15,6 +15,7 @@ from .. import numpy as gnp
 from ..graph import Spec
 from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..tracing import bind
+from . import one_hot
 
 LETTERS = set(string.ascii_letters)
 
@@ -45,7 +46,8 @@ def _einsum_shape(*specs, subscripts):
 @functools.lru_cache(maxsize=4096)
 def _pairwise_plan(sa, sb, out, shape_a, shape_b):
     """How to run one two-operand contraction as a batched matmul (batch, free_a, contracted)
-    x (batch, contracted, free_b), the mapping XLA's dot_general makes; cached per shapes."""
+    x (batch, contracted, free_b), the mapping XLA's dot_general makes; cached per shapes.
+    Permutations that change nothing are None (no transpose call)."""
     size = dict(zip(sa, shape_a)) | dict(zip(sb, shape_b))
     sum_a = tuple(i for i, c in enumerate(sa) if c not in sb and c not in out)
     sum_b = tuple(i for i, c in enumerate(sb) if c not in sa and c not in out)
@@ -57,15 +59,25 @@ def _pairwise_plan(sa, sb, out, shape_a, shape_b):
     contracted = [c for c in sa if c in sb and c not in out]
     n = lambda letters: math.prod(size[c] for c in letters)  # noqa: E731
     got = batch + free_a + free_b
+    shape_a = (n(batch), n(free_a), n(contracted))
+    shape_b = (n(batch), n(contracted), n(free_b))
+    if not batch:  # a plain matrix product (2-D operands; a vector where no free axis is left:
+        # matrix-vector and dot products go to BLAS's own routines, without stacking)
+        shape_a = (shape_a[2],) if not free_a else shape_a[1:]
+        shape_b = (shape_b[1],) if not free_b else shape_b[1:]
+    perm_a = tuple(sa.index(c) for c in batch + free_a + contracted)
+    perm_b = tuple(sb.index(c) for c in batch + contracted + free_b)
+    perm_out = tuple(got.index(c) for c in out)
+    identity = lambda perm: perm == tuple(range(len(perm)))  # noqa: E731
     return (
         sum_a,
         sum_b,
-        tuple(sa.index(c) for c in batch + free_a + contracted),
-        (n(batch), n(free_a), n(contracted)),
-        tuple(sb.index(c) for c in batch + contracted + free_b),
-        (n(batch), n(contracted), n(free_b)),
+        None if identity(perm_a) else perm_a,
+        shape_a,
+        None if identity(perm_b) else perm_b,
+        shape_b,
         tuple(size[c] for c in got),
-        tuple(got.index(c) for c in out),
+        None if identity(perm_out) else perm_out,
     )
 
 
@@ -77,18 +89,35 @@ def _pairwise(a, b, sa, sb, out):
         dtype = np.result_type(a, b)
         a = a.sum(axis=sum_a, dtype=dtype) if sum_a else a
         b = b.sum(axis=sum_b, dtype=dtype) if sum_b else b
-    product = np.matmul(a.transpose(perm_a).reshape(shape_a), b.transpose(perm_b).reshape(shape_b))
-    return product.reshape(shape_out).transpose(perm_out)
+    if perm_a is not None:
+        a = a.transpose(perm_a)
+    if perm_b is not None:
+        b = b.transpose(perm_b)
+    product = np.matmul(a.reshape(shape_a), b.reshape(shape_b)).reshape(shape_out)
+    return product if perm_out is None else product.transpose(perm_out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _as_matmul(subscripts):
+    """(a's letters, b's letters, output letters) when a two-operand einsum runs as a batched
+    matmul, else None: decided once per subscripts. A product that sums nothing (outer,
+    elementwise) is faster in einsum's own loop; a repeated letter (a diagonal) needs it."""
+    ins, out = parse(subscripts)
+    if (
+        len(ins) == 2
+        and all(len(set(s)) == len(s) for s in ins)
+        and set(ins[0] + ins[1]) != set(out)
+    ):
+        return ins[0], ins[1], out
+    return None
 
 
 def _einsum_impl(*arrays, subscripts):
-    ins, out = parse(subscripts)
-    if (
-        len(arrays) == 2
-        and all(len(set(s)) == len(s) for s in ins)
-        and set(ins[0] + ins[1]) != set(out)
-    ):  # sums: BLAS; a product that sums nothing (outer, elementwise) is faster in einsum's loop
-        return _pairwise(arrays[0], arrays[1], ins[0], ins[1], out)
+    if len(arrays) == 2:
+        letters = _as_matmul(subscripts)
+        if letters is not None:
+            return _pairwise(arrays[0], arrays[1], *letters)
+        return np.einsum(subscripts, *arrays)
     return np.einsum(subscripts, *arrays, optimize=len(arrays) > 2)
 
 
@@ -139,6 +168,11 @@ def _einsum_transpose(ct, *operands, subscripts):
     return tuple(cts)
 
 
+def _einsum_batch_scaled(args, batched, built, subscripts):
+    ins, out = parse(subscripts)
+    return one_hot.contraction(args, batched, ins, out)
+
+
 def _einsum_batch(args, batched, subscripts):
     ins, out = parse(subscripts)
     fresh = next(c for c in string.ascii_letters if c not in subscripts)
@@ -157,6 +191,7 @@ primitive(
     jvp=_einsum_jvp,
     transpose=_einsum_transpose,
     batch=_einsum_batch,
+    batch_scaled=_einsum_batch_scaled,
     doc=OpDoc(
         "Einstein summation with explicit output subscripts: products of the operands' "
         "elements, summed over every letter the output does not name (matmul, dot, outer and "
