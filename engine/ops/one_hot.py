@@ -68,7 +68,13 @@ def _scaled_source(value: Scaled):
     scale = value.scale
     if scale.shape != row:
         scale = gnp.broadcast_to(scale, row)
-    scale = gnp.transpose(gnp.reshape(scale, (1,) + row), _inverse(perm))
+    order = _inverse(perm)
+    shape = tuple(((1,) + row)[d] for d in order)
+    moved = [d for d in order if d > 0]
+    if moved == sorted(moved):  # only the size-1 axis moves: a reshape does it
+        scale = gnp.reshape(scale, shape)
+    else:
+        scale = gnp.transpose(gnp.reshape(scale, (1,) + row), order)
     return gnp.multiply(x, scale)
 
 
