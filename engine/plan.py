@@ -354,12 +354,15 @@ class Plan:
         producers = {o: n for n in nodes for o in n.outputs}
 
         def covers_its_buffer(name):
-            """Not a view of part of its buffer (nor of it broadcast): writing into it writes
-            each element of the buffer once."""
-            if not PRIMITIVES[producers[name].op].view:
+            """Not a view of part of its buffer, nor a broadcast of it (read-only, even at the
+            same size): writing into it writes each element of the buffer once."""
+            prim = PRIMITIVES[producers[name].op]
+            if not prim.view:
                 return True
             value, owner = graph.avals[name], graph.avals[storage[name]]
-            return value.size == owner.size and value.dtype == owner.dtype
+            return (
+                not prim.pure_broadcast and value.size == owner.size and value.dtype == owner.dtype
+            )
 
         for k, node in enumerate(nodes):
             prim = PRIMITIVES[node.op]

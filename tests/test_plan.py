@@ -231,6 +231,22 @@ def test_a_buffer_written_in_place_twice_goes_back_once_when_its_last_value_dies
         np.testing.assert_allclose(plan.run([x])[0], want, rtol=1e-12)
 
 
+def test_a_broadcast_of_the_same_size_is_not_written_into():
+    # broadcast_to gives a read-only view even where it adds only axes of size 1
+    plan = plan_of(
+        [("x", Spec((3,))), ("y", Spec((1, 3)))],
+        [
+            Node("exp", ("x",), ("e",), {}),
+            Node("broadcast_to", ("e",), ("b",), {"shape": (1, 3)}),
+            Node("add", ("b", "y"), ("a",), {}),
+        ],
+        ["a"],
+    )
+    assert 2 not in plan.donations
+    x, y = np.array([0.0, 1.0, 2.0]), np.ones((1, 3))
+    np.testing.assert_array_equal(plan.run([x, y])[0], np.exp(x) + y)
+
+
 def test_a_transposed_view_still_to_be_read_is_not_clobbered():
     # e dies at `sin` while its transpose t is still to be read: neither written in place
     # there (sin's result would land in e) nor pooled (cos's result would land in e)
