@@ -5,7 +5,6 @@ it once into a Plan (cached by the graph's digest), and runs the plan on the arg
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 
@@ -22,9 +21,10 @@ from .arguments import (
     single,
     tangent_arguments,
 )
+from .basis import basis as _basis
 from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
-from .graph import Graph, Spec, readonly
+from .graph import Graph
 from .limits import DEFAULT_LIMITS, Limits
 from .ops.loops import is_recomputing, recomputing
 from .plan import Plan, Stats
@@ -92,6 +92,7 @@ class Engine:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._argnums_cache: dict = {}
+        self._jacobians: OrderedDict = OrderedDict()  # (digest, what, nums, mode) -> passes
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -324,14 +325,14 @@ class Engine:
             passes, _ = self._jacobian_plans(
                 graph, method, nums, mode if method == "jacobian" else "fwd"
             )
-            plans = [plan for plan, _, _ in passes]
+            plans = [plan for plan, _, _ in passes if plan is not None]
         elif method == "check_grad":
             from .numerical import plan_stats as numerical_plan_stats
 
             return numerical_plan_stats(self, graph, check_method)
         else:
             raise ValueError(f"no Engine method {method!r}")
-        figures = [plan.stats for plan in plans]
+        figures = [plan.stats for plan in plans] or [Stats()]
         return Stats(
             max(s.tape_bytes for s in figures) if taped else 0,
             max(s.tape_entries for s in figures) if taped else 0,
@@ -410,9 +411,8 @@ class Engine:
         self._check_graph(graph)
         nums = self._argnums(graph, argnums)
         args = self._arguments(graph, args)
-        mode = self._mode(
-            mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
-        )
+        if mode not in ("auto", "fwd", "rev"):
+            raise ValueError(f"mode must be 'fwd', 'rev' or 'auto', got {mode!r}")
         blocks = self._jacobian_blocks(graph, "jacobian", args, nums, mode, should_stop)
         return self._nest(blocks, len(graph.outputs) == 1, single(argnums))
 
@@ -494,11 +494,14 @@ class Engine:
                         jvp(make_program(loop_tapes), (i,), loop_tapes=loop_tapes),
                         range(len(outs), 2 * len(outs)),
                     )
-                    return batch(tangent_program, [False] * n_in + [True], size)
+                    return batch(tangent_program, [False] * n_in + [True], size, basis=n_in)
 
                 passes.append((self._plan(graph, key + ("fwd", i), build), spec, j))
         else:
             for k, out_spec in enumerate(outs):
+                if not dtypes.is_differentiable(out_spec.dtype):
+                    passes.append((None, out_spec, k))  # an integer output: zero rows, no pass
+                    continue
                 size = out_spec.size
 
                 def build(loop_tapes, k=k, size=size):
@@ -510,30 +513,65 @@ class Engine:
                         ),
                         range(1, 1 + len(nums)),
                     )
-                    return batch(row_program, [False] * n_in + [True], size)
+                    return batch(row_program, [False] * n_in + [True], size, basis=n_in)
 
                 passes.append((self._plan(graph, key + ("rev", k, nums), build), out_spec, k))
         return passes, outs
 
+    def _jacobian_passes(self, graph, what, nums, mode):
+        """`_jacobian_plans` (for a Jacobian, with "auto" resolved to the mode it takes), with
+        whether each plan reads its basis, and that mode; cached: a call looks its passes up
+        once instead of each of their plans (which stay alive while their entry does)."""
+        key = (graph.digest, what, nums, mode)
+        with self._lock:
+            cached = self._jacobians.get(key)
+            if cached is not None:
+                self._jacobians.move_to_end(key)
+                return cached
+        if what == "jacobian":
+            mode = self._mode(
+                mode, [graph.inputs[i].spec for i in nums], [p.spec for p in graph.outputs]
+            )
+        passes, outs = self._jacobian_plans(graph, what, nums, mode)
+        passes = [
+            (plan, spec, index, plan is not None and _reads_last_input(plan))
+            for plan, spec, index in passes
+        ]
+        cached = passes, outs, mode
+        with self._lock:
+            self._jacobians[key] = cached
+            while len(self._jacobians) > self._plan_cache_size:
+                self._jacobians.popitem(last=False)
+        return cached
+
     def _jacobian_blocks(self, graph, what, args, nums, mode, should_stop):
         """blocks[k][j]: d output k of the program / d input nums[j], shape out.shape + in.shape
         (the program: the graph for "jacobian", its gradient for "hessian")."""
-        passes, outs = self._jacobian_plans(graph, what, nums, mode)
+        passes, outs, mode = self._jacobian_passes(graph, what, nums, mode)
         blocks = [[None] * len(nums) for _ in outs]
         stats = []
-        for plan, basis_spec, index in passes:
-            results = self._run(plan, args + [_basis(basis_spec)], should_stop=should_stop)
+        for plan, basis_spec, index, reads_basis in passes:
+            if plan is None:  # rev, an integer output: its rows are zeros
+                for j, i in enumerate(nums):
+                    spec = graph.inputs[i].spec
+                    blocks[index][j] = np.zeros(basis_spec.shape + spec.shape, spec.dtype)
+                continue
+            # a pass whose products with the basis were all built without it does not read it
+            basis = _basis(basis_spec) if reads_basis else None
+            results = self._run(plan, args + [basis], should_stop=should_stop)
             if mode == "fwd":
                 j, spec = index, basis_spec
                 for k, column in enumerate(results):
-                    blocks[k][j] = np.moveaxis(column, 0, -1).reshape(outs[k].shape + spec.shape)
+                    column = column.transpose((*range(1, column.ndim), 0))  # batch axis last
+                    blocks[k][j] = column.reshape(outs[k].shape + spec.shape)
             else:
                 k = index
                 for j, rows in enumerate(results):
                     spec = graph.inputs[nums[j]].spec
                     blocks[k][j] = rows.reshape(basis_spec.shape + spec.shape)
             stats.append(self.last_stats)
-        self._local.stats = Stats(*[max(s[f] for s in stats) for f in range(len(Stats._fields))])
+        if len(stats) != 1:  # several passes, or none (integer outputs only)
+            self._local.stats = Stats(*map(max, zip(*stats))) if stats else Stats()
         return blocks
 
     @staticmethod
@@ -542,7 +580,6 @@ class Engine:
         return rows[0] if single_output else tuple(rows)
 
 
-@functools.lru_cache(maxsize=64)
-def _basis(spec: Spec) -> np.ndarray:
-    """The identity as a batch of one-hot arrays of `spec` (read-only, made once)."""
-    return readonly(np.eye(spec.size, dtype=spec.dtype).reshape((spec.size,) + spec.shape))
+def _reads_last_input(plan: Plan) -> bool:
+    name = plan.graph.inputs[-1].name
+    return name in plan.graph.output_names or any(name in node.inputs for node in plan.nodes)

@@ -27,6 +27,7 @@ import numpy as np
 from . import dtypes
 from . import numpy as gnp
 from .arguments import coerce
+from .basis import basis as _basis
 from .graph import Graph
 from .ops.bodies import trace_body
 from .pytree import flatten, unflatten
@@ -140,10 +141,6 @@ def _jvp_graph(graph: Graph, wrt) -> Graph:
     return jvp_program(Program(graph), tuple(wrt)).graph
 
 
-def _basis(spec):
-    return np.eye(spec.size, dtype=spec.dtype).reshape((spec.size,) + spec.shape)
-
-
 def _jacobian_graph(graph: Graph, wrt, n_out, mode) -> Graph:
     """Outputs: block (k, j) = d output k / d input wrt[j], of shape out.shape + in.shape, for
     k over the first `n_out` outputs and j over `wrt`, row by row."""
@@ -157,7 +154,7 @@ def _jacobian_graph(graph: Graph, wrt, n_out, mode) -> Graph:
             for j, i in enumerate(wrt):
                 spec = graph.inputs[i].spec
                 tangent = select_outputs(jvp_program(program, (i,)), range(n_out, 2 * n_out))
-                batched = batch(tangent, [False] * n_in + [True], spec.size).graph
+                batched = batch(tangent, [False] * n_in + [True], spec.size, basis=n_in).graph
                 for k, col in enumerate(inline(batched, ins + [_basis(spec)])):
                     col = gnp.moveaxis(col, 0, -1) if col.ndim > 1 else col
                     blocks[k][j] = gnp.reshape(col, outs[k].shape + spec.shape)
@@ -171,7 +168,7 @@ def _jacobian_graph(graph: Graph, wrt, n_out, mode) -> Graph:
                 row = select_outputs(
                     vjp_program(select_outputs(program, (k,)), wrt), range(1, 1 + len(wrt))
                 )
-                batched = batch(row, [False] * n_in + [True], out.size).graph
+                batched = batch(row, [False] * n_in + [True], out.size, basis=n_in).graph
                 for j, rows in enumerate(inline(batched, ins + [_basis(out)])):
                     blocks[k][j] = gnp.reshape(rows, out.shape + graph.inputs[wrt[j]].spec.shape)
         return [b for row in blocks for b in row]

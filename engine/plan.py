@@ -23,7 +23,7 @@ import numpy as np
 
 from .graph import readonly
 from .primitive import PRIMITIVES
-from .transforms import Program
+from .transforms import Program, prune
 
 _running = threading.local()  # the should_stop of the call in progress, for nested plans
 
@@ -222,6 +222,9 @@ INTERPRETED_RUNS = 24
 
 class Plan:
     def __init__(self, program: Program):
+        # nodes nothing reads do not run (a simplification may leave some behind: c * (2 * x)
+        # folded into 2c * x does not need 2 * x any more)
+        program = prune(program)
         graph = program.graph
         nodes, boundary = list(graph.nodes), program.boundary
         if boundary is not None:
@@ -364,6 +367,18 @@ class Plan:
         guarded = {}
         recycled = [[] for _ in nodes]
         producers = {o: k for k, n in enumerate(nodes) for o in n.outputs}
+
+        def covers_its_buffer(name):
+            """Not a view of part of its buffer, nor a broadcast of it (read-only, even at the
+            same size): writing into it writes each element of the buffer once."""
+            prim = prims[producers[name]]
+            if not prim.view:
+                return True
+            value, owner = avals[name], avals[storage[name]]
+            return (
+                not prim.pure_broadcast and value.size == owner.size and value.dtype == owner.dtype
+            )
+
         for k, node in enumerate(nodes):
             prim = prims[k]
             spec = avals[node.outputs[0]]
@@ -386,13 +401,16 @@ class Plan:
             if spec.shape and (prim.ufunc is not None or prim.inplace is not None):
                 positions = range(len(node.inputs)) if prim.ufunc is not None else (0,)
                 dying = frees[k]
+                # the last value alive on a buffer of ours: its owner, a value an op wrote
+                # into it (a chain of elementwise ops runs in one buffer), or a view of all of it
                 candidates = [
                     i
                     for i in positions
-                    if node.inputs[i] in fresh
-                    and node.inputs[i] not in pinned
+                    if storage.get(node.inputs[i]) in fresh
+                    and covers_its_buffer(node.inputs[i])
+                    and storage[node.inputs[i]] not in pinned
                     and node.inputs[i] in dying
-                    and refs.get(node.inputs[i]) == 1
+                    and refs.get(storage[node.inputs[i]]) == 1
                     and avals[node.inputs[i]] == spec
                 ]
                 # Prefer a buffer that could not go back to the pool anyway (an einsum's):
@@ -439,15 +457,21 @@ class Plan:
                     if owner in residual:
                         residual.discard(owner)
                         tape -= size[owner]
-            # after every value dropped here is gone: an owner whose buffer nothing else is on
+            # after every value dropped here is gone: a buffer nothing is on any more, through
+            # the last value on it (its owner, or a value an op wrote into it in place), once
+            given_back = set()
             for name in frees[k]:
+                owner = storage.get(name)
                 if (
-                    name in fresh
-                    and refs[name] == 0
-                    and name not in pinned
-                    and avals[name].size >= POOL_MIN_ELEMENTS
-                    and avals[name].dtype in _POOL_DTYPES
+                    owner in fresh
+                    and owner not in given_back
+                    and refs[owner] == 0
+                    and owner not in pinned
+                    and avals[owner].size >= POOL_MIN_ELEMENTS
+                    and avals[owner].dtype in _POOL_DTYPES
+                    and not prims[producers[name]].view
                 ):
+                    given_back.add(owner)
                     recycled[k].append(name)
         self.stats = Stats(tape_peak, entries, peak, 0)
         return donations, guarded, recycled

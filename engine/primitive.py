@@ -14,6 +14,11 @@ Rules (callables):
 - for ops linear in some inputs, `transpose(ct, *args, **attrs)`: one cotangent per input, where
   the linear inputs arrive as `Linear` placeholders; reverse mode is JVP plus transposition;
 - `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass);
+- `batch_scaled(args, batched, built, **attrs)`: tried before `batch` in a Jacobian's batched
+  pass, where an operand may be an `ops.one_hot.Scaled` (a batched value kept symbolic: the
+  one-hot basis, or a batched value times an unbatched one): the output (a Tracer or a
+  Scaled), or None to have the operands built (`built(k)`: operand k as a Tracer) and `batch`
+  applied;
 - `retype(args, **attrs) -> outputs`: for ops with subgraphs, which trace their bodies again
   for arguments of other dtypes (the complex step);
 - `complex_step(args, **attrs) -> outputs`: the holomorphic-friendly extension the complex
@@ -24,6 +29,9 @@ Rules (callables):
   node is recorded: one of `args` when the output equals it (x * 1), a number when the output
   holds that number everywhere (2 * 3), else None. `splats[i]` is the number filling `args[i]`
   everywhere, or None when that is not known;
+- `scale_factor(args, splats) -> (number, index) or None`: the op multiplies operand `index` by
+  `number` (negative: -1; a product with a splat): the simplifier makes two such ops in a row
+  one, when the product of their numbers is exact;
 - `splat(**attrs)`: the number filling the output everywhere, from the attributes alone
   (`full`): the simplifier tracks it;
 - `add_into(total, *args, **attrs)`: `total + op(*args)` without making the op's output
@@ -146,6 +154,7 @@ class Primitive:
         jvp=None,
         transpose=None,
         batch=None,
+        batch_scaled=None,
         view: bool = False,
         elementwise: bool = False,
         ufunc=None,
@@ -155,6 +164,7 @@ class Primitive:
         retype=None,
         complex_step=None,
         simplify=None,
+        scale_factor=None,
         splat=None,
         add_into=None,
         kernel=None,
@@ -173,6 +183,7 @@ class Primitive:
         self.jvp = jvp
         self.transpose = transpose
         self.batch = batch
+        self.batch_scaled = batch_scaled
         self.view = view
         self.elementwise = elementwise
         self.ufunc = ufunc
@@ -182,6 +193,7 @@ class Primitive:
         self.retype = retype
         self.complex_step = complex_step
         self.simplify = simplify
+        self.scale_factor = scale_factor
         self.splat = splat
         self.add_into = add_into
         self.kernel = kernel

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from . import dtypes
 from . import numpy as gnp
 from .graph import Graph, Spec
+from .ops import one_hot
 from .primitive import PRIMITIVES, Linear
 from .tracing import Builder, bind
 
@@ -208,9 +209,13 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
         return _build_pruned(builder, primal_out + grads, boundary)
 
 
-def batch(program: Program, batched_inputs, size: int) -> Program:
+def batch(program: Program, batched_inputs, size: int, *, basis: int | None = None) -> Program:
     """The same computation over a leading axis of `size` on the inputs flagged in
-    `batched_inputs`; every output gets that leading axis."""
+    `batched_inputs`; every output gets that leading axis. `basis`: the index of a batched
+    input that will hold the identity basis (`size` one-hot rows, as a Jacobian's pass gets),
+    which the pass may then exploit (engine/ops/one_hot.py, the ops' `batch_scaled` rules): its
+    products with unbatched values and its contractions are built without the basis where
+    they can be."""
     graph, boundary = program
     specs = [
         Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
@@ -219,6 +224,9 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
     with Builder() as builder:
         env = _start(graph, builder, specs)
         batched = {p.name for p, b in zip(graph.inputs, batched_inputs) if b}
+        if basis is not None:
+            name = graph.inputs[basis].name
+            env[name] = one_hot.basis(env[name])
         new_boundary = None
         for k, node in enumerate(graph.nodes):
             if k == boundary:
@@ -226,7 +234,21 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
             args = [env[n] for n in node.inputs]
             flags = [n in batched for n in node.inputs]
             if any(flags):
-                out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
+                out = None
+                rule = PRIMITIVES[node.op].batch_scaled
+                if basis is not None and rule is not None:
+
+                    def built(j, names=node.inputs):
+                        env[names[j]] = one_hot.materialize(env[names[j]])
+                        return env[names[j]]
+
+                    out = rule(args, flags, built, **node.attrs)
+                if out is None:
+                    for n, a in zip(node.inputs, args):
+                        if isinstance(a, one_hot.Scaled):  # built once, for every reader
+                            env[n] = one_hot.materialize(a)
+                    args = [env[n] for n in node.inputs]
+                    out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
                 outs = out if isinstance(out, tuple) else (out,)
                 batched.update(node.outputs)
             else:
@@ -234,7 +256,7 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
             env.update(zip(node.outputs, outs))
         outs = []
         for port in graph.outputs:
-            value = env[port.name]
+            value = env[port.name] = one_hot.materialize(env[port.name])
             outs.append(
                 value
                 if port.name in batched

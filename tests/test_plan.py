@@ -263,7 +263,8 @@ def test_a_dying_buffer_goes_back_to_the_pool():
         ],
         ["y"],
     )
-    assert recycled_values(plan) == [[], [], ["s"], []]
+    # s at the product; e's buffer, which the product was written into, when m dies
+    assert recycled_values(plan) == [[], [], ["s"], ["m"]]
     # and it is reused: the next call's exp or sin writes into the array sin returned here
     # (held here as well: the pool does not go by who else refers to an array)
     made = []
@@ -284,6 +285,46 @@ def test_a_dying_buffer_goes_back_to_the_pool():
         np.testing.assert_allclose(plan.run([x])[0], np.sum(np.exp(x) * np.sin(x)))
     first_sin = made[1]
     assert any(array is first_sin for array in made[2:4])
+
+
+def test_a_buffer_written_in_place_twice_goes_back_once_when_its_last_value_dies():
+    plan = plan_of(
+        [("x", Spec((N, N)))],
+        [
+            Node("exp", ("x",), ("e",), {}),
+            Node("negative", ("e",), ("n",), {}),  # into e's buffer
+            Node("sin", ("n",), ("s",), {}),  # into it again
+            Node("transpose", ("s",), ("t",), {"perm": (1, 0)}),
+            Node("cos", ("x",), ("c",), {}),
+            Node("add", ("t", "c"), ("a",), {}),  # s dies here: into it, through its view t
+            Node("reduce_sum", ("a",), ("y",), {"axes": (0, 1), "keepdims": False}),
+        ],
+        ["y"],
+    )
+    assert plan.donations == {1: 0, 2: 0, 5: 0}  # t is a view of all of the buffer
+    given_back = [name for step in recycled_values(plan) for name in step]
+    assert given_back.count("t") == 0  # a view is not the buffer
+    assert len(given_back) == len(set(given_back))
+    x = square()
+    want = np.sum(np.sin(-np.exp(x)).T + np.cos(x))
+    for _ in range(3):  # pooled buffers reused by the next calls give the same result
+        np.testing.assert_allclose(plan.run([x])[0], want, rtol=1e-12)
+
+
+def test_a_broadcast_of_the_same_size_is_not_written_into():
+    # broadcast_to gives a read-only view even where it adds only axes of size 1
+    plan = plan_of(
+        [("x", Spec((3,))), ("y", Spec((1, 3)))],
+        [
+            Node("exp", ("x",), ("e",), {}),
+            Node("broadcast_to", ("e",), ("b",), {"shape": (1, 3)}),
+            Node("add", ("b", "y"), ("a",), {}),
+        ],
+        ["a"],
+    )
+    assert 2 not in plan.donations
+    x, y = np.array([0.0, 1.0, 2.0]), np.ones((1, 3))
+    np.testing.assert_array_equal(plan.run([x, y])[0], np.exp(x) + y)
 
 
 def test_a_transposed_view_still_to_be_read_is_not_clobbered():

@@ -15,6 +15,7 @@ from .. import numpy as gnp
 from ..graph import Spec
 from ..primitive import Linear, OpDoc, ShapeError, primitive
 from ..tracing import bind
+from . import one_hot
 
 LETTERS = set(string.ascii_letters)
 
@@ -45,7 +46,8 @@ def _einsum_shape(*specs, subscripts):
 @functools.lru_cache(maxsize=4096)
 def _pairwise_plan(sa, sb, out, shape_a, shape_b):
     """How to run one two-operand contraction as a batched matmul (batch, free_a, contracted)
-    x (batch, contracted, free_b), the mapping XLA's dot_general makes; cached per shapes."""
+    x (batch, contracted, free_b), the mapping XLA's dot_general makes; cached per shapes.
+    Permutations that change nothing are None (no transpose call)."""
     size = dict(zip(sa, shape_a)) | dict(zip(sb, shape_b))
     sum_a = tuple(i for i, c in enumerate(sa) if c not in sb and c not in out)
     sum_b = tuple(i for i, c in enumerate(sb) if c not in sa and c not in out)
@@ -57,100 +59,78 @@ def _pairwise_plan(sa, sb, out, shape_a, shape_b):
     contracted = [c for c in sa if c in sb and c not in out]
     n = lambda letters: math.prod(size[c] for c in letters)  # noqa: E731
     got = batch + free_a + free_b
+    shape_a = (n(batch), n(free_a), n(contracted))
+    shape_b = (n(batch), n(contracted), n(free_b))
+    if not batch:  # a plain matrix product (2-D operands; a vector where no free axis is left:
+        # matrix-vector and dot products go to BLAS's own routines, without stacking)
+        shape_a = (shape_a[2],) if not free_a else shape_a[1:]
+        shape_b = (shape_b[1],) if not free_b else shape_b[1:]
+    perm_a = tuple(sa.index(c) for c in batch + free_a + contracted)
+    perm_b = tuple(sb.index(c) for c in batch + contracted + free_b)
+    perm_out = tuple(got.index(c) for c in out)
+    identity = lambda perm: perm == tuple(range(len(perm)))  # noqa: E731
     return (
         sum_a,
         sum_b,
-        tuple(sa.index(c) for c in batch + free_a + contracted),
-        (n(batch), n(free_a), n(contracted)),
-        tuple(sb.index(c) for c in batch + contracted + free_b),
-        (n(batch), n(contracted), n(free_b)),
+        None if identity(perm_a) else perm_a,
+        shape_a,
+        None if identity(perm_b) else perm_b,
+        shape_b,
         tuple(size[c] for c in got),
-        tuple(got.index(c) for c in out),
+        None if identity(perm_out) else perm_out,
     )
 
 
 def _pairwise(a, b, sa, sb, out):
-    sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, shape_out, perm_out = _pairwise_plan(
-        sa, sb, out, a.shape, b.shape
-    )
+    return _run_pairwise(_pairwise_plan(sa, sb, out, a.shape, b.shape), a, b)
+
+
+def _run_pairwise(plan, a, b):
+    sum_a, sum_b, perm_a, shape_a, perm_b, shape_b, shape_out, perm_out = plan
     if sum_a or sum_b:  # sum in the result's precision, as np.einsum does
         dtype = np.result_type(a, b)
         a = a.sum(axis=sum_a, dtype=dtype) if sum_a else a
         b = b.sum(axis=sum_b, dtype=dtype) if sum_b else b
-    product = np.matmul(a.transpose(perm_a).reshape(shape_a), b.transpose(perm_b).reshape(shape_b))
-    return product.reshape(shape_out).transpose(perm_out)
+    if perm_a is not None:
+        a = a.transpose(perm_a)
+    if perm_b is not None:
+        b = b.transpose(perm_b)
+    product = np.matmul(a.reshape(shape_a), b.reshape(shape_b)).reshape(shape_out)
+    return product if perm_out is None else product.transpose(perm_out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _as_matmul(subscripts):
+    """(a's letters, b's letters, output letters) when a two-operand einsum runs as a batched
+    matmul, else None: decided once per subscripts. A product that sums nothing (outer,
+    elementwise) is faster in einsum's own loop; a repeated letter (a diagonal) needs it."""
+    ins, out = parse(subscripts)
+    if (
+        len(ins) == 2
+        and all(len(set(s)) == len(s) for s in ins)
+        and set(ins[0] + ins[1]) != set(out)
+    ):
+        return ins[0], ins[1], out
+    return None
 
 
 def _einsum_kernel(*specs, subscripts):
-    """A two-operand contraction without axes summed inside one operand, its matmul worked
-    out once for these shapes. The same matmul as `_pairwise` with the axes of size one it adds
-    left out (no batch axis: a 2-d matmul; no free axis of an operand: a 1-d operand), which
-    NumPy runs with the same inner loop: the result is the same to the last bit. A real outer
-    product (nothing contracted) is a broadcast multiply, exact like the matmul's products."""
-    ins, out = parse(subscripts)
-    if len(specs) != 2 or any(len(set(s)) != len(s) for s in ins):
+    """The contraction for these operand shapes with its matmul worked out once, when the plan
+    is built (what `_einsum_impl` looks up per call); None where einsum's own loop runs it."""
+    letters = _as_matmul(subscripts) if len(specs) == 2 else None
+    if letters is None:
         return None
-    sa, sb = ins
-    if any(c not in sb and c not in out for c in sa) or any(
-        c not in sa and c not in out for c in sb
-    ):
-        return None
-    size = dict(zip(sa, specs[0].shape)) | dict(zip(sb, specs[1].shape))
-    batch = [c for c in out if c in sa and c in sb]
-    free_a = [c for c in sa if c in out and c not in sb]
-    free_b = [c for c in sb if c in out and c not in sa]
-    contracted = [c for c in sa if c in sb and c not in out]
-
-    def operand(sub, groups):
-        """The permutation and shape that bring an operand into matmul form, None where they
-        change nothing."""
-        order = [c for group in groups for c in group]
-        perm = tuple(sub.index(c) for c in order)
-        # nothing contracted: an axis of size one to contract over (an outer product); with
-        # a batch axis, the matmul needs every operand 3-d
-        shape = tuple(
-            math.prod(size[c] for c in group)
-            for group in groups
-            if group or group is contracted or batch
-        )
-        unchanged_order = perm == tuple(range(len(perm)))
-        same_shape = shape == tuple(size[c] for c in order)
-        return (None if unchanged_order else perm), (None if same_shape else shape)
-
-    perm_a, shape_a = operand(sa, [batch, free_a, contracted])
-    perm_b, shape_b = operand(sb, [batch, contracted, free_b])
-    got = batch + free_a + free_b
-    merged = tuple(math.prod(size[c] for c in g) for g in (batch, free_a, free_b) if g or batch)
-    shape_out = None if merged == tuple(size[c] for c in got) else tuple(size[c] for c in got)
-    perm_out = tuple(got.index(c) for c in out)
-    perm_out = None if perm_out == tuple(range(len(perm_out))) else perm_out
-    real = all(np.dtype(s.dtype).kind in "fiub" for s in specs)
-    product = np.matmul
-    if not contracted and not batch and free_a and free_b and real:
-        product = np.multiply  # a (m, 1) column times a row of n
-        perm_b, shape_b = operand(sb, [free_b])
-
-    def contract(a, b):
-        if perm_a is not None:
-            a = a.transpose(perm_a)
-        if shape_a is not None:
-            a = a.reshape(shape_a)
-        if perm_b is not None:
-            b = b.transpose(perm_b)
-        if shape_b is not None:
-            b = b.reshape(shape_b)
-        result = product(a, b)
-        if shape_out is not None:
-            result = result.reshape(shape_out)
-        return result if perm_out is None else result.transpose(perm_out)
-
-    return contract
+    return functools.partial(
+        _run_pairwise, _pairwise_plan(*letters, specs[0].shape, specs[1].shape)
+    )
 
 
 def _einsum_impl(*arrays, subscripts):
-    ins, out = parse(subscripts)
-    if len(arrays) == 2 and all(len(set(s)) == len(s) for s in ins):
-        return _pairwise(arrays[0], arrays[1], ins[0], ins[1], out)
+    if len(arrays) == 2:
+        letters = _as_matmul(subscripts)
+        if letters is not None:
+            return _pairwise(arrays[0], arrays[1], *letters)
+        return np.einsum(subscripts, *arrays)
     return np.einsum(subscripts, *arrays, optimize=len(arrays) > 2)
 
 
@@ -201,6 +181,11 @@ def _einsum_transpose(ct, *operands, subscripts):
     return tuple(cts)
 
 
+def _einsum_batch_scaled(args, batched, built, subscripts):
+    ins, out = parse(subscripts)
+    return one_hot.contraction(args, batched, ins, out)
+
+
 def _einsum_batch(args, batched, subscripts):
     ins, out = parse(subscripts)
     fresh = next(c for c in string.ascii_letters if c not in subscripts)
@@ -220,6 +205,7 @@ primitive(
     transpose=_einsum_transpose,
     batch=_einsum_batch,
     kernel=_einsum_kernel,
+    batch_scaled=_einsum_batch_scaled,
     doc=OpDoc(
         "Einstein summation with explicit output subscripts: products of the operands' "
         "elements, summed over every letter the output does not name (matmul, dot, outer and "

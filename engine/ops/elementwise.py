@@ -19,6 +19,7 @@ from .. import numpy as gnp
 from ..graph import Spec
 from ..primitive import OpDoc, ShapeError, primitive
 from ..tracing import bind
+from . import one_hot
 from .common import batch_elementwise, broadcast_tangent, elementwise_shape, unbroadcast
 
 
@@ -40,6 +41,7 @@ def unary(
     linear=False,
     ufunc=None,
     simplify=None,
+    scale_factor=None,
     complex_step=None,
     doc,
 ):
@@ -61,6 +63,7 @@ def unary(
         elementwise=True,
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
         simplify=simplify,
+        scale_factor=scale_factor,
         complex_step=complex_step,
         doc=OpDoc(doc, ("x",), "the shape of x", probe=same_dtype_probe(1)),
     )
@@ -74,6 +77,7 @@ unary(
     linear=True,
     ufunc=np.negative,
     simplify=lambda args, splats, out: None if splats[0] is None else -splats[0],
+    scale_factor=lambda args, splats: (-1.0, 0),
     doc="-x",
 )
 unary("exp", np.exp, lambda t, x, ans: t * ans, doc="e to the power x")
@@ -234,6 +238,8 @@ def binary(
     transpose=None,
     ufunc=None,
     simplify=None,
+    scale_factor=None,
+    batch_scaled=None,
     fresh=False,
     doc,
     role="front end",
@@ -256,9 +262,11 @@ def binary(
         jvp=jvp,
         transpose=transpose,
         batch=batch_elementwise(name),
+        batch_scaled=batch_scaled,
         elementwise=True,
         ufunc=ufunc if ufunc is not None else (fn if isinstance(fn, np.ufunc) else None),
         simplify=simplify,
+        scale_factor=scale_factor,
         fresh=fresh,
         doc=OpDoc(
             doc,
@@ -284,6 +292,15 @@ def _neutral(value, *positions, fold=None):
         return None
 
     return rule
+
+
+def _splat_factor(args, splats):
+    """x * y scales x by y when y is a splat (or y by x)."""
+    if splats[1] is not None:
+        return splats[1], 0
+    if splats[0] is not None:
+        return splats[0], 1
+    return None
 
 
 def _either(tx, ty, on_x, on_y):
@@ -356,6 +373,7 @@ binary(
     ufunc=np.add,
     transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: ct),
     simplify=_neutral(0.0, 0, 1),
+    batch_scaled=one_hot.sum_with_basis(1.0),
     doc="x + y",
 )
 binary(
@@ -365,6 +383,7 @@ binary(
     ufunc=np.subtract,
     transpose=_transpose_linear_each(lambda ct, _: ct, lambda ct, _: -ct),
     simplify=_neutral(0.0, 1),
+    batch_scaled=one_hot.sum_with_basis(-1.0),
     doc="x - y",
 )
 binary(
@@ -374,6 +393,8 @@ binary(
     ufunc=np.multiply,
     transpose=_transpose_linear_each(lambda ct, y: ct * y, lambda ct, x: x * ct),
     simplify=_neutral(1.0, 0, 1, fold=operator.mul),
+    scale_factor=_splat_factor,
+    batch_scaled=one_hot.product,
     doc="x * y",
 )
 binary(

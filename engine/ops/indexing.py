@@ -8,6 +8,8 @@ The front end normalizes: no Ellipsis, every axis of x consumed, integers non-ne
 when arrays are present integers travel as 0-d arrays (NumPy treats them alike then).
 """
 
+import functools
+
 import numpy as np
 
 from .. import numpy as gnp
@@ -28,7 +30,13 @@ INDEX_DOC = (
 
 
 def entries(index):
-    return [tuple(index[i : i + 4]) for i in range(0, len(index), 4)]
+    """The (code, a, b, c) entries of an index attribute (parsed once per index)."""
+    return _entries(tuple(index))
+
+
+@functools.lru_cache(maxsize=4096)
+def _entries(index):
+    return tuple(tuple(index[i : i + 4]) for i in range(0, len(index), 4))
 
 
 def index_tuple(index, arrays):
@@ -111,7 +119,10 @@ def _scatter_add_shape(updates, *arrays, shape, index):
 
 
 def _scatter_add_impl(updates, *arrays, shape, index):
-    out = np.zeros(shape, updates.dtype)
+    # not np.zeros: calloc maps fresh zero pages for a large array, faulted in on every call;
+    # malloc reuses the memory freed by the previous call
+    out = np.empty(shape, updates.dtype)
+    out.fill(0)
     key = index_tuple(index, arrays)
     try:
         if arrays:

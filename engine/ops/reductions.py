@@ -144,7 +144,12 @@ def _logsumexp_impl(x, axes, keepdims):
         return np.log(np.sum(np.exp(x), axis=axes, keepdims=keepdims))
     top = np.max(_real(x), axis=axes, keepdims=True)
     top = np.where(np.isfinite(top), top, 0)  # all -inf: shift by 0, result -inf, no nan
-    out = np.log(np.sum(np.exp(x - top), axis=axes, keepdims=True)) + top
+    shifted = np.subtract(x, top)
+    if isinstance(shifted, np.ndarray) and shifted.ndim:
+        np.exp(shifted, out=shifted)  # in place: no second temporary of x's size
+    else:
+        shifted = np.exp(shifted)
+    out = np.log(np.sum(shifted, axis=axes, keepdims=True)) + top
     return out if keepdims else np.squeeze(out, axis=axes)
 
 

@@ -33,7 +33,8 @@ def _reshape_shape(x, shape):
 
 primitive(
     "reshape",
-    impl=lambda x, shape: np.reshape(x, shape),
+    # the method where it can: np.reshape's dispatch costs more than a small reshape itself
+    impl=lambda x, shape: x.reshape(shape) if type(x) is np.ndarray else np.reshape(x, shape),
     kernel=lambda x, shape: operator.methodcaller("reshape", shape),  # np.reshape's own call
     shape=_reshape_shape,
     attrs={"shape": "ints"},
@@ -60,7 +61,7 @@ def _transpose_shape(x, perm):
 
 primitive(
     "transpose",
-    impl=lambda x, perm: np.transpose(x, perm),
+    impl=lambda x, perm: x.transpose(perm) if type(x) is np.ndarray else np.transpose(x, perm),
     shape=_transpose_shape,
     attrs={"perm": "ints"},
     view=True,
