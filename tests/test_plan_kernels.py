@@ -26,7 +26,10 @@ SUBSCRIPTS = [
     "ijk,kl->lij",  # several free axes, output permuted
     "a,bc->abc",  # outer product of a vector and a matrix
     "ab,b->ba",
+    "ij,k->i",  # an axis summed inside each operand first
 ]
+# Products that contract nothing run in einsum's own loop, per call: no kernel.
+NO_KERNEL = {"i,j->ij", "a,bc->abc", "ab,b->ba"}
 
 
 def _operands(subscripts, dtype):
@@ -47,7 +50,9 @@ def test_einsum_kernel_is_the_impl_bit_for_bit(subscripts, dtype):
     for _ in range(12):
         arrays = _operands(subscripts, dtype)
         kernel = einsum.kernel(*[Spec(a.shape, a.dtype) for a in arrays], subscripts=subscripts)
-        assert kernel is not None
+        if subscripts in NO_KERNEL:
+            assert kernel is None
+            continue
         want = einsum.impl(*arrays, subscripts=subscripts)
         got = kernel(*arrays)
         assert got.shape == want.shape and got.dtype == want.dtype
@@ -55,9 +60,8 @@ def test_einsum_kernel_is_the_impl_bit_for_bit(subscripts, dtype):
         np.testing.assert_allclose(got, np.einsum(subscripts, *arrays), rtol=1e-5, atol=1e-4)
 
 
-def test_einsum_without_a_kernel_where_an_axis_is_summed_inside_one_operand():
+def test_einsum_without_a_kernel_where_einsum_runs_it():
     einsum = PRIMITIVES["einsum"]
-    assert einsum.kernel(Spec((3, 4)), Spec((4,)), subscripts="ij,k->i") is None
     assert einsum.kernel(Spec((3, 3)), subscripts="ii->i") is None
     assert einsum.kernel(Spec((3,)), Spec((3,)), Spec((3,)), subscripts="i,i,i->") is None
 
