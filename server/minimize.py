@@ -124,7 +124,7 @@ class _Loop:
     def _run(self):
         from gradserve.optimize import prepare, run
 
-        outcome = "error"
+        outcome, last = "error", None
         try:
             p = self.problem
             kwargs = _kwargs(p)
@@ -142,18 +142,18 @@ class _Loop:
                 on_step=self._step,
                 **kwargs,
             )
-            msg = pb.MinimizeProgress()
-            fill_result(msg.result, res)
-            self.out.put(msg)
+            last = pb.MinimizeProgress()
+            fill_result(last.result, res)
             outcome = "converged" if res.success else "stopped"
         except Stopped as exc:
-            outcome = "deadline" if exc.deadline else "cancelled"
-            self.out.put(exc)
+            outcome, last = ("deadline" if exc.deadline else "cancelled"), exc
         except BaseException as exc:  # every failure goes back to the client
-            self.out.put(exc)
+            last = exc
         finally:
+            # counted before the client can see the end of the loop
             m.MINIMIZE_LOOPS.labels(outcome).inc()
             m.MINIMIZE_STEPS.inc(self.steps)
+            self.out.put(last)
 
     def _step(self, step, loss, grad_norm, nfev, seconds):
         self.call()  # cancelled or past the deadline: stop here, between steps
@@ -214,8 +214,6 @@ def handle(servicer, requests, context):
     start = time.perf_counter()
     admission = servicer.admission
     admitted = admission.enter()
-    if admitted:
-        m.INFLIGHT.inc()
     code = "OK"
     loop = None
     try:
@@ -274,7 +272,6 @@ def handle(servicer, requests, context):
     finally:
         if admitted:
             admission.leave()
-            m.INFLIGHT.dec()
         series = m.series(MINIMIZE)
         series.duration.observe(time.perf_counter() - start)
         if code == "OK" and loop is not None:
