@@ -14,6 +14,8 @@ Rules (callables):
 - for ops linear in some inputs, `transpose(ct, *args, **attrs)`: one cotangent per input, where
   the linear inputs arrive as `Linear` placeholders; reverse mode is JVP plus transposition;
 - `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass);
+  every output gets it, unless the rule returns `PartlyBatched` (a loop whose primal carry
+  does not depend on the batched inputs keeps it unbatched);
 - `retype(args, **attrs) -> outputs`: for ops with subgraphs, which trace their bodies again
   for arguments of other dtypes (the complex step);
 - `complex_step(args, **attrs) -> outputs`: the holomorphic-friendly extension the complex
@@ -118,6 +120,13 @@ class OpDoc(NamedTuple):
 
 
 ROLES = ("front end", "derivative")
+
+
+class PartlyBatched(NamedTuple):
+    """What a batch rule returns when only some outputs have the batch axis."""
+
+    values: tuple
+    batched: tuple  # one bool per output
 
 
 class Linear(NamedTuple):

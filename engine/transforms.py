@@ -14,12 +14,14 @@ A Program is a graph with its forward/backward boundary (None when there is no t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import NamedTuple
 
 from . import dtypes
 from . import numpy as gnp
 from .graph import Graph, Spec
-from .primitive import PRIMITIVES, Linear
+from .primitive import PRIMITIVES, Linear, PartlyBatched
 from .tracing import Builder, bind
 
 
@@ -61,6 +63,25 @@ def _options(prim, loop_tapes) -> dict:
     """The keywords a rule gets besides the node's attributes: the rules of ops with subgraphs
     pass the transformation's options on to the transformations of their bodies."""
     return {"loop_tapes": loop_tapes} if prim.subgraphs else {}
+
+
+_linearizing = contextvars.ContextVar("a JVP that vjp transposes", default=False)
+
+
+@contextlib.contextmanager
+def linearizing():
+    """Within it, a JVP is traced to be transposed (as `vjp` does): a loop's JVP then keeps
+    what its transpose reads per iteration. Outside, a JVP is forward mode, and a loop runs
+    its tangents beside its primal values, keeping nothing per iteration."""
+    token = _linearizing.set(True)
+    try:
+        yield
+    finally:
+        _linearizing.reset(token)
+
+
+def is_linearizing() -> bool:
+    return _linearizing.get()
 
 
 def jvp(program: Program, wrt, *, loop_tapes: bool = False) -> Program:
@@ -111,7 +132,8 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
     `loop_tapes`: as for `jvp`."""
     graph = program.graph
     # argnums may repeat
-    linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt)), loop_tapes=loop_tapes).graph
+    with linearizing():
+        linearized = jvp(Program(graph), tuple(dict.fromkeys(wrt)), loop_tapes=loop_tapes).graph
     n_out = len(graph.outputs)
     linear = {p.name for p in linearized.inputs[len(graph.inputs) :]}
     for node in linearized.nodes:
@@ -192,6 +214,16 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
 def batch(program: Program, batched_inputs, size: int) -> Program:
     """The same computation over a leading axis of `size` on the inputs flagged in
     `batched_inputs`; every output gets that leading axis."""
+    return _batch(program, batched_inputs, size, broadcast=True)[0]
+
+
+def batch_partly(program: Program, batched_inputs, size: int) -> tuple[Program, list]:
+    """As `batch`, but the outputs that do not depend on a batched input keep their shape;
+    also returns which outputs have the batch axis."""
+    return _batch(program, batched_inputs, size, broadcast=False)
+
+
+def _batch(program: Program, batched_inputs, size: int, broadcast: bool):
     graph, boundary = program
     specs = [
         Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
@@ -208,8 +240,12 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
             flags = [n in batched for n in node.inputs]
             if any(flags):
                 out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
-                outs = out if isinstance(out, tuple) else (out,)
-                batched.update(node.outputs)
+                if isinstance(out, PartlyBatched):
+                    outs = out.values
+                    batched.update(n for n, b in zip(node.outputs, out.batched) if b)
+                else:
+                    outs = out if isinstance(out, tuple) else (out,)
+                    batched.update(node.outputs)
             else:
                 outs = _replay_node(node, args)
             env.update(zip(node.outputs, outs))
@@ -218,10 +254,11 @@ def batch(program: Program, batched_inputs, size: int) -> Program:
             value = env[port.name]
             outs.append(
                 value
-                if port.name in batched
+                if port.name in batched or not broadcast
                 else gnp.broadcast_to(value, (size,) + port.spec.shape)
             )
-        return Program(builder.build(outs, internal=True), new_boundary)
+        flags = [broadcast or p.name in batched for p in graph.outputs]
+        return Program(builder.build(outs, internal=True), new_boundary), flags
 
 
 def select_outputs(program: Program, indices) -> Program:

@@ -7,8 +7,11 @@ Two drivers run every loop: `_run_scan` runs scan, scan_record and loop_tape (a 
 recorded tape), `_run_while` runs while_loop and while_record. Either calls its body's
 compiled plan once per iteration.
 
-As for cond (control.py), a loop's JVP is a second loop linear in the tangents, and its
-transpose a loop running the other way. What they read of the primal loop:
+In forward mode a scan's JVP is one scan of its body's JVP, the tangents beside the primal
+values (`_scan_jvp_forward`): nothing is kept per iteration. A JVP traced to be transposed
+(reverse mode, `transforms.linearizing`) is, as for cond (control.py), a second loop linear
+in the tangents, and its transpose a loop running the other way. What they read of the
+primal loop:
 - a scan keeps its body's residuals (`_scan_jvp_residuals`): the primal scan runs the primal
   part of the linearized body and stacks, per iteration, what the tangent part reads; the
   tangent scan runs the tangent part on them, and its transpose reads them backwards. No body
@@ -36,7 +39,7 @@ from .. import numpy as gnp
 from ..errors import GraphError, LimitError
 from ..graph import Graph, Spec
 from ..plan import scalars
-from ..primitive import Linear, OpDoc, ShapeError, primitive
+from ..primitive import Linear, OpDoc, PartlyBatched, ShapeError, primitive
 from ..pytree import flatten, unflatten
 from ..tape import LoopTape
 from ..tracing import bind, spec_of
@@ -256,7 +259,9 @@ def _with_carries_out(body: Graph, num_consts, num_carry) -> Graph:
 
 
 def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, reverse, loop_tapes):
-    """The primal scan also stacks the carry entering every iteration (the tape); a second
+    """In forward mode, one scan of the body's JVP (`_scan_jvp_forward`). Traced to be
+    transposed: the residuals kept (`_scan_jvp_residuals`) where possible; else the primal
+    scan also stacks the carry entering every iteration (the tape); a second
     scan, linear in the tangents, reads it. With `loop_tapes` the carries go on a loop tape
     instead (`scan_record`, `loop_tape`), which can keep checkpoints only."""
     consts, carry, xs = _cut(primals, num_consts, num_carry)
@@ -268,6 +273,10 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
         "num_carry": num_carry,
         "reverse": reverse,
     }
+    from ..transforms import is_linearizing
+
+    if not is_linearizing():
+        return _scan_jvp_forward(primals, tangents, body, num_consts, num_carry, attrs, loop_tapes)
     if not loop_tapes and not _recompute.get():
         done = _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, reverse)
         if done is not None:
@@ -288,6 +297,56 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
 
     t_outs = _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop, loop_tapes)
     return tuple(outs), t_outs
+
+
+def _scan_jvp_forward(primals, tangents, body, num_consts, num_carry, attrs, loop_tapes):
+    """Forward mode (as JAX's jvp of scan): one scan of the body's JVP, the tangent consts,
+    carry and xs beside the primal ones. Nothing is kept per iteration."""
+    from ..transforms import Program, jvp
+
+    consts, carry, xs = _cut(primals, num_consts, num_carry)
+    t_consts, t_carry, t_xs = _cut(tangents, num_consts, num_carry)
+    which_consts = [i for i, t in enumerate(t_consts) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    which_xs = [i for i, t in enumerate(t_xs) if t is not None]
+    first_x = num_consts + num_carry
+    wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
+    both = jvp(Program(body), wrt, loop_tapes=loop_tapes).graph
+    # both: (consts, carry, x, tangents in `wrt`) -> (carry, y, the tangent of each)
+    n_in, n_out, n_tc, n_t = len(body.inputs), len(body.outputs), len(which_consts), len(diff_carry)
+    ins, t_ins = _cut(both.inputs, n_in)
+    outs, t_outs = _cut(both.output_names, n_out)
+    step = Graph(
+        ins[:num_consts]
+        + t_ins[:n_tc]
+        + ins[num_consts:first_x]
+        + t_ins[n_tc : n_tc + n_t]
+        + ins[first_x:]
+        + t_ins[n_tc + n_t :],
+        both.constants,
+        both.nodes,
+        outs[:num_carry] + [t_outs[i] for i in diff_carry] + outs[num_carry:] + t_outs[num_carry:],
+        _known=both.avals,
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    out = _bind_scan(
+        consts + [t_consts[i] for i in which_consts],
+        carry + init,
+        xs + [t_xs[i] for i in which_xs],
+        step,
+        attrs["length"],
+        attrs["reverse"],
+    )
+    n_ys = n_out - num_carry
+    carry_out, t_carry_part, ys, t_ys = _cut(out, num_carry, n_t, n_ys)
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_carry_part[j]
+    t_ys = [t if differentiable(t.spec) else None for t in t_ys]
+    return tuple(carry_out + ys), tuple(t_carry_out + t_ys)
 
 
 def _calls_custom_rules(graph: Graph) -> bool:
@@ -409,20 +468,50 @@ def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse, lo
 
 
 def _batch_loop(args, batched, num_consts, num_carry, num_tape, body, bind_loop):
-    """The batch rule of scan and loop_tape (`args` without the tape). Every carry is batched
-    (a carry that starts unbatched usually becomes batched in the first iteration); scanned
-    inputs move their batch axis behind the scanned one."""
-    from ..transforms import Program, batch
+    """The batch rule of scan and loop_tape (`args` without the tape). A carry is batched if
+    it starts batched or the body makes it so from batched values (found by batching the body
+    until the carry's flags settle); the others, such as the primal carry of a forward-mode
+    loop under a batch of tangents, stay as they are, and so do the ys that do not depend on
+    a batched value. Scanned inputs move their batch axis behind the scanned one."""
+    from ..transforms import Program, batch_partly
 
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
     consts, carry, xs = _cut(list(args), num_consts, num_carry)
     b_consts, b_carry, b_xs = _cut(list(batched), num_consts, num_carry)
-    carry = [c if b else gnp.broadcast_to(c, (size,) + c.shape) for c, b in zip(carry, b_carry)]
+    while True:
+        flags = b_consts + b_carry + [False] * num_tape + b_xs
+        batched_body, out_flags = batch_partly(Program(body), flags, size)
+        settled = [b or o for b, o in zip(b_carry, out_flags)]
+        if settled == b_carry:
+            break
+        b_carry = settled
+    carry = [
+        gnp.broadcast_to(c, (size,) + c.shape) if b and not was else c
+        for c, b, was in zip(carry, b_carry, batched[num_consts : num_consts + num_carry])
+    ]
     xs = [gnp.moveaxis(x, 0, 1) if b else x for x, b in zip(xs, b_xs)]
-    flags = b_consts + [True] * num_carry + [False] * num_tape + b_xs
-    out = bind_loop(consts, carry, xs, batch(Program(body), flags, size).graph)
-    # batch() makes every body output batched: ys come out (length, size, ...)
-    return tuple(out[:num_carry]) + tuple(gnp.moveaxis(y, 1, 0) for y in out[num_carry:])
+    out = bind_loop(consts, carry, xs, _widened(batched_body.graph, b_carry, out_flags, size))
+    # batched ys come out (length, size, ...)
+    ys = [gnp.moveaxis(y, 1, 0) if b else y for y, b in zip(out[num_carry:], out_flags[num_carry:])]
+    return PartlyBatched(tuple(out[:num_carry]) + tuple(ys), tuple(b_carry + out_flags[num_carry:]))
+
+
+def _widened(graph: Graph, carry_flags, out_flags, size) -> Graph:
+    """The batched body, giving the batch axis to the carries batched entering an iteration
+    but not leaving it (a carry the body sets from unbatched values only)."""
+    from ..transforms import inline
+
+    missing = [i for i, b in enumerate(carry_flags) if b and not out_flags[i]]
+    if not missing:
+        return graph
+
+    def body(*args):
+        out = list(inline(graph, args))
+        for i in missing:
+            out[i] = gnp.broadcast_to(out[i], (size,) + out[i].shape)
+        return tuple(out)
+
+    return derived_body(body, [p.spec for p in graph.inputs])
 
 
 def _scan_batch(args, batched, body, length, num_consts, num_carry, reverse):
