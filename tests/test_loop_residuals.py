@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from gradserve.engine.ops.loops import recomputing
+from gradserve.engine.ops.loops import recomputing, reverse_residual_bytes
 from gradserve.engine.transforms import linearizing
 
 import gradserve as gs
@@ -415,3 +415,69 @@ def test_a_batched_carry_the_body_sets_from_unbatched_values_keeps_its_batch_axi
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
     assert np.abs(got[0]).max() > 0 and np.abs(got[1]).max() > 0
+
+
+def _count_plans(monkeypatch):
+    """The programs the engine compiles into plans, appended as it builds them."""
+    import gradserve.engine.engine as engine_module
+
+    built, real = [], engine_module.Plan
+
+    def plan(program):
+        built.append(program)
+        return real(program)
+
+    monkeypatch.setattr(engine_module, "Plan", plan)
+    return built
+
+
+def _uses(program, op):
+    return any(node.op == op for node in program.graph.nodes)
+
+
+def test_a_tape_budget_picks_the_mode_from_the_residual_shapes_and_builds_once(monkeypatch):
+    """The scans' residuals are known from their shapes: the RNN's are its steps + 1 states.
+    Under a budget they fit, the plan keeps them; under one they pass, the plan uses loop
+    tapes; either way one plan is built per call, and the gradient is the same bits."""
+    steps, hidden = 40, 6
+    args = rnn_args(hidden=hidden, steps=steps)
+    graph = gs.trace(rnn_loss, *args)
+    wrt = (0, 1, 2, 3)
+    residuals = reverse_residual_bytes(graph, wrt)
+    assert residuals == (steps + 1) * hidden * 8
+    built = _count_plans(monkeypatch)
+    reference = gs.Engine().grad(graph, *args, argnums=wrt)
+    for budget, loop_tapes in ((residuals, False), (residuals - 1, True), (residuals // 8, True)):
+        built.clear()
+        eng = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(eng.grad(graph, *args, argnums=wrt), reference)
+        assert len(built) == 1
+        assert _uses(built[0], "scan_record") == loop_tapes
+        assert eng.last_stats.tape_bytes <= budget
+        assert (eng.last_stats.recomputed_ops > 0) == loop_tapes  # checkpoints only
+
+
+def test_second_order_under_a_budget_counts_each_residual_and_its_tangent(monkeypatch):
+    """hvp keeps every residual and its tangent: twice the first-order residuals (plus, here,
+    the tangent-free values the loss around the loop keeps). Under a budget below that, its
+    scans keep only their carries, decided from the shapes before the one build."""
+    fn, _, args = CASES["fori_loop"]
+    graph = gs.trace(fn, *args)
+    wrt = tuple(range(len(args)))
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    plain = gs.Engine()
+    want = plain.hvp(graph, args, tangents)
+    residuals = reverse_residual_bytes(graph, wrt)
+    assert residuals == 9 * (5 + 5 + 1) * 8  # h and tanh(W @ h) per step, and the counter
+    assert 2 * residuals <= plain.last_stats.tape_bytes <= 2 * residuals + 64
+    with recomputing():
+        carries_only = gs.Engine()
+        recomputed = carries_only.hvp(graph, args, tangents)
+    tight = carries_only.last_stats.tape_bytes
+    assert tight < 2 * residuals
+    built = _count_plans(monkeypatch)
+    for budget, expected in ((plain.last_stats.tape_bytes, want), (tight, recomputed)):
+        built.clear()
+        eng = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(eng.hvp(graph, args, tangents), expected)
+        assert len(built) == 1 and eng.last_stats.tape_bytes == budget

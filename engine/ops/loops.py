@@ -375,7 +375,9 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     which_xs = [i for i, t in enumerate(t_xs) if t is not None]
     first_x = num_consts + num_carry
     wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
-    primal_body, tangent_part, reads, residuals = linearized_parts(body, wrt, range(num_carry))
+    primal_body, tangent_part, reads, residuals = linearized_parts(
+        body, tuple(wrt), range(num_carry)
+    )
     if any(primal_body.avals[n].dtype == dtypes.TAPE for n in residuals):
         return None
     outs, per_iteration = _primal_scan(
@@ -418,6 +420,58 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     return tuple(outs), tuple(t_carry_out + t_ys)
 
 
+def reverse_residual_bytes(graph: Graph, wrt) -> int:
+    """The bytes the scans of `graph` stack for a reverse pass along its inputs `wrt`, as
+    `_scan_jvp_full` would keep them (residuals, or carries where it recomputes): known from
+    the shapes before any plan is built. Scans nested in a scan's body are counted in its
+    residuals; scans in other subgraphs (cond, checkpoint) are not counted."""
+    active = {graph.input_names[i] for i in wrt}
+    total = 0
+    for node in graph.nodes:
+        flags = [n in active for n in node.inputs]
+        if not any(flags):
+            continue
+        active.update(n for n in node.outputs if differentiable(graph.avals[n]))
+        if node.op == "scan":
+            total += _scan_residual_bytes(node.attrs, flags)
+    return total
+
+
+def _scan_residual_bytes(attrs, active) -> int:
+    body, length = attrs["body"], attrs["length"]
+    num_consts, num_carry = attrs["num_consts"], attrs["num_carry"]
+    carry_bytes = sum(p.spec.nbytes for p in body.inputs[num_consts : num_consts + num_carry])
+    if _calls_custom_rules(body):
+        return length * carry_bytes
+    first_x = num_consts + num_carry
+    diff_carry = [i for i in range(num_carry) if differentiable(body.inputs[num_consts + i].spec)]
+    wrt = (
+        [i for i in range(num_consts) if active[i]]
+        + [num_consts + i for i in diff_carry]
+        + [i for i in range(first_x, len(active)) if active[i]]
+    )
+    primal_body, _, reads, residuals = linearized_parts(body, tuple(wrt), range(num_carry))
+    specs = [primal_body.avals[n] for n in residuals]
+    if any(s.dtype == dtypes.TAPE for s in specs):
+        return length * carry_bytes
+    shared, stacked = _kept_carries(primal_body, residuals, reads, num_consts, num_carry)
+    carries = [primal_body.inputs[num_consts + i].spec for i in stacked]
+    return length * sum(s.nbytes for s in specs + carries) + sum(  # shared: one state more
+        primal_body.inputs[num_consts + i].spec.nbytes for i in shared
+    )
+
+
+def _kept_carries(primal_body, residuals, reads, num_consts, num_carry):
+    """The carries the tangent part reads that the primal scan keeps: {carry index: the
+    residual that is that carry leaving the iteration} for those kept once with it (length +
+    1 states), and the indices of the others (stacked entering every iteration)."""
+    names = primal_body.input_names
+    leaving = {primal_body.output_names[i]: i for i in range(num_carry)}
+    read_carries = {i for i in range(num_carry) if names[num_consts + i] in reads}
+    shared = {leaving[n]: n for n in residuals if leaving.get(n) in read_carries}
+    return shared, sorted(read_carries - set(shared))
+
+
 def _primal_scan(primal_body, residuals, reads, consts, carry, xs, length, reverse):
     """Binds the scan of `primal_body` (the body's outputs, then `residuals`), also stacking
     the carries in `reads`. Returns the body's outputs and {name in `reads`: what the
@@ -429,10 +483,7 @@ def _primal_scan(primal_body, residuals, reads, consts, carry, xs, length, rever
     num_consts, num_carry = len(consts), len(carry)
     names = primal_body.input_names
     n_out = len(primal_body.outputs) - len(residuals)
-    leaving = {primal_body.output_names[i]: i for i in range(num_carry)}
-    read_carries = {i for i in range(num_carry) if names[num_consts + i] in reads}
-    shared = {leaving[n]: n for n in residuals if leaving.get(n) in read_carries}
-    stacked = sorted(read_carries - set(shared))
+    shared, stacked = _kept_carries(primal_body, residuals, reads, num_consts, num_carry)
     with_carries = Graph(
         primal_body.inputs,
         primal_body.constants,
