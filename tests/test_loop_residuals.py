@@ -481,3 +481,63 @@ def test_second_order_under_a_budget_counts_each_residual_and_its_tangent(monkey
         eng = gs.Engine(max_tape_bytes=budget)
         _assert_same_bits(eng.hvp(graph, args, tangents), expected)
         assert len(built) == 1 and eng.last_stats.tape_bytes == budget
+
+
+# ---- while_loop: the body's residuals on the loop tape ----------------------------------------
+
+
+def _while_rnn(W, U, h0, xs, n):
+    """An RNN over the first n rows of xs as a while_loop (trip count from the data)."""
+
+    def step(c):
+        h, total, i = c
+        h = gnp.tanh(W @ h + U @ xs[i])
+        return h, total + gnp.sum(h * h), i + 1
+
+    return gs.while_loop(lambda c: c[2] < n, step, (h0, 0.0, 0))[1]
+
+
+def test_while_loop_gradient_keeping_residuals_is_the_recomputed_one_bit_for_bit():
+    """Reverse mode through a while_loop reads each iteration's residuals from the loop tape
+    instead of evaluating the body again: the same gradient to the last bit, with no budget
+    and under budgets that make the tape drop entries and recompute them; also against
+    hand-written BPTT. Its tape: per iteration, the carry it gives (h, the total, the
+    counter) and what the reverse pass reads (h entering, for W's cotangent; the counter
+    entering, for the row of xs; tanh's output is h leaving, kept already)."""
+    hidden, steps = 6, 30
+    W, U, h0, xs = rnn_args(hidden=hidden, steps=steps)
+    n = np.int64(steps)
+    graph = gs.trace(_while_rnn, W, U, h0, xs, n)
+    argnums = (0, 1, 2, 3)
+    kept, recomputed = _both_modes(lambda eng: eng.grad(graph, W, U, h0, xs, n, argnums=argnums))
+    _assert_same_bits(kept, recomputed)
+    for got, want in zip(kept, numpy_bptt(W, U, h0, xs)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    eng = gs.Engine()
+    eng.grad(graph, W, U, h0, xs, n, argnums=argnums)
+    entry = (hidden * 8 + 8 + 8) + (hidden * 8 + 8)
+    assert eng.last_stats.tape_bytes == steps * entry
+    assert eng.last_stats.recomputed_ops == 0
+    # a loop tape takes half the room left (the rest is for loops inside it) and thins its
+    # entries when they would pass half of that: 4 x the entries fit without recomputing
+    for budget in (4 * steps * entry, steps * entry // 4):
+        tight = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(tight.grad(graph, W, U, h0, xs, n, argnums=argnums), recomputed)
+        assert tight.last_stats.tape_bytes <= budget
+        assert (tight.last_stats.recomputed_ops > 0) == (budget < steps * entry)
+
+
+def test_forward_mode_through_a_while_loop_is_the_stacking_jvp_bit_for_bit():
+    """Forward mode runs the body's JVP in one while_loop, recording nothing; its tangents
+    are those of the JVP traced for reverse mode (tape entries read by a tangent loop)."""
+    W, U, h0, xs = rnn_args(hidden=5, steps=12)
+    n = np.int64(12)
+    args = (W, U, h0, xs, n)
+    graph = gs.trace(_while_rnn, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args[:4]) + (np.int64(0),)
+    eng = gs.Engine()
+    got = eng.jvp(graph, args, tangents)
+    assert eng.last_stats.tape_bytes == 0 and eng.last_stats.tape_entries == 0
+    want, stacking = _stacking(lambda eng: eng.jvp(graph, args, tangents))
+    _assert_same_bits(got, want)
+    assert stacking.last_stats.tape_bytes > 0

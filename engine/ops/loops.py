@@ -19,10 +19,13 @@ primal loop:
 - otherwise the carry entering every iteration, from which the tangent loop evaluates the body
   again: stacked by the primal scan (within `recomputing()`: the second-order programs a tape
   budget the residuals would pass builds; or for a body whose residuals cannot be stacked or
-  that calls custom rules), or recorded on a loop tape (a while_loop always; a scan in the
-  transformations made with `loop_tapes`, engine/transforms.py, which the engine builds when
-  the residuals would pass a tape budget: the tape then keeps checkpoints only and recomputes
-  the rest).
+  that calls custom rules), or recorded on a loop tape (a while_loop within `recomputing()`
+  or with such a body; a scan in the transformations made with `loop_tapes`,
+  engine/transforms.py, which the engine builds when the residuals would pass a tape budget:
+  the tape then keeps checkpoints only and recomputes the rest).
+- a while_loop keeps its body's residuals on its loop tape (`_while_jvp_residuals`): one entry
+  per iteration, the carry it gives and what the tangent part reads; under a budget the tape
+  keeps some entries and recomputes the others from the carry of the one before.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 from .. import dtypes
 from .. import numpy as gnp
 from ..errors import GraphError, LimitError
-from ..graph import Graph, Spec
+from ..graph import Graph, Port, Spec
 from ..plan import scalars
 from ..primitive import Linear, OpDoc, PartlyBatched, ShapeError, primitive
 from ..pytree import flatten, unflatten
@@ -58,6 +61,7 @@ from .bodies import (
     tangent_body,
     trace_body,
     transposed_body,
+    with_unused_inputs,
 )
 
 DEFAULT_MAX_ITERATIONS = 1_000_000
@@ -106,10 +110,12 @@ def _run_scan(body, consts, carry, xs, num_carry, length, reverse, *, steps=None
     return tuple(carry) + tuple(ys)
 
 
-def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, record=None):
-    """The loop of while_loop and while_record: `body` while `cond` holds, at most
-    `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`."""
-    k = 0
+def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, record=None, keep=None):
+    """The loop of while_loop, while_record and while_keep: `body` while `cond` holds, at most
+    `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`;
+    `keep(k, outputs)` is given what iteration k gives, the next carry first (a body may give
+    more than its carry: while_keep's)."""
+    k, num_carry = 0, len(carry)
     keep_going, run = body_plan(cond).runner(), body_plan(body).runner()
     cond_consts, body_consts, carry = scalars(cond_consts), scalars(body_consts), scalars(carry)
     with np.errstate(all="ignore"):
@@ -120,7 +126,10 @@ def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, reco
                 )
             if record is not None:
                 record(k, tuple(carry))
-            carry = scalars(run(*body_consts, *carry))
+            out = scalars(run(*body_consts, *carry))
+            if keep is not None:
+                keep(k, tuple(out))
+            carry = out[:num_carry]
             k += 1
     return tuple(carry)
 
@@ -718,10 +727,20 @@ def _while_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterati
 def _while_jvp_full(
     primals, tangents, cond, body, num_cond_consts, num_body_consts, max_iterations, loop_tapes
 ):
-    """The primal loop records the carry entering every iteration on a loop tape (its trip
-    count is known only when it has run); a loop_tape linear in the tangents reads it."""
+    """The primal loop records on a loop tape (its trip count is known only when it has run)
+    what a loop_tape linear in the tangents reads: the body's residuals of every iteration
+    (`_while_jvp_residuals`), or, within `recomputing()` or where they cannot be kept, the
+    carry entering every iteration, from which the tangent loop evaluates the body again."""
+    from ..transforms import is_linearizing
+
     _cc, bc, carry = _cut(primals, num_cond_consts, num_body_consts)
     _, t_bc, t_carry = _cut(tangents, num_cond_consts, num_body_consts)
+    if not is_linearizing():
+        return _while_jvp_forward(primals, tangents, cond, body, num_cond_consts, max_iterations)
+    if not _recompute.get():
+        done = _while_jvp_residuals(primals, tangents, cond, body, num_cond_consts, max_iterations)
+        if done is not None:
+            return done
     *outs, tape = bind(
         "while_record",
         *primals,
@@ -736,6 +755,130 @@ def _while_jvp_full(
     )
     t_outs = _tangents(body, bc, t_bc, carry, t_carry, [], [], tangent_loop, loop_tapes)
     return tuple(outs), t_outs
+
+
+def _while_jvp_forward(primals, tangents, cond, body, num_cond_consts, max_iterations):
+    """Forward mode: one while_loop of the body's JVP, the tangent consts and carry beside
+    the primal ones; cond reads the primal carry only. Nothing is recorded."""
+    from ..transforms import Program, jvp
+
+    num_bc = len(body.inputs) - len(body.outputs)
+    cc, bc, carry = _cut(primals, num_cond_consts, num_bc)
+    _, t_bc, t_carry = _cut(tangents, num_cond_consts, num_bc)
+    which_consts = [i for i, t in enumerate(t_bc) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    n_tc = len(which_consts)
+    both = jvp(Program(body), which_consts + [num_bc + i for i in diff_carry]).graph
+    # both: (body consts, carry, tangents) -> (carry, one tangent per carry)
+    ins, t_ins = _cut(both.inputs, len(body.inputs))
+    outs, t_outs = _cut(both.output_names, len(carry))
+    step = Graph(
+        ins[:num_bc] + t_ins[:n_tc] + ins[num_bc:] + t_ins[n_tc:],
+        both.constants,
+        both.nodes,
+        outs + [t_outs[i] for i in diff_carry],
+        _known=both.avals,
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    out = bind(
+        "while_loop",
+        *cc,
+        *bc,
+        *[t_bc[i] for i in which_consts],
+        *carry,
+        *init,
+        cond=with_unused_inputs(cond, len(cond.inputs), after=[p.spec for p in init]),
+        body=step,
+        num_cond_consts=num_cond_consts,
+        num_body_consts=num_bc + n_tc,
+        max_iterations=max_iterations,
+    )
+    t_out = [None] * len(carry)
+    for j, i in enumerate(diff_carry):
+        t_out[i] = out[len(carry) + j]
+    return tuple(out[: len(carry)]), tuple(t_out)
+
+
+def _while_jvp_residuals(primals, tangents, cond, body, num_cond_consts, max_iterations):
+    """The primal loop (while_keep) runs the primal part of the linearized body and records,
+    per iteration, the carry it gives and the values the tangent part reads (residuals, and
+    the carries entering it that are read), one tape entry; the tangent loop runs the tangent
+    part on the entries, its transpose reads them backwards. Under a tape budget the tape
+    keeps every stride-th entry and recomputes the others from the carry of the one before.
+    None where the residuals cannot be kept (a loop tape inside the body, custom rules)."""
+    if _calls_custom_rules(body):
+        return None
+    _cc, bc, carry = _cut(primals, num_cond_consts, len(body.inputs) - len(body.outputs))
+    _, t_bc, t_carry = _cut(tangents, num_cond_consts, len(bc))
+    num_bc, num_carry = len(bc), len(carry)
+    which_consts = [i for i, t in enumerate(t_bc) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    wrt = tuple(which_consts + [num_bc + i for i in diff_carry])
+    primal_body, tangent_part, reads, _ = linearized_parts(body, wrt, range(num_carry))
+    if any(primal_body.avals[n].dtype == dtypes.TAPE for n in reads):
+        return None
+    const_names = set(primal_body.input_names[:num_bc])
+    carry_out = list(primal_body.output_names[:num_carry])
+    read = [n for n in reads if n not in const_names]
+    entry = carry_out + [n for n in read if n not in carry_out]
+    recording = Graph(
+        primal_body.inputs,
+        primal_body.constants,
+        primal_body.nodes,
+        entry,
+        _known=primal_body.avals,
+    )
+    *outs, tape = bind(
+        "while_keep",
+        *primals,
+        cond=cond,
+        body=recording,
+        num_cond_consts=num_cond_consts,
+        num_body_consts=num_bc,
+        max_iterations=max_iterations,
+    )
+
+    # the tangent loop: (primal consts read, tangent consts; tangent carry; the tape entry)
+    const_reads = [j for j, n in enumerate(reads) if n in const_names]
+    n_reads, n_tc, n_t = len(reads), len(which_consts), len(diff_carry)
+    entry_ports = [
+        tangent_part.inputs[reads.index(n)]
+        if n in read
+        else Port(f"unused:{j}", primal_body.avals[n])
+        for j, n in enumerate(entry)
+    ]
+    step = Graph(
+        [tangent_part.inputs[j] for j in const_reads]
+        + list(tangent_part.inputs[n_reads : n_reads + n_tc + n_t])
+        + entry_ports,
+        tangent_part.constants,
+        tangent_part.nodes,
+        [tangent_part.output_names[i] for i in diff_carry],
+        _known=dict(tangent_part.avals) | {p.name: p.spec for p in entry_ports},
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    n_cr, const_values = len(const_reads), dict(zip(primal_body.input_names, bc))
+    t_outs = _bind_loop_tape(
+        [const_values[reads[j]] for j in const_reads] + [t_bc[i] for i in which_consts],
+        init,
+        [],
+        step,
+        list(range(n_cr, n_cr + n_tc + n_t)),
+        tape=tape,
+        length=-1,
+        num_tape=len(entry),
+        reverse=False,
+    )
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_outs[j]
+    return tuple(outs), tuple(t_carry_out)
 
 
 def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, max_iterations):
@@ -886,10 +1029,55 @@ primitive(
     internal=True,
     doc=OpDoc(
         "while_loop that also records the carry entering every iteration on a loop tape "
-        "(reverse mode through a while loop)",
+        "(reverse mode through a while loop whose body's residuals are not kept)",
         ("*cond_consts", "*body_consts", "*init"),
         "as while_loop, then the loop tape",
         WHILE_DOCS,
+    ),
+)
+
+
+def _while_keep_shape(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
+    check_signature(cond, cc + carry, "cond")
+    check_signature(body, bc + carry, "body")
+    if [p.spec for p in body.outputs[: len(carry)]] != carry:
+        raise ShapeError("the body's first outputs must be the next carry")
+    return tuple(carry) + (Spec((), dtypes.TAPE),)
+
+
+def _while_keep_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
+    n = len(carry)
+
+    def advance(k, entry):  # entry k + 1, from the carry iteration k gave
+        return tuple(run_body(body, bc + list(entry[:n])))
+
+    entry_bytes = sum(p.spec.nbytes for p in body.outputs)
+    tape = LoopTape(advance, entry_bytes, len(body_plan(body).steps))
+    return _run_while(cond, body, cc, bc, carry, max_iterations, keep=tape.record) + (tape,)
+
+
+primitive(
+    "while_keep",
+    impl=_while_keep_impl,
+    arity=(0, None),
+    attrs=WHILE_ATTRS,
+    shape=_while_keep_shape,
+    multiple_results=True,
+    jvp=_no_second_order,
+    internal=True,
+    doc=OpDoc(
+        "while_loop whose body gives the next carry and then what the derivative loops read "
+        "of the iteration; records all of it per iteration on a loop tape (reverse mode "
+        "through a while loop, keeping the body's residuals)",
+        ("*cond_consts", "*body_consts", "*init"),
+        "as while_loop, then the loop tape",
+        {
+            **WHILE_DOCS,
+            "body": "subgraph (*body_consts, *carry) -> (*new_carry, *kept): the values kept "
+            "are recorded on the tape with the new carry",
+        },
     ),
 )
 
