@@ -9,6 +9,8 @@ backprop through time (which keeps h_t of every step). Rows:
   the body again (what `recomputing()` forces; a second-order program under a budget its
   residuals would pass runs so);
 - budget 1/k: max_tape_bytes = plain's tape / k, met with a checkpointing loop tape.
+Then the same RNN as a while_loop, whose loop tape keeps per iteration the body's residuals
+and the carry it gives (residuals), or the carry entering it (recompute).
 Every gradserve row is timed interleaved with the NumPy baseline, call by call, so that load
 from other processes hits both alike; "x numpy" is the median of those per-call ratios, and
 "x plain" a row's x numpy over plain's.
@@ -20,6 +22,7 @@ the gap to NumPy goes).
 """
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import time
@@ -143,6 +146,8 @@ def main():
             met = ratio / plain_ratio <= 3
             print(f"{'':<14}target: 1/20 budget <= 3x plain time: {'met' if met else 'missed'}")
 
+    while_rows(args, numpy_call, opts.repeat)
+
     if opts.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -151,6 +156,43 @@ def main():
         profiler.disable()
         print("\ncProfile of 3 plain gradient calls (own time):")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def while_rnn_loss(W, U, h0, xs, n):
+    """The same RNN as a while_loop over the first n rows (a trip count known at run time)."""
+
+    def step(c):
+        h, total, i = c
+        h = gnp.tanh(W @ h + U @ xs[i])
+        return h, total + gnp.sum(h * h), i + 1
+
+    return gs.while_loop(lambda c: c[2] < n, step, (h0, 0.0, 0))[1]
+
+
+def while_rows(args, numpy_call, repeat):
+    """The RNN as a while_loop: its loop tape keeps the body's residuals per iteration (the
+    default) or the carry entering each one, the body evaluated again (`recomputing()`)."""
+    n = np.int64(args[3].shape[0])
+    graph = gs.trace(while_rnn_loss, *args, n)
+    argnums = (0, 1, 2, 3)
+    print("\nThe same RNN as a while_loop (trip count from the data)")
+    reference = None
+    for name, mode in (("residuals", contextlib.nullcontext), ("recompute", recomputing)):
+        engine = gs.Engine()
+
+        def call(engine=engine, mode=mode):
+            with mode():
+                return engine.grad(graph, *args, n, argnums=argnums)
+
+        grads = call()
+        reference = reference or grads
+        same = all(np.array_equal(a, b) for a, b in zip(grads, reference))
+        seconds, numpy_seconds, ratio = interleaved(call, numpy_call, repeat)
+        print(
+            f"{name:<14}{seconds * 1e3:>10.1f}{numpy_seconds * 1e3:>10.1f}{ratio:>9.2f}"
+            f"{'':>9}{engine.last_stats.tape_bytes:>12}"
+            f"  {'-' if name == 'residuals' else 'bit for bit' if same else 'DIFFERS'}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ from .docstrings import ENGINE, backend_docstring
 from .errors import LimitError
 from .graph import Graph
 from .limits import DEFAULT_LIMITS, Limits
-from .ops.loops import is_recomputing, recomputing
+from .ops.loops import is_recomputing, recomputing, reverse_residual_bytes
 from .plan import Plan, Stats
 from .tape import meter
-from .transforms import Program, batch, jvp, select_outputs, vjp
+from .transforms import Program, batch, is_linearizing, jvp, select_outputs, vjp
 
 
 def _single_or_tuple(items, one):
@@ -122,28 +122,36 @@ class Engine:
         """
         return getattr(self._local, "stats", Stats())
 
-    def _build(self, key, build) -> Plan:
-        # Scans keep their bodies' residuals. Where those would pass a tape budget, scans are
-        # differentiated through loop tapes (which can checkpoint) instead, except in
-        # second-order programs (hvp, hessian), which loop tapes do not support yet: there a
-        # scan stacks only its carries and recomputes its body, and the budget is checked as
-        # for any residual.
-        plan = Plan(build(False))
+    def _build(self, graph: Graph, key, build, wrt) -> Plan:
+        """Scans keep their bodies' residuals, unless those alone would pass a tape budget
+        (known from their shapes, `reverse_residual_bytes`, before anything is built): then
+        scans are differentiated through loop tapes (which can checkpoint), except in
+        second-order programs (hvp, hessian), which loop tapes do not support yet and which
+        keep each residual's tangent too: there a scan stacks only its carries and
+        recomputes its body, and the budget is checked as for any residual. Where the
+        residuals fit but the plan's whole tape does not (other residuals take the room), it
+        is built a second time the other way."""
         budget = self.max_tape_bytes
-        if budget is not None and plan.stats.tape_bytes > budget:
-            if key[0] in ("hvp", "hessian"):
-                with recomputing():
-                    plan = Plan(build(False))
-            else:
-                plan = Plan(build(True))
-        return plan
+        if budget is None or wrt is None:
+            return Plan(build(False))
+        second_order = key[0] in ("hvp", "hessian")
+        residuals = reverse_residual_bytes(graph, wrt) * (2 if second_order else 1)
+        if residuals <= budget:
+            plan = Plan(build(False))
+            if not residuals or plan.stats.tape_bytes <= budget:
+                return plan
+        if second_order:
+            with recomputing():
+                return Plan(build(False))
+        return Plan(build(True))
 
-    def _plan(self, graph: Graph, key, build) -> Plan:
+    def _plan(self, graph: Graph, key, build, wrt=None) -> Plan:
         """The plan of `build(loop_tapes)`, the Program for (graph, key), built once: kept by
         this Engine and in the process's shared cache (engine/plan_cache.py), where other
-        Engines find it. The tape budget and `recomputing()` are part of the key: they decide
-        how loops are differentiated."""
-        full_key = (graph.digest, *key, self.max_tape_bytes, is_recomputing())
+        Engines find it. `wrt`: the inputs its reverse pass differentiates (None: no reverse
+        pass). The tape budget, `recomputing()` and `linearizing()` are part of the key: they
+        decide how loops are differentiated."""
+        full_key = (graph.digest, *key, self.max_tape_bytes, is_recomputing(), is_linearizing())
         with self._lock:
             plan = self._plans.get(full_key)
             if plan is not None:
@@ -152,13 +160,36 @@ class Engine:
         shared = plan_cache.shared
         plan = shared.get(full_key)
         if plan is None:
-            plan = self._build(key, build)
+            plan = self._build(graph, key, build, wrt)
             shared.put(full_key, plan)
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > self._plan_cache_size:
                 self._plans.popitem(last=False)
         return plan
+
+    def _build(self, graph: Graph, key, build, wrt) -> Plan:
+        """Scans keep their bodies' residuals, unless those alone would pass a tape budget
+        (known from their shapes, `reverse_residual_bytes`, before anything is built): then
+        scans are differentiated through loop tapes (which can checkpoint), except in
+        second-order programs (hvp, hessian), which loop tapes do not support yet and which
+        keep each residual's tangent too: there a scan stacks only its carries and
+        recomputes its body, and the budget is checked as for any residual. Where the
+        residuals fit but the plan's whole tape does not (other residuals take the room), it
+        is built a second time the other way."""
+        budget = self.max_tape_bytes
+        if budget is None or wrt is None:
+            return Plan(build(False))
+        second_order = key[0] in ("hvp", "hessian")
+        residuals = reverse_residual_bytes(graph, wrt) * (2 if second_order else 1)
+        if residuals <= budget:
+            plan = Plan(build(False))
+            if not residuals or plan.stats.tape_bytes <= budget:
+                return plan
+        if second_order:
+            with recomputing():
+                return Plan(build(False))
+        return Plan(build(True))
 
     def _run(self, plan: Plan, args, *, tape=True, should_stop=None):
         stats = plan.stats
@@ -237,6 +268,7 @@ class Engine:
                 graph,
                 ("grad", nums),
                 lambda loop_tapes: vjp(Program(graph), nums, seed_ones=True, loop_tapes=loop_tapes),
+                nums,
             )
         wrt = self._differentiable(graph) if nums is None else tuple(nums)
         if method == "vjp":
@@ -244,6 +276,7 @@ class Engine:
                 graph,
                 ("vjp", wrt),
                 lambda loop_tapes: vjp(Program(graph), wrt, loop_tapes=loop_tapes),
+                wrt,
             )
         if method == "jvp":
             return self._plan(
@@ -261,7 +294,7 @@ class Engine:
             forward = jvp(gradient, wrt, loop_tapes=loop_tapes)
             return select_outputs(forward, range(n_wrt, 2 * n_wrt))
 
-        return self._plan(graph, ("hvp", wrt), build)
+        return self._plan(graph, ("hvp", wrt), build, wrt)
 
     def plan_stats(
         self, graph: Graph, method: str, *, argnums=None, mode="auto", check_method="central"
@@ -469,6 +502,7 @@ class Engine:
         if what == "hessian":
             outs = [graph.inputs[i].spec for i in nums]
             key = ("hessian", nums)
+            reverse_wrt = nums  # the gradient's reverse pass
 
             def make_program(loop_tapes):
                 return select_outputs(
@@ -479,6 +513,7 @@ class Engine:
         else:
             outs = [p.spec for p in graph.outputs]
             key = ("jacobian",)
+            reverse_wrt = None
 
             def make_program(loop_tapes):
                 return Program(graph)
@@ -496,7 +531,7 @@ class Engine:
                     )
                     return batch(tangent_program, [False] * n_in + [True], size, basis=n_in)
 
-                passes.append((self._plan(graph, key + ("fwd", i), build), spec, j))
+                passes.append((self._plan(graph, key + ("fwd", i), build, reverse_wrt), spec, j))
         else:
             for k, out_spec in enumerate(outs):
                 if not dtypes.is_differentiable(out_spec.dtype):
@@ -515,7 +550,8 @@ class Engine:
                     )
                     return batch(row_program, [False] * n_in + [True], size, basis=n_in)
 
-                passes.append((self._plan(graph, key + ("rev", k, nums), build), out_spec, k))
+                plan = self._plan(graph, key + ("rev", k, nums), build, nums)
+                passes.append((plan, out_spec, k))
         return passes, outs
 
     def _jacobian_passes(self, graph, what, nums, mode):

@@ -14,6 +14,8 @@ Rules (callables):
 - for ops linear in some inputs, `transpose(ct, *args, **attrs)`: one cotangent per input, where
   the linear inputs arrive as `Linear` placeholders; reverse mode is JVP plus transposition;
 - `batch(args, batched, **attrs)`: the rule for a leading batch axis (Jacobians in one pass);
+  every output gets it, unless the rule returns `PartlyBatched` (a loop whose primal carry
+  does not depend on the batched inputs keeps it unbatched);
 - `batch_scaled(args, batched, built, **attrs)`: tried before `batch` in a Jacobian's batched
   pass, where an operand may be an `ops.one_hot.Scaled` (a batched value kept symbolic: the
   one-hot basis, or a batched value times an unbatched one): the output (a Tracer or a
@@ -126,6 +128,13 @@ class OpDoc(NamedTuple):
 
 
 ROLES = ("front end", "derivative")
+
+
+class PartlyBatched(NamedTuple):
+    """What a batch rule returns when only some outputs have the batch axis."""
+
+    values: tuple
+    batched: tuple  # one bool per output
 
 
 class Linear(NamedTuple):

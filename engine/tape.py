@@ -1,6 +1,7 @@
-"""Loop tapes: the carries a loop's reverse pass reads, one per iteration run (a while_loop's,
-and a scan's under a tape budget its stored residuals would pass; the derivative loops
-evaluate the body again from each carry).
+"""Loop tapes: what a loop's reverse pass reads, one entry per iteration run: a while_loop's
+residuals with the carry each iteration gives, or the carry entering each iteration (a scan's
+under a tape budget its stored residuals would pass, from which the derivative loops
+evaluate the body again). The tape calls either entry a carry: `advance` makes the next one.
 
 Without a budget every carry is kept. With a budget in bytes, the tape keeps checkpoints
 (every `stride`-th carry, the stride doubling whenever they would take more than half the

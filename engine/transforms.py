@@ -14,13 +14,15 @@ A Program is a graph with its forward/backward boundary (None when there is no t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import NamedTuple
 
 from . import dtypes
 from . import numpy as gnp
 from .graph import Graph, Spec
 from .ops import one_hot
-from .primitive import PRIMITIVES, Linear
+from .primitive import PRIMITIVES, Linear, PartlyBatched
 from .tracing import Builder, bind
 
 
@@ -62,6 +64,25 @@ def _options(prim, loop_tapes) -> dict:
     """The keywords a rule gets besides the node's attributes: the rules of ops with subgraphs
     pass the transformation's options on to the transformations of their bodies."""
     return {"loop_tapes": loop_tapes} if prim.subgraphs else {}
+
+
+_linearizing = contextvars.ContextVar("a JVP that vjp transposes", default=False)
+
+
+@contextlib.contextmanager
+def linearizing():
+    """Within it, a JVP is traced to be transposed (as `vjp` does): a loop's JVP then keeps
+    what its transpose reads per iteration. Outside, a JVP is forward mode, and a loop runs
+    its tangents beside its primal values, keeping nothing per iteration."""
+    token = _linearizing.set(True)
+    try:
+        yield
+    finally:
+        _linearizing.reset(token)
+
+
+def is_linearizing() -> bool:
+    return _linearizing.get()
 
 
 def _linearize(graph: Graph, builder: Builder, wrt, boundary, loop_tapes):
@@ -131,10 +152,10 @@ def vjp(program: Program, wrt, *, seed_ones: bool = False, loop_tapes: bool = Fa
     the builder, the rest stay as the forward pass."""
     graph = program.graph
     with Builder() as builder:
-        # argnums may repeat
-        env, tangents, tangent_inputs, _ = _linearize(
-            graph, builder, tuple(dict.fromkeys(wrt)), None, loop_tapes
-        )
+        with linearizing():  # argnums may repeat
+            env, tangents, tangent_inputs, _ = _linearize(
+                graph, builder, tuple(dict.fromkeys(wrt)), None, loop_tapes
+            )
         linear = {t.name for t in tangent_inputs}
         forward, linear_nodes = [], []
         for node in builder.nodes:
@@ -216,6 +237,16 @@ def batch(program: Program, batched_inputs, size: int, *, basis: int | None = No
     which the pass may then exploit (engine/ops/one_hot.py, the ops' `batch_scaled` rules): its
     products with unbatched values and its contractions are built without the basis where
     they can be."""
+    return _batch(program, batched_inputs, size, broadcast=True, basis=basis)[0]
+
+
+def batch_partly(program: Program, batched_inputs, size: int) -> tuple[Program, list]:
+    """As `batch`, but the outputs that do not depend on a batched input keep their shape;
+    also returns which outputs have the batch axis."""
+    return _batch(program, batched_inputs, size, broadcast=False)
+
+
+def _batch(program: Program, batched_inputs, size: int, broadcast: bool, basis=None):
     graph, boundary = program
     specs = [
         Spec((size,) + p.spec.shape, p.spec.dtype) if b else p.spec
@@ -249,8 +280,12 @@ def batch(program: Program, batched_inputs, size: int, *, basis: int | None = No
                             env[n] = one_hot.materialize(a)
                     args = [env[n] for n in node.inputs]
                     out = PRIMITIVES[node.op].batch(args, flags, **node.attrs)
-                outs = out if isinstance(out, tuple) else (out,)
-                batched.update(node.outputs)
+                if isinstance(out, PartlyBatched):
+                    outs = out.values
+                    batched.update(n for n, b in zip(node.outputs, out.batched) if b)
+                else:
+                    outs = out if isinstance(out, tuple) else (out,)
+                    batched.update(node.outputs)
             else:
                 outs = _replay_node(node, args)
             env.update(zip(node.outputs, outs))
@@ -259,10 +294,11 @@ def batch(program: Program, batched_inputs, size: int, *, basis: int | None = No
             value = env[port.name] = one_hot.materialize(env[port.name])
             outs.append(
                 value
-                if port.name in batched
+                if port.name in batched or not broadcast
                 else gnp.broadcast_to(value, (size,) + port.spec.shape)
             )
-        return Program(builder.build(outs, internal=True), new_boundary)
+        flags = [broadcast or p.name in batched for p in graph.outputs]
+        return Program(builder.build(outs, internal=True), new_boundary), flags
 
 
 def select_outputs(program: Program, indices) -> Program:

@@ -5,9 +5,12 @@ Both run the same operations on the same values, so gradients, JVPs and batched 
 agree to the last bit; each is also checked against the loop unrolled or written by hand, and
 the tape against closed forms."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
-from gradserve.engine.ops.loops import recomputing
+from gradserve.engine.ops.loops import recomputing, reverse_residual_bytes
+from gradserve.engine.transforms import linearizing
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -317,3 +320,253 @@ def test_a_scan_inside_checkpoint_keeps_nothing_past_it():
     _assert_same_bits(got, want)
     assert plain.last_stats.tape_bytes == (30 + 1) * 6 * 8
     assert inside.last_stats.tape_bytes == 0  # the operands are the call's inputs
+
+
+# ---- forward mode: one scan of the body's JVP, nothing kept per iteration --------------------
+
+
+def _stacking(call):
+    """`call(engine)` as a JVP traced to be transposed: the scan keeps its residuals per
+    iteration (what forward mode did before it ran primal and tangent in one scan)."""
+    eng = gs.Engine()
+    with linearizing():
+        return call(eng), eng
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_forward_mode_is_the_stacking_jvp_bit_for_bit(name):
+    """jvp, batched forward Jacobians and forward-over-reverse (hvp, hessian) give the same
+    bits as the JVP that stacks residuals: the same operations on the same values. The
+    batched pass keeps the primal carry unbatched (it does not depend on the tangents), so
+    first-order forward mode never peaks higher. (Forward over reverse can, by a few hundred
+    bytes of schedule on these short loops; on long ones it peaks lower.)"""
+    fn, _, args = CASES[name]
+    graph = gs.trace(fn, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    for first_order, call in (
+        (True, lambda eng: eng.jvp(graph, args, tangents)),
+        (True, lambda eng: [eng.jacobian(graph, *args, argnums=0, mode="fwd")]),
+        (False, lambda eng: eng.hvp(graph, args, tangents)),
+        (False, lambda eng: [eng.hessian(graph, *args, argnums=0)]),
+    ):
+        eng = gs.Engine()
+        got = call(eng)
+        want, stacking = _stacking(call)
+        _assert_same_bits(got, want)
+        assert eng.last_stats.tape_bytes == stacking.last_stats.tape_bytes
+        if first_order:
+            assert eng.last_stats.peak_bytes <= stacking.last_stats.peak_bytes
+    eng = gs.Engine()
+    eng.jvp(graph, args, tangents)
+    assert eng.last_stats.tape_bytes == 0 and eng.last_stats.tape_entries == 0
+
+
+def test_a_jvp_through_a_long_scan_holds_only_its_carry():
+    """Over the arguments and their tangents, the JVP's peak is a few carries whatever the
+    length; the stacking JVP holds h and tanh's output of every step (two carries per step).
+    Both from the schedule and as measured by tracemalloc around the call."""
+    hidden = 32
+    extra = {}
+    for steps in (200, 2000):
+        args = rnn_args(hidden=hidden, steps=steps)
+        tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+        graph = gs.trace(rnn_loss, *args)
+        inputs = 2 * sum(np.asarray(a).nbytes for a in args)
+        eng = gs.Engine()
+        want = eng.jvp(graph, args, tangents)  # builds the plan
+        tracemalloc.start()
+        got = eng.jvp(graph, args, tangents)
+        joint_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert eng.last_stats.tape_bytes == 0 and eng.last_stats.tape_entries == 0
+        extra[steps] = eng.last_stats.peak_bytes - inputs
+        assert 0 < extra[steps] <= 4 * hidden * 8
+
+        _, stacking = _stacking(lambda eng: eng.jvp(graph, args, tangents))
+        with linearizing():
+            tracemalloc.start()
+            stacked = stacking.jvp(graph, args, tangents)
+            stacking_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert stacking.last_stats.peak_bytes - inputs >= 2 * steps * hidden * 8
+        assert stacking_peak >= 2 * steps * hidden * 8
+        assert joint_peak <= 32 * hidden * 8 < stacking_peak / 10
+        _assert_same_bits(got, want)
+        _assert_same_bits(got, stacked)
+    assert extra[200] == extra[2000]
+
+
+def test_a_batched_carry_the_body_sets_from_unbatched_values_keeps_its_batch_axis():
+    """A forward Jacobian through a scan whose carry the body replaces by a function of xs
+    only: its tangent enters batched (the basis) and leaves unbatched (zero), and is given
+    the batch axis back. Checked against the loop unrolled."""
+
+    def fn(h0, xs):
+        _, ys = gs.scan(lambda h, x: (gnp.sin(x), h * h), h0, xs)
+        return ys
+
+    def unrolled(h0, xs):
+        hs = [h0] + [gnp.sin(xs[i]) for i in range(xs.shape[0] - 1)]
+        return gnp.stack([h * h for h in hs])
+
+    args = (RNG.standard_normal(3), RNG.standard_normal((4, 3)))
+    got = gs.Engine().jacobian(gs.trace(fn, *args), *args, argnums=(0, 1), mode="fwd")
+    want = gs.Engine().jacobian(gs.trace(unrolled, *args), *args, argnums=(0, 1), mode="fwd")
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert np.abs(got[0]).max() > 0 and np.abs(got[1]).max() > 0
+
+
+def _count_plans(monkeypatch):
+    """The programs the engine compiles into plans, appended as it builds them (with an
+    empty process-wide plan cache, so that no plan comes from an earlier test)."""
+    import gradserve.engine.engine as engine_module
+    from gradserve.engine import plan_cache
+
+    monkeypatch.setattr(plan_cache, "shared", plan_cache.PlanCache())
+    built, real = [], engine_module.Plan
+
+    def plan(program):
+        built.append(program)
+        return real(program)
+
+    monkeypatch.setattr(engine_module, "Plan", plan)
+    return built
+
+
+def _uses(program, op):
+    return any(node.op == op for node in program.graph.nodes)
+
+
+def test_a_tape_budget_picks_the_mode_from_the_residual_shapes_and_builds_once(monkeypatch):
+    """The scans' residuals are known from their shapes: the RNN's are its steps + 1 states.
+    Under a budget they fit, the plan keeps them; under one they pass, the plan uses loop
+    tapes; either way one plan is built per call, and the gradient is the same bits."""
+    steps, hidden = 40, 6
+    args = rnn_args(hidden=hidden, steps=steps)
+    graph = gs.trace(rnn_loss, *args)
+    wrt = (0, 1, 2, 3)
+    residuals = reverse_residual_bytes(graph, wrt)
+    assert residuals == (steps + 1) * hidden * 8
+    built = _count_plans(monkeypatch)
+    reference = gs.Engine().grad(graph, *args, argnums=wrt)
+    for budget, loop_tapes in ((residuals, False), (residuals - 1, True), (residuals // 8, True)):
+        built.clear()
+        eng = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(eng.grad(graph, *args, argnums=wrt), reference)
+        assert len(built) == 1
+        assert _uses(built[0], "scan_record") == loop_tapes
+        assert eng.last_stats.tape_bytes <= budget
+        assert (eng.last_stats.recomputed_ops > 0) == loop_tapes  # checkpoints only
+
+
+def test_second_order_under_a_budget_counts_each_residual_and_its_tangent(monkeypatch):
+    """hvp keeps every residual and its tangent: twice the first-order residuals (plus, here,
+    the tangent-free values the loss around the loop keeps). Under a budget below that, its
+    scans keep only their carries, decided from the shapes before the one build."""
+    fn, _, args = CASES["fori_loop"]
+    graph = gs.trace(fn, *args)
+    wrt = tuple(range(len(args)))
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args)
+    plain = gs.Engine()
+    want = plain.hvp(graph, args, tangents)
+    residuals = reverse_residual_bytes(graph, wrt)
+    assert residuals == 9 * (5 + 5 + 1) * 8  # h and tanh(W @ h) per step, and the counter
+    assert 2 * residuals <= plain.last_stats.tape_bytes <= 2 * residuals + 64
+    with recomputing():
+        carries_only = gs.Engine()
+        recomputed = carries_only.hvp(graph, args, tangents)
+    tight = carries_only.last_stats.tape_bytes
+    assert tight < 2 * residuals
+    built = _count_plans(monkeypatch)
+    for budget, expected in ((plain.last_stats.tape_bytes, want), (tight, recomputed)):
+        built.clear()
+        eng = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(eng.hvp(graph, args, tangents), expected)
+        assert len(built) == 1 and eng.last_stats.tape_bytes == budget
+
+
+# ---- while_loop: the body's residuals on the loop tape ----------------------------------------
+
+
+def _while_rnn(W, U, h0, xs, n):
+    """An RNN over the first n rows of xs as a while_loop (trip count from the data)."""
+
+    def step(c):
+        h, total, i = c
+        h = gnp.tanh(W @ h + U @ xs[i])
+        return h, total + gnp.sum(h * h), i + 1
+
+    return gs.while_loop(lambda c: c[2] < n, step, (h0, 0.0, 0))[1]
+
+
+def test_while_loop_gradient_keeping_residuals_is_the_recomputed_one_bit_for_bit():
+    """Reverse mode through a while_loop reads each iteration's residuals from the loop tape
+    instead of evaluating the body again: the same gradient to the last bit, with no budget
+    and under budgets that make the tape drop entries and recompute them; also against
+    hand-written BPTT. Its tape: per iteration, the carry it gives (h, the total, the
+    counter) and what the reverse pass reads (h entering, for W's cotangent; the counter
+    entering, for the row of xs; tanh's output is h leaving, kept already)."""
+    hidden, steps = 6, 30
+    W, U, h0, xs = rnn_args(hidden=hidden, steps=steps)
+    n = np.int64(steps)
+    graph = gs.trace(_while_rnn, W, U, h0, xs, n)
+    argnums = (0, 1, 2, 3)
+    kept, recomputed = _both_modes(lambda eng: eng.grad(graph, W, U, h0, xs, n, argnums=argnums))
+    _assert_same_bits(kept, recomputed)
+    for got, want in zip(kept, numpy_bptt(W, U, h0, xs)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    eng = gs.Engine()
+    eng.grad(graph, W, U, h0, xs, n, argnums=argnums)
+    entry = (hidden * 8 + 8 + 8) + (hidden * 8 + 8)
+    assert eng.last_stats.tape_bytes == steps * entry
+    assert eng.last_stats.recomputed_ops == 0
+    # a loop tape takes half the room left (the rest is for loops inside it) and thins its
+    # entries when they would pass half of that: 4 x the entries fit without recomputing
+    for budget in (4 * steps * entry, steps * entry // 4):
+        tight = gs.Engine(max_tape_bytes=budget)
+        _assert_same_bits(tight.grad(graph, W, U, h0, xs, n, argnums=argnums), recomputed)
+        assert tight.last_stats.tape_bytes <= budget
+        assert (tight.last_stats.recomputed_ops > 0) == (budget < steps * entry)
+
+
+def test_forward_mode_through_a_while_loop_is_the_stacking_jvp_bit_for_bit():
+    """Forward mode runs the body's JVP in one while_loop, recording nothing; its tangents
+    are those of the JVP traced for reverse mode (tape entries read by a tangent loop)."""
+    W, U, h0, xs = rnn_args(hidden=5, steps=12)
+    n = np.int64(12)
+    args = (W, U, h0, xs, n)
+    graph = gs.trace(_while_rnn, *args)
+    tangents = tuple(RNG.standard_normal(np.shape(a)) for a in args[:4]) + (np.int64(0),)
+    eng = gs.Engine()
+    got = eng.jvp(graph, args, tangents)
+    assert eng.last_stats.tape_bytes == 0 and eng.last_stats.tape_entries == 0
+    want, stacking = _stacking(lambda eng: eng.jvp(graph, args, tangents))
+    _assert_same_bits(got, want)
+    assert stacking.last_stats.tape_bytes > 0
+
+
+def test_residuals_that_fit_beside_a_tape_that_does_not_are_rebuilt_with_loop_tapes(monkeypatch):
+    """The scan's residuals alone fit the budget, but with the other residuals (sin's cos(B)
+    of a 20 x 20 matmul B) the tape does not: the plan is built a second time with loop
+    tapes, which leave the scan's room to the rest, and the gradient is the same bits."""
+    W, U, h0, xs = rnn_args(hidden=6, steps=40)
+    A = RNG.standard_normal((20, 20))
+
+    def fn(W, U, h0, xs, A):
+        return rnn_loss(W, U, h0, xs) + gnp.sum(gnp.sin(A @ A))
+
+    args = (W, U, h0, xs, A)
+    graph = gs.trace(fn, *args)
+    wrt = (0, 1, 2, 3, 4)
+    residuals = reverse_residual_bytes(graph, wrt)
+    assert residuals == 41 * 6 * 8
+    plain = gs.Engine()
+    want = plain.grad(graph, *args, argnums=wrt)
+    assert plain.last_stats.tape_bytes == residuals + A.nbytes  # cos(A @ A), or A @ A
+    budget = plain.last_stats.tape_bytes - residuals // 2
+    built = _count_plans(monkeypatch)
+    eng = gs.Engine(max_tape_bytes=budget)
+    _assert_same_bits(eng.grad(graph, *args, argnums=wrt), want)
+    assert len(built) == 2 and not _uses(built[0], "scan_record") and _uses(built[1], "scan_record")
+    assert eng.last_stats.tape_bytes <= budget

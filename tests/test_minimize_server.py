@@ -344,8 +344,10 @@ def test_interrupting_the_client_cancels_the_loop_on_the_server(cli, srv):
     )
     # the handler counts the call when it has ended, after the loop counted its outcome
     _wait_for(
-        lambda: metric(srv, "gradserve_requests_total", method="Minimize", code="CANCELLED")
-        == calls + 1
+        lambda: (
+            metric(srv, "gradserve_requests_total", method="Minimize", code="CANCELLED")
+            == calls + 1
+        )
     )
     _wait_for(lambda: metric(srv, "gradserve_inflight_requests") == 0)
     res = gs.minimize(GRAPH, W0, X, Y, backend=cli)  # and the server goes on serving

@@ -1,9 +1,9 @@
-"""`last_stats` (docs/engine.md, "Memory figures"): forward mode through a scan holds no tape;
-forward mode through a while_loop holds its loop tape (the carry entering every iteration,
-which the tangent loop reads); reverse mode through a scan holds the residuals its body's
-reverse pass reads, stacked per step (a carry read both entering and leaving a step once, steps
-+ 1 of it), and through a while_loop its loop tape, iterations x carry bytes; a residual that is
-a view holds its whole storage. Expected figures are closed forms from shapes and dtypes."""
+"""`last_stats` (docs/engine.md, "Memory figures"): forward mode through a scan or a
+while_loop holds no tape; reverse mode through a scan holds the residuals its body's reverse
+pass reads, stacked per step (a carry read both entering and leaving a step once, steps + 1 of
+it), and through a while_loop its loop tape, iterations x (the carry an iteration gives + what
+the reverse pass reads of it); a residual that is a view holds its whole storage. Expected
+figures are closed forms from shapes and dtypes."""
 
 import numpy as np
 import pytest
@@ -99,9 +99,9 @@ def test_forward_mode_through_fori_loop_holds_no_tape():
 
 
 @pytest.mark.parametrize("iterations", [3, 10])
-def test_forward_mode_through_a_while_loop_holds_its_loop_tape(iterations):
-    """docs/engine.md: jvp holds only the loop tapes of while loops: the tangent loop reads
-    the carry entering every iteration (here float64 (4,) and an int64 counter)."""
+def test_forward_mode_through_a_while_loop_holds_no_tape(iterations):
+    """docs/engine.md: a while_loop's JVP is one while_loop of the body's JVP, the tangent
+    carry beside the carry: nothing is recorded. Checked against the loop unrolled."""
     W = RNG.standard_normal((4, 4)) * 0.4
     graph = gs.trace(
         lambda x, n: gs.while_loop(
@@ -113,15 +113,23 @@ def test_forward_mode_through_a_while_loop_holds_its_loop_tape(iterations):
     x = RNG.standard_normal(4)
     n = np.int64(iterations)
     eng = gs.Engine()
-    eng.jvp(graph, (x, n), (np.ones(4), np.int64(0)))
-    assert eng.last_stats.tape_bytes == iterations * (4 * 8 + 8)
-    assert eng.last_stats.tape_entries == 1
-    eng.jacobian(graph, x, n, mode="fwd")
-    assert eng.last_stats.tape_bytes == iterations * (4 * 8 + 8)
+    _, tangent = eng.jvp(graph, (x, n), (np.ones(4), np.int64(0)))
+    assert eng.last_stats.tape_bytes == 0 and eng.last_stats.tape_entries == 0
+    jac = eng.jacobian(graph, x, n, mode="fwd")
+    assert eng.last_stats.tape_bytes == 0 and eng.last_stats.tape_entries == 0
+    h, want = x, np.eye(4)
+    for _ in range(iterations):
+        want = (np.cos(W @ h)[:, None] * W) @ want
+        h = np.sin(W @ h)
+    np.testing.assert_allclose(jac, want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(tangent, want.sum(1), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("iterations", [3, 10])
-def test_reverse_mode_through_a_while_loop_holds_iterations_times_carry_bytes(iterations):
+def test_reverse_mode_through_a_while_loop_holds_iterations_times_entry_bytes(iterations):
+    """Each iteration's tape entry: the carry it gives (float64 (4,) and the int64 counter,
+    from which the entries a budget drops are recomputed) and cos(W @ h), which sin's tangent
+    reads (W is a constant, so h itself is not read)."""
     W = RNG.standard_normal((4, 4)) * 0.4
     graph = gs.trace(
         lambda x, n: gnp.sum(
@@ -133,7 +141,7 @@ def test_reverse_mode_through_a_while_loop_holds_iterations_times_carry_bytes(it
     x = RNG.standard_normal(4)
     eng = gs.Engine()
     grad = eng.grad(graph, x, np.int64(iterations))
-    assert eng.last_stats.tape_bytes == iterations * (4 * 8 + 8)
+    assert eng.last_stats.tape_bytes == iterations * (4 * 8 + 8 + 4 * 8)
     h, jac = x, np.eye(4)
     for _ in range(iterations):
         z = W @ h

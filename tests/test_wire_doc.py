@@ -24,7 +24,7 @@ from gradserve.protocol import array_digest, from_tensor, from_value, method_pat
 
 ROOT = Path(__file__).resolve().parent.parent
 WIRE = ROOT / "docs" / "wire.md"
-INTERNAL = {"scan_record", "while_record", "loop_tape", "custom_vjp_linear"}
+INTERNAL = {"scan_record", "while_record", "while_keep", "loop_tape", "custom_vjp_linear"}
 
 
 def wire_text() -> str:

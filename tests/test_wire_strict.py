@@ -169,7 +169,7 @@ def test_engine_built_graphs_with_internal_ops_do_not_decode(loop):
         seed = False
     built = vjp(Program(graph), (0,), seed_ones=seed, loop_tapes=True).graph
     ops = {n.op for n in built.nodes}
-    assert "loop_tape" in ops and ops & {"while_record", "scan_record"}
+    assert "loop_tape" in ops and ops & {"while_keep", "scan_record"}
     rejected(built.to_bytes())
 
 

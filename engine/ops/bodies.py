@@ -106,7 +106,8 @@ def tangent_body(graph: Graph, wrt, loop_tapes) -> Graph:
     return select_outputs(jvp(Program(graph), wrt, loop_tapes=loop_tapes), range(n, 2 * n)).graph
 
 
-def linearized_parts(graph: Graph, wrt, cheap_outputs=()):
+@functools.lru_cache(maxsize=256)  # a tape budget's choice of mode reads it before the rule
+def linearized_parts(graph: Graph, wrt: tuple, cheap_outputs=()):
     """Partial evaluation of `graph`'s linearization along its inputs `wrt` (as JAX's scan
     does): the JVP graph cut into the nodes that read no tangent (the primal part) and those
     that do (the tangent part), so that a loop can run the primal part forwards, keep what the

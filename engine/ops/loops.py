@@ -7,8 +7,11 @@ Two drivers run every loop: `_run_scan` runs scan, scan_record and loop_tape (a 
 recorded tape), `_run_while` runs while_loop and while_record. Either calls its body's
 compiled plan once per iteration.
 
-As for cond (control.py), a loop's JVP is a second loop linear in the tangents, and its
-transpose a loop running the other way. What they read of the primal loop:
+In forward mode a scan's JVP is one scan of its body's JVP, the tangents beside the primal
+values (`_scan_jvp_forward`): nothing is kept per iteration. A JVP traced to be transposed
+(reverse mode, `transforms.linearizing`) is, as for cond (control.py), a second loop linear
+in the tangents, and its transpose a loop running the other way. What they read of the
+primal loop:
 - a scan keeps its body's residuals (`_scan_jvp_residuals`): the primal scan runs the primal
   part of the linearized body and stacks, per iteration, what the tangent part reads; the
   tangent scan runs the tangent part on them, and its transpose reads them backwards. No body
@@ -16,10 +19,13 @@ transpose a loop running the other way. What they read of the primal loop:
 - otherwise the carry entering every iteration, from which the tangent loop evaluates the body
   again: stacked by the primal scan (within `recomputing()`: the second-order programs a tape
   budget the residuals would pass builds; or for a body whose residuals cannot be stacked or
-  that calls custom rules), or recorded on a loop tape (a while_loop always; a scan in the
-  transformations made with `loop_tapes`, engine/transforms.py, which the engine builds when
-  the residuals would pass a tape budget: the tape then keeps checkpoints only and recomputes
-  the rest).
+  that calls custom rules), or recorded on a loop tape (a while_loop within `recomputing()`
+  or with such a body; a scan in the transformations made with `loop_tapes`,
+  engine/transforms.py, which the engine builds when the residuals would pass a tape budget:
+  the tape then keeps checkpoints only and recomputes the rest).
+- a while_loop keeps its body's residuals on its loop tape (`_while_jvp_residuals`): one entry
+  per iteration, the carry it gives and what the tangent part reads; under a budget the tape
+  keeps some entries and recomputes the others from the carry of the one before.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ import numpy as np
 from .. import dtypes
 from .. import numpy as gnp
 from ..errors import GraphError, LimitError
-from ..graph import Graph, Spec
+from ..graph import Graph, Port, Spec
 from ..plan import scalars
-from ..primitive import Linear, OpDoc, ShapeError, primitive
+from ..primitive import Linear, OpDoc, PartlyBatched, ShapeError, primitive
 from ..pytree import flatten, unflatten
 from ..tape import LoopTape
 from ..tracing import bind, spec_of
@@ -55,6 +61,7 @@ from .bodies import (
     tangent_body,
     trace_body,
     transposed_body,
+    with_unused_inputs,
 )
 
 DEFAULT_MAX_ITERATIONS = 1_000_000
@@ -108,10 +115,12 @@ def _run_scan(body, consts, carry, xs, num_carry, length, reverse, *, steps=None
     return tuple(carry) + tuple(ys)
 
 
-def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, record=None):
-    """The loop of while_loop and while_record: `body` while `cond` holds, at most
-    `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`."""
-    k = 0
+def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, record=None, keep=None):
+    """The loop of while_loop, while_record and while_keep: `body` while `cond` holds, at most
+    `max_iterations` times (then LimitError). `record(k, carry)` as for `_run_scan`;
+    `keep(k, outputs)` is given what iteration k gives, the next carry first (a body may give
+    more than its carry: while_keep's)."""
+    k, num_carry = 0, len(carry)
     keep_going, run = body_plan(cond).runner(), body_plan(body).runner()
     cond_consts, body_consts, carry = scalars(cond_consts), scalars(body_consts), scalars(carry)
     with np.errstate(all="ignore"):
@@ -122,7 +131,10 @@ def _run_while(cond, body, cond_consts, body_consts, carry, max_iterations, reco
                 )
             if record is not None:
                 record(k, tuple(carry))
-            carry = scalars(run(*body_consts, *carry))
+            out = scalars(run(*body_consts, *carry))
+            if keep is not None:
+                keep(k, tuple(out))
+            carry = out[:num_carry]
             k += 1
     return tuple(carry)
 
@@ -261,7 +273,9 @@ def _with_carries_out(body: Graph, num_consts, num_carry) -> Graph:
 
 
 def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, reverse, loop_tapes):
-    """The primal scan also stacks the carry entering every iteration (the tape); a second
+    """In forward mode, one scan of the body's JVP (`_scan_jvp_forward`). Traced to be
+    transposed: the residuals kept (`_scan_jvp_residuals`) where possible; else the primal
+    scan also stacks the carry entering every iteration (the tape); a second
     scan, linear in the tangents, reads it. With `loop_tapes` the carries go on a loop tape
     instead (`scan_record`, `loop_tape`), which can keep checkpoints only."""
     consts, carry, xs = _cut(primals, num_consts, num_carry)
@@ -273,6 +287,10 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
         "num_carry": num_carry,
         "reverse": reverse,
     }
+    from ..transforms import is_linearizing
+
+    if not is_linearizing():
+        return _scan_jvp_forward(primals, tangents, body, num_consts, num_carry, attrs, loop_tapes)
     if not loop_tapes and not _recompute.get():
         done = _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, reverse)
         if done is not None:
@@ -293,6 +311,56 @@ def _scan_jvp_full(primals, tangents, body, length, num_consts, num_carry, rever
 
     t_outs = _tangents(body, consts, t_consts, carry, t_carry, xs, t_xs, tangent_loop, loop_tapes)
     return tuple(outs), t_outs
+
+
+def _scan_jvp_forward(primals, tangents, body, num_consts, num_carry, attrs, loop_tapes):
+    """Forward mode (as JAX's jvp of scan): one scan of the body's JVP, the tangent consts,
+    carry and xs beside the primal ones. Nothing is kept per iteration."""
+    from ..transforms import Program, jvp
+
+    consts, carry, xs = _cut(primals, num_consts, num_carry)
+    t_consts, t_carry, t_xs = _cut(tangents, num_consts, num_carry)
+    which_consts = [i for i, t in enumerate(t_consts) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    which_xs = [i for i, t in enumerate(t_xs) if t is not None]
+    first_x = num_consts + num_carry
+    wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
+    both = jvp(Program(body), wrt, loop_tapes=loop_tapes).graph
+    # both: (consts, carry, x, tangents in `wrt`) -> (carry, y, the tangent of each)
+    n_in, n_out, n_tc, n_t = len(body.inputs), len(body.outputs), len(which_consts), len(diff_carry)
+    ins, t_ins = _cut(both.inputs, n_in)
+    outs, t_outs = _cut(both.output_names, n_out)
+    step = Graph(
+        ins[:num_consts]
+        + t_ins[:n_tc]
+        + ins[num_consts:first_x]
+        + t_ins[n_tc : n_tc + n_t]
+        + ins[first_x:]
+        + t_ins[n_tc + n_t :],
+        both.constants,
+        both.nodes,
+        outs[:num_carry] + [t_outs[i] for i in diff_carry] + outs[num_carry:] + t_outs[num_carry:],
+        _known=both.avals,
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    out = _bind_scan(
+        consts + [t_consts[i] for i in which_consts],
+        carry + init,
+        xs + [t_xs[i] for i in which_xs],
+        step,
+        attrs["length"],
+        attrs["reverse"],
+    )
+    n_ys = n_out - num_carry
+    carry_out, t_carry_part, ys, t_ys = _cut(out, num_carry, n_t, n_ys)
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_carry_part[j]
+    t_ys = [t if differentiable(t.spec) else None for t in t_ys]
+    return tuple(carry_out + ys), tuple(t_carry_out + t_ys)
 
 
 def _calls_custom_rules(graph: Graph) -> bool:
@@ -321,7 +389,9 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     which_xs = [i for i, t in enumerate(t_xs) if t is not None]
     first_x = num_consts + num_carry
     wrt = which_consts + [num_consts + i for i in diff_carry] + [first_x + i for i in which_xs]
-    primal_body, tangent_part, reads, residuals = linearized_parts(body, wrt, range(num_carry))
+    primal_body, tangent_part, reads, residuals = linearized_parts(
+        body, tuple(wrt), range(num_carry)
+    )
     if any(primal_body.avals[n].dtype == dtypes.TAPE for n in residuals):
         return None
     outs, per_iteration = _primal_scan(
@@ -364,6 +434,58 @@ def _scan_jvp_residuals(primals, tangents, body, length, num_consts, num_carry, 
     return tuple(outs), tuple(t_carry_out + t_ys)
 
 
+def reverse_residual_bytes(graph: Graph, wrt) -> int:
+    """The bytes the scans of `graph` stack for a reverse pass along its inputs `wrt`, as
+    `_scan_jvp_full` would keep them (residuals, or carries where it recomputes): known from
+    the shapes before any plan is built. Scans nested in a scan's body are counted in its
+    residuals; scans in other subgraphs (cond, checkpoint) are not counted."""
+    active = {graph.input_names[i] for i in wrt}
+    total = 0
+    for node in graph.nodes:
+        flags = [n in active for n in node.inputs]
+        if not any(flags):
+            continue
+        active.update(n for n in node.outputs if differentiable(graph.avals[n]))
+        if node.op == "scan":
+            total += _scan_residual_bytes(node.attrs, flags)
+    return total
+
+
+def _scan_residual_bytes(attrs, active) -> int:
+    body, length = attrs["body"], attrs["length"]
+    num_consts, num_carry = attrs["num_consts"], attrs["num_carry"]
+    carry_bytes = sum(p.spec.nbytes for p in body.inputs[num_consts : num_consts + num_carry])
+    if _calls_custom_rules(body):
+        return length * carry_bytes
+    first_x = num_consts + num_carry
+    diff_carry = [i for i in range(num_carry) if differentiable(body.inputs[num_consts + i].spec)]
+    wrt = (
+        [i for i in range(num_consts) if active[i]]
+        + [num_consts + i for i in diff_carry]
+        + [i for i in range(first_x, len(active)) if active[i]]
+    )
+    primal_body, _, reads, residuals = linearized_parts(body, tuple(wrt), range(num_carry))
+    specs = [primal_body.avals[n] for n in residuals]
+    if any(s.dtype == dtypes.TAPE for s in specs):
+        return length * carry_bytes
+    shared, stacked = _kept_carries(primal_body, residuals, reads, num_consts, num_carry)
+    carries = [primal_body.inputs[num_consts + i].spec for i in stacked]
+    return length * sum(s.nbytes for s in specs + carries) + sum(  # shared: one state more
+        primal_body.inputs[num_consts + i].spec.nbytes for i in shared
+    )
+
+
+def _kept_carries(primal_body, residuals, reads, num_consts, num_carry):
+    """The carries the tangent part reads that the primal scan keeps: {carry index: the
+    residual that is that carry leaving the iteration} for those kept once with it (length +
+    1 states), and the indices of the others (stacked entering every iteration)."""
+    names = primal_body.input_names
+    leaving = {primal_body.output_names[i]: i for i in range(num_carry)}
+    read_carries = {i for i in range(num_carry) if names[num_consts + i] in reads}
+    shared = {leaving[n]: n for n in residuals if leaving.get(n) in read_carries}
+    return shared, sorted(read_carries - set(shared))
+
+
 def _primal_scan(primal_body, residuals, reads, consts, carry, xs, length, reverse):
     """Binds the scan of `primal_body` (the body's outputs, then `residuals`), also stacking
     the carries in `reads`. Returns the body's outputs and {name in `reads`: what the
@@ -375,10 +497,7 @@ def _primal_scan(primal_body, residuals, reads, consts, carry, xs, length, rever
     num_consts, num_carry = len(consts), len(carry)
     names = primal_body.input_names
     n_out = len(primal_body.outputs) - len(residuals)
-    leaving = {primal_body.output_names[i]: i for i in range(num_carry)}
-    read_carries = {i for i in range(num_carry) if names[num_consts + i] in reads}
-    shared = {leaving[n]: n for n in residuals if leaving.get(n) in read_carries}
-    stacked = sorted(read_carries - set(shared))
+    shared, stacked = _kept_carries(primal_body, residuals, reads, num_consts, num_carry)
     with_carries = Graph(
         primal_body.inputs,
         primal_body.constants,
@@ -414,20 +533,50 @@ def _scan_transpose(cts, *args, body, length, num_consts, num_carry, reverse, lo
 
 
 def _batch_loop(args, batched, num_consts, num_carry, num_tape, body, bind_loop):
-    """The batch rule of scan and loop_tape (`args` without the tape). Every carry is batched
-    (a carry that starts unbatched usually becomes batched in the first iteration); scanned
-    inputs move their batch axis behind the scanned one."""
-    from ..transforms import Program, batch
+    """The batch rule of scan and loop_tape (`args` without the tape). A carry is batched if
+    it starts batched or the body makes it so from batched values (found by batching the body
+    until the carry's flags settle); the others, such as the primal carry of a forward-mode
+    loop under a batch of tangents, stay as they are, and so do the ys that do not depend on
+    a batched value. Scanned inputs move their batch axis behind the scanned one."""
+    from ..transforms import Program, batch_partly
 
     size = next(a.shape[0] for a, b in zip(args, batched) if b)
     consts, carry, xs = _cut(list(args), num_consts, num_carry)
     b_consts, b_carry, b_xs = _cut(list(batched), num_consts, num_carry)
-    carry = [c if b else gnp.broadcast_to(c, (size,) + c.shape) for c, b in zip(carry, b_carry)]
+    while True:
+        flags = b_consts + b_carry + [False] * num_tape + b_xs
+        batched_body, out_flags = batch_partly(Program(body), flags, size)
+        settled = [b or o for b, o in zip(b_carry, out_flags)]
+        if settled == b_carry:
+            break
+        b_carry = settled
+    carry = [
+        gnp.broadcast_to(c, (size,) + c.shape) if b and not was else c
+        for c, b, was in zip(carry, b_carry, batched[num_consts : num_consts + num_carry])
+    ]
     xs = [gnp.moveaxis(x, 0, 1) if b else x for x, b in zip(xs, b_xs)]
-    flags = b_consts + [True] * num_carry + [False] * num_tape + b_xs
-    out = bind_loop(consts, carry, xs, batch(Program(body), flags, size).graph)
-    # batch() makes every body output batched: ys come out (length, size, ...)
-    return tuple(out[:num_carry]) + tuple(gnp.moveaxis(y, 1, 0) for y in out[num_carry:])
+    out = bind_loop(consts, carry, xs, _widened(batched_body.graph, b_carry, out_flags, size))
+    # batched ys come out (length, size, ...)
+    ys = [gnp.moveaxis(y, 1, 0) if b else y for y, b in zip(out[num_carry:], out_flags[num_carry:])]
+    return PartlyBatched(tuple(out[:num_carry]) + tuple(ys), tuple(b_carry + out_flags[num_carry:]))
+
+
+def _widened(graph: Graph, carry_flags, out_flags, size) -> Graph:
+    """The batched body, giving the batch axis to the carries batched entering an iteration
+    but not leaving it (a carry the body sets from unbatched values only)."""
+    from ..transforms import inline
+
+    missing = [i for i, b in enumerate(carry_flags) if b and not out_flags[i]]
+    if not missing:
+        return graph
+
+    def body(*args):
+        out = list(inline(graph, args))
+        for i in missing:
+            out[i] = gnp.broadcast_to(out[i], (size,) + out[i].shape)
+        return tuple(out)
+
+    return derived_body(body, [p.spec for p in graph.inputs])
 
 
 def _scan_batch(args, batched, body, length, num_consts, num_carry, reverse):
@@ -583,10 +732,20 @@ def _while_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterati
 def _while_jvp_full(
     primals, tangents, cond, body, num_cond_consts, num_body_consts, max_iterations, loop_tapes
 ):
-    """The primal loop records the carry entering every iteration on a loop tape (its trip
-    count is known only when it has run); a loop_tape linear in the tangents reads it."""
+    """The primal loop records on a loop tape (its trip count is known only when it has run)
+    what a loop_tape linear in the tangents reads: the body's residuals of every iteration
+    (`_while_jvp_residuals`), or, within `recomputing()` or where they cannot be kept, the
+    carry entering every iteration, from which the tangent loop evaluates the body again."""
+    from ..transforms import is_linearizing
+
     _cc, bc, carry = _cut(primals, num_cond_consts, num_body_consts)
     _, t_bc, t_carry = _cut(tangents, num_cond_consts, num_body_consts)
+    if not is_linearizing():
+        return _while_jvp_forward(primals, tangents, cond, body, num_cond_consts, max_iterations)
+    if not _recompute.get():
+        done = _while_jvp_residuals(primals, tangents, cond, body, num_cond_consts, max_iterations)
+        if done is not None:
+            return done
     *outs, tape = bind(
         "while_record",
         *primals,
@@ -601,6 +760,130 @@ def _while_jvp_full(
     )
     t_outs = _tangents(body, bc, t_bc, carry, t_carry, [], [], tangent_loop, loop_tapes)
     return tuple(outs), t_outs
+
+
+def _while_jvp_forward(primals, tangents, cond, body, num_cond_consts, max_iterations):
+    """Forward mode: one while_loop of the body's JVP, the tangent consts and carry beside
+    the primal ones; cond reads the primal carry only. Nothing is recorded."""
+    from ..transforms import Program, jvp
+
+    num_bc = len(body.inputs) - len(body.outputs)
+    cc, bc, carry = _cut(primals, num_cond_consts, num_bc)
+    _, t_bc, t_carry = _cut(tangents, num_cond_consts, num_bc)
+    which_consts = [i for i, t in enumerate(t_bc) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    n_tc = len(which_consts)
+    both = jvp(Program(body), which_consts + [num_bc + i for i in diff_carry]).graph
+    # both: (body consts, carry, tangents) -> (carry, one tangent per carry)
+    ins, t_ins = _cut(both.inputs, len(body.inputs))
+    outs, t_outs = _cut(both.output_names, len(carry))
+    step = Graph(
+        ins[:num_bc] + t_ins[:n_tc] + ins[num_bc:] + t_ins[n_tc:],
+        both.constants,
+        both.nodes,
+        outs + [t_outs[i] for i in diff_carry],
+        _known=both.avals,
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    out = bind(
+        "while_loop",
+        *cc,
+        *bc,
+        *[t_bc[i] for i in which_consts],
+        *carry,
+        *init,
+        cond=with_unused_inputs(cond, len(cond.inputs), after=[p.spec for p in init]),
+        body=step,
+        num_cond_consts=num_cond_consts,
+        num_body_consts=num_bc + n_tc,
+        max_iterations=max_iterations,
+    )
+    t_out = [None] * len(carry)
+    for j, i in enumerate(diff_carry):
+        t_out[i] = out[len(carry) + j]
+    return tuple(out[: len(carry)]), tuple(t_out)
+
+
+def _while_jvp_residuals(primals, tangents, cond, body, num_cond_consts, max_iterations):
+    """The primal loop (while_keep) runs the primal part of the linearized body and records,
+    per iteration, the carry it gives and the values the tangent part reads (residuals, and
+    the carries entering it that are read), one tape entry; the tangent loop runs the tangent
+    part on the entries, its transpose reads them backwards. Under a tape budget the tape
+    keeps every stride-th entry and recomputes the others from the carry of the one before.
+    None where the residuals cannot be kept (a loop tape inside the body, custom rules)."""
+    if _calls_custom_rules(body):
+        return None
+    _cc, bc, carry = _cut(primals, num_cond_consts, len(body.inputs) - len(body.outputs))
+    _, t_bc, t_carry = _cut(tangents, num_cond_consts, len(bc))
+    num_bc, num_carry = len(bc), len(carry)
+    which_consts = [i for i, t in enumerate(t_bc) if t is not None]
+    diff_carry = [i for i, c in enumerate(carry) if differentiable(c.spec)]
+    wrt = tuple(which_consts + [num_bc + i for i in diff_carry])
+    primal_body, tangent_part, reads, _ = linearized_parts(body, wrt, range(num_carry))
+    if any(primal_body.avals[n].dtype == dtypes.TAPE for n in reads):
+        return None
+    const_names = set(primal_body.input_names[:num_bc])
+    carry_out = list(primal_body.output_names[:num_carry])
+    read = [n for n in reads if n not in const_names]
+    entry = carry_out + [n for n in read if n not in carry_out]
+    recording = Graph(
+        primal_body.inputs,
+        primal_body.constants,
+        primal_body.nodes,
+        entry,
+        _known=primal_body.avals,
+    )
+    *outs, tape = bind(
+        "while_keep",
+        *primals,
+        cond=cond,
+        body=recording,
+        num_cond_consts=num_cond_consts,
+        num_body_consts=num_bc,
+        max_iterations=max_iterations,
+    )
+
+    # the tangent loop: (primal consts read, tangent consts; tangent carry; the tape entry)
+    const_reads = [j for j, n in enumerate(reads) if n in const_names]
+    n_reads, n_tc, n_t = len(reads), len(which_consts), len(diff_carry)
+    entry_ports = [
+        tangent_part.inputs[reads.index(n)]
+        if n in read
+        else Port(f"unused:{j}", primal_body.avals[n])
+        for j, n in enumerate(entry)
+    ]
+    step = Graph(
+        [tangent_part.inputs[j] for j in const_reads]
+        + list(tangent_part.inputs[n_reads : n_reads + n_tc + n_t])
+        + entry_ports,
+        tangent_part.constants,
+        tangent_part.nodes,
+        [tangent_part.output_names[i] for i in diff_carry],
+        _known=dict(tangent_part.avals) | {p.name: p.spec for p in entry_ports},
+    )
+    init = [
+        t_carry[i] if t_carry[i] is not None else gnp.zeros(carry[i].shape, carry[i].dtype)
+        for i in diff_carry
+    ]
+    n_cr, const_values = len(const_reads), dict(zip(primal_body.input_names, bc))
+    t_outs = _bind_loop_tape(
+        [const_values[reads[j]] for j in const_reads] + [t_bc[i] for i in which_consts],
+        init,
+        [],
+        step,
+        list(range(n_cr, n_cr + n_tc + n_t)),
+        tape=tape,
+        length=-1,
+        num_tape=len(entry),
+        reverse=False,
+    )
+    t_carry_out = [None] * num_carry
+    for j, i in enumerate(diff_carry):
+        t_carry_out[i] = t_outs[j]
+    return tuple(outs), tuple(t_carry_out)
 
 
 def _while_batch(args, batched, cond, body, num_cond_consts, num_body_consts, max_iterations):
@@ -751,10 +1034,55 @@ primitive(
     internal=True,
     doc=OpDoc(
         "while_loop that also records the carry entering every iteration on a loop tape "
-        "(reverse mode through a while loop)",
+        "(reverse mode through a while loop whose body's residuals are not kept)",
         ("*cond_consts", "*body_consts", "*init"),
         "as while_loop, then the loop tape",
         WHILE_DOCS,
+    ),
+)
+
+
+def _while_keep_shape(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
+    check_signature(cond, cc + carry, "cond")
+    check_signature(body, bc + carry, "body")
+    if [p.spec for p in body.outputs[: len(carry)]] != carry:
+        raise ShapeError("the body's first outputs must be the next carry")
+    return tuple(carry) + (Spec((), dtypes.TAPE),)
+
+
+def _while_keep_impl(*args, cond, body, num_cond_consts, num_body_consts, max_iterations):
+    cc, bc, carry = _cut(args, num_cond_consts, num_body_consts)
+    n = len(carry)
+
+    def advance(k, entry):  # entry k + 1, from the carry iteration k gave
+        return tuple(run_body(body, bc + list(entry[:n])))
+
+    entry_bytes = sum(p.spec.nbytes for p in body.outputs)
+    tape = LoopTape(advance, entry_bytes, len(body_plan(body).steps))
+    return _run_while(cond, body, cc, bc, carry, max_iterations, keep=tape.record) + (tape,)
+
+
+primitive(
+    "while_keep",
+    impl=_while_keep_impl,
+    arity=(0, None),
+    attrs=WHILE_ATTRS,
+    shape=_while_keep_shape,
+    multiple_results=True,
+    jvp=_no_second_order,
+    internal=True,
+    doc=OpDoc(
+        "while_loop whose body gives the next carry and then what the derivative loops read "
+        "of the iteration; records all of it per iteration on a loop tape (reverse mode "
+        "through a while loop, keeping the body's residuals)",
+        ("*cond_consts", "*body_consts", "*init"),
+        "as while_loop, then the loop tape",
+        {
+            **WHILE_DOCS,
+            "body": "subgraph (*body_consts, *carry) -> (*new_carry, *kept): the values kept "
+            "are recorded on the tape with the new carry",
+        },
     ),
 )
 
