@@ -660,7 +660,7 @@ class Bench:
         self.profile_call("W3", gs_call, 10)
         if self.profile:
             self.profiles["W3"]["tape"] = tape_listing(graph, argnums)
-        self.rows.append(ratio_row("W3", "value+grad", t_gs, t_hand, t_ag, 1.1))
+        self.rows.append(ratio_row("W3", "value+grad", t_gs, t_hand, t_ag, 1.0))
         div = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
         self.rows.append(
             Row(
@@ -722,7 +722,7 @@ class Bench:
         )
         self.plan_summary("W4", keys)
         self.profile_call("W4", gs_call, 20)
-        self.rows.append(ratio_row("W4", "HVP", t_gs, t_hand, t_ag, 5.0))
+        self.rows.append(ratio_row("W4", "HVP", t_gs, t_hand, t_ag, 1.5))
 
     def w5(self):
         print(f"W5: Jacobian of tanh(A@x)*x, {W5_N} -> {W5_N}")
@@ -774,8 +774,8 @@ class Bench:
                     ms(t_hand),
                     ms(t_ag),
                     "ms",
-                    "<= 1 ms",
-                    None if t_gs is None else t_gs <= 1e-3,
+                    "<= 1.5x hand",
+                    None if t_gs is None else t_gs <= 1.5 * t_hand,
                     ratio=None if t_gs is None else t_gs / t_hand,
                     gs_best=best_of(t_gs, 1e3),
                     best_ratio=None if t_gs is None else t_gs.best / t_hand.best,
