@@ -156,3 +156,13 @@ def test_full_shape_and_dtype(shape, dtype):
     got = gs.Engine().evaluate(one_node("full", [], attrs))
     np.testing.assert_array_equal(got, np.full(shape, 1.0, dtype))
     assert got.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize(
+    "op, attrs", [("concatenate", {"axis": 0}), ("einsum", {"subscripts": "->"})]
+)
+def test_ops_of_any_number_of_operands_need_one(op, attrs):
+    with pytest.raises(gs.GraphError) as info:
+        Graph([], {}, [Node(op, (), ("y",), attrs)], ["y"])
+    assert info.value.where == f"node 0 '{op}' -> y"
+    assert info.value.reason == "takes 1 to any inputs, got 0"
