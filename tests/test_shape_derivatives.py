@@ -25,12 +25,21 @@ def test_concatenate_cotangents_take_each_operands_dtype(axis):
     np.testing.assert_allclose(gy, want_gy, rtol=1e-15)
 
 
-def test_gradient_of_a_product_by_a_broadcast_one_is_the_other_factor():
-    """d sum(x * y) / dx = y: the backward pass broadcasts the seed 1 over x's shape and
-    multiplies it by y; a broadcast of ones is still ones, so the gradient graph is y itself,
-    with no node."""
+@pytest.mark.parametrize(
+    "name, move",
+    [
+        ("none", lambda v: v),
+        ("flip", lambda v: gnp.flip(v, 0)),
+        ("reshape", lambda v: gnp.reshape(v, (3, 2))),
+        ("transpose", gnp.transpose),
+    ],
+)
+def test_gradient_of_a_product_is_the_other_factor_with_no_node(name, move):
+    """d sum(move(x * y)) / dx = y: the backward pass broadcasts the seed 1 over the
+    output's shape, moves it back through `move` and multiplies it by y. Ones moved or
+    broadcast are still ones, so the gradient graph is y itself, with no node."""
     x = np.ones((2, 3))
     y = np.arange(6.0).reshape(2, 3)
-    graph = gs.trace(gs.grad(lambda x, y: gnp.sum(x * y)), x, y)
+    graph = gs.trace(gs.grad(lambda x, y: gnp.sum(move(x * y))), x, y)
     assert [n.op for n in graph.nodes] == []
     np.testing.assert_array_equal(ENG.evaluate(graph, x, y), y)

@@ -41,6 +41,7 @@ F64 = "float64"
         ("i,i", [(2,), (2,)], "exactly one '->'"),
         ("i->->", [(2,)], "exactly one '->'"),
         ("i,i,i->", [(2,), (2,)], "name 3 operands, node has 2"),
+        ("i->", [(2,), (2,)], "name 1 operands, node has 2"),
         ("i1,i->", [(2, 2), (2,)], "does not fit"),
         ("i.,i->", [(2, 2), (2,)], "does not fit"),
         ("ij->", [(2,)], "does not fit"),

@@ -30,13 +30,14 @@ tool checks the file against the copy it took before starting and writes the cop
 differ. Bytecode is neither written nor read for the mutated file (the test runs get
 PYTHONDONTWRITEBYTECODE=1 and its stale .pyc is removed before and after), so every test run
 imports the mutant it is meant to test. Test runs get OPENBLAS_NUM_THREADS=1 and a raised nice
-value (one core's worth of work), a fixed Hypothesis seed (the same examples for every mutant)
-and a Hypothesis database inside `<out>` (what a mutant made fail is not replayed later).
+value (one core's worth of work), a fixed Hypothesis seed (the same examples for every mutant),
+no shrinking of a failing example and a Hypothesis database inside `<out>` (what a mutant made
+fail is not replayed in the project's own runs).
 
-On a busy machine, narrow the tests to those that exercise the file (`-k EXPR`, as pytest's):
-a survivor costs a run of all of them. After adding tests, `--rerun-survivors` with the same
-`--out` runs only the previous survivors again (the killed stay killed while no test is removed),
-so the report then gives the score after.
+On a busy machine, narrow the tests to those that exercise the file (`-k EXPR`, as pytest's): a
+survivor costs a run of all of them. After adding tests, `--rerun-survivors` with the same
+`--out` runs only the previous survivors again (the killed stay killed while no test is
+removed), so the report then gives the score after.
 
 A whole campaign on a large file takes long: engine/ops/control.py has about 100 mutants (5
 minutes here), engine/tape.py about 340, engine/plan.py about 480, engine/ops/loops.py about
@@ -141,6 +142,7 @@ PYTEST = [
     "-p",
     "no:cacheprovider",
     "--hypothesis-seed=0",
+    "--hypothesis-profile=mutation",  # tests/conftest.py: no shrinking
 ]
 
 
