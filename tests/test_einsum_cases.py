@@ -69,3 +69,10 @@ def test_float32_with_float64_sums_in_float64(subscripts):
         unit[idx] = 1.0
         want_ga[idx] = np.einsum(f"{lhs}->", unit, b)
     np.testing.assert_allclose(ga, want_ga.astype(np.float32), rtol=1e-6)
+
+
+def test_axes_of_equal_large_sizes_match():
+    """Sizes are compared by value: 300 and 300 (distinct int objects) are one size."""
+    a, b = RNG.normal(size=(2, 300)), RNG.normal(size=(300, 3))
+    graph = gs.trace(lambda a, b: gnp.einsum("ij,jk->ik", a, b), a, b)
+    np.testing.assert_allclose(ENG.evaluate(graph, a, b), a @ b, rtol=1e-12)

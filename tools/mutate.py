@@ -72,8 +72,12 @@ TESTS = {
         "tests/test_mixed_precision_contractions.py",
     ],
     "engine/ops/contraction.py": [
+        "tests/test_shape_rules.py",
+        "tests/test_einsum_cases.py",
         "tests/test_mixed_precision_contractions.py",
+        "tests/test_plan_buffer_reuse.py",
         "tests/test_ops.py",
+        "tests/test_wire_doc.py",
     ],
     "engine/ops/common.py": [
         "tests/test_mixed_precision_contractions.py",
@@ -81,7 +85,13 @@ TESTS = {
         "tests/test_ops.py",
     ],
     "engine/ops/reductions.py": ["tests/test_ops.py"],
-    "engine/ops/shapes.py": ["tests/test_ops.py", "tests/test_plan_buffer_reuse.py"],
+    "engine/ops/shapes.py": [
+        "tests/test_shape_rules.py",
+        "tests/test_shape_derivatives.py",
+        "tests/test_ops.py",
+        "tests/test_plan_buffer_reuse.py",
+        "tests/test_wire_doc.py",
+    ],
     "engine/ops/indexing.py": ["tests/test_ops.py", "tests/test_plan_buffer_reuse.py"],
     "engine/ops/control.py": [
         "tests/test_batched_control_flow.py",
