@@ -3,6 +3,7 @@ simplifier must see through them: closed forms and NumPy references."""
 
 import numpy as np
 import pytest
+from test_ops import check_op
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -43,3 +44,8 @@ def test_gradient_of_a_product_is_the_other_factor_with_no_node(name, move):
     graph = gs.trace(gs.grad(lambda x, y: gnp.sum(move(x * y))), x, y)
     assert [n.op for n in graph.nodes] == []
     np.testing.assert_array_equal(ENG.evaluate(graph, x, y), y)
+
+
+def test_concatenate_of_one_operand_is_that_operand():
+    x = RNG.normal(size=(2, 3))
+    check_op(lambda x: gnp.concatenate([x], axis=1), lambda x: np.concatenate([x], axis=1), [x])

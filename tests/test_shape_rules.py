@@ -98,8 +98,10 @@ def test_einsum_shape_and_dtype_are_numpys(subscripts, shapes, dtypes):
         ("flip", [(2, 3)], {"axes": (0, -2)}, "repeated axis"),
         ("concatenate", [(2,), (3,)], {"axis": 1}, "axis 1 is out of range for 1 dimensions"),
         ("concatenate", [(2,), (3,)], {"axis": -1}, "axis -1 is out of range"),
+        ("concatenate", [(2,), (3,)], {"axis": 2}, "axis 2 is out of range"),
         ("concatenate", [(2, 3), (2,)], {"axis": 0}, "cannot concatenate (2, 3) and (2,)"),
         ("concatenate", [(2, 3), (2, 4)], {"axis": 0}, "cannot concatenate"),
+        ("concatenate", [(2, 4), (2, 3)], {"axis": 0}, "cannot concatenate (2, 4) and (2, 3)"),
         ("concatenate", [(2, 3), (2, 3), (1, 4)], {"axis": 0}, "cannot concatenate"),
         ("concatenate", [(2, 3), (3, 3)], {"axis": 1}, "cannot concatenate (2, 3) and (3, 3)"),
     ],
@@ -133,6 +135,14 @@ def test_full_rejects_a_negative_dimension():
         (
             "concatenate",
             [((2, 3), "float32"), ((2, 1), F64), ((2, 2), "float32")],
+            {"axis": 1},
+            lambda *xs: np.concatenate(xs, axis=1),
+        ),
+        ("concatenate", [((3, 2), F64)], {"axis": 1}, lambda x: np.concatenate([x], axis=1)),
+        (
+            "concatenate",
+            # sizes past CPython's small-int cache: compared by value
+            [((300, 2), F64), ((300, 3), F64)],
             {"axis": 1},
             lambda *xs: np.concatenate(xs, axis=1),
         ),
