@@ -49,3 +49,10 @@ def test_gradient_of_a_product_is_the_other_factor_with_no_node(name, move):
 def test_concatenate_of_one_operand_is_that_operand():
     x = RNG.normal(size=(2, 3))
     check_op(lambda x: gnp.concatenate([x], axis=1), lambda x: np.concatenate([x], axis=1), [x])
+
+
+def test_concatenate_of_large_equal_sizes():
+    """Sizes are compared by value: 300 and 300 (distinct int objects) are one size."""
+    x, y = RNG.normal(size=(300, 2)), RNG.normal(size=(300, 3))
+    graph = gs.trace(lambda x, y: gnp.concatenate([x, y], axis=1), x, y)
+    np.testing.assert_array_equal(ENG.evaluate(graph, x, y), np.concatenate([x, y], axis=1))
