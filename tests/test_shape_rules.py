@@ -81,6 +81,8 @@ def test_einsum_shape_and_dtype_are_numpys(subscripts, shapes, dtypes):
 @pytest.mark.parametrize(
     "op, shapes, attrs, reason",
     [
+        ("reshape", [(2, 3)], {"shape": (-1,)}, "negative dimension"),  # no NumPy -1 idiom
+        ("reshape", [(2, 3)], {"shape": (-1, -1, 6)}, "negative dimension"),
         ("reshape", [(2, 3)], {"shape": (-6,)}, "negative dimension"),
         ("reshape", [(2, 3)], {"shape": (-2, -3)}, "negative dimension"),
         ("reshape", [(2, 3)], {"shape": (5,)}, "cannot reshape (2, 3) (6 elements) to (5,)"),
@@ -100,6 +102,7 @@ def test_einsum_shape_and_dtype_are_numpys(subscripts, shapes, dtypes):
         ("concatenate", [(2,), (3,)], {"axis": -1}, "axis -1 is out of range"),
         ("concatenate", [(2,), (3,)], {"axis": 2}, "axis 2 is out of range"),
         ("concatenate", [(2, 3), (2,)], {"axis": 0}, "cannot concatenate (2, 3) and (2,)"),
+        ("concatenate", [(2,), (2, 3)], {"axis": 0}, "cannot concatenate (2,) and (2, 3)"),
         ("concatenate", [(2, 3), (2, 4)], {"axis": 0}, "cannot concatenate"),
         ("concatenate", [(2, 4), (2, 3)], {"axis": 0}, "cannot concatenate (2, 4) and (2, 3)"),
         ("concatenate", [(2, 3), (2, 3), (1, 4)], {"axis": 0}, "cannot concatenate"),
