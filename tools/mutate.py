@@ -125,6 +125,9 @@ TESTS = {
         "tests/test_control_flow.py",
     ],
     "engine/transforms.py": [
+        "tests/test_reverse_mode_outputs.py",
+        "tests/test_tape_accounting.py",
+        "tests/test_engine_memory.py",
         "tests/test_nan_guards.py",
         "tests/test_batched_control_flow.py",
         "tests/test_ops.py",
