@@ -7,8 +7,13 @@ from __future__ import annotations
 import grpc
 import pytest
 from gradserve.server.process import ServerProcess, free_port  # noqa: F401  (tests import them)
+from hypothesis import Phase, settings
 
 import gradserve as gs
+
+# tools/mutate.py runs the tests once per planted bug and needs only whether they fail: no
+# shrinking of a failing example (which can take longer than the whole run)
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @pytest.fixture(scope="session")

@@ -155,3 +155,38 @@ def test_an_operand_read_twice_in_one_step():
         a = np.exp(x)
         c = np.sin(a * a)
         np.testing.assert_allclose(eng.evaluate(graph, x), c + c.T, rtol=1e-14)
+
+
+# Each op that may give a view of its operand (NumPy returns one), in the graph and in NumPy.
+VIEW_OPS = {
+    "flip": (lambda a: gnp.flip(a, 0), lambda a: np.flip(a, 0)),
+    "einsum_transpose": (lambda a: gnp.einsum("ij->ji", a), lambda a: a.T),
+    "einsum_diagonal": (lambda a: gnp.einsum("ii->i", a), np.diagonal),
+    "reshape": (lambda a: gnp.reshape(a, (N * N,)), lambda a: a.reshape(N * N)),
+    "broadcast_to": (
+        lambda a: gnp.broadcast_to(a[:1], (N, N)),
+        lambda a: np.broadcast_to(a[:1], (N, N)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VIEW_OPS))
+def test_a_view_made_by_an_op_outlives_its_base(name):
+    """The op's output may be a view of `a`: `a`'s last elementwise use must not write into
+    `a`, and the elementwise op on the view must not write into it (that is `a` again)."""
+    view_op, numpy_view = VIEW_OPS[name]
+
+    def f(x):
+        a = gnp.exp(x)
+        v = view_op(a)
+        b = gnp.sin(a)  # a's last elementwise use
+        w = gnp.cos(v)  # v's last use
+        return gnp.sum(b) + gnp.sum(w) + gnp.sum(v * 2.0)
+
+    graph = gs.trace(f, np.ones((N, N)))
+    eng = gs.Engine()
+    for x in _inputs(3):
+        a = np.exp(x)
+        v = numpy_view(a)
+        want = np.sum(np.sin(a)) + np.sum(np.cos(v)) + np.sum(v * 2.0)
+        assert float(eng.evaluate(graph, x)) == pytest.approx(want, rel=1e-12)

@@ -30,8 +30,14 @@ tool checks the file against the copy it took before starting and writes the cop
 differ. Bytecode is neither written nor read for the mutated file (the test runs get
 PYTHONDONTWRITEBYTECODE=1 and its stale .pyc is removed before and after), so every test run
 imports the mutant it is meant to test. Test runs get OPENBLAS_NUM_THREADS=1 and a raised nice
-value (one core's worth of work), a fixed Hypothesis seed (the same examples for every mutant)
-and a Hypothesis database inside `<out>` (what a mutant made fail is not replayed later).
+value (one core's worth of work), a fixed Hypothesis seed (the same examples for every mutant),
+no shrinking of a failing example and a Hypothesis database inside `<out>` (what a mutant made
+fail is not replayed in the project's own runs).
+
+On a busy machine, narrow the tests to those that exercise the file (`-k EXPR`, as pytest's): a
+survivor costs a run of all of them. After adding tests, `--rerun-survivors` with the same
+`--out` runs only the previous survivors again (the killed stay killed while no test is
+removed), so the report then gives the score after.
 
 A whole campaign on a large file takes long: engine/ops/control.py has about 100 mutants (5
 minutes here), engine/tape.py about 340, engine/plan.py about 480, engine/ops/loops.py about
@@ -47,6 +53,7 @@ import os
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -65,8 +72,12 @@ TESTS = {
         "tests/test_mixed_precision_contractions.py",
     ],
     "engine/ops/contraction.py": [
+        "tests/test_shape_rules.py",
+        "tests/test_einsum_cases.py",
         "tests/test_mixed_precision_contractions.py",
+        "tests/test_plan_buffer_reuse.py",
         "tests/test_ops.py",
+        "tests/test_wire_doc.py",
     ],
     "engine/ops/common.py": [
         "tests/test_mixed_precision_contractions.py",
@@ -74,7 +85,13 @@ TESTS = {
         "tests/test_ops.py",
     ],
     "engine/ops/reductions.py": ["tests/test_ops.py"],
-    "engine/ops/shapes.py": ["tests/test_ops.py", "tests/test_plan_buffer_reuse.py"],
+    "engine/ops/shapes.py": [
+        "tests/test_shape_rules.py",
+        "tests/test_shape_derivatives.py",
+        "tests/test_ops.py",
+        "tests/test_plan_buffer_reuse.py",
+        "tests/test_wire_doc.py",
+    ],
     "engine/ops/indexing.py": ["tests/test_ops.py", "tests/test_plan_buffer_reuse.py"],
     "engine/ops/control.py": [
         "tests/test_batched_control_flow.py",
@@ -108,6 +125,9 @@ TESTS = {
         "tests/test_control_flow.py",
     ],
     "engine/transforms.py": [
+        "tests/test_reverse_mode_outputs.py",
+        "tests/test_tape_accounting.py",
+        "tests/test_engine_memory.py",
         "tests/test_nan_guards.py",
         "tests/test_batched_control_flow.py",
         "tests/test_ops.py",
@@ -135,6 +155,7 @@ PYTEST = [
     "-p",
     "no:cacheprovider",
     "--hypothesis-seed=0",
+    "--hypothesis-profile=mutation",  # tests/conftest.py: no shrinking
 ]
 
 
@@ -241,6 +262,14 @@ def _exec(config, session, time_limit, out):
         raise
 
 
+def _forget_survivors(session):
+    """Make the survivors of an earlier run of the session pending again; how many. Mutants
+    the tests killed stay killed as long as tests are only added."""
+    with sqlite3.connect(session) as db:
+        cursor = db.execute("DELETE FROM work_results WHERE lower(test_outcome) = 'survived'")
+        return cursor.rowcount
+
+
 def _results(session):
     out = subprocess.run(
         [_tool("cosmic-ray"), "dump", str(session)],
@@ -277,7 +306,7 @@ def _report(module, tests, deselected, rows, finished, elapsed):
     lines = [
         f"# Mutation testing: {module}",
         "",
-        f"- tests: {' '.join(tests)}",
+        f"- tests: {shlex.join(tests)}",
         f"- score: **{score}** killed ({killed} of {tried} mutants run to a verdict)",
         "- "
         + ", ".join(
@@ -331,6 +360,11 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="print the file -> tests mapping")
     parser.add_argument("--tests", nargs="+", help="test files to run instead of the mapped ones")
     parser.add_argument(
+        "-k",
+        "--keyword",
+        help="only the tests matching this pytest -k expression (a faster run per mutant)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=None, help="seconds per test run (default: 5x baseline)"
     )
     parser.add_argument(
@@ -339,6 +373,11 @@ def main(argv=None):
     parser.add_argument("--operators", help="only operators whose name matches this regex")
     parser.add_argument(
         "--out", help="directory for the session and the report (default: a new temp dir)"
+    )
+    parser.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="with the --out of a finished run: run its survivors again (after adding tests)",
     )
     parser.add_argument("--nice", type=int, default=10, help="niceness of the test runs")
     parser.add_argument(
@@ -360,10 +399,15 @@ def main(argv=None):
     tests = args.tests or TESTS.get(key)
     if not tests:
         parser.error(f"no tests mapped for {key}: pass --tests (mapped: {', '.join(TESTS)})")
+    if args.keyword:
+        tests = [*tests, "-k", args.keyword]
     path = ROOT / relative
     if not path.is_file():
         parser.error(f"{path} does not exist")
 
+    # started in the background by a shell, SIGINT is ignored, and an ignored signal stays
+    # ignored in children: the time limit could not interrupt cosmic-ray
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.nice:
         os.nice(args.nice)  # inherited by the baseline and by every test run
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gradserve-mutate-"))
@@ -393,6 +437,8 @@ def main(argv=None):
             subprocess.run(
                 [_tool("cr-filter-operators"), str(session), str(config)], cwd=ROOT, check=True
             )
+        elif args.rerun_survivors:
+            print(f"{_forget_survivors(session)} survivors to run again", file=sys.stderr)
         pending = sum(1 for _, r in _results(session) if r is None)
         print(
             f"{pending} mutants to run (test timeout {timeout:.0f} s, baseline {seconds:.1f} s)",
