@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2
 from gradserve.v1 import service_pb2 as pb
 from grpc_status import rpc_status
 
-from gradserve.protocol import canonical_array, dtype_name, fill_tensor, shared_regions
+from gradserve.protocol import canonical_array, dtype_name, fill_tensor, host_id, shared_regions
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SharedMemory"].full_name
 MIN_BYTES = 16384  # arrays and results smaller than this travel inline
@@ -35,15 +35,6 @@ ALIGNMENT = 64
 REGION_QUANTUM = 1 << 20  # region sizes are whole MiB
 MAX_REGIONS = 16  # threads of one Client with a region; further threads send bytes
 UNKNOWN = "UnknownSharedMemory"  # the server no longer has our lease or region
-
-
-def host_id() -> str:
-    """The kernel's boot id (the same on every process and container of one machine)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _aligned(n: int) -> int:

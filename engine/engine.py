@@ -168,29 +168,6 @@ class Engine:
                 self._plans.popitem(last=False)
         return plan
 
-    def _build(self, graph: Graph, key, build, wrt) -> Plan:
-        """Scans keep their bodies' residuals, unless those alone would pass a tape budget
-        (known from their shapes, `reverse_residual_bytes`, before anything is built): then
-        scans are differentiated through loop tapes (which can checkpoint), except in
-        second-order programs (hvp, hessian), which loop tapes do not support yet and which
-        keep each residual's tangent too: there a scan stacks only its carries and
-        recomputes its body, and the budget is checked as for any residual. Where the
-        residuals fit but the plan's whole tape does not (other residuals take the room), it
-        is built a second time the other way."""
-        budget = self.max_tape_bytes
-        if budget is None or wrt is None:
-            return Plan(build(False))
-        second_order = key[0] in ("hvp", "hessian")
-        residuals = reverse_residual_bytes(graph, wrt) * (2 if second_order else 1)
-        if residuals <= budget:
-            plan = Plan(build(False))
-            if not residuals or plan.stats.tape_bytes <= budget:
-                return plan
-        if second_order:
-            with recomputing():
-                return Plan(build(False))
-        return Plan(build(True))
-
     def _run(self, plan: Plan, args, *, tape=True, should_stop=None):
         stats = plan.stats
         budget = self.max_tape_bytes

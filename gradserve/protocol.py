@@ -38,6 +38,7 @@ __all__ = [
     "fill_value",
     "from_tensor",
     "from_value",
+    "host_id",
     "method_path",
     "proto_digest",
     "result_array",
@@ -172,6 +173,16 @@ def result_arrays(reply, name: str) -> tuple:
     if reply.HasField(twin):
         return from_value(getattr(reply, twin))
     return tuple(result_array(t) for t in getattr(reply, name))
+
+
+def host_id() -> str:
+    """The kernel's boot id: equal for every process and container of one machine (whether
+    a client shares its server's host, docs/wire.md "Shared memory")."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def result_array(msg: graph_pb2.Tensor) -> np.ndarray:

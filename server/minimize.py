@@ -27,7 +27,7 @@ from gradserve.minimize_wire import data_map, fill_result, from_datum, from_map
 from gradserve.protocol import MINIMIZE, fill_tensor, result_array
 
 from . import metrics as m
-from .errors import Failure, Stopped, failure_from_exception, to_status
+from .errors import Failure, Stopped
 
 log = logging.getLogger("gradserve.server")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -209,7 +209,7 @@ class _Loop:
 
 def handle(servicer, requests, context):
     """The Minimize handler: raw request bytes in, raw MinimizeProgress bytes out."""
-    from .servicer import _Call, redact
+    from .servicer import _Call, abort
 
     start = time.perf_counter()
     admission = servicer.admission
@@ -247,28 +247,7 @@ def handle(servicer, requests, context):
         for msg in loop.messages():
             yield msg.SerializeToString()
     except Exception as exc:
-        if isinstance(exc, Stopped):
-            failure = Failure(
-                grpc.StatusCode.DEADLINE_EXCEEDED if exc.deadline else grpc.StatusCode.CANCELLED,
-                f"{MINIMIZE}: {exc}; the loop was stopped",
-                "DeadlineExceeded" if exc.deadline else "Cancelled",
-            )
-        else:
-            failure = failure_from_exception(exc)
-        code = failure.code.name
-        if code == "INTERNAL":
-            log.debug("%s INTERNAL: unexpected server error", MINIMIZE, exc_info=True)
-        log.log(
-            logging.DEBUG if not admitted else logging.WARNING,
-            "%s %s peer=%s %.1fms: %s: %s",
-            MINIMIZE,
-            code,
-            context.peer(),
-            (time.perf_counter() - start) * 1e3,
-            failure.reason or code,
-            redact(failure.message),
-        )
-        context.abort_with_status(to_status(failure))
+        code = abort(MINIMIZE, exc, "loop", admitted, start, context)
     finally:
         if admitted:
             admission.leave()

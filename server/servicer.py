@@ -202,6 +202,38 @@ def _argnums(req, absent=0):
     return indices[0]
 
 
+def abort(method: str, exc: Exception, what: str, admitted: bool, start: float, context) -> str:
+    """End a failed call: log it (redacted) and abort it with its status and details. `what`
+    names what a cancellation or deadline stopped. Returns the status code's name."""
+    if isinstance(exc, Stopped):
+        failure = Failure(
+            grpc.StatusCode.DEADLINE_EXCEEDED if exc.deadline else grpc.StatusCode.CANCELLED,
+            f"{method}: {exc}; the {what} was stopped",
+            "DeadlineExceeded" if exc.deadline else "Cancelled",
+        )
+    else:
+        failure = failure_from_exception(exc)
+    code = failure.code.name
+    level = logging.INFO if code == "NOT_FOUND" else logging.WARNING
+    if not admitted:
+        level = logging.DEBUG  # a flood of them: gradserve_refused_requests_total
+    if code == "INTERNAL":
+        # the traceback may quote values: at DEBUG only (the line below is redacted)
+        log.debug("%s INTERNAL: unexpected server error", method, exc_info=True)
+    log.log(
+        level,
+        "%s %s peer=%s %.1fms: %s: %s",
+        method,
+        code,
+        context.peer(),
+        (time.perf_counter() - start) * 1e3,
+        failure.reason or code,
+        redact(failure.message),
+    )
+    context.abort_with_status(to_status(failure))
+    return code  # abort_with_status raises; a test's stand-in context may not
+
+
 class Servicer:
     def __init__(
         self,
@@ -430,33 +462,7 @@ class Servicer:
                 series.recomputed_ops.inc(call.stats.recomputed_ops)
             return reply.to_bytes()
         except Exception as exc:
-            if isinstance(exc, Stopped):
-                deadline = exc.deadline
-                failure = Failure(
-                    grpc.StatusCode.DEADLINE_EXCEEDED if deadline else grpc.StatusCode.CANCELLED,
-                    f"{method}: {exc}; the computation was stopped",
-                    "DeadlineExceeded" if deadline else "Cancelled",
-                )
-            else:
-                failure = failure_from_exception(exc)
-            code = failure.code.name
-            level = logging.INFO if code == "NOT_FOUND" else logging.WARNING
-            if not admitted:
-                level = logging.DEBUG  # a flood of them: gradserve_refused_requests_total
-            if code == "INTERNAL":
-                # the traceback may quote values: at DEBUG only (the line below is redacted)
-                log.debug("%s INTERNAL: unexpected server error", method, exc_info=True)
-            log.log(
-                level,
-                "%s %s peer=%s %.1fms: %s: %s",
-                method,
-                code,
-                context.peer(),
-                (time.perf_counter() - start) * 1e3,
-                failure.reason or code,
-                redact(failure.message),
-            )
-            context.abort_with_status(to_status(failure))
+            code = abort(method, exc, "computation", admitted, start, context)
         finally:
             if admitted:
                 self.admission.leave()

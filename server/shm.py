@@ -34,7 +34,7 @@ from gradserve.engine import dtypes
 from gradserve.v1 import service_pb2 as pb
 from prometheus_client import Gauge
 
-from gradserve.protocol import canonical_array, dtype_name
+from gradserve.protocol import canonical_array, dtype_name, host_id
 
 from .errors import Failure, to_status
 
@@ -61,15 +61,6 @@ MAPPED_BYTES = Gauge(
 MAPPED_REGIONS = Gauge(
     "gradserve_shared_memory_regions", "Client shared-memory regions the server maps."
 )
-
-
-def host_id() -> str:
-    """The kernel's boot id: equal for processes on one machine (containers included)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 class Mapping:
