@@ -209,7 +209,7 @@ class _Loop:
 
 def handle(servicer, requests, context):
     """The Minimize handler: raw request bytes in, raw MinimizeProgress bytes out."""
-    from .servicer import _Call, abort
+    from .servicer import _Call, failed
 
     start = time.perf_counter()
     admission = servicer.admission
@@ -247,7 +247,8 @@ def handle(servicer, requests, context):
         for msg in loop.messages():
             yield msg.SerializeToString()
     except Exception as exc:
-        code = abort(MINIMIZE, exc, "loop", admitted, start, context)
+        code, status = failed(MINIMIZE, exc, "loop", admitted, start, context)
+        context.abort_with_status(status)
     finally:
         if admitted:
             admission.leave()

@@ -202,9 +202,9 @@ def _argnums(req, absent=0):
     return indices[0]
 
 
-def abort(method: str, exc: Exception, what: str, admitted: bool, start: float, context) -> str:
-    """End a failed call: log it (redacted) and abort it with its status and details. `what`
-    names what a cancellation or deadline stopped. Returns the status code's name."""
+def failed(method: str, exc: Exception, what: str, admitted: bool, start: float, context):
+    """A failed call's status code name and its status (for `context.abort_with_status`),
+    logged (redacted). `what` names what a cancellation or deadline stopped."""
     if isinstance(exc, Stopped):
         failure = Failure(
             grpc.StatusCode.DEADLINE_EXCEEDED if exc.deadline else grpc.StatusCode.CANCELLED,
@@ -230,8 +230,7 @@ def abort(method: str, exc: Exception, what: str, admitted: bool, start: float, 
         failure.reason or code,
         redact(failure.message),
     )
-    context.abort_with_status(to_status(failure))
-    return code  # abort_with_status raises; a test's stand-in context may not
+    return code, to_status(failure)
 
 
 class Servicer:
@@ -462,7 +461,8 @@ class Servicer:
                 series.recomputed_ops.inc(call.stats.recomputed_ops)
             return reply.to_bytes()
         except Exception as exc:
-            code = abort(method, exc, "computation", admitted, start, context)
+            code, status = failed(method, exc, "computation", admitted, start, context)
+            context.abort_with_status(status)
         finally:
             if admitted:
                 self.admission.leave()
