@@ -219,3 +219,16 @@ def test_an_integer_output_has_zero_rows(mode):
     assert np.allclose(J_sin, np.diag(np.cos(X)), rtol=1e-14, atol=0)
     empty = gs.trace(gnp.argsort, np.zeros(0))
     assert eng.jacobian(empty, np.zeros(0), mode=mode).shape == (0, 0)
+
+
+def test_empty_inputs_give_empty_jacobians_and_hessians():
+    """A zero-size input: the one-hot basis has no rows (nothing for its diagonal rules to
+    write), and the results are the empty matrices of the right shape."""
+    x = np.array([], dtype=np.float64)
+    eng = gs.Engine()
+    hess = eng.hessian(gs.trace(lambda x: gnp.sum(gnp.logaddexp(x, x)), x), x)
+    assert hess.shape == (0, 0) and hess.dtype == np.float64
+    graph = gs.trace(lambda x: gnp.tanh(x) * x, x)
+    for mode in ("fwd", "rev"):
+        jac = eng.jacobian(graph, x, mode=mode)
+        assert jac.shape == (0, 0) and jac.dtype == np.float64

@@ -175,6 +175,8 @@ def _diagonal_sum(dense, value: Scaled, sign: float):
         offsets = np.arange(size) * (size + 1)
     if dense.spec.dtype != want:
         dense = gnp.astype(dense, want)
+    if size == 0:  # an empty Jacobian: nothing to add, the general rule builds it
+        return None
     step = int(offsets[1] - offsets[0]) if size > 1 else 1
     if not np.array_equal(offsets, offsets[0] + step * np.arange(size)) or step <= 0:
         return None
