@@ -246,6 +246,9 @@ def handle(servicer, requests, context):
         loop.start()
         for msg in loop.messages():
             yield msg.SerializeToString()
+    except GeneratorExit:  # gRPC closed the stream: the client cancelled it or went away
+        code = "CANCELLED"
+        raise
     except Exception as exc:
         code, status = failed(MINIMIZE, exc, "loop", admitted, start, context)
         context.abort_with_status(status)
