@@ -11,6 +11,7 @@ storage; a storage is alive while any value on it is.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -171,12 +172,16 @@ def _from_pool(ufunc, key, pools):
     return step
 
 
-def _recycler(key, pools):
+def _recycler(key, pools, most: int):
     def recycle(array):
         # Nothing else refers to it (the planner made sure); an array that does not own its
-        # memory (an einsum may return a view of an array of its own) is left alone.
+        # memory (an einsum may return a view of an array of its own) is left alone. A pool
+        # keeps at most as many buffers as the plan's steps can take from it in one call:
+        # more would pile up call after call.
         if type(array) is np.ndarray and array.base is None:
-            pools.__dict__.setdefault(key, []).append(array)
+            free = pools.__dict__.setdefault(key, [])
+            if len(free) < most:
+                free.append(array)
 
     return recycle
 
@@ -282,12 +287,23 @@ class Plan:
         # after it, (recycle function, slot) of the buffers it gives back to the pool).
         steps = []
         slot_of = slot.__getitem__
+        takes_from_pool = [
+            k not in donations
+            and prims[k].ufunc is not None
+            and avals[node.outputs[0]].size >= POOL_MIN_ELEMENTS
+            for k, node in enumerate(nodes)
+        ]
+        takers = collections.Counter(
+            (avals[node.outputs[0]].shape, avals[node.outputs[0]].dtype)
+            for node, takes in zip(nodes, takes_from_pool)
+            if takes
+        )
         for k, node in enumerate(nodes):
             prim = prims[k]
             kernel = None
             if k in donations:
                 fn = _into(prim.ufunc, donations[k]) if prim.ufunc is not None else prim.inplace
-            elif prim.ufunc is not None and avals[node.outputs[0]].size >= POOL_MIN_ELEMENTS:
+            elif takes_from_pool[k]:
                 spec = avals[node.outputs[0]]
                 fn = _from_pool(prim.ufunc, (spec.shape, spec.dtype), pools)
             else:
@@ -308,11 +324,10 @@ class Plan:
                     outs if prim.multiple_results else outs[0],
                     tuple(map(slot_of, frees[k])),
                     tuple(
-                        (_recycler((avals[n].shape, avals[n].dtype), pools), slot[n])
+                        (_recycler(key, pools, takers[key]), slot[n])
                         for n in recycled[k]
-                    )
-                    if recycled[k]
-                    else (),
+                        if takers[key := (avals[n].shape, avals[n].dtype)]
+                    ),
                 )
             )
         self._sources: dict = {}  # checked -> lines of the compiled source

@@ -190,3 +190,38 @@ def test_a_view_made_by_an_op_outlives_its_base(name):
         v = numpy_view(a)
         want = np.sum(np.sin(a)) + np.sum(np.cos(v)) + np.sum(v * 2.0)
         assert float(eng.evaluate(graph, x)) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_pool_keeps_no_more_buffers_than_its_plan_takes():
+    """A small MLP's gradient: products with the 2048 rows (buffers of their own) die inside
+    the call, and fewer steps of their shape take from the pool than give back to it. Calls
+    must not leave buffers behind, call after call (a server grew by a gigabyte a minute)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    args = (
+        0.3 * rng.standard_normal((16, 8)),
+        0.1 * rng.standard_normal(8),
+        0.3 * rng.standard_normal(8),
+        rng.standard_normal((2048, 16)),
+        rng.standard_normal(2048),
+    )
+
+    def mlp_loss(W1, b1, W2, X, y):
+        h = gnp.tanh(X @ W1 + b1)
+        return gnp.mean((h @ W2 - y) ** 2) + 1e-3 * gnp.sum(W1 * W1)
+
+    graph = gs.trace(mlp_loss, *args)
+    eng = gs.Engine()
+    for _ in range(3):
+        eng.grad(graph, *args, argnums=(0, 1, 2))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(30):
+            grads = eng.grad(graph, *args, argnums=(0, 1, 2))
+            del grads
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2048 * 8 * 8, grown  # less than one hidden layer's buffer
