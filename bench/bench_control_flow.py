@@ -44,6 +44,17 @@ def rnn_loss(W, U, h0, xs):
     return total
 
 
+def rnn_args(hidden: int, steps: int, seed: int = 0) -> tuple:
+    """W, U, h0 and the inputs xs (steps x 8) of the benchmark RNN."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((hidden, hidden)) / np.sqrt(hidden),
+        rng.standard_normal((hidden, 8)) / np.sqrt(8),
+        rng.standard_normal(hidden) * 0.1,
+        rng.standard_normal((steps, 8)),
+    )
+
+
 def numpy_bptt(W, U, h0, xs):
     hs = [h0]
     for x in xs:
@@ -82,14 +93,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--profile", action="store_true")
     opts = parser.parse_args()
-    rng = np.random.default_rng(0)
     H, T = opts.hidden, opts.steps
-    args = (
-        rng.standard_normal((H, H)) / np.sqrt(H),
-        rng.standard_normal((H, 8)) / np.sqrt(8),
-        rng.standard_normal(H) * 0.1,
-        rng.standard_normal((T, 8)),
-    )
+    args = rnn_args(H, T)
     graph = gs.trace(rnn_loss, *args)
     argnums = (0, 1, 2, 3)
     hand_tape = (T + 1) * H * 8  # hs: h_0 .. h_T

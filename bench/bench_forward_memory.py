@@ -20,7 +20,7 @@ import time
 import tracemalloc
 
 import numpy as np
-from bench_control_flow import rnn_loss
+from bench_control_flow import rnn_args, rnn_loss
 from gradserve.engine.transforms import linearizing
 
 import gradserve as gs
@@ -65,14 +65,9 @@ def main():
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=7)
     opts = parser.parse_args()
-    rng = np.random.default_rng(0)
     H, T = opts.hidden, opts.steps
-    args = (
-        rng.standard_normal((H, H)) / np.sqrt(H),
-        rng.standard_normal((H, 8)) / np.sqrt(8),
-        rng.standard_normal(H) * 0.1,
-        rng.standard_normal((T, 8)),
-    )
+    args = rnn_args(H, T)
+    rng = np.random.default_rng(1)
     tangents = tuple(rng.standard_normal(np.shape(a)) for a in args)
     graph = gs.trace(rnn_loss, *args)
     inputs = 2 * sum(a.nbytes for a in args)

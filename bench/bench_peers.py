@@ -188,13 +188,7 @@ def w5(lib, mode):
 
 
 def rnn(lib, steps=2000, hidden=64):
-    rng = np.random.default_rng(0)
-    args = (
-        rng.standard_normal((hidden, hidden)) / np.sqrt(hidden),
-        rng.standard_normal((hidden, 8)) / np.sqrt(8),
-        rng.standard_normal(hidden) * 0.1,
-        rng.standard_normal((steps, 8)),
-    )
+    args = cf.rnn_args(hidden, steps)
     argnums = (0, 1, 2, 3)
     if lib == "gradserve":
         graph, eng = gs.trace(cf.rnn_loss, *args), gs.Engine()
@@ -256,13 +250,7 @@ def hand(workload):
     if workload.startswith("W5"):
         A, x = be.w5_data()
         return lambda: be.w5_hand_jacobian(A, x)
-    rng = np.random.default_rng(0)
-    args = (
-        rng.standard_normal((64, 64)) / 8.0,
-        rng.standard_normal((64, 8)) / np.sqrt(8),
-        rng.standard_normal(64) * 0.1,
-        rng.standard_normal((2000, 8)),
-    )
+    args = cf.rnn_args(64, 2000)
     return lambda: cf.numpy_bptt(*args)
 
 
