@@ -187,3 +187,26 @@ def test_arg_over_all_elements_is_per_batch_entry(name, keepdims):
     want = np.zeros(12)
     want[getattr(np, name)(x)] = 2.0
     np.testing.assert_allclose(gs.grad(f)(x), want.reshape(3, 4), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+def test_arg_with_kept_dims_broadcasts_per_batch_entry(name):
+    """The kept dims of argmax over all elements broadcast against x in each batch entry:
+    sum(x * argmax(x)) is argmax(x) * sum(x), whose gradient is argmax(x) everywhere."""
+    x = np.random.default_rng(12).permutation(12).reshape(3, 4) / 7.0
+
+    def f(x):
+        return gnp.sum(x * getattr(gnp, name)(x, keepdims=True))
+
+    report = ENG.check_grad(gs.trace(f, x), x)
+    assert report.ok, report
+    np.testing.assert_allclose(gs.grad(f)(x), np.full((3, 4), getattr(np, name)(x)), rtol=0)
+
+
+@pytest.mark.parametrize("name, want", [("argmax", [1, 2]), ("argmin", [0, 0])])
+def test_arg_of_complex_input_orders_by_real_part_only(name, want):
+    """Equal real parts tie whatever the imaginary parts (NumPy's own complex order would
+    look at them): the first of the tied elements is taken."""
+    x = np.array([[1 + 0j, 2 - 1j, 2 + 1j], [0 + 1j, 0 - 1j, 3 + 0j]])
+    got = ENG.evaluate(gs.trace(lambda x: getattr(gnp, name)(x, axis=1), x), x)
+    np.testing.assert_array_equal(got, want)
