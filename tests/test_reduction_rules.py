@@ -210,3 +210,18 @@ def test_arg_of_complex_input_orders_by_real_part_only(name, want):
     x = np.array([[1 + 0j, 2 - 1j, 2 + 1j], [0 + 1j, 0 - 1j, 3 + 0j]])
     got = ENG.evaluate(gs.trace(lambda x: getattr(gnp, name)(x, axis=1), x), x)
     np.testing.assert_array_equal(got, want)
+
+
+def test_argsort_under_the_complex_step():
+    """The complex step sorts by the real part: sum(w * x[argsort(x)]) has the gradient
+    w[rank of x[j]] at x[j]."""
+    x = np.array([0.3, -1.2, 2.5, 0.7])
+    w = np.array([1.0, 10.0, 100.0, 1000.0])
+
+    def f(x):
+        return gnp.sum(gnp.take(x, gnp.argsort(x)) * w)
+
+    report = ENG.check_grad(gs.trace(f, x), x, method="complex")
+    assert report.ok, report
+    ranks = np.argsort(np.argsort(x))
+    np.testing.assert_array_equal(gs.grad(f)(x), w[ranks])
