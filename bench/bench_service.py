@@ -101,15 +101,19 @@ def wait_port(port, proc, timeout=60):
 # ---- timing -------------------------------------------------------------------------------------
 
 
-def interleaved(fns, n, warmup=3):
-    """Median seconds of each fn, calling them in turn n times (after warm-up)."""
+def interleaved(fns, n, warmup=3, between=None):
+    """Median seconds of each fn, calling them in turn n times (after warm-up); `between()`
+    (untimed), if given, before each round."""
+    between = between or (lambda: None)
     for _ in range(warmup):
+        between()
         for fn in fns:
             fn()
     times = [[] for _ in fns]
     gc.disable()
     try:
         for _ in range(n):
+            between()
             for fn, out in zip(fns, times):
                 t = time.perf_counter()
                 fn()

@@ -21,14 +21,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import gc
 import statistics
 import sys
-import time
 
 import grpc
 import numpy as np
 from bench_engine import w3_data, w3_gs_fn, w3_hand_value_and_grad
+from bench_service import interleaved
 from gradserve.server.process import ServerProcess
 from gradserve.server.server import tune_malloc
 
@@ -44,27 +43,6 @@ class Sizes(grpc.UnaryUnaryClientInterceptor):
         outcome = continuation(details, request)
         self.last = (len(request), len(outcome.result()))
         return outcome
-
-
-def interleaved(fns, n, between, warmup=3):
-    """Median seconds of each fn, calling them in turn n times (after warm-up), and
-    `between()` (untimed) before each round."""
-    for _ in range(warmup):
-        between()
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    gc.disable()
-    try:
-        for _ in range(n):
-            between()
-            for fn, out in zip(fns, times):
-                t = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t)
-    finally:
-        gc.enable()
-    return [statistics.median(t) for t in times]
 
 
 def ms(seconds: float) -> str:
@@ -136,7 +114,9 @@ def main():
 
         for name in clients:
             variants[f"remote, {name}"] = remote(name)
-        medians = dict(zip(variants, interleaved(list(variants.values()), rounds, new_weights)))
+        medians = dict(
+            zip(variants, interleaved(list(variants.values()), rounds, between=new_weights))
+        )
 
         print(
             f"W3 value+grad, new weights every call: {nbytes_in / 1e6:.1f} MB of arguments, "
