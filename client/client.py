@@ -688,15 +688,8 @@ class Client:
                     force_inline = {d for _, t in tensors for d in t.digests if d is not None}
                     continue
                 missing = _missing(err) if err.code() == grpc.StatusCode.NOT_FOUND else None
-                if missing and attempt == 0:
-                    # The server does not have (or no longer has) these: send the bodies, once.
-                    for kind, name in missing:
-                        if kind == GRAPH_RESOURCE:
-                            self._missed(("g", name))
-                            send_body = True
-                        else:
-                            self._missed(("t", name))
-                            force_inline.add(name)
+                if missing and attempt == 0:  # send the bodies, once
+                    send_body = self._forget_missing(missing, force_inline) or send_body
                     continue
                 raise _exception(err, method, timeout) from None
             break
@@ -719,6 +712,27 @@ class Client:
 
     def _tensors(self, digest, groups):
         return [(field, _Tensors(self, digest, field, list(group))) for field, group in groups]
+
+    def _pause(self, delay: float, hint) -> float:
+        """Seconds to wait before a retry: the backoff `delay`, capped and jittered; after an
+        overloaded server's `hint` (RetryInfo), not before it, jittered after."""
+        pause = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
+        if hint is not None:
+            pause = max(hint, pause) * (1 + random.random() / 2)
+        return pause
+
+    def _forget_missing(self, missing, force_inline: set) -> bool:
+        """The server does not have (or no longer has) these resources: send them in full next
+        time (a tensor's digest joins `force_inline`). True when the graph's body must go."""
+        send_body = False
+        for kind, name in missing:
+            if kind == GRAPH_RESOURCE:
+                self._missed(("g", name))
+                send_body = True
+            else:
+                self._missed(("t", name))
+                force_inline.add(name)
+        return send_body
 
     def _unary(self, method, data, deadline, timeout):
         stub = self._stubs[method]
@@ -748,12 +762,9 @@ class Client:
                 if err.code() == grpc.StatusCode.UNAVAILABLE:
                     unavailable = err
                 refused = err
-            pause = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
-            if hint is not None:
-                # An overloaded server said when to come back: not before, jittered after.
-                pause = max(hint, pause) * (1 + random.random() / 2)
-                if deadline is not None and time.monotonic() + pause >= deadline:
-                    raise refused from None  # retrying would only meet the deadline
+            pause = self._pause(delay, hint)
+            if hint is not None and deadline is not None and time.monotonic() + pause >= deadline:
+                raise refused from None  # retrying would only meet the deadline
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)

@@ -11,7 +11,6 @@ the loop on the server."""
 from __future__ import annotations
 
 import queue
-import random
 import time
 
 import grpc
@@ -27,7 +26,7 @@ from gradserve.optimize import (
     show_step,
     user_form,
 )
-from gradserve.protocol import GRAPH_RESOURCE, MINIMIZE, fill_tensor, method_path, result_array
+from gradserve.protocol import MINIMIZE, fill_tensor, method_path, result_array
 
 from . import client as _client
 
@@ -133,23 +132,15 @@ def minimize_on_server(client, graph, x0, fixed, method, options, progress, layo
                     raise _client._exception(err, MINIMIZE, timeout) from None
                 code = err.code()
                 missing = _client._missing(err) if code == grpc.StatusCode.NOT_FOUND else None
-                if missing and not resent:
+                if missing and not resent:  # send the bodies, once
                     resent = True
-                    for kind, name in missing:  # send the bodies, once
-                        if kind == GRAPH_RESOURCE:
-                            client._missed(("g", name))
-                            send_body = True
-                        else:
-                            client._missed(("t", name))
-                            force_inline.add(name)
+                    send_body = client._forget_missing(missing, force_inline) or send_body
                     continue
                 hint = _client._retry_delay(err) if code == _client._EXHAUSTED else None
                 if retries == 0 or (code != grpc.StatusCode.UNAVAILABLE and hint is None):
                     raise _client._exception(err, MINIMIZE, timeout) from None
                 retries -= 1
-                pause = max(hint or 0.0, min(delay, client.max_backoff)) * (
-                    0.5 + random.random() / 2
-                )
+                pause = client._pause(delay, hint)
                 if deadline is not None and time.monotonic() + pause >= deadline:
                     raise _client._exception(err, MINIMIZE, timeout) from None
                 time.sleep(pause)
