@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -262,6 +263,27 @@ def _exec(config, session, time_limit, out):
         raise
 
 
+NOT_SAMPLED = "not in the sample"
+
+
+def _sample(session, size, seed):
+    """Keep `size` of the pending mutants, drawn uniformly (reproducibly: from `seed`, over the
+    mutants in file order); mark the rest skipped as not sampled. How many were left out."""
+    with sqlite3.connect(session) as db:
+        pending = db.execute(
+            "SELECT s.job_id FROM mutation_specs s LEFT JOIN work_results r USING (job_id)"
+            " WHERE r.job_id IS NULL ORDER BY s.start_pos_row, s.start_pos_col,"
+            " s.operator_name, s.occurrence, s.operator_args"
+        ).fetchall()
+        chosen = set(random.Random(seed).sample(range(len(pending)), min(size, len(pending))))
+        left_out = [(NOT_SAMPLED, job) for i, (job,) in enumerate(pending) if i not in chosen]
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, job_id) VALUES ('SKIPPED', ?, ?)",
+            left_out,
+        )
+        return len(left_out)
+
+
 def _forget_survivors(session):
     """Make the survivors of an earlier run of the session pending again; how many. Mutants
     the tests killed stay killed as long as tests are only added."""
@@ -286,7 +308,7 @@ def _classify(result):
         return "not run"
     worker = result.get("worker_outcome")
     if worker == "skipped":
-        return "skipped"
+        return "not sampled" if result.get("output") == NOT_SAMPLED else "skipped"
     if worker == "no-test":
         return "no mutation"
     test = result.get("test_outcome")
@@ -317,6 +339,7 @@ def _report(module, tests, deselected, rows, finished, elapsed):
                 "survived",
                 "incompetent",
                 "skipped",
+                "not sampled",
                 "no mutation",
                 "not run",
             )
@@ -379,6 +402,12 @@ def main(argv=None):
         action="store_true",
         help="with the --out of a finished run: run its survivors again (after adding tests)",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        help="run only this many of the file's mutants, drawn uniformly at random (a first run)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the test runs")
     parser.add_argument(
         "--strict-baseline",
@@ -437,6 +466,9 @@ def main(argv=None):
             subprocess.run(
                 [_tool("cr-filter-operators"), str(session), str(config)], cwd=ROOT, check=True
             )
+            if args.sample is not None:
+                left_out = _sample(session, args.sample, args.seed)
+                print(f"sampled {args.sample}, {left_out} left out", file=sys.stderr)
         elif args.rerun_survivors:
             print(f"{_forget_survivors(session)} survivors to run again", file=sys.stderr)
         pending = sum(1 for _, r in _results(session) if r is None)
