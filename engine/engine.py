@@ -183,14 +183,15 @@ class Engine:
         self._local.running = stats.tape_bytes if tape else 0
         try:
             out = plan.run(args, should_stop)
+            loops, tapes, recomputed = meter.peak, meter.tapes, meter.recomputed_ops
         finally:
             self._local.running = None
-        loops = meter.peak
+            meter.reset(None)  # the budget is this call's: loops run outside a call have none
         self._local.stats = Stats(
             (stats.tape_bytes if tape else 0) + loops,
-            (stats.tape_entries if tape else 0) + meter.tapes,
+            (stats.tape_entries if tape else 0) + tapes,
             stats.peak_bytes + loops,
-            meter.recomputed_ops,
+            recomputed,
         )
         return [np.asarray(o) for o in out]
 

@@ -186,6 +186,30 @@ def test_the_interpreter_runs_what_the_generated_function_runs(method):
     np.testing.assert_allclose(results["compiled"][0][0], np.sum(z * y) + np.sum(x.ravel()[:5]))
 
 
+def test_a_calls_tape_budget_ends_with_the_call():
+    """A budget given to one engine call is that call's: a plan run outside any call (as the
+    test above runs them) records its loop tapes without one."""
+    small = gs.trace(lambda x: gs.fori_loop(0, 4, lambda i, c: gnp.sin(c), x), 0.5)
+    engine = gs.Engine(max_tape_bytes=256)
+    np.testing.assert_allclose(engine.grad(small, 0.5), _sin_chain_derivative(0.5, 4))
+    x = square(5)
+    plan = Plan(vjp(Program(gs.trace(_loop_and_pool, x)), (0,), seed_ones=True, loop_tapes=True))
+    value = plan.run([x])[0]  # its carries need far more than the 256 bytes above
+    y = np.exp(x) * np.sin(x)
+    z = y
+    for _ in range(3):
+        z = z * 0.5 + np.tanh(z)
+    np.testing.assert_allclose(value, np.sum(z * y) + np.sum(x.ravel()[:5]))
+
+
+def _sin_chain_derivative(x, n):
+    derivative = 1.0
+    for _ in range(n):
+        derivative *= np.cos(x)
+        x = np.sin(x)
+    return derivative
+
+
 def test_a_plan_is_compiled_once_it_has_run_a_few_times():
     x = np.linspace(0, 1, 10)
     plan = Plan(Program(gs.trace(lambda x: gnp.sum(gnp.sin(x) * x), x)))
