@@ -159,6 +159,19 @@ def test_logsumexp_of_rows_of_all_minus_inf():
     np.testing.assert_allclose(out, [0.0, 0.25 * 4.0 + 0.75 * 8.0], rtol=1e-15)
 
 
+def test_logsumexp_of_a_row_holding_plus_inf():
+    """The softmax's limit as one element grows without bound: 0 for the finite elements; the
+    infinite one's share is inf / inf, nan (JAX's jax.nn.logsumexp gives the same)."""
+    x = np.array([[1.0, np.inf, -2.0], [0.0, np.log(3.0), -np.inf]])
+    got = ENG.evaluate(gs.trace(lambda x: gs.nn.logsumexp(x, axis=1), x), x)
+    np.testing.assert_allclose(got, [np.inf, np.log(4.0)], rtol=1e-15)
+    grad = gs.grad(lambda x: gnp.sum(gs.nn.logsumexp(x, axis=1)))(x)
+    np.testing.assert_allclose(grad, [[0.0, np.nan, 0.0], [0.25, 0.75, 0.0]], rtol=1e-15)
+    tangent = np.array([[1.0, 0.0, 4.0], [4.0, 8.0, 16.0]])
+    _, out = gs.jvp(lambda x: gs.nn.logsumexp(x, axis=1), (x,), (tangent,))
+    np.testing.assert_allclose(out, [np.nan, 0.25 * 4.0 + 0.75 * 8.0], rtol=1e-15)  # 0 * nan
+
+
 def test_logsumexp_of_a_scalar_and_of_an_empty_axis():
     x = np.float64(2.5)
     got = ENG.evaluate(gs.trace(lambda x: gs.nn.logsumexp(x), x), x)

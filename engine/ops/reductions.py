@@ -154,12 +154,13 @@ def _logsumexp_impl(x, axes, keepdims):
 
 
 def _logsumexp_jvp(primals, tangents, ans, axes, keepdims):
-    """d logsumexp = sum(t * softmax(x)); with the output shifted to 0 where it is -inf the
-    softmax of an all -inf row is 0, not nan."""
+    """d logsumexp = sum(t * softmax(x)), softmax(x) = exp(x - ans). Where ans is -inf (a row
+    of all -inf) the shift is 0, so that row's softmax is 0, not nan; where it is +inf the
+    finite elements get 0 and the infinite ones nan, as JAX's."""
     (x,), (t,) = primals, tangents
     if t is None:
         return None
-    safe = _with_kept_dims(gnp.where(gnp.isfinite(ans), ans, 0), x, axes, keepdims)
+    safe = _with_kept_dims(gnp.where(gnp.equal(ans, -np.inf), 0, ans), x, axes, keepdims)
     return gnp.sum(t * gnp.exp(x - safe), axis=axes, keepdims=keepdims)
 
 
