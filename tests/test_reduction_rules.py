@@ -181,6 +181,17 @@ def test_logsumexp_of_a_scalar_and_of_an_empty_axis():
     np.testing.assert_array_equal(got, [-np.inf, -np.inf])  # log of an empty sum: log(0)
 
 
+@pytest.mark.parametrize("name, want", [("max", [1 + 2j, 3 + 0j]), ("min", [1 + 5j, 0 - 1j])])
+def test_extremum_of_complex_input_takes_the_first_of_equal_real_parts(name, want):
+    """Equal real parts tie whatever the imaginary parts: the first is taken (NumPy's own
+    complex order would take 1+5j for max and 1+2j for min of the first row)."""
+    x = np.array([[1 + 2j, 1 + 5j, 0 + 9j], [0 - 1j, 3 + 0j, 0 + 1j]])
+    if name == "min":
+        x[0] = [1 + 5j, 1 + 2j, 3 + 0j]
+    got = ENG.evaluate(gs.trace(lambda x: getattr(gnp, name)(x, axis=1), x), x)
+    np.testing.assert_array_equal(got, want)
+
+
 # ---- argmax / argmin over all elements under batching ------------------------------------------
 
 
@@ -216,6 +227,22 @@ def test_arg_with_kept_dims_broadcasts_per_batch_entry(name):
     report = ENG.check_grad(gs.trace(f, x), x)
     assert report.ok, report
     np.testing.assert_allclose(gs.grad(f)(x), np.full((3, 4), getattr(np, name)(x)), rtol=0)
+
+
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+def test_arg_with_kept_dims_keeps_each_batch_entrys_rank(name):
+    """argmax over all of a vector with kept dims is a vector of one element in each batch
+    entry: it concatenates with the vector (a scalar would not)."""
+    x = np.array([0.3, -1.2, 2.5, 0.7])
+    w = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+
+    def f(x):
+        index = gnp.astype(getattr(gnp, name)(x, keepdims=True), "float64")
+        return gnp.sum(gnp.concatenate([x, index]) * w)
+
+    report = ENG.check_grad(gs.trace(f, x), x)
+    assert report.ok, report
+    np.testing.assert_allclose(gs.grad(f)(x), w[:4], rtol=0)
 
 
 @pytest.mark.parametrize("name, want", [("argmax", [1, 2]), ("argmin", [0, 0])])
