@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gradserve.engine import plan_cache  # engine internals
 from gradserve.engine.graph import Graph, Node, Port, Spec
-from gradserve.engine.plan import INTERPRETED_RUNS, POOL_MIN_ELEMENTS, Plan
+from gradserve.engine.plan import INTERPRETED_RUNS, POOL_MIN_ELEMENTS, STOP_CHECK_ELEMENTS, Plan
 from gradserve.engine.transforms import Program, vjp
 
 import gradserve as gs
@@ -130,6 +130,76 @@ def test_a_stop_shows_the_stop_line(compile_first):
         text = traceback.format_exc()
     assert re.search(r"<gradserve plan [0-9a-f]{12} #\d+ checked>", text)
     assert "    stop()" in text
+
+
+def test_source_comments_name_inputs_and_outputs_cut_after_40_characters():
+    """The def and return lines name the inputs and outputs; a name of 40 characters is shown
+    whole, a longer one cut to its first 40 with "..." after."""
+    whole, cut = "a" * 40, "b" * 41
+    plan = plan_of(
+        [("x", Spec((3,)))],
+        [Node("exp", ("x",), (whole,), {}), Node("sin", ("x",), (cut,), {})],
+        [whole, cut],
+    )
+    lines = plan.source.splitlines()
+    assert lines[0] == "def run(v0):  # 'x'"
+    assert lines[-1] == f"    return [v1, v2]  # '{whole}', '{'b' * 40}'..."
+    assert f"# exp  node 0 -> '{whole}'" in plan.source
+
+
+def _chain_plan():
+    """Six one-operand ops in a row on STOP_CHECK_ELEMENTS / 4 elements: each step reads and
+    writes half of STOP_CHECK_ELEMENTS, so should_stop is due before steps 0, 2 and 4."""
+    n = STOP_CHECK_ELEMENTS // 4
+    ops = ["exp", "sin", "cos", "tanh", "negative", "exp"]
+    names = ["x"] + [f"v{k}" for k in range(len(ops))]
+    nodes = [Node(op, (a,), (b,), {}) for op, a, b in zip(ops, names, names[1:])]
+    return plan_of([("x", Spec((n,)))], nodes, [names[-1]]), np.linspace(0, 1, n)
+
+
+@pytest.mark.parametrize("compile_first", [False, True], ids=["interpreted", "compiled"])
+def test_should_stop_is_called_once_per_stop_check_elements_of_work(compile_first):
+    plan, x = _chain_plan()
+    plan = compiled(plan, compile_first)
+    calls = []
+    out = plan.run([x], should_stop=lambda: calls.append(None))[0]
+    np.testing.assert_allclose(out, np.exp(-np.tanh(np.cos(np.sin(np.exp(x))))))
+    assert len(calls) == 3
+    assert plan.checked_source.count("    stop()") == 3
+
+
+def test_an_interpreted_stop_notes_its_line_of_the_checked_source():
+    """The note of an interrupted interpreted run gives the 1-based number of the `stop()`
+    line it stopped at in the checked source, and shows that line."""
+    plan, x = _chain_plan()
+    calls = []
+
+    def stop():
+        calls.append(None)
+        if len(calls) == 2:  # before step 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        plan.run([x], should_stop=stop)
+    (note,) = caught.value.__notes__
+    where = re.fullmatch(
+        r'  File "<gradserve plan [0-9a-f]{12} #\d+ checked>", line (\d+), in run \(interpreted\)'
+        r"\n    stop\(\)",
+        note,
+    )
+    assert where, note
+    lines = plan.checked_source.splitlines()
+    number = int(where.group(1))
+    assert lines[number - 1] == "    stop()"
+    assert lines[number].startswith("    v3 = F2(v2)  # cos  node 2 ")
+
+
+def test_the_checked_source_has_its_stop_calls_once_the_plain_function_is_compiled():
+    plan, x = _chain_plan()
+    for _ in range(INTERPRETED_RUNS + 1):  # the last run compiles the plain function
+        plan.run([x])
+    assert "stop()" not in plan.source
+    assert plan.checked_source.count("    stop()") == 3
 
 
 # ---- interpreted first, compiled once reused ------------------------------------------------
@@ -276,9 +346,10 @@ def recycled_values(plan):
     return [[plan._slot_names[s] for _, s in step[4]] for step in plan.steps]
 
 
-def test_a_dying_buffer_goes_back_to_the_pool():
+@pytest.mark.parametrize("shape", [(N, N), (N, N + 1)])  # the pool's least size, and above
+def test_a_dying_buffer_goes_back_to_the_pool(shape):
     plan = plan_of(
-        [("x", Spec((N, N)))],
+        [("x", Spec(shape))],
         [
             Node("exp", ("x",), ("e",), {}),
             Node("sin", ("x",), ("s",), {}),
@@ -304,7 +375,7 @@ def test_a_dying_buffer_goes_back_to_the_pool():
         (spy(step[0]) if node.op in ("exp", "sin") else step[0], *step[1:])
         for step, node in zip(plan.steps, plan.nodes)
     ]
-    x = square()
+    x = np.random.default_rng(0).uniform(0.1, 1.0, size=shape)
     for _ in range(3):
         np.testing.assert_allclose(plan.run([x])[0], np.sum(np.exp(x) * np.sin(x)))
     first_sin = made[1]
@@ -429,6 +500,64 @@ def test_an_einsum_view_of_a_buffer_written_in_place(n):
         np.testing.assert_allclose(got[0], np.exp(x).T)
         np.testing.assert_allclose(got[1], np.diag(np.cos(x)))
         np.testing.assert_allclose(got[2], np.sin(np.exp(x)) + np.sin(np.cos(x)))
+
+
+def test_an_einsum_view_through_a_reshape_of_a_buffer_written_in_place():
+    """einsum of a reshape of e returns a view whose base is e, not its operand: it is copied
+    before sin writes into e, where e dies."""
+    n = 4
+    x = np.linspace(0.1, 1.0, n * n)
+
+    def f(x):
+        e = gnp.exp(x)
+        return gnp.einsum("ij->ji", gnp.reshape(e, (n, n))), gnp.sin(e)
+
+    plan = Plan(Program(gs.trace(f, x)))
+    assert plan.donations  # sin is written into e
+    for _ in range(2):
+        got = plan.run([x])
+        np.testing.assert_allclose(got[0], np.exp(x).reshape(n, n).T)
+        np.testing.assert_allclose(got[1], np.sin(np.exp(x)))
+
+
+def test_zero_d_arguments_and_constants_reach_ops_as_numpy_scalars():
+    plan = plan_of(
+        [("x", Spec(()))],
+        [Node("multiply", ("x", "c"), ("y",), {})],
+        ["y"],
+        constants={"c": np.array(3.0)},
+    )
+    seen = []
+
+    def spy(fn):
+        def step(*args):
+            seen.extend(type(a) for a in args)
+            return fn(*args)
+
+        return step
+
+    plan.steps = [(spy(step[0]), *step[1:]) for step in plan.steps]
+    assert plan.run([np.array(2.0)])[0] == 6.0
+    assert seen == [np.float64, np.float64]
+
+
+def test_a_small_array_made_from_nothing_is_computed_once():
+    """A `full` of at most 4096 elements is computed when the plan is built: every call returns
+    that one read-only array."""
+    plan = plan_of(
+        [("x", Spec((8,)))],
+        [
+            Node("full", (), ("f",), {"shape": (8,), "dtype": "float64", "value": 2.0}),
+            Node("multiply", ("x", "f"), ("y",), {}),
+        ],
+        ["f", "y"],
+    )
+    x = np.linspace(0, 1, 8)
+    first, second = plan.run([x]), plan.run([x])
+    np.testing.assert_array_equal(first[0], np.full(8, 2.0))
+    np.testing.assert_allclose(first[1], 2 * x)
+    assert first[0] is second[0] and not first[0].flags.writeable
+    assert "computed once" in plan.source
 
 
 def test_scan_carries_and_loop_tapes_keep_their_operands():

@@ -167,3 +167,18 @@ def test_a_residual_view_holds_its_whole_storage():
     want = np.zeros(100)
     want[:10] = 2 * s[::-1] * np.cos(x[:10])
     np.testing.assert_allclose(grad, want, rtol=1e-14)
+
+
+def test_tanh_derivative_is_recomputed_from_its_result_not_taped():
+    """tanh's derivative 1 - y*y (two nodes) runs in the reverse pass from y, which the
+    matmul after it keeps anyway: the tape holds y alone."""
+    x, W, V = RNG.standard_normal((5, 3)), RNG.standard_normal((3, 7)), RNG.standard_normal((7, 2))
+    graph = gs.trace(lambda x, W, V: gnp.sum(gnp.tanh(x @ W) @ V), x, W, V)
+    eng = gs.Engine()
+    grads = eng.grad(graph, x, W, V, argnums=(0, 1, 2))
+    assert (eng.last_stats.tape_bytes, eng.last_stats.tape_entries) == (5 * 7 * 8, 1)
+    y = np.tanh(x @ W)
+    dz = np.ones((5, 2)) @ V.T * (1 - y * y)
+    np.testing.assert_allclose(grads[0], dz @ W.T)
+    np.testing.assert_allclose(grads[1], x.T @ dz)
+    np.testing.assert_allclose(grads[2], y.T @ np.ones((5, 2)))
