@@ -317,3 +317,37 @@ def test_guarded_mixed_second_derivative(name):
     _assert_equal_to(hy, -_guarded(x, np_guard, np_g) * np.sin(y) * ty)
     hxy = ENG.hessian(graph, x, y, argnums=(0, 1))[0][1]  # d/dy of df/dx
     _assert_equal_to(hxy, np.diag(_guarded(x, np_guard, np_dg) * np.cos(y)))
+
+
+# ---- the zero-safe products replace only 0 * inf, 0 * nan, 0 / 0 -------------------------------
+
+
+@pytest.mark.parametrize("y", [0.5, -1.0])
+def test_unguarded_power_slope_at_zero_base_stays_infinite(y):
+    """d(x**y)/dx at x = 0 is y * 0**(y-1), +inf for y = 0.5 and -inf for y = -1: a nonzero
+    tangent times an infinite slope is no 0 * inf, so it is not zeroed, on scalars and arrays."""
+    with np.errstate(divide="ignore"):
+        want = y * np.float64(0.0) ** (y - 1)
+    scalar = gs.trace(lambda x: gnp.power(x, y), 1.0)
+    assert ENG.grad(scalar, 0.0) == want
+    assert ENG.jvp(scalar, (0.0,), (1.0,))[1] == want
+    array = gs.trace(lambda x: gnp.power(x, y), np.zeros(2))
+    _, (ct,) = ENG.vjp(array, (np.zeros(2),), np.ones(2))
+    np.testing.assert_array_equal(ct, [want, want])
+    np.testing.assert_array_equal(ENG.jvp(array, (np.zeros(2),), (np.ones(2),))[1], [want, want])
+
+
+def test_quotient_tangent_keeps_the_sign_of_a_zero():
+    """The tangent of x / y is exactly tx / y where that is finite: a zero tangent over a
+    negative y is -0.0, as in NumPy, on scalars as on arrays."""
+    x, y, tx, ty = np.ones(2), np.array([-2.0, 2.0]), np.array([0.0, -0.0]), np.zeros(2)
+    want = (tx - ty * (x / y)) / y  # -0.0 both times
+    assert np.all(want == 0) and np.all(np.signbit(want))
+    scalar = gs.trace(lambda x, y: x / y, 1.0, 1.0)
+    for k in range(2):
+        got = ENG.jvp(scalar, (x[k], y[k]), (tx[k], ty[k]))[1]
+        assert got == 0 and np.signbit(got)
+    array = gs.trace(lambda x, y: x / y, x, y)
+    got = ENG.jvp(array, (x, y), (tx, ty))[1]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
