@@ -10,6 +10,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from gradserve.engine.tracing import bind
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -96,6 +97,19 @@ def test_graphs_hold_the_rules_as_subgraphs():
     assert set(graph.nodes[1].attrs) == {"fun", "fwd", "bwd"}
     again = _roundtrip(graph)
     assert np.allclose(gs.Engine().evaluate(again, X), 2 * np.sin(X))
+
+
+def test_imag_of_a_real_tangent_in_a_rule_transposes_to_zero(backend):
+    """A client's jvp rule may apply the `imag` op itself to a real tangent (zeros; gnp.imag
+    records no op there): reverse mode gives that term a zero cotangent, so the gradient is
+    the rule's cos x, real."""
+    rule_with_imag = gs.custom_jvp(gnp.sin)
+    rule_with_imag.defjvp(lambda p, t: (gnp.sin(p[0]), gnp.cos(p[0]) * t[0] + bind("imag", t[0])))
+    graph = _roundtrip(gs.trace(lambda x: gnp.sum(rule_with_imag(x)), X))
+    assert "imag" in _ops(graph)
+    grad = backend.grad(graph, X)
+    assert grad.dtype == np.float64
+    np.testing.assert_allclose(grad, np.cos(X), rtol=1e-15)
 
 
 # ---- forward mode through custom_vjp -----------------------------------------------------------

@@ -653,6 +653,18 @@ def test_hypot_and_arctan2_extremes():
     )
 
 
+def test_arctan2_complex_step_angle_is_numpys_in_every_quadrant():
+    """The complex step evaluates arctan2 as arctan(y / x) plus a quarter turn from the real
+    parts; a function of the angle (its square) then sees NumPy's angle: its derivatives
+    2 theta x / r**2 and -2 theta y / r**2 need theta itself, also for x < 0 and 0 <= y < 1."""
+    y, x = np.array([0.5, 0.0, 2.0, -0.5, 1.5]), np.array([-1.0, -1.0, -3.0, -1.0, 2.0])
+    graph = gs.trace(lambda y, x: gnp.sum(gnp.arctan2(y, x) ** 2), y, x)
+    theta, r2 = np.arctan2(y, x), x * x + y * y
+    ny, nx = ENG.check_grad(graph, y, x, method="complex").numeric
+    np.testing.assert_allclose(ny, 2 * theta * x / r2, rtol=1e-12)
+    np.testing.assert_allclose(nx, -2 * theta * y / r2, rtol=1e-12, atol=1e-15)
+
+
 def test_creation_and_shapes():
     np.testing.assert_array_equal(gnp.linspace(0, 1, 5), np.linspace(0, 1, 5))
     np.testing.assert_array_equal(
