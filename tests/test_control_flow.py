@@ -48,6 +48,30 @@ def test_newton_sqrt_in_fori_loop():
     assert ENG.hessian(graph, 2.0) == pytest.approx(-0.25 * 2.0**-1.5, rel=1e-8)
 
 
+
+def _fori_in_python(lower, upper, x):
+    for i in range(lower, upper):
+        x = x * 2.0 + i
+    return x
+
+
+@pytest.mark.parametrize("lower, upper", [(1, 4), (2, 2), (4, 1)])
+def test_fori_loop_runs_range_lower_upper_with_int_or_traced_bounds(lower, upper):
+    """Python-int bounds make a scan, traced ones a while_loop: either runs the iterations of
+    range(lower, upper), none when upper <= lower."""
+
+    def body(i, x):
+        return x * 2.0 + gnp.astype(i, "float64")
+
+    want = _fori_in_python(lower, upper, 0.5)
+    assert gs.fori_loop(lower, upper, body, 0.5) == want
+    fixed = gs.trace(lambda x: gs.fori_loop(lower, upper, body, x), 0.5)
+    assert [n.op for n in fixed.nodes] == ["scan"]
+    assert ENG.evaluate(fixed, 0.5) == want
+    traced = gs.trace(lambda lo, hi, x: gs.fori_loop(lo, hi, body, x), lower, upper, 0.5)
+    assert [n.op for n in traced.nodes] == ["while_loop"]
+    assert ENG.evaluate(traced, lower, upper, 0.5) == want
+
 def _rnn_inputs(hidden=8, steps=30):
     return (
         RNG.standard_normal((hidden, hidden)) * 0.3,
