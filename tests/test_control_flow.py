@@ -48,7 +48,6 @@ def test_newton_sqrt_in_fori_loop():
     assert ENG.hessian(graph, 2.0) == pytest.approx(-0.25 * 2.0**-1.5, rel=1e-8)
 
 
-
 def _fori_in_python(lower, upper, x):
     for i in range(lower, upper):
         x = x * 2.0 + i
@@ -71,6 +70,7 @@ def test_fori_loop_runs_range_lower_upper_with_int_or_traced_bounds(lower, upper
     traced = gs.trace(lambda lo, hi, x: gs.fori_loop(lo, hi, body, x), lower, upper, 0.5)
     assert [n.op for n in traced.nodes] == ["while_loop"]
     assert ENG.evaluate(traced, lower, upper, 0.5) == want
+
 
 def _rnn_inputs(hidden=8, steps=30):
     return (

@@ -570,3 +570,45 @@ def test_residuals_that_fit_beside_a_tape_that_does_not_are_rebuilt_with_loop_ta
     _assert_same_bits(eng.grad(graph, *args, argnums=wrt), want)
     assert len(built) == 2 and not _uses(built[0], "scan_record") and _uses(built[1], "scan_record")
     assert eng.last_stats.tape_bytes <= budget
+
+
+# ---- scans that recompute: their stacked carries are what they keep ---------------------------
+
+_sin_rule = gs.custom_jvp(gnp.sin)
+_sin_rule.defjvp(lambda p, t: (gnp.sin(p[0]), gnp.cos(p[0]) * t[0]))
+
+
+def _scan_calling_a_custom_rule(W, h0, xs):
+    return gnp.sum(gs.scan(lambda h, x: (_sin_rule(W @ h + x), ()), h0, xs)[0] ** 2)
+
+
+def _scan_around_a_while_loop(W, h0, xs):
+    def step(h, x):
+        inner = gs.while_loop(
+            lambda c: c[1] < 3, lambda c: (gnp.sin(W @ c[0]) + x, c[1] + 1), (h, 0)
+        )
+        return inner[0], ()
+
+    return gnp.sum(gs.scan(step, h0, xs)[0] ** 2)
+
+
+@pytest.mark.parametrize("fn", [_scan_calling_a_custom_rule, _scan_around_a_while_loop])
+@pytest.mark.parametrize("wrt", [(0, 1, 2), (1,), (2,)])
+def test_a_scan_that_recomputes_counts_the_carry_entering_every_iteration(fn, wrt):
+    """A body calling custom rules, or keeping a loop tape, has no residuals to stack: the scan
+    keeps the carry entering each iteration, steps x the carry's bytes, for any wrt. Counted
+    before anything is built (as a tape budget does), and the gradient under a budget is the
+    one without."""
+    steps, hidden = 5, 4
+    args = (
+        RNG.standard_normal((hidden, hidden)) * 0.4,
+        RNG.standard_normal(hidden),
+        RNG.standard_normal((steps, hidden)),
+    )
+    graph = gs.trace(fn, *args)
+    residuals = reverse_residual_bytes(graph, wrt)
+    assert residuals == steps * hidden * 8
+    want = gs.Engine().grad(graph, *args, argnums=wrt)
+    eng = gs.Engine(max_tape_bytes=10**6)
+    _assert_same_bits(eng.grad(graph, *args, argnums=wrt), want)
+    assert eng.last_stats.tape_bytes >= residuals

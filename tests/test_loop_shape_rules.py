@@ -56,7 +56,9 @@ def test_scanned_input_must_have_exactly_length_rows(rows):
 
 
 WHILE = {"num_cond_consts": 0, "num_body_consts": 0, "max_iterations": 10}
-LESS = Graph([Port("c0", F64), Port("c1", F64)], {}, [Node("less", ("c0", "c1"), ("k",), {})], ["k"])
+LESS = Graph(
+    [Port("c0", F64), Port("c1", F64)], {}, [Node("less", ("c0", "c1"), ("k",), {})], ["k"]
+)
 
 
 @pytest.mark.parametrize(

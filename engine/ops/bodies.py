@@ -108,11 +108,10 @@ def tangent_body(graph: Graph, wrt, loop_tapes) -> Graph:
 
 @functools.lru_cache(maxsize=256)  # a tape budget's choice of mode reads it before the rule
 def linearized_parts(graph: Graph, wrt: tuple, cheap_outputs=()):
-    """Partial evaluation of `graph`'s linearization along its inputs `wrt` (as JAX's scan
-    does): the JVP graph cut into the nodes that read no tangent (the primal part) and those
-    that do (the tangent part), so that a loop can run the primal part forwards, keep what the
-    tangent part reads (the residuals) per iteration, and run the tangent part (or its
-    transpose) on them without evaluating the primal again.
+    """Partial evaluation of `graph`'s linearization along `wrt` (its JVP for reverse mode, as
+    JAX's scan does): the nodes that read no tangent (the primal part) and those that do (the
+    tangent part), so that a loop runs the primal part forwards, keeps what the tangent part
+    reads (the residuals) per iteration and runs the tangent part (or its transpose) on them.
 
     Cheap nodes the tangent part alone needs (elementwise ops, views and constants, e.g. tanh's
     `1 - y*y`) move into it when what they read is available there anyway (an input of `graph`,
@@ -127,9 +126,10 @@ def linearized_parts(graph: Graph, wrt: tuple, cheap_outputs=()):
     - `reads`: the names of the primal values `tangent` takes (inputs of `graph`, named as in
       `graph`, and residuals);
     - `residuals`: those of `reads` that `primal` computes, in the order it returns them."""
-    from ..transforms import Program, jvp, prune
+    from ..transforms import Program, jvp, linearizing, prune
 
-    lin = jvp(Program(graph), wrt).graph
+    with linearizing():  # for any caller: the cache keeps one answer (loops inside differ)
+        lin = jvp(Program(graph), wrt).graph
     n_in, n_out = len(graph.inputs), len(graph.outputs)
     inputs = set(lin.input_names[:n_in]) | set(lin.constants)
     tangent = set(lin.input_names[n_in:])
