@@ -602,6 +602,69 @@ def test_full_forms_on_the_wire():
                 )
 
 
+def _central_jvp(np_fn, a, t, h=1e-6):
+    """Tangents of each result of np_fn at a along t, by central differences."""
+    plus, minus = np_fn(a + h * t), np_fn(a - h * t)
+    return [(p - m) / (2 * h) for p, m in zip(plus, minus)]
+
+
+def _qr_node(op, shape):
+    from gradserve.engine.graph import Graph, Node, Port, Spec
+
+    return Graph([Port("a", Spec(shape))], {}, [Node(op, ("a",), ("q", "r"), {})], ["q", "r"])
+
+
+@pytest.mark.parametrize(
+    "op, shape, mode",
+    [
+        ("qr", (2, 4, 3, 3), "reduced"),  # a stack of stacks: r's size is its last axis
+        ("qr", (2, 4, 2, 3), "reduced"),
+        ("qr_complete", (2, 3, 3), "complete"),  # square and wide: the reduced QR, so it
+        ("qr_complete", (2, 4, 2, 3), "complete"),  # differentiates (sent on the wire only)
+    ],
+)
+def test_qr_tangents_of_stacks_against_central_differences(op, shape, mode):
+    rng = np.random.default_rng(26)
+    a = well_conditioned(rng, shape)
+    t = rng.normal(size=shape)
+    _, tangents = ENG.jvp(_qr_node(op, shape), (a,), (t,))
+    want = _central_jvp(lambda b: np.linalg.qr(b, mode=mode), a, t)
+    for got, expected in zip(tangents, want):
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_svd_vh_tangent_of_a_tall_rank_deficient_matrix():
+    """A tall matrix of rank 1: its zero singular value leaves vh (the eigenvectors of
+    a^T a, eigenvalues distinct) differentiable; only u's extra column is not."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 1)) @ rng.normal(size=(1, 2))
+    t = rng.normal(size=a.shape)
+    graph = gs.trace(lambda a: la.svd(a, full_matrices=False).Vh, a)
+    vh, dvh = ENG.jvp(graph, (a,), (t,))
+    (want,) = _central_jvp(lambda b: [np.linalg.svd(b, full_matrices=False).Vh ** 2], a, t)
+    np.testing.assert_allclose(2 * vh * dvh, want, rtol=RTOL, atol=ATOL)  # free of signs
+
+
+def test_eig_vector_tangents_keep_lapacks_gauge():
+    """v's tangent against central differences of NumPy's eig: a complex matrix (each column
+    unit norm, its largest component real) and a real triangular one, whose eigenvectors
+    have zero components (compared squared: LAPACK's signs may flip along t)."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(4, 4)) + 1j * rng.normal(size=(4, 4))
+    t = rng.normal(size=(4, 4)) + 1j * rng.normal(size=(4, 4))
+    graph = gs.trace(lambda a: la.eig(a)[1], a)
+    _, dv = ENG.jvp(graph, (a,), (t,))
+    (want,) = _central_jvp(lambda b: [np.linalg.eig(b)[1]], a, t)
+    np.testing.assert_allclose(dv, want, rtol=RTOL, atol=ATOL)
+
+    a = np.array([[1.0, 1.0, 0.5], [0.0, 2.0, 0.3], [0.0, 0.0, 3.5]])
+    t = rng.normal(size=(3, 3))
+    graph = gs.trace(lambda a: la.eig(a)[1], a)
+    v, dv = ENG.jvp(graph, (a,), (t,))
+    (want,) = _central_jvp(lambda b: [np.linalg.eig(b)[1] ** 2], a, t)
+    np.testing.assert_allclose(2 * v * dv, want, rtol=RTOL, atol=ATOL)
+
+
 # ---- eig on general and complex matrices ------------------------------------------------------
 
 
@@ -728,6 +791,8 @@ def test_shapes_are_checked():
         ("det", [Spec((2, 3))]),
         ("det", [Spec((2, 2), "int64")]),
         ("solve", [Spec((2, 2)), Spec((3, 1))]),
+        ("solve", [Spec((2, 2, 2)), Spec((3, 2, 1))]),  # b's stack larger than a's
+        ("solve", [Spec((3, 2, 2)), Spec((2, 2, 1))]),
         ("solve", [Spec((2, 2)), Spec((2,))]),
         ("solve", [Spec((2, 2)), Spec((2, 1), "int64")]),
         ("cholesky", [Spec((2, 2), "complex128")]),
