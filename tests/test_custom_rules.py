@@ -367,6 +367,22 @@ def test_hand_built_custom_jvp_with_no_arguments_differentiates_fun():
     assert np.isclose(value, np.sin(0.3)) and np.isclose(grad, np.cos(0.3))
 
 
+def test_custom_vjp_linear_checks_its_residuals_and_is_refused_on_the_wire():
+    """The engine's own node for the linear part of a custom_vjp: its bwd must start with the
+    residuals' specs, and a graph holding it does not come back from bytes."""
+    bwd = gs.trace(lambda c, ct: c * ct, X, X)
+
+    def linear(residual_shape):
+        ports = [Port("r", Spec(residual_shape, "float64")), Port("t", Spec((3,), "float64"))]
+        node = Node("custom_vjp_linear", ("r", "t"), ("y",), {"bwd": bwd})
+        return Graph(ports, {}, [node], ["y"])
+
+    with pytest.raises(gs.GraphError, match="must start with the residuals"):
+        linear((2,))
+    with pytest.raises(gs.GraphError, match="internal to the engine"):
+        gs.Graph.from_bytes(linear((3,)).to_bytes())
+
+
 # ---- the examples of docs/api.md ---------------------------------------------------------------
 
 
