@@ -10,6 +10,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from gradserve.engine.graph import Graph, Node, Port, Spec
 from gradserve.engine.tracing import bind
 
 import gradserve as gs
@@ -194,6 +195,37 @@ def test_values_read_from_the_enclosing_function_are_differentiated_through_fun(
     assert np.allclose(gx, 3.0) and np.isclose(gw, 5.0)
 
 
+def test_gradient_along_captured_values_only_is_funs_own():
+    """No tangent on the argument, one on a value the function reads: fun's own derivative."""
+
+    def model(x, w):
+        scaled = gs.custom_jvp(lambda a: a * w)
+        scaled.defjvp(lambda p, t: (p[0] * w, 3.0 * t[0]))
+        return gnp.sum(scaled(x))
+
+    x = np.array([1.0, 4.0])
+    graph = gs.trace(model, x, 2.0)
+    assert np.isclose(gs.Engine().grad(graph, x, 2.0, argnums=1), np.sum(x))
+
+
+def test_custom_vjp_reading_two_enclosing_values_under_check_grad():
+    """check_grad batches the graph over perturbations of one input at a time: the rule's
+    node is batched with some captured operands batched and others not."""
+
+    def model(x, w1, w2):
+        f = gs.custom_vjp(lambda a: gnp.sin(a) * w1 + w2)
+        f.defvjp(lambda a: (gnp.sin(a) * w1 + w2, gnp.cos(a)), lambda c, ct: (c * w1 * ct,))
+        return gnp.sum(f(x))
+
+    w1, w2 = np.array([1.5, -0.5, 2.0]), np.array([0.1, 0.2, 0.3])
+    graph = gs.trace(model, X, w1, w2)
+    report = gs.Engine().check_grad(graph, X, w1, w2)
+    assert report.ok
+    want = (np.cos(X) * w1, np.sin(X), np.ones(3))
+    for got, expected in zip(report.analytic, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-13)
+
+
 def test_structured_arguments_and_outputs():
     @gs.custom_vjp
     def pair(p):
@@ -233,6 +265,38 @@ def test_nondiff_argnums():
     assert np.isclose(apply(np.sin, 0.3), np.sin(0.3)) and scale(0.3, 2.0) == 0.6  # untraced
 
 
+def test_rule_leaves_of_another_float_dtype_are_cast_and_none_is_zero():
+    """A float64 tangent for a float32 output is cast down, a float32 cotangent for a float64
+    argument cast up, an int64 output's leaf is kept, None is a zero tangent."""
+    x32 = X.astype(np.float32)
+    down = gs.custom_jvp(gnp.sin)
+    down.defjvp(lambda p, t: (gnp.sin(p[0]), gnp.astype(gnp.cos(p[0]) * t[0], np.float64)))
+    grad = gs.Engine().grad(gs.trace(lambda x: gnp.sum(down(x)), x32), x32)
+    assert grad.dtype == np.float32
+    np.testing.assert_allclose(grad, np.cos(X), rtol=1e-6)
+
+    up = gs.custom_vjp(gnp.sin)
+    up.defvjp(lambda x: (gnp.sin(x), gnp.cos(x)), lambda c, ct: (gnp.astype(c * ct, np.float32),))
+    grad = gs.Engine().grad(gs.trace(lambda x: gnp.sum(up(x)), X), X)
+    assert grad.dtype == np.float64
+    np.testing.assert_allclose(grad, np.cos(X), rtol=1e-6)
+
+    with_int = gs.custom_jvp(lambda x: (gnp.sin(x), gnp.astype(x, np.int64)))
+    with_int.defjvp(
+        lambda p, t: (
+            (gnp.sin(p[0]), gnp.astype(p[0], np.int64)),
+            (gnp.cos(p[0]) * t[0], np.zeros((), np.int64)),
+        )
+    )
+    graph = gs.trace(lambda x: 2.0 * with_int(x)[0] + with_int(x)[1], 1.3)
+    assert np.isclose(gs.Engine().grad(graph, 1.3), 2.0 * np.cos(1.3))
+
+    flat = gs.custom_jvp(gnp.sin)
+    flat.defjvp(lambda p, t: (gnp.sin(p[0]), None))
+    grad = gs.Engine().grad(gs.trace(lambda x: gnp.sum(flat(x)), X), X)
+    assert np.array_equal(grad, np.zeros(3))
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 
@@ -261,6 +325,62 @@ def test_rules_of_the_wrong_shape_or_arity_are_refused_when_traced():
     primal.defvjp(lambda x: (gnp.sum(x), ()), lambda _, ct: (ct,))
     with pytest.raises(TypeError, match="fwd's output"):
         gs.trace(lambda x: primal(x), X)
+
+
+def test_fwd_and_bwd_of_the_wrong_arity_are_refused_when_traced():
+    """fwd must give exactly (output, residuals); bwd exactly one cotangent per argument."""
+    three = gs.custom_vjp(gnp.sin)
+    three.defvjp(lambda x: (gnp.sin(x), x, x), lambda x, ct: (ct,))
+    with pytest.raises(TypeError, match=r"fwd must return \(output, residuals\)"):
+        gs.trace(lambda x: three(x), 1.0)
+    for cts in (lambda ct: (ct,), lambda ct: (ct, ct, ct)):
+        product = gs.custom_vjp(lambda a, b: a * b)
+        product.defvjp(lambda a, b: (a * b, ()), lambda _, ct, cts=cts: cts(ct))
+        with pytest.raises(TypeError, match="tuple of 2 cotangent"):
+            gs.trace(lambda a, b: product(a, b), 1.0, 2.0)
+
+
+def _custom_node(op, shape, **attrs):
+    """A graph of one `op` node on one float64 input of `shape`, built as a client sends it."""
+    node = Node(op, ("w",), ("y",), attrs)
+    return Graph([Port("w", Spec(shape, "float64"))], {}, [node], ["y"])
+
+
+def test_hand_built_custom_nodes_whose_rules_do_not_match_fun_are_refused():
+    fun = gs.trace(gnp.sin, X)
+    primal_only = gs.trace(lambda x, t: gnp.sin(x), X, X)
+    with pytest.raises(gs.GraphError, match="expected fun's outputs"):
+        _custom_node("custom_jvp_call", (3,), fun=fun, jvp=primal_only)
+    fwd = gs.trace(lambda x: (gnp.sin(x), gnp.cos(x)), X)
+    summed = gs.trace(lambda c, ct: gnp.sum(c * ct), X, X)
+    with pytest.raises(gs.GraphError, match="one cotangent per argument"):
+        _custom_node("custom_vjp_call", (3,), fun=fun, fwd=fwd, bwd=summed)
+
+
+def test_hand_built_custom_jvp_with_no_arguments_differentiates_fun():
+    """A jvp taking as many inputs as there are operands has no arguments (n = 0): every
+    operand is a captured value, differentiated through fun, not through the rule."""
+    fun = gs.trace(gnp.sin, 0.3)
+    jvp = gs.trace(lambda w: (gnp.sin(w), 5.0 * w), 0.3)
+    graph = _roundtrip(_custom_node("custom_jvp_call", (), fun=fun, jvp=jvp))
+    value, grad = gs.Engine().value_and_grad(graph, 0.3)
+    assert np.isclose(value, np.sin(0.3)) and np.isclose(grad, np.cos(0.3))
+
+
+def test_custom_vjp_linear_checks_its_residuals_and_is_refused_on_the_wire():
+    """The engine's own node for the linear part of a custom_vjp: its bwd must start with the
+    residuals' specs, and a graph holding it does not come back from bytes."""
+    bwd = gs.trace(lambda c, ct: c * ct, X, X)
+
+    def linear(residual_shape):
+        ports = [Port("r", Spec(residual_shape, "float64")), Port("t", Spec((3,), "float64"))]
+        node = Node("custom_vjp_linear", ("r", "t"), ("y",), {"bwd": bwd})
+        return Graph(ports, {}, [node], ["y"])
+
+    with pytest.raises(gs.GraphError, match="must start with the residuals"):
+        linear((2,))
+    with pytest.raises(gs.GraphError, match="internal to the engine"):
+        gs.Graph.from_bytes(linear((3,)).to_bytes())
 
 
 # ---- the examples of docs/api.md ---------------------------------------------------------------
