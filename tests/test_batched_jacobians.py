@@ -232,3 +232,64 @@ def test_empty_inputs_give_empty_jacobians_and_hessians():
     for mode in ("fwd", "rev"):
         jac = eng.jacobian(graph, x, mode=mode)
         assert jac.shape == (0, 0) and jac.dtype == np.float64
+
+
+T = np.random.default_rng(12).standard_normal((4, 2, 3))  # a 3-D operand for einsum
+C = np.array([1.0, -2.0, 3.0])
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+@pytest.mark.parametrize(
+    "name, fn, x, want",
+    [
+        (  # the basis has a 2-D row: its axes are flattened into the batch axis
+            "matrix input contracted",
+            lambda x: gnp.einsum("ij,ijk->k", x, T.reshape(2, 3, 4)),
+            X[:6].reshape(2, 3),
+            np.moveaxis(T.reshape(2, 3, 4), 2, 0),
+        ),
+        (  # kept as a transpose of T, then scaled by a vector along the last axis
+            "contraction scaled along its last axis",
+            lambda x: gnp.einsum("i,ijk->jk", x, T) * C,
+            X[:4],
+            np.moveaxis(T * C, 0, -1),
+        ),
+        (  # three operands: the basis contracted with both others, not the first alone
+            "three operands",
+            lambda x: gnp.einsum("i,ijk,jk->", x, T, T[0]),
+            X[:4],
+            np.einsum("ijk,jk->i", T, T[0]),
+        ),
+    ],
+)
+def test_contractions_with_the_basis_match_their_closed_forms(name, fn, x, want, mode):
+    """einsum's symbolic rules on the basis: the Jacobian of a contraction linear in x is the
+    other operands contracted together, its axes in the output's order then x's."""
+    got = gs.Engine().jacobian(gs.trace(fn, x), x, mode=mode)
+    assert got.shape == want.shape
+    assert np.allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+M_BOOL = np.array([True, False, True, True, False, True, False])
+M_INT = np.array([1, 0, -3, 2, 5, 0, 7])
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+@pytest.mark.parametrize(
+    "name, fn, want",
+    [
+        ("basis times a bool mask, minus dense", lambda x: x * M_BOOL - A @ x, np.diag(M_BOOL) - A),
+        ("basis times integers, minus dense", lambda x: x * M_INT - A @ x, np.diag(M_INT) - A),
+        (
+            "float32 dense plus the scaled basis",
+            lambda x: 3.0 * x + gnp.astype(x, np.float32),
+            4.0 * np.eye(N),
+        ),
+    ],
+)
+def test_sums_with_the_basis_of_mixed_dtypes_give_the_float64_jacobian(name, fn, want, mode):
+    """The diagonal add of a scaled basis casts the scale (bool, int) and the dense side
+    (float32) to the sum's dtype before writing the diagonal."""
+    got = gs.Engine().jacobian(gs.trace(fn, X), X, mode=mode)
+    assert got.dtype == np.float64
+    assert np.allclose(got, want, rtol=1e-13, atol=1e-13)
