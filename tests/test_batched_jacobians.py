@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradserve.engine.basis import BasisCache
+from gradserve.engine.graph import Graph, Node, Port, Spec
 from gradserve.engine.ops.contraction import _einsum_impl
+from gradserve.engine.transforms import Program, batch
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -293,3 +295,48 @@ def test_sums_with_the_basis_of_mixed_dtypes_give_the_float64_jacobian(name, fn,
     got = gs.Engine().jacobian(gs.trace(fn, X), X, mode=mode)
     assert got.dtype == np.float64
     assert np.allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_a_row_scale_of_a_transposed_contraction_is_reshaped_not_transposed():
+    """(A @ x) * c forward: A @ basis is A transposed, kept symbolic; the scale c goes into A's
+    layout by a reshape (only its size-1 axis moves), so the plan's one transpose is the
+    Jacobian's own."""
+    c = np.linspace(-1.0, 2.0, N)
+    eng = gs.Engine()
+    got = eng.jacobian(gs.trace(lambda x: (A @ x) * c, X), X, mode="fwd")
+    assert np.allclose(got, c[:, None] * A, rtol=1e-14, atol=0)
+    (plan,) = jacobian_plans(eng)
+    transposed = [plan.graph.avals[n.inputs[0]].shape for n in plan.nodes if n.op == "transpose"]
+    assert [tuple(s) for s in transposed] == [(N, N)]
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+def test_a_one_element_input_gets_its_diagonal_add_without_the_basis(mode):
+    """The diagonal add has a single position when the basis has one row: tanh(a x) * x still
+    never reads the basis."""
+    a = np.array([[1.5]])
+    x = np.array([0.7])
+    eng = gs.Engine()
+    got = eng.jacobian(gs.trace(lambda x: gnp.tanh(a @ x) * x, x), x, mode=mode)
+    t = np.tanh(1.5 * 0.7)
+    assert np.allclose(got, [[t + 0.7 * 1.5 * (1 - t * t)]], rtol=1e-14, atol=0)
+    (plan,) = jacobian_plans(eng)
+    assert not reads_basis(plan)
+
+
+@pytest.mark.parametrize("op, sign", [("add", 1.0), ("subtract", -1.0)])
+def test_a_batched_pass_keeps_an_unbatched_operand_of_the_batched_shape_unbatched(op, sign):
+    """batch() with x as the basis and y unbatched, y's shape equal to the basis's own (3, 3):
+    x + y broadcasts x against y, so each of the 3 rows of the result is e_b + y (3 x 3), not
+    a diagonal written into y."""
+    graph = Graph(
+        [Port("x", Spec((3,), "float64")), Port("y", Spec((3, 3), "float64"))],
+        {},
+        [Node(op, ("x", "y"), ("z",), {})],
+        ["z"],
+    )
+    batched = batch(Program(graph, None), [True, False], 3, basis=0)
+    y = np.arange(9.0).reshape(3, 3)
+    got = gs.Engine().evaluate(batched.graph, np.eye(3), y)
+    assert got.shape == (3, 3, 3)
+    assert np.array_equal(got, np.eye(3)[:, None, :] + sign * y)
