@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradserve.engine.basis import BasisCache
+from gradserve.engine.graph import Graph, Node, Port, Spec
 from gradserve.engine.ops.contraction import _einsum_impl
+from gradserve.engine.transforms import Program, batch
 
 import gradserve as gs
 import gradserve.numpy as gnp
@@ -232,3 +234,109 @@ def test_empty_inputs_give_empty_jacobians_and_hessians():
     for mode in ("fwd", "rev"):
         jac = eng.jacobian(graph, x, mode=mode)
         assert jac.shape == (0, 0) and jac.dtype == np.float64
+
+
+T = np.random.default_rng(12).standard_normal((4, 2, 3))  # a 3-D operand for einsum
+C = np.array([1.0, -2.0, 3.0])
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+@pytest.mark.parametrize(
+    "name, fn, x, want",
+    [
+        (  # the basis has a 2-D row: its axes are flattened into the batch axis
+            "matrix input contracted",
+            lambda x: gnp.einsum("ij,ijk->k", x, T.reshape(2, 3, 4)),
+            X[:6].reshape(2, 3),
+            np.moveaxis(T.reshape(2, 3, 4), 2, 0),
+        ),
+        (  # kept as a transpose of T, then scaled by a vector along the last axis
+            "contraction scaled along its last axis",
+            lambda x: gnp.einsum("i,ijk->jk", x, T) * C,
+            X[:4],
+            np.moveaxis(T * C, 0, -1),
+        ),
+        (  # three operands: the basis contracted with both others, not the first alone
+            "three operands",
+            lambda x: gnp.einsum("i,ijk,jk->", x, T, T[0]),
+            X[:4],
+            np.einsum("ijk,jk->i", T, T[0]),
+        ),
+    ],
+)
+def test_contractions_with_the_basis_match_their_closed_forms(name, fn, x, want, mode):
+    """einsum's symbolic rules on the basis: the Jacobian of a contraction linear in x is the
+    other operands contracted together, its axes in the output's order then x's."""
+    got = gs.Engine().jacobian(gs.trace(fn, x), x, mode=mode)
+    assert got.shape == want.shape
+    assert np.allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+M_BOOL = np.array([True, False, True, True, False, True, False])
+M_INT = np.array([1, 0, -3, 2, 5, 0, 7])
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+@pytest.mark.parametrize(
+    "name, fn, want",
+    [
+        ("basis times a bool mask, minus dense", lambda x: x * M_BOOL - A @ x, np.diag(M_BOOL) - A),
+        ("basis times integers, minus dense", lambda x: x * M_INT - A @ x, np.diag(M_INT) - A),
+        (
+            "float32 dense plus the scaled basis",
+            lambda x: 3.0 * x + gnp.astype(x, np.float32),
+            4.0 * np.eye(N),
+        ),
+    ],
+)
+def test_sums_with_the_basis_of_mixed_dtypes_give_the_float64_jacobian(name, fn, want, mode):
+    """The diagonal add of a scaled basis casts the scale (bool, int) and the dense side
+    (float32) to the sum's dtype before writing the diagonal."""
+    got = gs.Engine().jacobian(gs.trace(fn, X), X, mode=mode)
+    assert got.dtype == np.float64
+    assert np.allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_a_row_scale_of_a_transposed_contraction_is_reshaped_not_transposed():
+    """(A @ x) * c forward: A @ basis is A transposed, kept symbolic; the scale c goes into A's
+    layout by a reshape (only its size-1 axis moves), so the plan's one transpose is the
+    Jacobian's own."""
+    c = np.linspace(-1.0, 2.0, N)
+    eng = gs.Engine()
+    got = eng.jacobian(gs.trace(lambda x: (A @ x) * c, X), X, mode="fwd")
+    assert np.allclose(got, c[:, None] * A, rtol=1e-14, atol=0)
+    (plan,) = jacobian_plans(eng)
+    transposed = [plan.graph.avals[n.inputs[0]].shape for n in plan.nodes if n.op == "transpose"]
+    assert [tuple(s) for s in transposed] == [(N, N)]
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev"])
+def test_a_one_element_input_gets_its_diagonal_add_without_the_basis(mode):
+    """The diagonal add has a single position when the basis has one row: tanh(a x) * x still
+    never reads the basis."""
+    a = np.array([[1.5]])
+    x = np.array([0.7])
+    eng = gs.Engine()
+    got = eng.jacobian(gs.trace(lambda x: gnp.tanh(a @ x) * x, x), x, mode=mode)
+    t = np.tanh(1.5 * 0.7)
+    assert np.allclose(got, [[t + 0.7 * 1.5 * (1 - t * t)]], rtol=1e-14, atol=0)
+    (plan,) = jacobian_plans(eng)
+    assert not reads_basis(plan)
+
+
+@pytest.mark.parametrize("op, sign", [("add", 1.0), ("subtract", -1.0)])
+def test_a_batched_pass_keeps_an_unbatched_operand_of_the_batched_shape_unbatched(op, sign):
+    """batch() with x as the basis and y unbatched, y's shape equal to the basis's own (3, 3):
+    x + y broadcasts x against y, so each of the 3 rows of the result is e_b + y (3 x 3), not
+    a diagonal written into y."""
+    graph = Graph(
+        [Port("x", Spec((3,), "float64")), Port("y", Spec((3, 3), "float64"))],
+        {},
+        [Node(op, ("x", "y"), ("z",), {})],
+        ["z"],
+    )
+    batched = batch(Program(graph, None), [True, False], 3, basis=0)
+    y = np.arange(9.0).reshape(3, 3)
+    got = gs.Engine().evaluate(batched.graph, np.eye(3), y)
+    assert got.shape == (3, 3, 3)
+    assert np.array_equal(got, np.eye(3)[:, None, :] + sign * y)
