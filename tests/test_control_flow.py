@@ -40,6 +40,37 @@ def test_cond_takes_each_branch_with_its_own_derivative():
     assert tangent == pytest.approx(2 * np.cos(0.5))
 
 
+def test_cond_takes_a_bool_predicate_as_is_and_compares_others_with_zero():
+    """A bool predicate reaches the node unchanged (no conversion recorded); an int or float
+    one picks the true branch when nonzero, as Python's `if` does."""
+
+    def pick(x, p):
+        return gs.cond(p, lambda v: v, lambda v: -v, x)
+
+    as_bool = gs.trace(pick, 1.0, True)
+    assert [n.op for n in as_bool.nodes] == ["cond"]
+    for example, preds in ((True, (True, False)), (1, (3, 0, -1)), (0.5, (0.25, 0.0, -2.0))):
+        graph = gs.trace(pick, 1.0, example)
+        for p in preds:
+            assert ENG.evaluate(graph, 2.0, p) == (2.0 if p else -2.0)
+
+
+def test_while_loop_from_a_constant_reads_a_traced_bound():
+    """A loop whose initial value is a Python number but whose condition reads a traced
+    argument is recorded, not run while tracing."""
+
+    def reference(x):
+        v = 0.0
+        while v < x:
+            v += 1.0
+        return v
+
+    graph = gs.trace(lambda x: gs.while_loop(lambda v: v < x, lambda v: v + 1.0, 0.0), 1.0)
+    assert [n.op for n in graph.nodes] == ["while_loop"]
+    for x in (-1.0, 0.5, 2.5, 4.0):
+        assert ENG.evaluate(graph, x) == reference(x)
+
+
 def test_newton_sqrt_in_fori_loop():
     graph = gs.trace(lambda a: gs.fori_loop(0, 20, lambda i, x: 0.5 * (x + a / x), a), 2.0)
     value, grad = ENG.value_and_grad(graph, 2.0)
