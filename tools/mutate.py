@@ -67,13 +67,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The tests that exercise each engine file, fastest first (a run stops at the first failure).
-# Files not listed here can be given with --tests.
+# The tests that exercise each engine file (a run stops at the first failure): the selections
+# of the runs in tools/MUTATION.md, which narrow some with -k. Other files: --tests.
 TESTS = {
     "engine/ops/elementwise.py": [
         "tests/test_nan_guards.py",
-        "tests/test_ops.py",
         "tests/test_mixed_precision_contractions.py",
+        "tests/test_numpy_semantics.py",
+        "tests/test_neutral_operands.py",
+        "tests/test_ops.py",
+        "tests/test_numpy_breadth.py",
+        "tests/test_custom_rules.py",
+        "tests/test_wire_doc.py",
     ],
     "engine/ops/contraction.py": [
         "tests/test_shape_rules.py",
@@ -82,13 +87,21 @@ TESTS = {
         "tests/test_plan_buffer_reuse.py",
         "tests/test_ops.py",
         "tests/test_wire_doc.py",
+        "tests/test_plan_kernels.py",
+        "tests/test_batched_jacobians.py",
     ],
     "engine/ops/common.py": [
+        "tests/test_shape_rules.py",
+        "tests/test_reduction_rules.py",
         "tests/test_mixed_precision_contractions.py",
         "tests/test_nan_guards.py",
         "tests/test_ops.py",
     ],
-    "engine/ops/reductions.py": ["tests/test_ops.py"],
+    "engine/ops/reductions.py": [
+        "tests/test_reduction_rules.py",
+        "tests/test_wire_doc.py",
+        "tests/test_ops.py",
+    ],
     "engine/ops/shapes.py": [
         "tests/test_shape_rules.py",
         "tests/test_shape_derivatives.py",
@@ -96,21 +109,50 @@ TESTS = {
         "tests/test_plan_buffer_reuse.py",
         "tests/test_wire_doc.py",
     ],
-    "engine/ops/indexing.py": ["tests/test_ops.py", "tests/test_plan_buffer_reuse.py"],
+    "engine/ops/indexing.py": [
+        "tests/test_indexing_rules.py",
+        "tests/test_ops.py",
+        "tests/test_plan_buffer_reuse.py",
+        "tests/test_numpy_breadth.py",
+        "tests/test_numpy_semantics.py",
+        "tests/test_wire_doc.py",
+    ],
+    "engine/ops/linalg.py": ["tests/test_linalg.py", "tests/test_ops.py"],
+    "engine/ops/one_hot.py": [
+        "tests/test_batched_jacobians.py",
+        "tests/test_scale_folding.py",
+        "tests/test_argnums.py",
+        "tests/test_ops.py",
+    ],
+    "engine/ops/custom.py": [
+        "tests/test_custom_rules.py",
+        "tests/test_control_flow.py",
+        "tests/test_batched_control_flow.py",
+        "tests/test_wire_doc.py",
+    ],
     "engine/ops/control.py": [
+        "tests/test_cond_shape_rules.py",
         "tests/test_batched_control_flow.py",
         "tests/test_control_flow.py",
+        "tests/test_pytree_carries.py",
+        "tests/test_loop_residuals.py",
+        "tests/test_wire_doc.py",
     ],
     "engine/ops/loops.py": [
-        "tests/test_batched_control_flow.py",
+        "tests/test_loop_shape_rules.py",
         "tests/test_scan_reverse.py",
         "tests/test_tape_accounting.py",
+        "tests/test_batched_control_flow.py",
         "tests/test_control_flow.py",
+        "tests/test_loop_residuals.py",
+        "tests/test_pytree_carries.py",
+        "tests/test_wire_doc.py",
     ],
     "engine/ops/bodies.py": [
         "tests/test_control_flow.py",
         "tests/test_batched_control_flow.py",
         "tests/test_scan_reverse.py",
+        "tests/test_loop_residuals.py",
     ],
     "engine/tape.py": [
         "tests/test_scan_reverse.py",
@@ -124,9 +166,13 @@ TESTS = {
     ],
     "engine/plan.py": [
         "tests/test_plan_buffer_reuse.py",
+        "tests/test_plan.py",
+        "tests/test_plan_kernels.py",
+        "tests/test_plan_cache.py",
         "tests/test_tape_accounting.py",
         "tests/test_engine_memory.py",
         "tests/test_control_flow.py",
+        "tests/test_loop_residuals.py",
     ],
     "engine/transforms.py": [
         "tests/test_reverse_mode_outputs.py",
